@@ -1,0 +1,144 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+
+/**
+ * Stable error codes shared by the APIs, the CLI and the SDK. A code never
+ * changes meaning; messages may be reworded.
+ */
+export const ErrorCode = {
+  NotFound: "NOT_FOUND",
+  AlreadyExists: "ALREADY_EXISTS",
+  InvalidArgument: "INVALID_ARGUMENT",
+  FailedPrecondition: "FAILED_PRECONDITION",
+  Unauthenticated: "UNAUTHENTICATED",
+  ResourceExhausted: "RESOURCE_EXHAUSTED",
+  Unavailable: "UNAVAILABLE",
+  DeadlineExceeded: "DEADLINE_EXCEEDED",
+  Cancelled: "CANCELLED",
+  Internal: "INTERNAL",
+  TaskFailed: "TASK_FAILED",
+  TaskCancelled: "TASK_CANCELLED",
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+const toConnectCode: Record<ErrorCode, Code> = {
+  NOT_FOUND: Code.NotFound,
+  ALREADY_EXISTS: Code.AlreadyExists,
+  // Flame maps invalid state to INVALID_ARGUMENT; Flame clients rely on it.
+  INVALID_ARGUMENT: Code.InvalidArgument,
+  FAILED_PRECONDITION: Code.InvalidArgument,
+  UNAUTHENTICATED: Code.Unauthenticated,
+  RESOURCE_EXHAUSTED: Code.ResourceExhausted,
+  UNAVAILABLE: Code.Unavailable,
+  DEADLINE_EXCEEDED: Code.DeadlineExceeded,
+  CANCELLED: Code.Canceled,
+  INTERNAL: Code.Internal,
+  TASK_FAILED: Code.Aborted,
+  TASK_CANCELLED: Code.Canceled,
+};
+
+const fromConnectCode: Partial<Record<Code, ErrorCode>> = {
+  [Code.NotFound]: ErrorCode.NotFound,
+  [Code.AlreadyExists]: ErrorCode.AlreadyExists,
+  [Code.InvalidArgument]: ErrorCode.InvalidArgument,
+  [Code.FailedPrecondition]: ErrorCode.FailedPrecondition,
+  [Code.Unauthenticated]: ErrorCode.Unauthenticated,
+  [Code.PermissionDenied]: ErrorCode.Unauthenticated,
+  [Code.ResourceExhausted]: ErrorCode.ResourceExhausted,
+  [Code.Unavailable]: ErrorCode.Unavailable,
+  [Code.DeadlineExceeded]: ErrorCode.DeadlineExceeded,
+  [Code.Canceled]: ErrorCode.Cancelled,
+};
+
+/** Header carrying the stable Kiln code, so a client can tell FAILED_PRECONDITION from INVALID_ARGUMENT. */
+export const ERROR_CODE_HEADER = "kiln-error-code";
+
+/**
+ * Base class of every error Kiln raises on purpose.
+ *
+ * @example
+ * try { await client.getApplication("nope"); }
+ * catch (e) { if (e instanceof KilnError && e.code === ErrorCode.NotFound) console.log("missing"); }
+ */
+export class KilnError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+
+  /** The gRPC/Connect status for this error, with the Kiln code in metadata. */
+  toConnectError(): ConnectError {
+    return new ConnectError(this.message, toConnectCode[this.code], { [ERROR_CODE_HEADER]: this.code });
+  }
+}
+
+export class NotFoundError extends KilnError {
+  constructor(kind: string, id: string) {
+    super(ErrorCode.NotFound, `${kind} "${id}" not found`);
+  }
+}
+
+export class AlreadyExistsError extends KilnError {
+  constructor(kind: string, id: string) {
+    super(ErrorCode.AlreadyExists, `${kind} "${id}" already exists`);
+  }
+}
+
+/** A request field broke a rule. The message names the field and the rule. */
+export class InvalidArgumentError extends KilnError {
+  readonly field: string;
+  constructor(field: string, rule: string) {
+    super(ErrorCode.InvalidArgument, `${field}: ${rule}`);
+    this.field = field;
+  }
+}
+
+/** The request is well formed but the object's state does not allow it (e.g. a task on a closed session). */
+export class FailedPreconditionError extends KilnError {
+  constructor(message: string) {
+    super(ErrorCode.FailedPrecondition, message);
+  }
+}
+
+export class UnauthenticatedError extends KilnError {
+  constructor(message = "missing or invalid token") {
+    super(ErrorCode.Unauthenticated, message);
+  }
+}
+
+export class TimeoutError extends KilnError {
+  constructor(what: string, ms: number) {
+    super(ErrorCode.DeadlineExceeded, `${what} timed out after ${ms} ms`);
+  }
+}
+
+/** A task ended Failed (or Cancelled); carries the session and task ids. */
+export class TaskFailedError extends KilnError {
+  readonly sessionId: string;
+  readonly taskId: string;
+  constructor(sessionId: string, taskId: string, message: string, cancelled = false) {
+    super(
+      cancelled ? ErrorCode.TaskCancelled : ErrorCode.TaskFailed,
+      `task ${sessionId}/${taskId} ${cancelled ? "was cancelled" : "failed"}: ${message}`,
+    );
+    this.sessionId = sessionId;
+    this.taskId = taskId;
+  }
+}
+
+/** Turns anything thrown by a Connect call into a KilnError, keeping the stable code when the server sent one. */
+export function toKilnError(err: unknown): KilnError {
+  if (err instanceof KilnError) return err;
+  const ce = ConnectError.from(err);
+  const sent = ce.metadata.get(ERROR_CODE_HEADER) as ErrorCode | null;
+  const code = sent && sent in toConnectCode ? sent : (fromConnectCode[ce.code] ?? ErrorCode.Internal);
+  return new KilnError(code, ce.rawMessage, { cause: err });
+}
+
+/** Turns anything thrown inside a handler into the ConnectError a client should see. */
+export function toConnectError(err: unknown): ConnectError {
+  if (err instanceof KilnError) return err.toConnectError();
+  if (err instanceof ConnectError) return err;
+  return new ConnectError(err instanceof Error ? err.message : String(err), Code.Internal);
+}

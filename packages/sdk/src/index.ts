@@ -1,0 +1,2 @@
+export * from "./errors.js";
+export { parseResreq, formatResreq, type Resources } from "./validation.js";

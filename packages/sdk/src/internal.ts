@@ -1,0 +1,7 @@
+/**
+ * Helpers shared by the SDK and the Kiln servers. Not part of the public
+ * API: they may change between minor versions.
+ */
+export { validateName, parseResreq, parseBytes, formatResreq, formatBytes, type Resources } from "./validation.js";
+export { toConnectError, toKilnError, ERROR_CODE_HEADER } from "./errors.js";
+export { createClusterTransport, createUnixSocketTransport, TOKEN_HEADER } from "./transport.js";

@@ -1,0 +1,53 @@
+import * as net from "node:net";
+import type { Interceptor, Transport } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+
+/** Header carrying the cluster token on every request. */
+export const TOKEN_HEADER = "authorization";
+
+export interface TransportOptions {
+  /** `http://host:port` (h2c) or `https://host:port`. */
+  endpoint: string;
+  token?: string;
+  /** Largest message this side accepts, bytes. */
+  readMaxBytes?: number;
+}
+
+function tokenInterceptor(token: string): Interceptor {
+  return (next) => (req) => {
+    req.header.set(TOKEN_HEADER, `Bearer ${token}`);
+    return next(req);
+  };
+}
+
+/**
+ * A gRPC (HTTP/2) transport to a Kiln or Flame endpoint. One HTTP/2
+ * connection carries every call and stream. Call `close()` to let the
+ * process exit.
+ */
+export function createClusterTransport(options: TransportOptions): { transport: Transport; close(): void } {
+  const url = new URL(options.endpoint);
+  const baseUrl = `${url.protocol}//${url.host}`;
+  const sessionManager = new Http2SessionManager(baseUrl, { idleConnectionTimeoutMs: 60_000 });
+  const transport = createGrpcTransport({
+    baseUrl,
+    sessionManager,
+    readMaxBytes: options.readMaxBytes ?? 256 * 1024 * 1024,
+    writeMaxBytes: options.readMaxBytes ?? 256 * 1024 * 1024,
+    interceptors: options.token ? [tokenInterceptor(options.token)] : [],
+  });
+  return { transport, close: () => sessionManager.abort() };
+}
+
+/** A gRPC transport over a Unix socket (how an agent reaches a service process). */
+export function createUnixSocketTransport(socketPath: string): { transport: Transport; close(): void } {
+  const baseUrl = "http://localhost";
+  const sessionManager = new Http2SessionManager(baseUrl, {}, { createConnection: () => net.connect(socketPath) });
+  const transport = createGrpcTransport({
+    baseUrl,
+    sessionManager,
+    readMaxBytes: 1024 * 1024 * 1024,
+    writeMaxBytes: 1024 * 1024 * 1024,
+  });
+  return { transport, close: () => sessionManager.abort() };
+}
