@@ -1,0 +1,118 @@
+import { create } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import { NotFoundError } from "@kiln/sdk";
+import { flame } from "@kiln/sdk/proto";
+import { toApplicationMessage, type ApplicationRegistry } from "../applications.js";
+import { toExecutorMessage, toNodeMessage } from "../cluster-state.js";
+import type { Orchestrator } from "../orchestrator.js";
+import type { SessionRegistry } from "../sessions.js";
+import type { GroupCommit } from "../store/group-commit.js";
+import type { WatchHub } from "../watch-hub.js";
+import { toSessionMessage, toTaskMessage } from "./messages.js";
+
+export interface FrontendDeps {
+  apps: ApplicationRegistry;
+  sessions: SessionRegistry;
+  orchestrator: Orchestrator;
+  hub: WatchHub;
+  commit: GroupCommit;
+}
+
+const OK = () => create(flame.ResultSchema, { returnCode: 0 });
+
+/**
+ * flame.v1.Frontend: Flame's client API. Every mutation is acknowledged only
+ * after the commit that holds it.
+ */
+export function frontendService(d: FrontendDeps): ServiceImpl<typeof flame.Frontend> {
+  const { apps, sessions, orchestrator, hub, commit } = d;
+  return {
+    async registerApplication(req) {
+      apps.register(req.name, req.application);
+      await commit.flushed();
+      return OK();
+    },
+    async updateApplication(req) {
+      apps.update(req.name, req.application);
+      await commit.flushed();
+      return OK();
+    },
+    async unregisterApplication(req) {
+      apps.unregister(req.name);
+      await commit.flushed();
+      return OK();
+    },
+    getApplication(req) {
+      return toApplicationMessage(apps.require(req.name));
+    },
+    listApplication() {
+      return create(flame.ApplicationListSchema, { applications: apps.list().map(toApplicationMessage) });
+    },
+    listExecutor() {
+      return create(flame.ExecutorListSchema, {
+        executors: [...orchestrator.cluster.executors.values()].map(toExecutorMessage),
+      });
+    },
+    listNodes() {
+      return create(flame.NodeListSchema, { nodes: [...orchestrator.cluster.nodes.values()].map(toNodeMessage) });
+    },
+    getNode(req) {
+      const node = orchestrator.cluster.nodes.get(req.name);
+      if (!node) throw new NotFoundError("node", req.name);
+      return create(flame.GetNodeResponseSchema, { node: toNodeMessage(node) });
+    },
+    async createSession(req) {
+      const s = sessions.create(req.sessionId, req.session);
+      await commit.flushed();
+      orchestrator.requestCycle();
+      return toSessionMessage(s);
+    },
+    async openSession(req) {
+      const s = sessions.open(req.sessionId, req.session);
+      await commit.flushed();
+      orchestrator.requestCycle();
+      return toSessionMessage(s);
+    },
+    async closeSession(req) {
+      const s = sessions.close(req.sessionId);
+      await commit.flushed();
+      return toSessionMessage(s);
+    },
+    async deleteSession(req) {
+      const s = sessions.delete(req.sessionId);
+      await commit.flushed();
+      return toSessionMessage(s);
+    },
+    getSession(req) {
+      return toSessionMessage(sessions.require(req.sessionId));
+    },
+    listSession() {
+      return create(flame.SessionListSchema, { sessions: sessions.list().map(toSessionMessage) });
+    },
+    async createTask(req) {
+      const sessionId = req.task?.sessionId ?? "";
+      const first = sessions.createTasks(sessionId, [req.task?.input ?? new Uint8Array()]);
+      await commit.flushed();
+      return toTaskMessage(sessions.getTask(sessionId, String(first)));
+    },
+    getTask(req) {
+      return toTaskMessage(sessions.getTask(req.sessionId, req.taskId));
+    },
+    async *watchTask(req, ctx) {
+      const task = sessions.getTask(req.sessionId, req.taskId);
+      const queue = hub.watchTask(task);
+      const stop = () => queue.end();
+      ctx.signal.addEventListener("abort", stop);
+      try {
+        yield* queue;
+      } finally {
+        ctx.signal.removeEventListener("abort", stop);
+        hub.unwatchTask(task, queue);
+      }
+    },
+    async *listTask(req) {
+      const s = sessions.require(req.sessionId);
+      for (const t of s.tasks) yield toTaskMessage(t);
+    },
+  };
+}

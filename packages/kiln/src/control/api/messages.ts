@@ -1,0 +1,45 @@
+import { create } from "@bufbuild/protobuf";
+import { flame } from "@kiln/sdk/proto";
+import type { StoredEvent } from "../store/sqlite-store.js";
+import type { SessionRecord, TaskRecord } from "../sessions.js";
+
+function toEvents(events: readonly StoredEvent[]): flame.Event[] {
+  return events.map((e) =>
+    create(flame.EventSchema, {
+      code: e.code,
+      creationTime: BigInt(e.time),
+      ...(e.message !== undefined ? { message: e.message } : {}),
+    }),
+  );
+}
+
+export function toSessionMessage(s: SessionRecord): flame.Session {
+  return create(flame.SessionSchema, {
+    metadata: { id: s.id, name: s.id },
+    spec: s.spec,
+    status: {
+      state: s.state,
+      creationTime: BigInt(s.creationTime),
+      ...(s.completionTime !== undefined ? { completionTime: BigInt(s.completionTime) } : {}),
+      ...s.counts,
+      events: toEvents(s.events),
+    },
+  });
+}
+
+export function toTaskMessage(t: TaskRecord): flame.Task {
+  return create(flame.TaskSchema, {
+    metadata: { id: String(t.id), name: String(t.id) },
+    spec: {
+      sessionId: t.sessionId,
+      ...(t.input ? { input: t.input } : {}),
+      ...(t.output ? { output: t.output } : {}),
+    },
+    status: {
+      state: t.state,
+      creationTime: BigInt(t.creationTime),
+      ...(t.completionTime !== undefined ? { completionTime: BigInt(t.completionTime) } : {}),
+      events: toEvents(t.events),
+    },
+  });
+}

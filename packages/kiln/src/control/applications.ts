@@ -1,0 +1,173 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "@kiln/sdk";
+import { validateName } from "@kiln/sdk/internal";
+import { flame } from "@kiln/sdk/proto";
+import AjvModule from "ajv";
+import * as path from "node:path";
+import type { GroupCommit } from "./store/group-commit.js";
+import type { StoredApplication } from "./store/sqlite-store.js";
+
+/** Label that sets how many tasks one executor of the application runs at once: `kiln.concurrency=8`. */
+export const CONCURRENCY_LABEL = "kiln.concurrency";
+const MAX_CONCURRENCY = 10_000;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+export interface ApplicationRecord {
+  name: string;
+  spec: flame.ApplicationSpec;
+  state: flame.ApplicationState;
+  creationTime: number;
+  /** From the kiln.concurrency label; 1 when absent (a Flame service handles one task at a time). */
+  concurrency: number;
+}
+
+// ajv is CommonJS: under NodeNext its class is the default import's `default`.
+const schemaValidator = new AjvModule.default({ strict: false });
+
+/** Checks an application spec; throws InvalidArgumentError naming the field and the rule. */
+export function validateApplicationSpec(spec: flame.ApplicationSpec): { concurrency: number } {
+  if (spec.shim !== flame.Shim.Host)
+    throw new InvalidArgumentError("application.shim", "only the Host shim is supported by Kiln agents");
+  if (spec.workingDirectory !== undefined && spec.workingDirectory !== "" && !path.isAbsolute(spec.workingDirectory))
+    throw new InvalidArgumentError(
+      "application.working_directory",
+      `must be an absolute path (got "${spec.workingDirectory}")`,
+    );
+  if (spec.delayRelease !== undefined && spec.delayRelease < 0n)
+    throw new InvalidArgumentError("application.delay_release", "must be zero or more seconds");
+  spec.environments.forEach((env, i) => {
+    if (!ENV_NAME.test(env.name))
+      throw new InvalidArgumentError(
+        `application.environments[${i}].name`,
+        `"${env.name}" must match [A-Za-z_][A-Za-z0-9_]*`,
+      );
+  });
+  for (const [key, text] of Object.entries({
+    input: spec.schema?.input,
+    output: spec.schema?.output,
+    common_data: spec.schema?.commonData,
+  })) {
+    if (text === undefined || text === "") continue;
+    const field = `application.schema.${key}`;
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (e) {
+      throw new InvalidArgumentError(field, `must be JSON: ${(e as Error).message}`);
+    }
+    if (typeof parsed !== "object" && typeof parsed !== "boolean")
+      throw new InvalidArgumentError(field, "must be a JSON Schema object");
+    if (!schemaValidator.validateSchema(parsed as object))
+      throw new InvalidArgumentError(field, `is not a valid JSON Schema: ${schemaValidator.errorsText()}`);
+  }
+  let concurrency = 1;
+  for (const label of spec.labels) {
+    if (!label.startsWith(`${CONCURRENCY_LABEL}=`)) continue;
+    const value = label.slice(CONCURRENCY_LABEL.length + 1);
+    if (!/^\d+$/.test(value) || Number(value) < 1 || Number(value) > MAX_CONCURRENCY)
+      throw new InvalidArgumentError(
+        "application.labels",
+        `${CONCURRENCY_LABEL} must be a whole number from 1 to ${MAX_CONCURRENCY} (got "${value}")`,
+      );
+    concurrency = Number(value);
+  }
+  return { concurrency };
+}
+
+/** Applications in memory, written through to the store. */
+export class ApplicationRegistry {
+  private readonly apps = new Map<string, ApplicationRecord>();
+
+  constructor(
+    private readonly commit: GroupCommit,
+    private readonly hasOpenSessions: (app: string) => boolean,
+  ) {}
+
+  load(rows: StoredApplication[]): void {
+    for (const row of rows) {
+      const spec = fromBinary(flame.ApplicationSpecSchema, row.spec);
+      this.apps.set(row.name, {
+        name: row.name,
+        spec,
+        state: row.state,
+        creationTime: row.creationTime,
+        concurrency: safeConcurrency(spec),
+      });
+    }
+  }
+
+  register(
+    name: string,
+    spec: flame.ApplicationSpec | undefined,
+    options: { upsert?: boolean } = {},
+  ): ApplicationRecord {
+    validateName("name", name);
+    if (!spec) throw new InvalidArgumentError("application", "is required");
+    const { concurrency } = validateApplicationSpec(spec);
+    const existing = this.apps.get(name);
+    if (existing && !options.upsert) throw new AlreadyExistsError("application", name);
+    const record: ApplicationRecord = {
+      name,
+      spec,
+      state: flame.ApplicationState.Enabled,
+      creationTime: existing?.creationTime ?? Date.now(),
+      concurrency,
+    };
+    this.apps.set(name, record);
+    this.persist(record);
+    return record;
+  }
+
+  update(name: string, spec: flame.ApplicationSpec | undefined): ApplicationRecord {
+    this.require(name);
+    return this.register(name, spec, { upsert: true });
+  }
+
+  unregister(name: string): void {
+    this.require(name);
+    if (this.hasOpenSessions(name))
+      throw new FailedPreconditionError(`application "${name}" has open sessions; close them first`);
+    this.apps.delete(name);
+    this.commit.write((s) => s.deleteApplication(name));
+  }
+
+  get(name: string): ApplicationRecord | undefined {
+    return this.apps.get(name);
+  }
+
+  require(name: string): ApplicationRecord {
+    const app = this.apps.get(name);
+    if (!app) throw new NotFoundError("application", name);
+    return app;
+  }
+
+  list(): ApplicationRecord[] {
+    return [...this.apps.values()];
+  }
+
+  private persist(r: ApplicationRecord): void {
+    const row: StoredApplication = {
+      name: r.name,
+      spec: toBinary(flame.ApplicationSpecSchema, r.spec),
+      state: r.state,
+      creationTime: r.creationTime,
+    };
+    this.commit.write((s) => s.putApplication(row));
+  }
+}
+
+function safeConcurrency(spec: flame.ApplicationSpec): number {
+  try {
+    return validateApplicationSpec(spec).concurrency;
+  } catch {
+    return 1;
+  }
+}
+
+export function toApplicationMessage(r: ApplicationRecord): flame.Application {
+  return create(flame.ApplicationSchema$, {
+    metadata: { id: r.name, name: r.name },
+    spec: r.spec,
+    status: { state: r.state, creationTime: BigInt(r.creationTime) },
+  });
+}

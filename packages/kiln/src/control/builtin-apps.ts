@@ -1,0 +1,20 @@
+import { create } from "@bufbuild/protobuf";
+import { flame } from "@kiln/sdk/proto";
+import { pingServiceEntry } from "../apps/ping/location.js";
+import { CONCURRENCY_LABEL, type ApplicationRegistry } from "./applications.js";
+
+/** Applications every Kiln cluster has, (re)registered at each start so they follow the installed version. */
+export function registerBuiltinApps(apps: ApplicationRegistry): void {
+  apps.register(
+    "kiln-ping",
+    create(flame.ApplicationSpecSchema, {
+      shim: flame.Shim.Host,
+      description: "Built-in test service: sleeps and allocates as asked, answers with its host and time taken",
+      labels: ["builtin", `${CONCURRENCY_LABEL}=256`],
+      command: process.execPath,
+      arguments: [pingServiceEntry()],
+      delayRelease: 10n,
+    }),
+    { upsert: true },
+  );
+}

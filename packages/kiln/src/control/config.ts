@@ -1,0 +1,72 @@
+import { parseResreq, type Resources } from "@kiln/sdk/internal";
+
+export interface ControlPlaneOptions {
+  /** Directory holding the SQLite file. */
+  dataDir: string;
+  /** Default 127.0.0.1. Any other address requires `token`. */
+  host?: string;
+  /** HTTP/2 port (gRPC, Connect). Default 7420; 0 picks a free port. */
+  port?: number;
+  /** HTTP/1.1 port (Connect JSON). Default port + 1 (or a free port when port is 0). */
+  httpPort?: number;
+  token?: string;
+  /** Close an agent stream that sent nothing for this long. Default 15 s. */
+  heartbeatTimeoutMs?: number;
+  /** After a node's stream ends, wait this long for it to come back before requeueing its tasks. Default 30 s. */
+  drainTimeoutMs?: number;
+  /** Heartbeat interval agents are told to use. Default 5 s. */
+  heartbeatIntervalMs?: number;
+  /** How many times a task whose executor was lost is requeued before it fails. Default 3. */
+  retries?: number;
+  /** Bind failures in a row before a session's pending tasks fail. Default 5. */
+  bindRetryLimit?: number;
+  /** Largest task input or common data accepted, bytes. Default 16 MiB. */
+  maxTaskBytes?: number;
+  /** Resources given to sessions that ask for none. Default cpu=1,mem=1g. */
+  defaultResreq?: string;
+  /** Scheduling tick for timers (delay release, backoff). Default 100 ms. */
+  scheduleIntervalMs?: number;
+  /** "full" also survives power loss; "normal" (default) survives process kills. */
+  durability?: "normal" | "full";
+  log?: (line: string) => void;
+}
+
+export interface ControlPlaneConfig {
+  dataDir: string;
+  host: string;
+  port: number;
+  httpPort: number | undefined;
+  token: string | undefined;
+  heartbeatTimeoutMs: number;
+  drainTimeoutMs: number;
+  heartbeatIntervalMs: number;
+  retries: number;
+  bindRetryLimit: number;
+  maxTaskBytes: number;
+  defaultResreq: Resources;
+  scheduleIntervalMs: number;
+  durability: "normal" | "full";
+  log: (line: string) => void;
+}
+
+export const DEFAULT_PORT = 7420;
+
+export function resolveConfig(o: ControlPlaneOptions): ControlPlaneConfig {
+  return {
+    dataDir: o.dataDir,
+    host: o.host ?? "127.0.0.1",
+    port: o.port ?? DEFAULT_PORT,
+    httpPort: o.httpPort,
+    token: o.token || undefined,
+    heartbeatTimeoutMs: o.heartbeatTimeoutMs ?? 15_000,
+    drainTimeoutMs: o.drainTimeoutMs ?? 30_000,
+    heartbeatIntervalMs: o.heartbeatIntervalMs ?? 5_000,
+    retries: o.retries ?? 3,
+    bindRetryLimit: o.bindRetryLimit ?? 5,
+    maxTaskBytes: o.maxTaskBytes ?? 16 * 1024 * 1024,
+    defaultResreq: parseResreq(o.defaultResreq ?? "cpu=1,mem=1g", "defaultResreq"),
+    scheduleIntervalMs: o.scheduleIntervalMs ?? 100,
+    durability: o.durability ?? "normal",
+    log: o.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)),
+  };
+}

@@ -1,0 +1,111 @@
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { flame, kiln } from "@kiln/sdk/proto";
+import * as path from "node:path";
+import { listenHttp1, listenHttp2 } from "../net/http-server.js";
+import { requireToken, translateErrors } from "../net/interceptors.js";
+import { agentService } from "./api/agent-service.js";
+import { frontendService, type FrontendDeps } from "./api/frontend-service.js";
+import { kilnFrontendService } from "./api/kiln-frontend-service.js";
+import { toTaskMessage } from "./api/messages.js";
+import { ApplicationRegistry } from "./applications.js";
+import { registerBuiltinApps } from "./builtin-apps.js";
+import { resolveConfig, type ControlPlaneOptions } from "./config.js";
+import { Orchestrator } from "./orchestrator.js";
+import { SessionRegistry } from "./sessions.js";
+import { GroupCommit } from "./store/group-commit.js";
+import { SqliteStore } from "./store/sqlite-store.js";
+import { WatchHub } from "./watch-hub.js";
+
+export type { ControlPlaneOptions } from "./config.js";
+
+export interface ControlPlane {
+  /** `http://host:port`, for clients and agents (gRPC and Connect over HTTP/2). */
+  endpoint: string;
+  port: number;
+  /** The same API as Connect JSON over HTTP/1.1 (curl, fetch). */
+  httpEndpoint: string;
+  close(): Promise<void>;
+}
+
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
+
+/**
+ * Starts the control plane: loads the store, registers built-in apps, and
+ * serves flame.v1.Frontend, kiln.v1.Frontend and kiln.v1.Agent: gRPC and
+ * Connect over HTTP/2 on `port`, Connect JSON over HTTP/1.1 on `httpPort`.
+ *
+ * @example
+ * const cp = await startControlPlane({ dataDir: "/var/lib/kiln", port: 7420 });
+ * console.log(cp.endpoint); // http://127.0.0.1:7420
+ * await cp.close();
+ */
+export async function startControlPlane(options: ControlPlaneOptions): Promise<ControlPlane> {
+  const config = resolveConfig(options);
+  if (!LOOPBACK.test(config.host) && !config.token)
+    throw new Error(`listening on ${config.host} (beyond loopback) requires a token (--token or KILN_TOKEN)`);
+
+  const store = SqliteStore.open(path.join(config.dataDir, "kiln.db"), config.durability);
+  const commit = new GroupCommit(store);
+  let sessions: SessionRegistry | undefined;
+  const apps = new ApplicationRegistry(commit, (name) => sessions?.hasOpenSessions(name) ?? false);
+  sessions = new SessionRegistry(commit, apps, {
+    retries: config.retries,
+    maxTaskBytes: config.maxTaskBytes,
+    defaultResreq: config.defaultResreq,
+  });
+  const snapshot = store.load();
+  apps.load(snapshot.applications);
+  sessions.load(snapshot);
+  registerBuiltinApps(apps);
+  commit.flushNow();
+
+  const hub = new WatchHub(toTaskMessage);
+  const orchestrator = new Orchestrator(config, sessions, apps);
+  const registry = sessions;
+  sessions.observer = {
+    taskChanged: (s, t) => hub.taskChanged(s, t),
+    sessionEnded: (s) => {
+      hub.sessionEnded(s);
+      orchestrator.sessionEnded(s);
+    },
+    workAdded: (s) => orchestrator.workAdded(s),
+  };
+  commit.onCommit(() => hub.flush());
+  orchestrator.start();
+
+  const deps: FrontendDeps = { apps, sessions: registry, orchestrator, hub, commit };
+  const handler = connectNodeAdapter({
+    routes: (router) => {
+      router.service(flame.Frontend, frontendService(deps));
+      router.service(kiln.Frontend, kilnFrontendService(deps));
+      router.service(kiln.Agent, agentService(orchestrator, config.log));
+    },
+    interceptors: [...(config.token ? [requireToken(config.token)] : []), translateErrors()],
+    // Batches of tasks can be large; each task's input is checked against maxTaskBytes with a clear error.
+    readMaxBytes: Math.max(256 * 1024 * 1024, config.maxTaskBytes * 4),
+  });
+  const server = await listenHttp2(config.host, config.port, handler);
+  const http1 = await listenHttp1(config.host, config.httpPort ?? (config.port === 0 ? 0 : server.port + 1), handler);
+  const shownHost = config.host.includes(":")
+    ? `[${config.host}]`
+    : config.host === "0.0.0.0"
+      ? "127.0.0.1"
+      : config.host;
+  const endpoint = `http://${shownHost}:${server.port}`;
+  const httpEndpoint = `http://${shownHost}:${http1.port}`;
+  config.log(
+    `control plane listening on ${endpoint} (gRPC/HTTP2) and ${httpEndpoint} (JSON/HTTP1.1); data in ${config.dataDir}`,
+  );
+
+  return {
+    endpoint,
+    port: server.port,
+    httpEndpoint,
+    async close() {
+      orchestrator.stop();
+      await Promise.all([server.close(), http1.close()]);
+      commit.flushNow();
+      store.close();
+    },
+  };
+}

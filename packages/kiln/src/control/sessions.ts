@@ -1,0 +1,469 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "@kiln/sdk";
+import { validateName, type Resources } from "@kiln/sdk/internal";
+import { flame } from "@kiln/sdk/proto";
+import { randomInt } from "node:crypto";
+import type { ApplicationRegistry } from "./applications.js";
+import type { GroupCommit } from "./store/group-commit.js";
+import type { StoredEvent, StoredSession, StoreSnapshot, StoredTask } from "./store/sqlite-store.js";
+import { TaskQueue } from "./task-queue.js";
+
+const { TaskState, SessionState } = flame;
+
+export interface TaskRecord extends StoredTask {
+  /** The executor holding the task while it is Running. */
+  executorId?: string;
+}
+
+export interface RunningTask {
+  task: TaskRecord;
+  executorId: string;
+}
+
+export interface SessionRecord {
+  id: string;
+  application: string;
+  spec: flame.SessionSpec;
+  resreq: Resources;
+  state: flame.SessionState;
+  creationTime: number;
+  completionTime?: number;
+  /** Index = task id - 1 (ids are consecutive from 1). Deleted sessions drop the whole array. */
+  tasks: TaskRecord[];
+  pending: TaskQueue;
+  counts: { pending: number; running: number; succeed: number; failed: number; cancelled: number };
+  events: StoredEvent[];
+  /** Bind failures in a row, and when the scheduler may try again. */
+  bindFailures: number;
+  nextBindAt: number;
+}
+
+/** Who hears about task changes (watch streams) and new work (the dispatcher). */
+export interface SessionObserver {
+  taskChanged(session: SessionRecord, task: TaskRecord): void;
+  sessionEnded(session: SessionRecord): void;
+  workAdded(session: SessionRecord): void;
+}
+
+export interface SessionLimits {
+  retries: number;
+  maxTaskBytes: number;
+  defaultResreq: Resources;
+}
+
+const ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+const TERMINAL = new Set<number>([TaskState.Succeed, TaskState.Failed, TaskState.Cancelled]);
+
+export function isTerminal(state: number): boolean {
+  return TERMINAL.has(state);
+}
+
+function countKey(state: number): keyof SessionRecord["counts"] {
+  switch (state) {
+    case TaskState.Pending:
+      return "pending";
+    case TaskState.Running:
+      return "running";
+    case TaskState.Succeed:
+      return "succeed";
+    case TaskState.Failed:
+      return "failed";
+    default:
+      return "cancelled";
+  }
+}
+
+/**
+ * Sessions and their tasks: the working set in memory, every change written
+ * through to the store in group commits, every task change reported to the
+ * observer. State transitions of tasks live here and nowhere else.
+ */
+export class SessionRegistry {
+  private readonly sessions = new Map<string, SessionRecord>();
+  private readonly dirty = new Set<TaskRecord>();
+  observer: SessionObserver | undefined;
+
+  constructor(
+    private readonly commit: GroupCommit,
+    private readonly apps: ApplicationRegistry,
+    private readonly limits: SessionLimits,
+  ) {}
+
+  /** Rebuilds memory from the store. Running tasks go back to Pending: their executors are gone. */
+  load(snapshot: StoreSnapshot): void {
+    for (const { session: row, events } of snapshot.sessions) {
+      const spec = fromBinary(flame.SessionSpecSchema, row.spec);
+      this.sessions.set(row.id, this.newRecord(row.id, spec, row.state, row.creationTime, row.completionTime, events));
+    }
+    const now = Date.now();
+    for (const t of snapshot.tasks) {
+      const s = this.sessions.get(t.sessionId);
+      if (!s) continue;
+      const task: TaskRecord = t;
+      if (task.state === TaskState.Running) {
+        task.state = TaskState.Pending;
+        task.events.push({ code: TaskState.Pending, message: "control plane restarted; task requeued", time: now });
+        this.persistTask(task);
+      }
+      s.tasks[task.id - 1] = task;
+      s.counts[countKey(task.state)]++;
+      if (task.state === TaskState.Pending) s.pending.push(task);
+    }
+  }
+
+  get(id: string): SessionRecord | undefined {
+    return this.sessions.get(id);
+  }
+
+  require(id: string): SessionRecord {
+    const s = this.sessions.get(id);
+    if (!s) throw new NotFoundError("session", id);
+    return s;
+  }
+
+  list(): SessionRecord[] {
+    return [...this.sessions.values()];
+  }
+
+  hasOpenSessions(app: string): boolean {
+    for (const s of this.sessions.values()) if (s.application === app && s.state === SessionState.Open) return true;
+    return false;
+  }
+
+  create(id: string, spec: flame.SessionSpec | undefined): SessionRecord {
+    if (!spec) throw new InvalidArgumentError("session", "is required");
+    const app = this.apps.get(spec.application);
+    if (!spec.application) throw new InvalidArgumentError("session.application", "is required");
+    validateName("session.application", spec.application);
+    if (!app) throw new NotFoundError("application", spec.application);
+    const sessionId = id === "" ? `${spec.application}-${randomSuffix()}` : validateName("session_id", id);
+    if (this.sessions.has(sessionId)) throw new AlreadyExistsError("session", sessionId);
+    const resolved = this.resolveSpec(spec, app.spec.maxInstances);
+    this.checkCommonData(resolved);
+    const record = this.newRecord(sessionId, resolved, SessionState.Open, Date.now(), undefined, []);
+    this.sessions.set(sessionId, record);
+    this.persistSession(record);
+    return record;
+  }
+
+  /** Get-or-create: an open session with the same id must have an equal spec. */
+  open(id: string, spec: flame.SessionSpec | undefined): SessionRecord {
+    validateName("session_id", id);
+    const existing = this.sessions.get(id);
+    if (!existing) {
+      if (!spec) throw new NotFoundError("session", id);
+      return this.create(id, spec);
+    }
+    if (existing.state !== SessionState.Open) throw new FailedPreconditionError(`session "${id}" is closed`);
+    if (spec) {
+      const app = this.apps.get(spec.application);
+      const wanted = this.resolveSpec(spec, app?.spec.maxInstances);
+      const mismatch = specMismatch(existing.spec, wanted);
+      if (mismatch)
+        throw new InvalidArgumentError(
+          `session.${mismatch}`,
+          `does not match the existing open session "${id}" (open with the same spec, or another id)`,
+        );
+    }
+    return existing;
+  }
+
+  close(id: string): SessionRecord {
+    const s = this.require(id);
+    if (s.state === SessionState.Closed) return s;
+    s.state = SessionState.Closed;
+    s.completionTime = Date.now();
+    this.cancelWhere(s, (t) => t.state === TaskState.Pending, "session closed");
+    s.pending.clear();
+    this.persistSession(s);
+    this.observer?.sessionEnded(s);
+    return s;
+  }
+
+  delete(id: string): SessionRecord {
+    const s = this.require(id);
+    if (s.counts.running > 0)
+      throw new FailedPreconditionError(
+        `session "${id}" has ${s.counts.running} running tasks; close it and wait for them to finish`,
+      );
+    if (s.state === SessionState.Open) this.close(id);
+    this.sessions.delete(id);
+    this.commit.write((store) => store.deleteSession(id));
+    return s;
+  }
+
+  addEvent(s: SessionRecord, code: number, message: string): void {
+    const event: StoredEvent = { code, message, time: Date.now() };
+    const seq = s.events.push(event);
+    this.commit.write((store) => store.addSessionEvent(s.id, seq, event));
+  }
+
+  /** Appends tasks to an open session; returns the first new id (the rest follow consecutively). */
+  createTasks(sessionId: string, inputs: readonly Uint8Array[]): number {
+    const s = this.require(sessionId);
+    if (s.state !== SessionState.Open)
+      throw new FailedPreconditionError(`session "${sessionId}" is closed; tasks can only be created in open sessions`);
+    inputs.forEach((input, i) => {
+      if (input.byteLength > this.limits.maxTaskBytes)
+        throw new InvalidArgumentError(
+          inputs.length === 1 ? "task.input" : `inputs[${i}]`,
+          `is ${input.byteLength} bytes, over the limit of ${this.limits.maxTaskBytes} bytes (put large data in the object cache)`,
+        );
+    });
+    const now = Date.now();
+    const first = s.tasks.length + 1;
+    const created: TaskRecord[] = [];
+    for (let i = 0; i < inputs.length; i++) {
+      const input = inputs[i]!;
+      const task: TaskRecord = {
+        sessionId,
+        id: first + i,
+        state: TaskState.Pending,
+        ...(input.byteLength > 0 ? { input } : {}),
+        attempt: 0,
+        retries: 0,
+        creationTime: now,
+        events: [{ code: TaskState.Pending, time: now }],
+      };
+      s.tasks.push(task);
+      s.pending.push(task);
+      created.push(task);
+    }
+    s.counts.pending += inputs.length;
+    for (const t of created) {
+      this.persistTask(t);
+      this.observer?.taskChanged(s, t);
+    }
+    this.observer?.workAdded(s);
+    return first;
+  }
+
+  getTask(sessionId: string, taskId: string): TaskRecord {
+    const s = this.require(sessionId);
+    const task = /^\d+$/.test(taskId) ? s.tasks[Number(taskId) - 1] : undefined;
+    if (!task) throw new NotFoundError("task", `${sessionId}/${taskId}`);
+    return task;
+  }
+
+  /** The next pending task of a session, or undefined. */
+  nextPending(s: SessionRecord): TaskRecord | undefined {
+    return s.pending.shift((t) => t.state === TaskState.Pending);
+  }
+
+  /** Pending → Running on an executor. Increments the attempt (the fencing token). */
+  start(s: SessionRecord, task: TaskRecord, executorId: string, host: string): void {
+    this.move(s, task, TaskState.Running, `running on ${host} (executor ${executorId})`);
+    task.attempt++;
+    task.executorId = executorId;
+    this.persistTask(task);
+    this.observer?.taskChanged(s, task);
+  }
+
+  /** Running → Succeed (return code 0) or Failed. */
+  finish(
+    s: SessionRecord,
+    task: TaskRecord,
+    returnCode: number,
+    output: Uint8Array | undefined,
+    message: string | undefined,
+    host: string,
+  ): void {
+    const ok = returnCode === 0;
+    this.move(
+      s,
+      task,
+      ok ? TaskState.Succeed : TaskState.Failed,
+      ok ? `completed on ${host}` : (message ?? `failed with return code ${returnCode}`),
+    );
+    task.completionTime = Date.now();
+    delete task.executorId;
+    if (output && output.byteLength > 0) task.output = output;
+    if (!ok) task.message = message ?? `return code ${returnCode}`;
+    this.persistTask(task);
+    this.observer?.taskChanged(s, task);
+  }
+
+  /** Running → Pending after its executor was lost; Failed once it has been requeued `retries` times. */
+  requeue(s: SessionRecord, task: TaskRecord, reason: string): void {
+    delete task.executorId;
+    if (task.retries >= this.limits.retries) {
+      this.move(s, task, TaskState.Failed, `${reason}; gave up after ${task.retries} retries`);
+      task.completionTime = Date.now();
+      task.message = `${reason} (retried ${task.retries} times)`;
+    } else {
+      task.retries++;
+      this.move(s, task, TaskState.Pending, `${reason}; requeued (retry ${task.retries} of ${this.limits.retries})`);
+      s.pending.pushFront(task);
+    }
+    this.persistTask(task);
+    this.observer?.taskChanged(s, task);
+    if (task.state === TaskState.Pending) this.observer?.workAdded(s);
+  }
+
+  /** Marks a Pending task Running again on the executor that still holds it (after a control-plane restart). */
+  adopt(s: SessionRecord, task: TaskRecord, executorId: string, host: string): void {
+    this.move(s, task, TaskState.Running, `still running on ${host} (executor ${executorId}) after restart`);
+    task.executorId = executorId;
+    this.persistTask(task);
+    this.observer?.taskChanged(s, task);
+  }
+
+  /** Cancels non-terminal tasks (all, or the given ids). Returns the tasks that were Running (their executors should drop them). */
+  cancel(sessionId: string, taskIds: readonly string[]): { cancelled: number; wereRunning: RunningTask[] } {
+    const s = this.require(sessionId);
+    const wanted = taskIds.length > 0 ? new Set(taskIds.map((id) => this.getTask(sessionId, id))) : undefined;
+    const wereRunning: RunningTask[] = [];
+    const cancelled = this.cancelWhere(
+      s,
+      (t) => !isTerminal(t.state) && (!wanted || wanted.has(t)),
+      "cancelled by request",
+      wereRunning,
+    );
+    return { cancelled, wereRunning };
+  }
+
+  /** Fails every pending task of a session with a reason (e.g. the application cannot be bound). */
+  failPending(s: SessionRecord, reason: string): number {
+    let n = 0;
+    for (let t = this.nextPending(s); t; t = this.nextPending(s)) {
+      this.move(s, t, TaskState.Failed, reason);
+      t.completionTime = Date.now();
+      t.message = reason;
+      this.persistTask(t);
+      this.observer?.taskChanged(s, t);
+      n++;
+    }
+    return n;
+  }
+
+  private cancelWhere(
+    s: SessionRecord,
+    match: (t: TaskRecord) => boolean,
+    reason: string,
+    wereRunning?: RunningTask[],
+  ): number {
+    let n = 0;
+    for (const t of s.tasks) {
+      if (!t || !match(t)) continue;
+      if (t.state === TaskState.Running && t.executorId) wereRunning?.push({ task: t, executorId: t.executorId });
+      delete t.executorId;
+      this.move(s, t, TaskState.Cancelled, reason);
+      t.completionTime = Date.now();
+      t.message = reason;
+      this.persistTask(t);
+      this.observer?.taskChanged(s, t);
+      n++;
+    }
+    return n;
+  }
+
+  private move(s: SessionRecord, task: TaskRecord, to: flame.TaskState, message: string): void {
+    s.counts[countKey(task.state)]--;
+    s.counts[countKey(to)]++;
+    task.state = to;
+    task.events.push({ code: to, message, time: Date.now() });
+  }
+
+  private resolveSpec(spec: flame.SessionSpec, appMax: number | undefined): flame.SessionSpec {
+    const maxInstances = spec.maxInstances ?? appMax;
+    if (maxInstances !== undefined && spec.minInstances > maxInstances)
+      throw new InvalidArgumentError(
+        "session.min_instances",
+        `${spec.minInstances} must not exceed max_instances ${maxInstances}`,
+      );
+    const r = spec.resreq;
+    if (r && r.cpu === 0n && r.memory === 0n && r.gpu === 0) {
+      throw new InvalidArgumentError("session.resreq", "must request some cpu, memory or gpu (or be omitted)");
+    }
+    if (r && r.gpu < 0) throw new InvalidArgumentError("session.resreq.gpu", "must not be negative");
+    const d = this.limits.defaultResreq;
+    return create(flame.SessionSpecSchema, {
+      application: spec.application,
+      ...(spec.commonData !== undefined ? { commonData: spec.commonData } : {}),
+      minInstances: spec.minInstances,
+      ...(maxInstances !== undefined ? { maxInstances } : {}),
+      batchSize: 1,
+      priority: spec.priority,
+      resreq: r ?? { cpu: BigInt(d.cpu), memory: BigInt(d.memory), gpu: d.gpu },
+    });
+  }
+
+  private checkCommonData(spec: flame.SessionSpec): void {
+    const size = spec.commonData?.byteLength ?? 0;
+    if (size > this.limits.maxTaskBytes)
+      throw new InvalidArgumentError(
+        "session.common_data",
+        `is ${size} bytes, over the limit of ${this.limits.maxTaskBytes} bytes`,
+      );
+  }
+
+  private newRecord(
+    id: string,
+    spec: flame.SessionSpec,
+    state: flame.SessionState,
+    creationTime: number,
+    completionTime: number | undefined,
+    events: StoredEvent[],
+  ): SessionRecord {
+    const r = spec.resreq!;
+    return {
+      id,
+      application: spec.application,
+      spec,
+      resreq: { cpu: Number(r.cpu), memory: Number(r.memory), gpu: r.gpu },
+      state,
+      creationTime,
+      ...(completionTime !== undefined ? { completionTime } : {}),
+      tasks: [],
+      pending: new TaskQueue(),
+      counts: { pending: 0, running: 0, succeed: 0, failed: 0, cancelled: 0 },
+      events,
+      bindFailures: 0,
+      nextBindAt: 0,
+    };
+  }
+
+  private persistSession(s: SessionRecord): void {
+    const row: StoredSession = {
+      id: s.id,
+      application: s.application,
+      spec: toBinary(flame.SessionSpecSchema, s.spec),
+      state: s.state,
+      creationTime: s.creationTime,
+      ...(s.completionTime !== undefined ? { completionTime: s.completionTime } : {}),
+    };
+    this.commit.write((store) => store.putSession(row));
+  }
+
+  /**
+   * Marks a task for writing. A task changed several times in one turn
+   * (created, started and finished) is written once, as an upsert, in the
+   * turn's commit.
+   */
+  private persistTask(t: TaskRecord): void {
+    if (this.dirty.size === 0) {
+      this.commit.write((store) => {
+        for (const task of this.dirty) if (this.sessions.has(task.sessionId)) store.upsertTask(task);
+        this.dirty.clear();
+      });
+    }
+    this.dirty.add(t);
+  }
+}
+
+function randomSuffix(): string {
+  let out = "";
+  for (let i = 0; i < 6; i++) out += ID_CHARS[randomInt(ID_CHARS.length)];
+  return out;
+}
+
+function specMismatch(a: flame.SessionSpec, b: flame.SessionSpec): string | undefined {
+  if (a.application !== b.application) return "application";
+  if (a.minInstances !== b.minInstances) return "min_instances";
+  if (a.maxInstances !== b.maxInstances) return "max_instances";
+  if (a.priority !== b.priority) return "priority";
+  const ra = a.resreq!;
+  const rb = b.resreq!;
+  if (ra.cpu !== rb.cpu || ra.memory !== rb.memory || ra.gpu !== rb.gpu) return "resreq";
+  return undefined;
+}

@@ -1,0 +1,233 @@
+import Database from "better-sqlite3";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { MIGRATIONS } from "./migrations.js";
+
+/** An event as stored: code, optional message, Unix ms. */
+export interface StoredEvent {
+  code: number;
+  message?: string;
+  time: number;
+}
+
+export interface StoredApplication {
+  name: string;
+  /** flame.v1.ApplicationSpec, protobuf binary. */
+  spec: Uint8Array;
+  state: number;
+  creationTime: number;
+}
+
+export interface StoredSession {
+  id: string;
+  application: string;
+  /** flame.v1.SessionSpec (resolved defaults), protobuf binary. */
+  spec: Uint8Array;
+  state: number;
+  creationTime: number;
+  completionTime?: number;
+}
+
+export interface StoredTask {
+  sessionId: string;
+  id: number;
+  state: number;
+  input?: Uint8Array;
+  output?: Uint8Array;
+  message?: string;
+  /** Fencing token: incremented at every dispatch. */
+  attempt: number;
+  /** Times the task was requeued after losing its executor. */
+  retries: number;
+  creationTime: number;
+  completionTime?: number;
+  events: StoredEvent[];
+}
+
+export interface StoreSnapshot {
+  applications: StoredApplication[];
+  sessions: { session: StoredSession; events: StoredEvent[] }[];
+  tasks: StoredTask[];
+}
+
+export type Durability = "normal" | "full";
+
+interface TaskRow {
+  session_id: string;
+  id: number;
+  state: number;
+  input: Buffer | null;
+  output: Buffer | null;
+  message: string | null;
+  attempt: number;
+  retries: number;
+  creation_time: number;
+  completion_time: number | null;
+  events: string;
+}
+
+/**
+ * The control plane's SQLite file (WAL). Every method is one statement and
+ * synchronous; callers group them with `transaction` (see GroupCommit) so a
+ * burst of work is one commit, not one per row.
+ */
+export class SqliteStore {
+  private readonly db: Database.Database;
+  private readonly stmts;
+
+  private constructor(db: Database.Database) {
+    this.db = db;
+    this.stmts = {
+      putApplication: db.prepare(
+        "INSERT INTO applications (name, spec, state, creation_time) VALUES (?, ?, ?, ?) " +
+          "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, state = excluded.state",
+      ),
+      deleteApplication: db.prepare("DELETE FROM applications WHERE name = ?"),
+      putSession: db.prepare(
+        "INSERT INTO sessions (id, application, spec, state, creation_time, completion_time) VALUES (?, ?, ?, ?, ?, ?) " +
+          "ON CONFLICT(id) DO UPDATE SET spec = excluded.spec, state = excluded.state, completion_time = excluded.completion_time",
+      ),
+      deleteSession: db.prepare("DELETE FROM sessions WHERE id = ?"),
+      deleteSessionTasks: db.prepare("DELETE FROM tasks WHERE session_id = ?"),
+      deleteSessionEvents: db.prepare("DELETE FROM session_events WHERE session_id = ?"),
+      addSessionEvent: db.prepare(
+        "INSERT INTO session_events (session_id, seq, code, message, time) VALUES (?, ?, ?, ?, ?)",
+      ),
+      upsertTask: db.prepare(
+        "INSERT INTO tasks (session_id, id, state, input, output, message, attempt, retries, creation_time, completion_time, events) " +
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, id) DO UPDATE SET state = excluded.state, " +
+          "output = excluded.output, message = excluded.message, attempt = excluded.attempt, retries = excluded.retries, " +
+          "completion_time = excluded.completion_time, events = excluded.events",
+      ),
+    };
+  }
+
+  /** Opens (creating if needed) the store at `file` and runs pending migrations. */
+  static open(file: string, durability: Durability = "normal"): SqliteStore {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    const db = new Database(file);
+    db.pragma("journal_mode = WAL");
+    // NORMAL in WAL mode survives a process kill (-9); FULL also survives power loss.
+    db.pragma(`synchronous = ${durability === "full" ? "FULL" : "NORMAL"}`);
+    db.pragma("busy_timeout = 5000");
+    migrate(db);
+    return new SqliteStore(db);
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  putApplication(app: StoredApplication): void {
+    this.stmts.putApplication.run(app.name, app.spec, app.state, app.creationTime);
+  }
+
+  deleteApplication(name: string): void {
+    this.stmts.deleteApplication.run(name);
+  }
+
+  putSession(s: StoredSession): void {
+    this.stmts.putSession.run(s.id, s.application, s.spec, s.state, s.creationTime, s.completionTime ?? null);
+  }
+
+  deleteSession(id: string): void {
+    this.stmts.deleteSessionTasks.run(id);
+    this.stmts.deleteSessionEvents.run(id);
+    this.stmts.deleteSession.run(id);
+  }
+
+  addSessionEvent(sessionId: string, seq: number, e: StoredEvent): void {
+    this.stmts.addSessionEvent.run(sessionId, seq, e.code, e.message ?? null, e.time);
+  }
+
+  /** Inserts a task or updates its mutable columns (the input is written once). */
+  upsertTask(t: StoredTask): void {
+    this.stmts.upsertTask.run(
+      t.sessionId,
+      t.id,
+      t.state,
+      t.input ?? null,
+      t.output ?? null,
+      t.message ?? null,
+      t.attempt,
+      t.retries,
+      t.creationTime,
+      t.completionTime ?? null,
+      JSON.stringify(t.events),
+    );
+  }
+
+  /** Everything, for rebuilding the in-memory working set at start. */
+  load(): StoreSnapshot {
+    const applications = (
+      this.db.prepare("SELECT name, spec, state, creation_time FROM applications").all() as {
+        name: string;
+        spec: Buffer;
+        state: number;
+        creation_time: number;
+      }[]
+    ).map((r) => ({ name: r.name, spec: r.spec, state: r.state, creationTime: r.creation_time }));
+    const eventsBySession = new Map<string, StoredEvent[]>();
+    for (const r of this.db
+      .prepare("SELECT session_id, code, message, time FROM session_events ORDER BY session_id, seq")
+      .all() as { session_id: string; code: number; message: string | null; time: number }[]) {
+      let list = eventsBySession.get(r.session_id);
+      if (!list) eventsBySession.set(r.session_id, (list = []));
+      list.push({ code: r.code, time: r.time, ...(r.message !== null ? { message: r.message } : {}) });
+    }
+    const sessions = (
+      this.db.prepare("SELECT id, application, spec, state, creation_time, completion_time FROM sessions").all() as {
+        id: string;
+        application: string;
+        spec: Buffer;
+        state: number;
+        creation_time: number;
+        completion_time: number | null;
+      }[]
+    ).map((r) => ({
+      session: {
+        id: r.id,
+        application: r.application,
+        spec: r.spec,
+        state: r.state,
+        creationTime: r.creation_time,
+        ...(r.completion_time !== null ? { completionTime: r.completion_time } : {}),
+      },
+      events: eventsBySession.get(r.id) ?? [],
+    }));
+    const tasks = (this.db.prepare("SELECT * FROM tasks ORDER BY session_id, id").all() as TaskRow[]).map(fromRow);
+    return { applications, sessions, tasks };
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
+
+function fromRow(r: TaskRow): StoredTask {
+  return {
+    sessionId: r.session_id,
+    id: r.id,
+    state: r.state,
+    ...(r.input !== null ? { input: r.input } : {}),
+    ...(r.output !== null ? { output: r.output } : {}),
+    ...(r.message !== null ? { message: r.message } : {}),
+    attempt: r.attempt,
+    retries: r.retries,
+    creationTime: r.creation_time,
+    ...(r.completion_time !== null ? { completionTime: r.completion_time } : {}),
+    events: JSON.parse(r.events) as StoredEvent[],
+  };
+}
+
+function migrate(db: Database.Database): void {
+  const current = db.pragma("user_version", { simple: true }) as number;
+  if (current > MIGRATIONS.length)
+    throw new Error(`store schema version ${current} is newer than this Kiln (knows ${MIGRATIONS.length})`);
+  for (let v = current; v < MIGRATIONS.length; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]!);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}

@@ -1,0 +1,56 @@
+import * as http from "node:http";
+import * as http2 from "node:http2";
+import type * as net from "node:net";
+
+type Handler = (
+  req: http.IncomingMessage | http2.Http2ServerRequest,
+  res: http.ServerResponse | http2.Http2ServerResponse,
+) => void;
+
+export interface Listener {
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * Cleartext HTTP/2 (gRPC, and Connect/JSON for h2c clients such as
+ * `curl --http2-prior-knowledge`). HTTP/1.1 needs its own port: Node's
+ * HTTP/2 session reads from the native socket handle, so a connection whose
+ * first bytes were sniffed cannot be handed to it without a slow JS stream
+ * wrapper (measured at a third of the request rate).
+ */
+export async function listenHttp2(host: string, port: number, handler: Handler): Promise<Listener> {
+  const server = http2.createServer({}, handler);
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (s) => {
+    sessions.add(s);
+    s.on("close", () => sessions.delete(s));
+    // Garbage instead of the HTTP/2 preface ends that session only.
+    s.on("error", () => s.destroy());
+  });
+  return listen(server, host, port, () => {
+    for (const s of sessions) s.destroy();
+  });
+}
+
+/** HTTP/1.1 for Connect's JSON protocol, so plain `curl` and `fetch` work. */
+export async function listenHttp1(host: string, port: number, handler: Handler): Promise<Listener> {
+  const server = http.createServer(handler);
+  server.keepAliveTimeout = 5_000;
+  return listen(server, host, port, () => server.closeAllConnections());
+}
+
+async function listen(server: net.Server, host: string, port: number, dropConnections: () => void): Promise<Listener> {
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => resolve());
+  });
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        dropConnections();
+      }),
+  };
+}

@@ -1,0 +1,67 @@
+/**
+ * An unbounded push queue consumed as an async iterable: the bridge between
+ * event-driven producers (task changes, agent commands) and a streaming RPC
+ * handler that yields messages. `end()` finishes the iteration; `fail(err)`
+ * makes it throw.
+ */
+export class AsyncQueue<T> implements AsyncIterable<T> {
+  private items: T[] = [];
+  private head = 0;
+  private waiting: ((r: IteratorResult<T>) => void) | undefined;
+  private rejectWaiting: ((e: unknown) => void) | undefined;
+  private done = false;
+  private error: unknown;
+
+  get closed(): boolean {
+    return this.done;
+  }
+
+  push(item: T): void {
+    if (this.done) return;
+    const resolve = this.waiting;
+    if (resolve) {
+      this.waiting = this.rejectWaiting = undefined;
+      resolve({ value: item, done: false });
+    } else {
+      this.items.push(item);
+    }
+  }
+
+  end(): void {
+    if (this.done) return;
+    this.done = true;
+    const resolve = this.waiting;
+    this.waiting = this.rejectWaiting = undefined;
+    resolve?.({ value: undefined, done: true });
+  }
+
+  fail(err: unknown): void {
+    if (this.done) return;
+    this.error = err;
+    this.done = true;
+    const reject = this.rejectWaiting;
+    this.waiting = this.rejectWaiting = undefined;
+    reject?.(err);
+  }
+
+  private next(): Promise<IteratorResult<T>> {
+    if (this.head < this.items.length) {
+      const value = this.items[this.head++]!;
+      if (this.head === this.items.length) {
+        this.items = [];
+        this.head = 0;
+      }
+      return Promise.resolve({ value, done: false });
+    }
+    if (this.error !== undefined) return Promise.reject(this.error);
+    if (this.done) return Promise.resolve({ value: undefined, done: true });
+    return new Promise((resolve, reject) => {
+      this.waiting = resolve;
+      this.rejectWaiting = reject;
+    });
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<T> {
+    return { next: () => this.next(), return: async () => (this.end(), { value: undefined, done: true }) };
+  }
+}
