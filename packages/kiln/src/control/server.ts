@@ -46,9 +46,9 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
 
   const store = SqliteStore.open(path.join(config.dataDir, "kiln.db"), config.durability);
   const commit = new GroupCommit(store);
-  let sessions: SessionRegistry | undefined;
-  const apps = new ApplicationRegistry(commit, (name) => sessions?.hasOpenSessions(name) ?? false);
-  sessions = new SessionRegistry(commit, apps, {
+  // The callback runs only after both registries exist.
+  const apps = new ApplicationRegistry(commit, (name) => sessions.hasOpenSessions(name));
+  const sessions = new SessionRegistry(commit, apps, {
     retries: config.retries,
     maxTaskBytes: config.maxTaskBytes,
     defaultResreq: config.defaultResreq,
@@ -61,7 +61,6 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
 
   const hub = new WatchHub(toTaskMessage);
   const orchestrator = new Orchestrator(config, sessions, apps);
-  const registry = sessions;
   sessions.observer = {
     taskChanged: (s, t) => hub.taskChanged(s, t),
     sessionEnded: (s) => {
@@ -73,7 +72,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   commit.onCommit(() => hub.flush());
   orchestrator.start();
 
-  const deps: FrontendDeps = { apps, sessions: registry, orchestrator, hub, commit };
+  const deps: FrontendDeps = { apps, sessions, orchestrator, hub, commit };
   const handler = connectNodeAdapter({
     routes: (router) => {
       router.service(flame.Frontend, frontendService(deps));
