@@ -47,8 +47,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   const store = SqliteStore.open(path.join(config.dataDir, "kiln.db"), config.durability);
   const commit = new GroupCommit(store);
   // The callback runs only after both registries exist.
-  const apps = new ApplicationRegistry(commit, (name) => sessions.hasOpenSessions(name));
-  const sessions = new SessionRegistry(commit, apps, {
+  const apps: ApplicationRegistry = new ApplicationRegistry(commit, (name): boolean => sessions.hasOpenSessions(name));
+  const sessions: SessionRegistry = new SessionRegistry(commit, apps, {
     retries: config.retries,
     maxTaskBytes: config.maxTaskBytes,
     defaultResreq: config.defaultResreq,
