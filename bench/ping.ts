@@ -1,0 +1,119 @@
+/**
+ * `npm run bench`: `kiln ping -p -t 30000` against a fresh `kiln up` on this
+ * machine. Prints tasks/s, p50/p99 task latency and the peak RSS (VmHWM) of
+ * every process of the cluster. A benchmark, not a test: it asserts nothing.
+ */
+import { spawn, execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+
+const CLI = path.resolve("packages/kiln/dist/cli/main.js");
+const tasks = Number(process.env.BENCH_TASKS ?? 30_000);
+const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-bench-"));
+const port = 17420 + Math.floor(Math.random() * 500) * 2;
+const endpoint = `http://127.0.0.1:${port}`;
+
+function peakRss(pid: number): number | undefined {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function descendants(pid: number): number[] {
+  const out: number[] = [];
+  const walk = (p: number) => {
+    let children: string[] = [];
+    try {
+      children = fs.readFileSync(`/proc/${p}/task/${p}/children`, "utf8").trim().split(/\s+/).filter(Boolean);
+    } catch {
+      return;
+    }
+    for (const c of children) {
+      out.push(Number(c));
+      walk(Number(c));
+    }
+  };
+  walk(pid);
+  return out;
+}
+
+function describe(pid: number): string {
+  try {
+    const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter(Boolean);
+    const script = cmd.find((a) => a.endsWith(".js")) ?? cmd[0] ?? "?";
+    const sub = cmd[cmd.indexOf(script) + 1] ?? "";
+    return `${path.basename(script)} ${sub}`.trim();
+  } catch {
+    return "?";
+  }
+}
+
+const up = spawn(process.execPath, [CLI, "up", "--data-dir", dataDir, "--port", String(port)], {
+  stdio: ["ignore", "pipe", "pipe"],
+});
+let upLog = "";
+up.stdout.on("data", (d: Buffer) => (upLog += d));
+up.stderr.on("data", (d: Buffer) => (upLog += d));
+
+try {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      execFileSync(process.execPath, [CLI, "list", "-n", "--endpoint", endpoint], { stdio: "pipe" });
+      const nodes = execFileSync(process.execPath, [CLI, "list", "-n", "-o", "json", "--endpoint", endpoint]).toString();
+      if (nodes.includes("Ready") || nodes.includes('"state": 1') || /Ready/.test(nodes)) break;
+    } catch {
+      /* not up yet */
+    }
+    if (Date.now() > deadline) throw new Error(`kiln up did not become ready:\n${upLog}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  // Peak RSS is sampled while the run is going: service processes exit when the cluster stops.
+  const peaks = new Map<number, { name: string; rss: number }>();
+  const sample = () => {
+    for (const pid of [up.pid!, ...descendants(up.pid!)]) {
+      const rss = peakRss(pid);
+      if (rss !== undefined) peaks.set(pid, { name: describe(pid), rss: Math.max(rss, peaks.get(pid)?.rss ?? 0) });
+    }
+  };
+  const sampler = setInterval(sample, 250);
+  const ping = spawn(process.execPath, [CLI, "ping", "-p", "-t", String(tasks), "-o", "json", "--endpoint", endpoint], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  let out = "";
+  ping.stdout.on("data", (d: Buffer) => (out += d));
+  const pingPeak = { rss: 0 };
+  const pingSampler = setInterval(() => (pingPeak.rss = Math.max(pingPeak.rss, peakRss(ping.pid!) ?? 0)), 250);
+  const code = await new Promise<number | null>((resolve) => ping.once("exit", resolve));
+  clearInterval(sampler);
+  clearInterval(pingSampler);
+  sample();
+  if (code !== 0) throw new Error(`kiln ping exited with ${code}:\n${out}`);
+  const summary = JSON.parse(out) as {
+    tasks: number;
+    succeeded: number;
+    failed: number;
+    durationMs: number;
+    tasksPerSecond: number;
+    latencyMs: { p50: number; p99: number };
+  };
+  const mb = (b: number) => `${(b / 1024 / 1024).toFixed(0)} MB`;
+  console.log(`machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, ${mb(os.totalmem())} RAM, Node ${process.version}`);
+  console.log(`tasks:        ${summary.succeeded}/${summary.tasks} succeeded, ${summary.failed} failed`);
+  console.log(`duration:     ${summary.durationMs.toFixed(0)} ms`);
+  console.log(`throughput:   ${summary.tasksPerSecond.toFixed(0)} tasks/s`);
+  console.log(`latency:      p50 ${summary.latencyMs.p50.toFixed(1)} ms, p99 ${summary.latencyMs.p99.toFixed(1)} ms`);
+  console.log("peak RSS:");
+  console.log(`  ${"kiln ping (client)".padEnd(36)} ${mb(pingPeak.rss)}`);
+  for (const [pid, p] of peaks) console.log(`  ${`${p.name} [${pid}]`.padEnd(36)} ${mb(p.rss)}`);
+} finally {
+  up.kill("SIGTERM");
+  const timer = setTimeout(() => up.kill("SIGKILL"), 20_000);
+  await new Promise((r) => up.once("exit", r));
+  clearTimeout(timer);
+  fs.rmSync(dataDir, { recursive: true, force: true });
+}
