@@ -14,8 +14,16 @@ export interface TestControlPlane {
   close(): Promise<void>;
 }
 
+const made: string[] = [];
+process.on("exit", () => {
+  for (const dir of made) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** A fresh temp directory, removed when the test process exits. */
 export function tempDir(prefix: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `kiln-test-${prefix}-`));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `kiln-test-${prefix}-`));
+  made.push(dir);
+  return dir;
 }
 
 /** A real control plane on an ephemeral loopback port with a fresh SQLite file, plus raw gRPC clients. */
@@ -23,6 +31,7 @@ export async function startTestControlPlane(
   options: Partial<ControlPlaneOptions> = {},
   token?: string,
 ): Promise<TestControlPlane> {
+  const ownDir = options.dataDir === undefined;
   const dataDir = options.dataDir ?? tempDir("cp");
   const cp = await startControlPlane({ port: 0, log: () => {}, ...options, dataDir });
   const { transport, close } = createClusterTransport({ endpoint: cp.endpoint, ...(token ? { token } : {}) });
@@ -34,6 +43,7 @@ export async function startTestControlPlane(
     async close() {
       close();
       await cp.close();
+      if (ownDir) fs.rmSync(dataDir, { recursive: true, force: true });
     },
   };
 }

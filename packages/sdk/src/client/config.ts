@@ -1,0 +1,185 @@
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { parse as parseYaml } from "yaml";
+import { InvalidArgumentError } from "../errors.js";
+
+/** Where a client connects when nothing says otherwise. */
+export const DEFAULT_ENDPOINT = "http://127.0.0.1:7420";
+
+/** How to reach a cluster. Every field is optional; see {@link loadConfig} for the resolution order. */
+export interface ConnectOptions {
+  /** `http://host:port` or `https://host:port`. */
+  endpoint?: string;
+  token?: string;
+  /** A context name from the config file (default: its `current-context`). */
+  context?: string;
+  /** Config file to read (default: env KILN_CONFIG, else ~/.kiln/config.yaml). */
+  configPath?: string;
+  /** Bound on every unary call, ms. Default 60 000. */
+  requestTimeoutMs?: number;
+}
+
+export interface LoadConfigOptions extends ConnectOptions {
+  /** Environment to read instead of `process.env`. */
+  env?: Record<string, string | undefined>;
+}
+
+/** The settings a client uses, and where the endpoint came from. */
+export interface ResolvedConfig {
+  endpoint: string;
+  token?: string;
+  /** The config-file context in use, if any. */
+  context?: string;
+  /** Which layer supplied the endpoint. */
+  source: "options" | "env" | "config" | "default";
+  /** The config file consulted (it may not exist). */
+  configPath: string;
+  configFound: boolean;
+}
+
+interface ContextEntry {
+  name: string;
+  endpoint?: string;
+  token?: string;
+}
+
+interface ConfigFile {
+  currentContext?: string;
+  contexts: ContextEntry[];
+}
+
+/**
+ * Resolves endpoint and token: explicit options, then env (KILN_ENDPOINT, else
+ * FLAME_ENDPOINT; KILN_TOKEN), then the config file's context, then
+ * http://127.0.0.1:7420. A context's token is only used when the endpoint is
+ * that context's endpoint, so a token never travels to another server.
+ * A missing config file is fine; a malformed one throws InvalidArgumentError
+ * naming the field.
+ *
+ * @example
+ * const { endpoint, source } = loadConfig({ context: "prod" });
+ */
+export function loadConfig(options: LoadConfigOptions = {}): ResolvedConfig {
+  const env = options.env ?? process.env;
+  const configPath = options.configPath || env.KILN_CONFIG || path.join(os.homedir(), ".kiln", "config.yaml");
+  const file = readConfigFile(configPath);
+  const context = selectContext(file, options.context, configPath);
+
+  const envEndpoint = env.KILN_ENDPOINT || env.FLAME_ENDPOINT;
+  const [rawEndpoint, field, source]: [string, string, ResolvedConfig["source"]] = options.endpoint
+    ? [options.endpoint, "endpoint", "options"]
+    : envEndpoint
+      ? [envEndpoint, env.KILN_ENDPOINT ? "KILN_ENDPOINT" : "FLAME_ENDPOINT", "env"]
+      : context?.endpoint
+        ? [context.endpoint, "", "config"]
+        : [DEFAULT_ENDPOINT, "endpoint", "default"];
+  // Context endpoints were checked while reading the file, with their own field names.
+  const endpoint = source === "config" ? rawEndpoint : normalizeEndpoint(field, rawEndpoint);
+  const contextToken = context?.endpoint === endpoint ? context.token : undefined;
+  const token = options.token || env.KILN_TOKEN || contextToken;
+
+  return {
+    endpoint,
+    ...(token ? { token } : {}),
+    ...(context ? { context: context.name } : {}),
+    source,
+    configPath,
+    configFound: file !== undefined,
+  };
+}
+
+/**
+ * Checks an endpoint URL and returns it as `scheme://host:port`; `note` is
+ * appended to the error message (e.g. which file the value came from).
+ *
+ * @example
+ * normalizeEndpoint("endpoint", "http://localhost:7420/") // "http://localhost:7420"
+ */
+export function normalizeEndpoint(field: string, text: string, note = ""): string {
+  const fail = (rule: string): never => {
+    throw new InvalidArgumentError(field, rule + note);
+  };
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return fail(`"${text}" is not a URL (example: http://127.0.0.1:7420)`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") fail(`"${text}" must start with http:// or https://`);
+  if (url.hostname === "") fail(`"${text}" has no host`);
+  if ((url.pathname !== "/" && url.pathname !== "") || url.search || url.hash || url.username)
+    fail(`"${text}" must be only scheme, host and port`);
+  return `${url.protocol}//${url.host}`;
+}
+
+function readConfigFile(configPath: string): ConfigFile | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(configPath, "utf8");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new InvalidArgumentError(configPath, `cannot be read: ${(e as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (e) {
+    throw new InvalidArgumentError(configPath, `is not valid YAML: ${(e as Error).message}`);
+  }
+  return parseConfig(doc ?? {}, configPath);
+}
+
+function parseConfig(doc: unknown, configPath: string): ConfigFile {
+  const where = ` (in ${configPath})`;
+  const fail = (field: string, rule: string): never => {
+    throw new InvalidArgumentError(field, rule + where);
+  };
+  if (!isRecord(doc)) return fail("(root)", "must be a mapping with current-context and contexts");
+  const currentContext = optionalString(doc["current-context"], "current-context", fail);
+  const rawContexts = doc.contexts ?? [];
+  if (!Array.isArray(rawContexts)) return fail("contexts", "must be a list");
+  const contexts = rawContexts.map((raw: unknown, i): ContextEntry => {
+    const at = `contexts[${i}]`;
+    if (!isRecord(raw)) return fail(at, "must be a mapping with name and cluster");
+    const name = optionalString(raw.name, `${at}.name`, fail);
+    if (!name) return fail(`${at}.name`, "is required");
+    const cluster = raw.cluster ?? {};
+    if (!isRecord(cluster)) return fail(`${at}.cluster`, "must be a mapping with endpoint and token");
+    const endpoint = optionalString(cluster.endpoint, `${at}.cluster.endpoint`, fail);
+    const token = optionalString(cluster.token, `${at}.cluster.token`, fail);
+    const entry: ContextEntry = { name };
+    if (endpoint !== undefined) entry.endpoint = normalizeEndpoint(`${at}.cluster.endpoint`, endpoint, where);
+    if (token) entry.token = token;
+    return entry;
+  });
+  contexts.forEach((c, i) => {
+    if (contexts.findIndex((o) => o.name === c.name) !== i) fail(`contexts[${i}].name`, `"${c.name}" is given twice`);
+  });
+  return { ...(currentContext ? { currentContext } : {}), contexts };
+}
+
+function selectContext(file: ConfigFile | undefined, wanted: string | undefined, configPath: string) {
+  const name = wanted || file?.currentContext;
+  if (!name) return undefined;
+  const found = file?.contexts.find((c) => c.name === name);
+  if (found) return found;
+  const field = wanted ? "context" : "current-context";
+  if (!file) throw new InvalidArgumentError(field, `unknown context "${name}": no config file at ${configPath}`);
+  const known = file.contexts.map((c) => c.name).join(", ") || "none";
+  throw new InvalidArgumentError(field, `unknown context "${name}" (known: ${known}; in ${configPath})`);
+}
+
+function optionalString(
+  value: unknown,
+  field: string,
+  fail: (field: string, rule: string) => never,
+): string | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "string") return fail(field, "must be a string");
+  return value;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}

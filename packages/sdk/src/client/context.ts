@@ -1,0 +1,81 @@
+import type { CallOptions, Client } from "@connectrpc/connect";
+import { ErrorCode, KilnError, toKilnError } from "../errors.js";
+import type { Frontend as FlameFrontend } from "../protocol/flame.js";
+import type { Frontend as KilnFrontend } from "../protocol/kiln.js";
+
+/** Something that holds a stream open and must stop when the client closes. */
+export interface Stoppable {
+  stop(reason: KilnError): void;
+}
+
+/**
+ * What a Session needs from its KilnClient. Kept out of the public class so
+ * the client's surface stays the documented one.
+ */
+export class ClientContext {
+  private closedReason: KilnError | undefined;
+  private readonly active = new Set<Stoppable>();
+
+  constructor(
+    readonly flame: Client<typeof FlameFrontend>,
+    readonly kiln: Client<typeof KilnFrontend>,
+    /** Options for unary calls (their time bound). */
+    readonly unary: CallOptions,
+  ) {}
+
+  /** Set once the client is closed: the error every later call fails with. */
+  get closedError(): KilnError | undefined {
+    return this.closedReason;
+  }
+
+  get closed(): boolean {
+    return this.closedReason !== undefined;
+  }
+
+  ensureOpen(): void {
+    if (this.closedReason) throw this.closedReason;
+  }
+
+  /** Any failure as a KilnError; after close, every failure is the close itself. */
+  toError(err: unknown): KilnError {
+    return this.closedReason ?? toKilnError(err);
+  }
+
+  /** Runs one RPC with errors mapped to KilnError. */
+  async call<T>(rpc: (options: CallOptions) => Promise<T>): Promise<T> {
+    this.ensureOpen();
+    try {
+      return await rpc(this.unary);
+    } catch (e) {
+      throw this.toError(e);
+    }
+  }
+
+  track(s: Stoppable): void {
+    this.active.add(s);
+  }
+
+  untrack(s: Stoppable): void {
+    this.active.delete(s);
+  }
+
+  close(): void {
+    if (this.closedReason) return;
+    const reason = new KilnError(ErrorCode.Cancelled, "the Kiln client is closed");
+    this.closedReason = reason;
+    for (const s of [...this.active]) s.stop(reason);
+    this.active.clear();
+  }
+}
+
+const contexts = new WeakMap<object, ClientContext>();
+
+export function bindContext(client: object, context: ClientContext): void {
+  contexts.set(client, context);
+}
+
+export function contextOf(client: object): ClientContext {
+  const context = contexts.get(client);
+  if (!context) throw new KilnError(ErrorCode.Internal, "not a client made by connect()");
+  return context;
+}

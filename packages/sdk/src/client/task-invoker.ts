@@ -1,0 +1,62 @@
+import { ErrorCode, KilnError } from "../errors.js";
+import type { ClientContext } from "./context.js";
+import { SessionWatch, type TaskWaiter, type WatchTimings } from "./session-watch.js";
+import { Batcher, DEFAULT_BATCH_LIMITS, type BatchLimits } from "./task-batcher.js";
+import type { TaskUpdate } from "./task-update.js";
+
+interface PendingTask {
+  input: Uint8Array;
+  waiter: TaskWaiter;
+}
+
+/**
+ * The run()/invoke() hot path of one Session object: calls are gathered into
+ * one CreateTasks request per tick and their results come back over one
+ * shared WatchSession stream.
+ */
+export class TaskInvoker {
+  private readonly watch: SessionWatch;
+  private readonly batcher: Batcher<PendingTask>;
+
+  constructor(
+    private readonly ctx: ClientContext,
+    private readonly sessionId: string,
+    options: { limits?: BatchLimits; timings?: WatchTimings } = {},
+  ) {
+    this.watch = new SessionWatch(ctx, sessionId, options.timings);
+    this.batcher = new Batcher<PendingTask>(
+      (batch) => this.send(batch),
+      (p) => p.input.length,
+      options.limits ?? DEFAULT_BATCH_LIMITS,
+    );
+  }
+
+  /** Creates a task and resolves with its terminal update. */
+  invoke(input: Uint8Array, onUpdate?: (u: TaskUpdate) => void): Promise<TaskUpdate> {
+    return new Promise((settle, fail) => {
+      this.ctx.ensureOpen();
+      this.batcher.add({ input, waiter: { settle, fail, ...(onUpdate ? { onUpdate } : {}) } });
+    });
+  }
+
+  private async send(batch: PendingTask[]): Promise<void> {
+    let release: ((lastTaskId?: bigint) => void) | undefined;
+    try {
+      // The stream must be live before the tasks exist, or their first updates could be missed.
+      release = await this.watch.acquire();
+      const inputs = batch.map((p) => p.input);
+      const created = await this.ctx.call((o) => this.ctx.kiln.createTasks({ sessionId: this.sessionId, inputs }, o));
+      if (created.count !== batch.length)
+        throw new KilnError(
+          ErrorCode.Internal,
+          `CreateTasks created ${created.count} tasks for ${batch.length} inputs in session "${this.sessionId}"`,
+        );
+      batch.forEach((p, i) => this.watch.track(String(created.firstTaskId + BigInt(i)), p.waiter));
+      release(created.firstTaskId + BigInt(created.count) - 1n);
+    } catch (e) {
+      release?.();
+      const error = this.ctx.toError(e);
+      for (const p of batch) p.waiter.fail(error);
+    }
+  }
+}

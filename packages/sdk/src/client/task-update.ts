@@ -1,0 +1,38 @@
+import * as flame from "../protocol/flame.js";
+import type * as kiln from "../protocol/kiln.js";
+import { TaskFailedError } from "../errors.js";
+
+/** One state change of one task, as seen by a watcher. */
+export interface TaskUpdate {
+  sessionId: string;
+  taskId: string;
+  state: flame.TaskState;
+  /** Unix milliseconds of the change. */
+  time: number;
+  /** Set on Succeed (unless the watch omits outputs). */
+  output?: Uint8Array;
+  /** Why a task failed or was cancelled. */
+  message?: string;
+}
+
+export function isTerminal(state: flame.TaskState): boolean {
+  return state === flame.TaskState.Succeed || state === flame.TaskState.Failed || state === flame.TaskState.Cancelled;
+}
+
+export function toTaskUpdate(sessionId: string, u: kiln.TaskUpdate): TaskUpdate {
+  return {
+    sessionId,
+    taskId: u.taskId,
+    state: u.state,
+    time: Number(u.time),
+    ...(u.output !== undefined ? { output: u.output } : {}),
+    ...(u.message !== undefined ? { message: u.message } : {}),
+  };
+}
+
+/** The output of a Succeeded task; a TaskFailedError for a Failed or Cancelled one. */
+export function outputOf(u: TaskUpdate): Uint8Array {
+  if (u.state === flame.TaskState.Succeed) return u.output ?? new Uint8Array(0);
+  const cancelled = u.state === flame.TaskState.Cancelled;
+  throw new TaskFailedError(u.sessionId, u.taskId, u.message ?? (cancelled ? "cancelled" : "no message"), cancelled);
+}
