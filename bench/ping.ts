@@ -63,9 +63,8 @@ try {
   const deadline = Date.now() + 30_000;
   for (;;) {
     try {
-      execFileSync(process.execPath, [CLI, "list", "-n", "--endpoint", endpoint], { stdio: "pipe" });
-      const nodes = execFileSync(process.execPath, [CLI, "list", "-n", "-o", "json", "--endpoint", endpoint]).toString();
-      if (nodes.includes("Ready") || nodes.includes('"state": 1') || /Ready/.test(nodes)) break;
+      const nodes = execFileSync(process.execPath, [CLI, "list", "-n", "--endpoint", endpoint], { stdio: "pipe" });
+      if (nodes.toString().includes("Ready")) break;
     } catch {
       /* not up yet */
     }
@@ -102,7 +101,9 @@ try {
     latencyMs: { p50: number; p99: number };
   };
   const mb = (b: number) => `${(b / 1024 / 1024).toFixed(0)} MB`;
-  console.log(`machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, ${mb(os.totalmem())} RAM, Node ${process.version}`);
+  console.log(
+    `machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, ${mb(os.totalmem())} RAM, Node ${process.version}`,
+  );
   console.log(`tasks:        ${summary.succeeded}/${summary.tasks} succeeded, ${summary.failed} failed`);
   console.log(`duration:     ${summary.durationMs.toFixed(0)} ms`);
   console.log(`throughput:   ${summary.tasksPerSecond.toFixed(0)} tasks/s`);

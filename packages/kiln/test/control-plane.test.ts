@@ -20,7 +20,7 @@ async function rejects(p: Promise<unknown>, code: Code, fieldOrText: string, kil
   });
 }
 
-function sessionSpec(init: Partial<flame.SessionSpec> = {}): flame.SessionSpec {
+function sessionSpec(init: Omit<Partial<flame.SessionSpec>, "$typeName"> = {}): flame.SessionSpec {
   return create(flame.SessionSpecSchema, { application: "app", ...init });
 }
 

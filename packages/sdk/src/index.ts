@@ -11,3 +11,11 @@ export {
 export { Session } from "./client/session.js";
 export type { ApplicationInit, SessionOptions } from "./client/specs.js";
 export type { TaskUpdate } from "./client/task-update.js";
+export {
+  serve,
+  type ServeOptions,
+  type ServiceHandle,
+  type ServiceHandlers,
+  type SessionContextInfo,
+  type TaskContextInfo,
+} from "./service/index.js";

@@ -5,3 +5,5 @@
 export { validateName, parseResreq, parseBytes, formatResreq, formatBytes, type Resources } from "./validation.js";
 export { toConnectError, toKilnError, ERROR_CODE_HEADER } from "./errors.js";
 export { createClusterTransport, createUnixSocketTransport, TOKEN_HEADER } from "./transport.js";
+export { BatchQueue } from "./service/batch-queue.js";
+export { acceptsConnections } from "./service/socket-path.js";

@@ -11,6 +11,13 @@ export interface TransportOptions {
   token?: string;
   /** Largest message this side accepts, bytes. */
   readMaxBytes?: number;
+  /**
+   * Send an HTTP/2 PING when the connection has been quiet this long, to
+   * notice a peer that vanished without closing it (long-lived streams).
+   */
+  pingIntervalMs?: number;
+  /** Close the connection (failing its streams) when a PING gets no answer this long. */
+  pingTimeoutMs?: number;
 }
 
 function tokenInterceptor(token: string): Interceptor {
@@ -28,7 +35,11 @@ function tokenInterceptor(token: string): Interceptor {
 export function createClusterTransport(options: TransportOptions): { transport: Transport; close(): void } {
   const url = new URL(options.endpoint);
   const baseUrl = `${url.protocol}//${url.host}`;
-  const sessionManager = new Http2SessionManager(baseUrl, { idleConnectionTimeoutMs: 60_000 });
+  const sessionManager = new Http2SessionManager(baseUrl, {
+    idleConnectionTimeoutMs: 60_000,
+    ...(options.pingIntervalMs !== undefined ? { pingIntervalMs: options.pingIntervalMs } : {}),
+    ...(options.pingTimeoutMs !== undefined ? { pingTimeoutMs: options.pingTimeoutMs } : {}),
+  });
   const transport = createGrpcTransport({
     baseUrl,
     sessionManager,

@@ -1,4 +1,5 @@
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { InvalidArgumentError } from "@kiln/sdk";
 import { flame, kiln } from "@kiln/sdk/proto";
 import * as path from "node:path";
 import { listenHttp1, listenHttp2 } from "../net/http-server.js";
@@ -42,7 +43,10 @@ const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
 export async function startControlPlane(options: ControlPlaneOptions): Promise<ControlPlane> {
   const config = resolveConfig(options);
   if (!LOOPBACK.test(config.host) && !config.token)
-    throw new Error(`listening on ${config.host} (beyond loopback) requires a token (--token or KILN_TOKEN)`);
+    throw new InvalidArgumentError(
+      "host",
+      `listening on ${config.host} (beyond loopback) requires a token (--token or KILN_TOKEN)`,
+    );
 
   const store = SqliteStore.open(path.join(config.dataDir, "kiln.db"), config.durability);
   const commit = new GroupCommit(store);

@@ -1,0 +1,154 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createClusterTransport } from "@kiln/sdk/internal";
+import { kiln } from "@kiln/sdk/proto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { errorMessage } from "./bind-error.js";
+import type { Outbox } from "./outbox.js";
+
+export interface ControlStreamOptions {
+  endpoint: string;
+  token?: string;
+  /** Used until the control plane's Registered names an interval. */
+  heartbeatIntervalMs: number;
+  outbox: Outbox;
+  /** The Register message for a new connection (the executors still live right now). */
+  register(): kiln.Register;
+  /** Called before anything buffered is sent on the new connection. */
+  onRegistered(registered: kiln.Registered): void;
+  onMessage(message: kiln.ControlMessage): void;
+  log(line: string): void;
+}
+
+const BACKOFF_FIRST_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+const REGISTER_TIMEOUT_MS = 15_000;
+// HTTP/2 pings find a control plane that vanished without closing the connection.
+const PING_INTERVAL_MS = 10_000;
+const PING_TIMEOUT_MS = 15_000;
+
+/** 500 ms doubling to 30 s, each drawn from the upper half so agents do not reconnect in step. */
+export function reconnectDelayMs(failures: number): number {
+  const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** Math.max(0, failures - 1));
+  return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+}
+
+function isAuthError(err: unknown): boolean {
+  const code = ConnectError.from(err).code;
+  return code === Code.Unauthenticated || code === Code.PermissionDenied;
+}
+
+/**
+ * The agent's kiln.v1.Agent/Connect stream: connects, registers, sends
+ * heartbeats and the outbox, hands control messages over, and reconnects
+ * with backoff whenever the stream fails.
+ */
+export class ControlStream {
+  /** Resolves with the first Registered; rejects if the control plane refuses the agent's token. */
+  readonly firstRegistered: Promise<kiln.Registered>;
+  private resolveFirst!: (r: kiln.Registered) => void;
+  private rejectFirst!: (err: Error) => void;
+  private everRegistered = false;
+  private closing = false;
+  private current: AbortController | undefined;
+  private readonly wakeBackoff = new AbortController();
+  private loop: Promise<void> = Promise.resolve();
+
+  constructor(private readonly o: ControlStreamOptions) {
+    this.firstRegistered = new Promise((resolve, reject) => {
+      this.resolveFirst = resolve;
+      this.rejectFirst = reject;
+    });
+    // Rejection is reported through firstRegistered's awaiter; avoid an unhandled rejection if nobody awaits.
+    this.firstRegistered.catch(() => {});
+  }
+
+  start(): void {
+    this.loop = this.run();
+  }
+
+  /** Sends what the outbox still holds (up to `flushTimeoutMs`), ends the stream, stops reconnecting. */
+  async close(flushTimeoutMs = 2_000): Promise<void> {
+    this.closing = true;
+    this.o.outbox.end();
+    this.wakeBackoff.abort();
+    const timer = setTimeout(() => this.current?.abort(), flushTimeoutMs);
+    try {
+      await this.loop;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (!this.closing) {
+      const { registered, error } = await this.connectOnce();
+      if (this.closing) return;
+      if (error !== undefined && !this.everRegistered && isAuthError(error)) {
+        this.rejectFirst(
+          new Error(`the control plane at ${this.o.endpoint} refused this agent: ${errorMessage(error)}`),
+        );
+        return;
+      }
+      failures = registered ? 1 : failures + 1;
+      const delay = reconnectDelayMs(failures);
+      const reason = error === undefined ? "the control plane ended the stream" : errorMessage(error);
+      this.o.log(`control plane stream lost (${reason}); reconnecting in ${delay} ms`);
+      await sleep(delay, undefined, { signal: this.wakeBackoff.signal }).catch(() => {});
+    }
+  }
+
+  /** One connection, until it fails or ends. Never throws: says whether it got registered, and why it ended. */
+  private async connectOnce(): Promise<{ registered: boolean; error?: unknown }> {
+    const connection = createClusterTransport({
+      endpoint: this.o.endpoint,
+      token: this.o.token,
+      pingIntervalMs: PING_INTERVAL_MS,
+      pingTimeoutMs: PING_TIMEOUT_MS,
+    });
+    const abort = new AbortController();
+    this.current = abort;
+    let registered = false;
+    let heartbeat: NodeJS.Timeout | undefined;
+    const registerTimer = setTimeout(
+      () => abort.abort(new Error(`no Registered within ${REGISTER_TIMEOUT_MS} ms`)),
+      REGISTER_TIMEOUT_MS,
+    );
+    try {
+      const client = createClient(kiln.Agent, connection.transport);
+      for await (const message of client.connect(this.requests(abort.signal), { signal: abort.signal })) {
+        if (message.kind.case === "registered") {
+          clearTimeout(registerTimer);
+          const r = message.kind.value;
+          this.o.onRegistered(r);
+          clearInterval(heartbeat);
+          heartbeat = setInterval(() => this.o.outbox.heartbeat(), r.heartbeatIntervalMs || this.o.heartbeatIntervalMs);
+          heartbeat.unref();
+          registered = this.everRegistered = true;
+          this.o.outbox.openFor(abort.signal);
+          this.resolveFirst(r);
+        } else if (registered) {
+          this.o.onMessage(message);
+        }
+      }
+      return { registered };
+    } catch (error) {
+      return { registered, error };
+    } finally {
+      clearTimeout(registerTimer);
+      clearInterval(heartbeat);
+      abort.abort();
+      connection.close();
+    }
+  }
+
+  private async *requests(signal: AbortSignal): AsyncGenerator<kiln.AgentMessage> {
+    yield create(kiln.AgentMessageSchema, { kind: { case: "register", value: this.o.register() } });
+    for (;;) {
+      const message = await this.o.outbox.next(signal);
+      if (!message) return;
+      yield message;
+    }
+  }
+}

@@ -1,0 +1,209 @@
+import { acceptsConnections } from "@kiln/sdk/internal";
+import { kiln, type flame } from "@kiln/sdk/proto";
+import { spawn, type ChildProcess } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { BindError } from "./bind-error.js";
+import { expandVars } from "./expand-vars.js";
+
+/** Everything needed to run one service process for one executor. */
+export interface ServiceProcessOptions {
+  executorId: string;
+  sessionId: string;
+  application: flame.ApplicationSpec;
+  /** The control plane, passed on so the service can be a client of the cluster. */
+  controlPlaneEndpoint: string;
+  socketPath: string;
+  /** The executor's own temp dir: TMPDIR, and the cwd unless the application names one. */
+  tempDir: string;
+  /** `<logDir>/<executor-id>.stdout.log` / `.stderr.log` are appended to. */
+  logDir: string;
+  socketTimeoutMs: number;
+  /** Aborting stops the start: the process is killed and the start throws. */
+  signal?: AbortSignal;
+}
+
+export interface ExitInfo {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+const SOCKET_POLL_MS = 20;
+const STDERR_TAIL_LINES = 20;
+const STDERR_TAIL_BYTES = 16 * 1024;
+// After the exit event, stderr may still hold the process's last words.
+const STDERR_DRAIN_MS = 100;
+
+/** `exited with code 3 (signal none)`. */
+export function describeExit(info: ExitInfo): string {
+  return `exited with code ${info.code ?? "none"} (signal ${info.signal ?? "none"})`;
+}
+
+/** One running service process (the leader of its own process group). */
+export class ServiceProcess {
+  /** Resolves once the process has exited and been reaped. */
+  readonly exited: Promise<ExitInfo>;
+  private stderr = "";
+  private exitInfo: ExitInfo | undefined;
+
+  constructor(
+    private readonly child: ChildProcess,
+    readonly socketPath: string,
+    stderrLog: fs.WriteStream,
+  ) {
+    child.stderr?.on("data", (chunk: Buffer) => {
+      stderrLog.write(chunk);
+      this.stderr = (this.stderr + chunk.toString("utf8")).slice(-STDERR_TAIL_BYTES);
+    });
+    const stderrDone = new Promise<void>((resolve) => {
+      if (!child.stderr) resolve();
+      child.stderr?.once("close", resolve);
+    });
+    this.exited = new Promise((resolve) => {
+      child.once("exit", (code, signal) => {
+        this.exitInfo = { code, signal };
+        // Children of the service may outlive it in its group; they go with it.
+        this.signalGroup("SIGKILL");
+        void Promise.race([stderrDone, sleep(STDERR_DRAIN_MS)]).then(() => {
+          stderrLog.end();
+          resolve({ code, signal });
+        });
+      });
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  get running(): boolean {
+    return this.exitInfo === undefined;
+  }
+
+  /** The last lines the process wrote to stderr. */
+  stderrTail(): string {
+    const lines = this.stderr.trimEnd().split("\n");
+    return lines.slice(-STDERR_TAIL_LINES).join("\n");
+  }
+
+  /** `exited with code X (signal S); stderr tail: …`, for messages about an exit. */
+  explainExit(info: ExitInfo): string {
+    const tail = this.stderrTail();
+    return `${describeExit(info)}; stderr tail: ${tail === "" ? "(empty)" : tail}`;
+  }
+
+  /** SIGTERM to the process group, SIGKILL after `graceMs`; resolves once reaped. */
+  async stop(graceMs = 5_000): Promise<ExitInfo> {
+    if (this.exitInfo) return this.exited;
+    this.signalGroup("SIGTERM");
+    const timer = setTimeout(() => this.signalGroup("SIGKILL"), graceMs);
+    try {
+      return await this.exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private signalGroup(signal: NodeJS.Signals): void {
+    try {
+      process.kill(-this.pid, signal);
+    } catch {
+      // The group is already gone.
+    }
+  }
+}
+
+/** The service's environment: the agent's, the application's (expanded), then Kiln's own variables. */
+export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv {
+  const kilnVars: NodeJS.ProcessEnv = {
+    KILN_INSTANCE_ENDPOINT: o.socketPath,
+    FLAME_INSTANCE_ENDPOINT: o.socketPath,
+    KILN_ENDPOINT: o.controlPlaneEndpoint,
+    FLAME_ENDPOINT: o.controlPlaneEndpoint,
+    KILN_EXECUTOR_ID: o.executorId,
+    KILN_SESSION_ID: o.sessionId,
+    KILN_AGENT_PID: String(process.pid),
+    TMPDIR: o.tempDir,
+  };
+  const env: NodeJS.ProcessEnv = { ...process.env, ...kilnVars };
+  for (const { name, value } of o.application.environments) env[name] = expandVars(value, env);
+  return Object.assign(env, kilnVars);
+}
+
+function waitForSpawn(child: ChildProcess): Promise<void> {
+  return new Promise((resolve, reject) => {
+    child.once("spawn", resolve);
+    child.once("error", reject);
+  });
+}
+
+async function waitForSocket(p: ServiceProcess, o: ServiceProcessOptions): Promise<void> {
+  const deadline = Date.now() + o.socketTimeoutMs;
+  let exit: ExitInfo | undefined;
+  void p.exited.then((info) => (exit = info));
+  for (;;) {
+    if (o.signal?.aborted)
+      throw new BindError(kiln.BindFailure.PROCESS_START, "the executor was unbound while starting");
+    if (exit) {
+      throw new BindError(
+        kiln.BindFailure.PROCESS_START,
+        `service process ${p.explainExit(exit)} (before opening its socket)`,
+      );
+    }
+    if (await acceptsConnections(o.socketPath)) return;
+    if (Date.now() > deadline) {
+      throw new BindError(
+        kiln.BindFailure.PROCESS_START,
+        `service process did not open its socket ${o.socketPath} within ${o.socketTimeoutMs} ms ` +
+          `(it must serve on $KILN_INSTANCE_ENDPOINT or $FLAME_INSTANCE_ENDPOINT); stderr tail: ${p.stderrTail() || "(empty)"}`,
+      );
+    }
+    await sleep(SOCKET_POLL_MS);
+  }
+}
+
+/**
+ * Starts the application's command as a service process and waits until it
+ * accepts connections on its socket. Throws BindError(PROCESS_START) when the
+ * command cannot start, exits first, or never opens the socket.
+ *
+ * @example
+ * const p = await startServiceProcess({ executorId, sessionId, application, controlPlaneEndpoint,
+ *   socketPath, tempDir, logDir, socketTimeoutMs: 30_000 });
+ * await p.stop();
+ */
+export async function startServiceProcess(o: ServiceProcessOptions): Promise<ServiceProcess> {
+  const fail = (message: string) => new BindError(kiln.BindFailure.PROCESS_START, message);
+  const env = serviceEnvironment(o);
+  if (!o.application.command) throw fail("the application has no command to run");
+  const command = expandVars(o.application.command, env);
+  const args = o.application.arguments.map((a) => expandVars(a, env));
+  const cwd = o.application.workingDirectory ? expandVars(o.application.workingDirectory, env) : o.tempDir;
+  if (!fs.statSync(cwd, { throwIfNoEntry: false })?.isDirectory())
+    throw fail(`working directory ${cwd} does not exist or is not a directory`);
+
+  fs.rmSync(o.socketPath, { force: true });
+  fs.mkdirSync(o.logDir, { recursive: true });
+  const logBase = path.join(o.logDir, o.executorId);
+  const stdoutFd = fs.openSync(`${logBase}.stdout.log`, "a");
+  let child: ChildProcess;
+  try {
+    child = spawn(command, args, { cwd, env, detached: true, stdio: ["ignore", stdoutFd, "pipe"] });
+  } finally {
+    fs.closeSync(stdoutFd);
+  }
+  try {
+    await waitForSpawn(child);
+  } catch (err) {
+    throw fail(`cannot start ${JSON.stringify(command)}: ${(err as Error).message}`);
+  }
+  const p = new ServiceProcess(child, o.socketPath, fs.createWriteStream(`${logBase}.stderr.log`, { flags: "a" }));
+  try {
+    await waitForSocket(p, o);
+    return p;
+  } catch (err) {
+    await p.stop(0);
+    throw err;
+  }
+}

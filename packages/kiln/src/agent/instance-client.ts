@@ -1,0 +1,54 @@
+import { createClient, type Client } from "@connectrpc/connect";
+import { createUnixSocketTransport } from "@kiln/sdk/internal";
+import { flame } from "@kiln/sdk/proto";
+import { InvokeStream } from "./invoke-stream.js";
+
+/**
+ * The agent's connection to one service process: session hooks as unary
+ * flame.v1.Instance calls (each with a deadline), tasks over the batched
+ * kiln.v1.Instance/Invoke stream when the service has it, else one
+ * flame.v1.Instance/OnTaskInvoke call per task.
+ */
+export class InstanceClient {
+  private readonly connection: ReturnType<typeof createUnixSocketTransport>;
+  private readonly flame: Client<typeof flame.Instance>;
+  private stream: InvokeStream | undefined;
+
+  constructor(socketPath: string) {
+    this.connection = createUnixSocketTransport(socketPath);
+    this.flame = createClient(flame.Instance, this.connection.transport);
+  }
+
+  enterSession(ctx: flame.SessionContext, timeoutMs: number, signal?: AbortSignal): Promise<flame.Result> {
+    return this.flame.onSessionEnter(ctx, { timeoutMs, ...(signal ? { signal } : {}) });
+  }
+
+  leaveSession(timeoutMs: number): Promise<flame.Result> {
+    return this.flame.onSessionLeave({}, { timeoutMs });
+  }
+
+  /**
+   * Switches task calls to the batched stream if the service supports it.
+   * Resolves undefined when it does, else why not (the client then uses unary calls).
+   */
+  async useInvokeStream(timeoutMs: number): Promise<string | undefined> {
+    const opened = await InvokeStream.open(this.connection.transport, timeoutMs);
+    if (opened instanceof InvokeStream) {
+      this.stream = opened;
+      return undefined;
+    }
+    return opened.unsupported;
+  }
+
+  /** The service's result for one task. No deadline: tasks may be long. Rejects on an RPC failure. */
+  invoke(task: flame.TaskContext): Promise<flame.TaskResult> {
+    if (this.stream?.usable) return this.stream.invoke(task);
+    return this.flame.onTaskInvoke(task);
+  }
+
+  /** Drops the connection: calls in flight fail at once. */
+  close(): void {
+    this.stream?.close();
+    this.connection.close();
+  }
+}

@@ -1,0 +1,95 @@
+import type { KilnClient } from "@kiln/sdk";
+import { readFile } from "node:fs/promises";
+import type { Command } from "commander";
+import { parseApplicationFile, type ApplicationDocument } from "../app-file.js";
+import { withClient } from "../client.js";
+import { UsageError } from "../exit-codes.js";
+import type { GlobalOptions } from "../options.js";
+
+/** Reads and checks every document before the caller touches the cluster. */
+async function readApplicationFile(file: string): Promise<ApplicationDocument[]> {
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (e) {
+    throw new UsageError(`cannot read ${file}: ${(e as Error).message}`);
+  }
+  try {
+    return parseApplicationFile(text);
+  } catch (e) {
+    if (e instanceof UsageError) throw new UsageError(`${file}: ${e.message}`);
+    throw e;
+  }
+}
+
+const FILE_HELP = `
+The file is Flame's application format; several applications may be separated by "---":
+
+  metadata:
+    name: echo
+  spec:
+    shim: Host
+    command: /usr/bin/cat
+    arguments: ["-u"]
+    environments: { LANG: C.UTF-8 }     # or a list of {name, value}
+    working_directory: /tmp
+    max_instances: 4
+    delay_release: 60                    # seconds
+    labels: [kiln.concurrency=8]
+    schema: { input: { type: string } }  # JSON Schema, as YAML or a JSON string
+
+Every document is checked first; if any is invalid, nothing is changed.
+`;
+
+type FileCommand = {
+  name: "register" | "update";
+  description: string;
+  done: string;
+  apply: (client: KilnClient, app: ApplicationDocument) => Promise<void>;
+};
+
+const FILE_COMMANDS: FileCommand[] = [
+  {
+    name: "register",
+    description: "register the applications defined in a YAML file",
+    done: "registered",
+    apply: (client, app) => client.registerApplication(app.name, app.init),
+  },
+  {
+    name: "update",
+    description: "replace the definitions of registered applications from a YAML file",
+    done: "updated",
+    apply: (client, app) => client.updateApplication(app.name, app.init),
+  },
+];
+
+/** Adds `kiln register`, `kiln update` and `kiln unregister`. */
+export function registerApplicationCommands(program: Command): void {
+  for (const spec of FILE_COMMANDS) {
+    program
+      .command(spec.name)
+      .description(spec.description)
+      .requiredOption("-f, --file <path>", "application file (YAML, one or more documents)")
+      .addHelpText("after", FILE_HELP)
+      .action(async (options: { file: string }, cmd: Command) => {
+        const apps = await readApplicationFile(options.file);
+        await withClient(cmd.optsWithGlobals<GlobalOptions>(), async (client) => {
+          for (const app of apps) {
+            await spec.apply(client, app);
+            process.stdout.write(`Application ${app.name} was ${spec.done}.\n`);
+          }
+        });
+      });
+  }
+
+  program
+    .command("unregister")
+    .description("remove an application (it must have no open sessions)")
+    .requiredOption("-a, --application <name>", "the application to remove")
+    .action((options: { application: string }, cmd: Command) =>
+      withClient(cmd.optsWithGlobals<GlobalOptions>(), async (client) => {
+        await client.unregisterApplication(options.application);
+        process.stdout.write(`Application ${options.application} was unregistered.\n`);
+      }),
+    );
+}

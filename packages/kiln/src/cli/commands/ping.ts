@@ -1,0 +1,134 @@
+import type { KilnClient } from "@kiln/sdk";
+import { flame } from "@kiln/sdk/proto";
+import { Option, type Command } from "commander";
+import { withClient } from "../client.js";
+import { CommandFailed } from "../exit-codes.js";
+import { formatPayload, taskStateName } from "../format.js";
+import { byteSize, outputOption, resreqText, UINT32_MAX, wholeNumber, type GlobalOptions } from "../options.js";
+import { abortOnSignal } from "../signals.js";
+import { runPing, type PingOptions, type PingSummary } from "../ping-workload.js";
+import { createTaskProgress } from "../progress.js";
+import { renderFields, renderTable } from "../table.js";
+
+/** How `pingAndReport` shows its results. */
+export interface PingDisplay {
+  /** `table`: per-task table; `summary`: the summary block; `json`: one JSON object on stdout and nothing else. */
+  view: "table" | "summary" | "json";
+  /** Draw a live progress bar (only sensible on a terminal). */
+  progress: boolean;
+}
+
+/**
+ * The summary block: Duration, Succeeded x/y, Failed, Throughput, latency p50/p99.
+ *
+ * @example
+ * pingSummaryText(summary) // "Duration:    1.2 s\nSucceeded:   10/10\n..."
+ */
+export function pingSummaryText(s: PingSummary): string {
+  const duration = s.durationMs >= 1000 ? `${(s.durationMs / 1000).toFixed(2)} s` : `${s.durationMs} ms`;
+  return renderFields([
+    ["Duration", duration],
+    ["Succeeded", `${s.succeeded}/${s.tasks}`],
+    ["Failed", String(s.failed)],
+    ["Throughput", `${s.tasksPerSecond.toFixed(2)} tasks/s`],
+    ["Latency", `p50 ${s.latencyMs.p50} ms, p99 ${s.latencyMs.p99} ms`],
+  ]);
+}
+
+/** The per-task table: Task, State, Output (the reason, for a failed task). */
+export function pingTaskTable(tasks: readonly flame.Task[]): string {
+  return renderTable(
+    ["Task", "State", "Output"],
+    tasks.map((t) => {
+      const state = t.status?.state ?? flame.TaskState.Pending;
+      const output =
+        state === flame.TaskState.Succeed
+          ? formatPayload(t.spec?.output)
+          : (t.status?.events.at(-1)?.message ?? formatPayload(t.spec?.output));
+      return [t.metadata?.id ?? "", taskStateName(state), output.replace(/\s*\n\s*/g, " ")];
+    }),
+  );
+}
+
+/**
+ * Runs the ping workload and prints what `kiln ping` prints: the session line, a live
+ * progress bar on a terminal, then the per-task table or the summary (or JSON).
+ * Throws CommandFailed when any task failed, after printing.
+ *
+ * @example
+ * await pingAndReport(client, { tasks: 100 }, { view: "summary", progress: process.stdout.isTTY });
+ */
+export async function pingAndReport(client: KilnClient, o: PingOptions, display: PingDisplay): Promise<PingSummary> {
+  let progress = createTaskProgress(o.tasks, false);
+  const { summary, tasks } = await runPing(
+    client,
+    { ...o, collectTasks: display.view === "table" },
+    {
+      onSessionCreated(id, ms) {
+        if (display.view !== "json") process.stdout.write(`Session ${id} was created in ${Math.round(ms)} ms.\n`);
+        progress = createTaskProgress(o.tasks, display.progress);
+      },
+      onTaskDone: (failed) => progress.tick(failed),
+    },
+  ).finally(() => progress.stop());
+
+  if (display.view === "json") process.stdout.write(JSON.stringify(summary) + "\n");
+  else if (display.view === "summary") process.stdout.write("\n" + pingSummaryText(summary));
+  else
+    process.stdout.write(
+      pingTaskTable(tasks ?? []) +
+        `\n${summary.succeeded}/${summary.tasks} tasks succeeded in ${summary.durationMs} ms.\n`,
+    );
+  if (summary.failed > 0) throw new CommandFailed(`${summary.failed} of ${summary.tasks} tasks failed`);
+  return summary;
+}
+
+interface PingFlags {
+  application: string;
+  tasks: number;
+  duration?: number;
+  memory?: number;
+  commonData?: number;
+  perf?: boolean;
+  priority?: number;
+  resreq?: string;
+  output: "table" | "json";
+}
+
+/** Adds `kiln ping`. */
+export function registerPing(program: Command): void {
+  program
+    .command("ping")
+    .description("run N small tasks through the cluster and report how it went (like flmping)")
+    .option("-a, --application <name>", "application to run", "kiln-ping")
+    .addOption(new Option("-t, --tasks <n>", "number of tasks").argParser(wholeNumber(1)).default(10))
+    .addOption(new Option("-d, --duration <ms>", "each task sleeps this long").argParser(wholeNumber(0)))
+    .addOption(new Option("-m, --memory <bytes>", "each task allocates this much (e.g. 1m)").argParser(byteSize))
+    .addOption(new Option("-c, --common-data <bytes>", "size of the session's common data").argParser(byteSize))
+    .option("-p, --perf", "print the summary only (no per-task table)")
+    .addOption(new Option("--priority <n>", "session priority").argParser(wholeNumber(0, UINT32_MAX)))
+    .addOption(
+      new Option("-r, --resreq <resources>", "resources per executor, e.g. cpu=1,mem=1g").argParser(resreqText),
+    )
+    .addOption(outputOption())
+    .addHelpText(
+      "after",
+      "\nThe summary: Duration (first submission to last completion), Succeeded, Failed, Throughput,\n" +
+        "and per-task latency p50/p99 (submission to completion). -o json prints it as one object:\n" +
+        '  {"session","tasks","succeeded","failed","durationMs","tasksPerSecond","latencyMs":{"p50","p99"}}\n' +
+        "\nExamples:\n  kiln ping\n  kiln ping -p -t 30000\n  kiln ping -t 100 -d 50 -o json\n",
+    )
+    .action((f: PingFlags, cmd: Command) =>
+      withClient(cmd.optsWithGlobals<GlobalOptions>(), async (client) => {
+        const options: PingOptions = { application: f.application, tasks: f.tasks };
+        if (f.duration !== undefined) options.durationMs = f.duration;
+        if (f.memory !== undefined) options.memoryBytes = f.memory;
+        if (f.commonData !== undefined) options.commonDataBytes = f.commonData;
+        if (f.priority !== undefined) options.priority = f.priority;
+        if (f.resreq !== undefined) options.resreq = f.resreq;
+        const view = f.output === "json" ? "json" : f.perf ? "summary" : "table";
+        const progress = view === "table" && process.stdout.isTTY === true;
+        await abortOnSignal((signal) => pingAndReport(client, { ...options, signal }, { view, progress }));
+      }),
+    );
+}

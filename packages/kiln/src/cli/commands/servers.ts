@@ -1,0 +1,143 @@
+import * as os from "node:os";
+import * as path from "node:path";
+import { Option, type Command } from "commander";
+import { DEFAULT_PORT } from "../../control/config.js";
+import { UsageError } from "../exit-codes.js";
+import { byteSize, resreqText, wholeNumber, type GlobalOptions } from "../options.js";
+import { serveUntilSignal } from "../signals.js";
+
+const DEFAULT_DATA_DIR = path.join(os.homedir(), ".kiln", "data");
+const DEFAULT_HOST = "127.0.0.1";
+
+const portOption = (): Option =>
+  new Option("--port <n>", "port to listen on (0 picks a free one)")
+    .argParser(wholeNumber(0, 65535))
+    .default(DEFAULT_PORT);
+const hostOption = (): Option =>
+  new Option("--host <address>", "address to listen on; beyond loopback a --token is required").default(DEFAULT_HOST);
+const dataDirOption = (): Option =>
+  new Option("--data-dir <dir>", "where the cluster state lives").default(DEFAULT_DATA_DIR);
+const executorsOption = (): Option =>
+  new Option("--executors <n>", "executors on this node (default: one per CPU)").argParser(wholeNumber(1, 4096));
+
+interface UpFlags {
+  dataDir: string;
+  port: number;
+  host: string;
+  executors?: number;
+}
+
+interface ServerFlags {
+  dataDir: string;
+  port: number;
+  host: string;
+  heartbeatTimeout?: number;
+  drainTimeout?: number;
+  retries?: number;
+  maxTaskBytes?: number;
+  defaultResreq?: string;
+}
+
+interface AgentFlags {
+  name?: string;
+  executors?: number;
+  workDir?: string;
+}
+
+/** Adds `kiln up`, `kiln server` and `kiln agent`. */
+export function registerServerCommands(program: Command): void {
+  program
+    .command("up")
+    .description("run a whole cluster on this machine (control plane + one agent) until Ctrl-C")
+    .addOption(dataDirOption())
+    .addOption(portOption())
+    .addOption(hostOption())
+    .addOption(executorsOption())
+    .addHelpText("after", "\nThe global --token, when given, is required from every client and agent.\n")
+    .action(async (f: UpFlags, cmd: Command) => {
+      const { token } = cmd.optsWithGlobals<GlobalOptions>();
+      const { startLocalCluster } = await import("../../cluster/local-cluster.js");
+      await serveUntilSignal(
+        "the cluster",
+        () => startLocalCluster({ dataDir: f.dataDir, host: f.host, port: f.port, executors: f.executors, token }),
+        (cluster) =>
+          process.stdout.write(
+            `Kiln is up at ${cluster.endpoint}\n  data: ${f.dataDir}\n` +
+              `Try \`kiln ping\` or \`kiln list -n\` in another terminal. Press Ctrl-C to stop.\n`,
+          ),
+      );
+    });
+
+  program
+    .command("server")
+    .description("run the control plane only (agents join with `kiln agent --endpoint URL`)")
+    .addOption(dataDirOption())
+    .addOption(hostOption())
+    .addOption(portOption())
+    .addOption(
+      new Option("--heartbeat-timeout <ms>", "drop an agent silent this long (default 15000)").argParser(
+        wholeNumber(1),
+      ),
+    )
+    .addOption(
+      new Option(
+        "--drain-timeout <ms>",
+        "wait this long for a lost agent before requeueing its tasks (default 30000)",
+      ).argParser(wholeNumber(0)),
+    )
+    .addOption(
+      new Option("--retries <n>", "requeues of a task whose executor was lost (default 3)").argParser(wholeNumber(0)),
+    )
+    .addOption(
+      new Option("--max-task-bytes <size>", "largest task input or common data (default 16m)").argParser(byteSize),
+    )
+    .addOption(
+      new Option(
+        "--default-resreq <resources>",
+        "resources for sessions that ask for none (default cpu=1,mem=1g)",
+      ).argParser(resreqText),
+    )
+    .addHelpText("after", "\nThe global --token, when given, is required from every client and agent.\n")
+    .action(async (f: ServerFlags, cmd: Command) => {
+      const { token } = cmd.optsWithGlobals<GlobalOptions>();
+      const { startControlPlane } = await import("../../control/server.js");
+      await serveUntilSignal(
+        "the control plane",
+        () =>
+          startControlPlane({
+            dataDir: f.dataDir,
+            host: f.host,
+            port: f.port,
+            token,
+            heartbeatTimeoutMs: f.heartbeatTimeout,
+            drainTimeoutMs: f.drainTimeout,
+            retries: f.retries,
+            maxTaskBytes: f.maxTaskBytes,
+            defaultResreq: f.defaultResreq,
+          }),
+        (cp) => process.stdout.write(`Kiln control plane listening at ${cp.endpoint} (data: ${f.dataDir})\n`),
+      );
+    });
+
+  program
+    .command("agent")
+    .description("run a node agent that gives this machine's executors to a control plane")
+    .option("--name <name>", "node name (default: the hostname)")
+    .addOption(executorsOption())
+    .option("--work-dir <dir>", "where executors install applications and run")
+    .addHelpText(
+      "after",
+      "\nNeeds the global --endpoint (the control plane) and, if it has one, --token.\n" +
+        "\nExample:\n  kiln agent --endpoint http://10.0.0.5:7420 --token $KILN_TOKEN --executors 8\n",
+    )
+    .action(async (f: AgentFlags, cmd: Command) => {
+      const { endpoint, token } = cmd.optsWithGlobals<GlobalOptions>();
+      if (!endpoint) throw new UsageError("kiln agent needs --endpoint URL (the control plane to join)");
+      const { startAgent } = await import("../../agent/agent.js");
+      await serveUntilSignal(
+        "the agent",
+        () => startAgent({ endpoint, token, name: f.name, executors: f.executors, workDir: f.workDir }),
+        (agent) => process.stdout.write(`Kiln agent ${agent.nodeName} joined ${endpoint}\n`),
+      );
+    });
+}

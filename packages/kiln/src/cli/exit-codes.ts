@@ -1,0 +1,113 @@
+import { ErrorCode, KilnError, toKilnError } from "@kiln/sdk";
+
+/**
+ * The exit status of every `kiln` command. Scripts rely on these; they never change meaning.
+ *
+ * @example
+ * process.exitCode = ExitCode.Usage;
+ */
+export const ExitCode = {
+  /** The command did what was asked. */
+  Ok: 0,
+  /** The operation failed: the cluster refused it (API error) or tasks failed. */
+  Failed: 1,
+  /** Bad flags or arguments, or an invalid input file. Nothing was changed. */
+  Usage: 2,
+  /** The cluster could not be reached (connection refused, UNAVAILABLE). */
+  Unreachable: 3,
+  /** Stopped by Ctrl-C (SIGINT/SIGTERM) before finishing; what it started was cleaned up. */
+  Interrupted: 130,
+} as const;
+export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
+
+/** A mistake in what the user typed or in a file they gave; exits with ExitCode.Usage. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/** A command ran but its outcome is a failure (e.g. some tasks failed); exits with ExitCode.Failed. */
+export class CommandFailed extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "CommandFailed";
+  }
+}
+
+/** The user stopped the command (Ctrl-C); `message` says what was cleaned up. */
+export class InterruptedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "InterruptedError";
+  }
+}
+
+/** The cluster at `endpoint` could not be reached; `cause` is what the transport reported. */
+export class UnreachableError extends Error {
+  constructor(
+    readonly endpoint: string | undefined,
+    options: { cause: unknown },
+  ) {
+    super(`cannot reach the Kiln cluster${endpoint ? ` at ${endpoint}` : ""}`, options);
+    this.name = "UnreachableError";
+  }
+}
+
+const CONNECTION_ERRNOS = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+]);
+
+function hasConnectionErrno(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== undefined && CONNECTION_ERRNOS.has(code)) return true;
+  }
+  return false;
+}
+
+/** Whether `err` means the cluster could not be reached at all (as opposed to refusing a request). */
+export function isUnreachable(err: unknown): boolean {
+  if (hasConnectionErrno(err)) return true;
+  return err instanceof KilnError && err.code === ErrorCode.Unavailable;
+}
+
+/**
+ * Prints `err` to stderr the way every command reports failures and returns the exit code to use.
+ *
+ * @example
+ * process.exitCode = reportError(err);
+ */
+export function reportError(err: unknown): ExitCode {
+  if (err instanceof UsageError) {
+    process.stderr.write(`error: ${err.message}\n`);
+    return ExitCode.Usage;
+  }
+  if (err instanceof InterruptedError) {
+    process.stderr.write(`interrupted: ${err.message}\n`);
+    return ExitCode.Interrupted;
+  }
+  if (err instanceof CommandFailed) {
+    process.stderr.write(`error: ${err.message}\n`);
+    return ExitCode.Failed;
+  }
+  if (err instanceof UnreachableError || isUnreachable(err)) {
+    const cause = err instanceof UnreachableError ? err.cause : err;
+    const headline = err instanceof UnreachableError ? err.message : "cannot reach the Kiln cluster";
+    const detail = cause instanceof Error && cause.message ? `: ${cause.message}` : "";
+    process.stderr.write(
+      `error: ${headline}${detail}. Is it running? Start one with \`kiln up\`, ` +
+        `or point at another with --endpoint. (${ErrorCode.Unavailable})\n`,
+    );
+    return ExitCode.Unreachable;
+  }
+  const kilnError = toKilnError(err);
+  process.stderr.write(`error: ${kilnError.message} (${kilnError.code})\n`);
+  return ExitCode.Failed;
+}

@@ -1,0 +1,93 @@
+import { formatResreq } from "@kiln/sdk";
+import { flame } from "@kiln/sdk/proto";
+
+const pad = (n: number, width = 2): string => String(n).padStart(width, "0");
+
+/** Unix milliseconds → local `HH:MM:SS` (the Created columns). */
+export function formatClock(ms: bigint | number): string {
+  const d = new Date(Number(ms));
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+/** Unix milliseconds → local `YYYY-MM-DD HH:MM:SS` (detail views). */
+export function formatDateTime(ms: bigint | number): string {
+  const d = new Date(Number(ms));
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${formatClock(ms)}`;
+}
+
+/**
+ * One event line as Flame prints it: `HH:MM:SS.mmm: message (code)`.
+ *
+ * @example
+ * formatEvent({ code: 2, message: "succeeded", creationTime: 0n }) // "00:00:00.000: succeeded (2)" in UTC
+ */
+export function formatEvent(e: Pick<flame.Event, "code" | "message" | "creationTime">): string {
+  const d = new Date(Number(e.creationTime));
+  const message = e.message ? `${e.message} ` : "";
+  return `${formatClock(e.creationTime)}.${pad(d.getMilliseconds(), 3)}: ${message}(${e.code})`;
+}
+
+const BINARY_UNITS = [
+  ["Pi", 2 ** 50],
+  ["Ti", 2 ** 40],
+  ["Gi", 2 ** 30],
+  ["Mi", 2 ** 20],
+  ["Ki", 2 ** 10],
+] as const;
+
+/**
+ * A machine's memory for people: exact binary units when they fit, else one decimal.
+ *
+ * @example
+ * formatMemory(8 * 2 ** 30)       // "8Gi"
+ * formatMemory(25_275_805_696)    // "23.5Gi"
+ */
+export function formatMemory(bytes: number | bigint): string {
+  const n = Number(bytes);
+  for (const [suffix, size] of BINARY_UNITS) {
+    if (n < size) continue;
+    return n % size === 0 ? `${n / size}${suffix}` : `${(n / size).toFixed(1)}${suffix}`;
+  }
+  return String(n);
+}
+
+/** A node's resources, `cpu=2,mem=23.5Gi,gpu=0` (memory rounded for reading). */
+export function formatCapacity(r: flame.ResourceRequirement): string {
+  return `cpu=${r.cpu},mem=${formatMemory(r.memory)},gpu=${r.gpu}`;
+}
+
+/** `cpu=1,mem=1Gi,gpu=0`, or `-` when the session carries no request. */
+export function formatResources(r: flame.ResourceRequirement | undefined): string {
+  return r ? formatResreq(r) : "-";
+}
+
+export const sessionStateName = (s: flame.SessionState): string => flame.SessionState[s] ?? String(s);
+export const taskStateName = (s: flame.TaskState): string => flame.TaskState[s] ?? String(s);
+export const applicationStateName = (s: flame.ApplicationState): string => flame.ApplicationState[s] ?? String(s);
+export const shimName = (s: flame.Shim): string => flame.Shim[s] ?? String(s);
+export const nodeStateName = (s: flame.NodeState): string => flame.NodeState[s] ?? String(s);
+/** `ExecutorIdle` → `Idle`, as Flame prints it. */
+export const executorStateName = (s: flame.ExecutorState): string =>
+  (flame.ExecutorState[s] ?? String(s)).replace(/^Executor/, "");
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+// Control characters other than tab, newline and carriage return make output unsafe to print as text.
+const UNPRINTABLE = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/;
+
+/**
+ * Task input/output for humans: the text when it is printable UTF-8, otherwise its size.
+ *
+ * @example
+ * formatPayload(new TextEncoder().encode("hi")) // "hi"
+ * formatPayload(new Uint8Array([0, 1]))         // "<2 bytes>"
+ */
+export function formatPayload(bytes: Uint8Array | undefined): string {
+  if (bytes === undefined || bytes.length === 0) return "";
+  try {
+    const text = utf8.decode(bytes);
+    if (!UNPRINTABLE.test(text)) return text;
+  } catch {
+    // Not UTF-8: fall through to the size.
+  }
+  return `<${bytes.length} bytes>`;
+}

@@ -1,0 +1,52 @@
+import { parseBytes, parseResreq } from "@kiln/sdk/internal";
+import { InvalidArgumentError, Option } from "commander";
+
+/** Largest priority or instance count the API carries (uint32). */
+export const UINT32_MAX = 2 ** 32 - 1;
+
+/** The options every command accepts; they pick the cluster `connect()` talks to. */
+export interface GlobalOptions {
+  endpoint?: string;
+  token?: string;
+  context?: string;
+  config?: string;
+}
+
+/**
+ * A commander parser for whole numbers in [min, max]; a bad value is a usage error.
+ *
+ * @example
+ * new Option("-t, --tasks <n>").argParser(wholeNumber(1))
+ */
+export function wholeNumber(min = 0, max = Number.MAX_SAFE_INTEGER): (value: string) => number {
+  return (value) => {
+    if (!/^\d+$/.test(value.trim())) throw new InvalidArgumentError(`"${value}" is not a whole number.`);
+    const n = Number(value);
+    if (n < min || n > max) throw new InvalidArgumentError(`must be from ${min} to ${max} (got ${n}).`);
+    return n;
+  };
+}
+
+/** Checks a resource request (`cpu=1,mem=2g,gpu=0`) while parsing flags; the API takes it as text. */
+export function resreqText(value: string): string {
+  try {
+    parseResreq(value);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+  return value;
+}
+
+/** A byte size such as `16m`, `1Gi` or `1048576`. */
+export function byteSize(value: string): number {
+  try {
+    return parseBytes("size", value);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+}
+
+/** `-o, --output <format>`: `table` (default, for people) or `json` (for scripts). */
+export function outputOption(): Option {
+  return new Option("-o, --output <format>", "output format").choices(["table", "json"]).default("table");
+}

@@ -1,0 +1,67 @@
+import { Command, CommanderError, Option } from "commander";
+import { readFileSync } from "node:fs";
+import { registerApplicationCommands } from "./commands/application.js";
+import { registerDemo } from "./commands/demo.js";
+import { registerList } from "./commands/list.js";
+import { registerPing } from "./commands/ping.js";
+import { registerServerCommands } from "./commands/servers.js";
+import { registerSessionCommands } from "./commands/session.js";
+import { registerView } from "./commands/view.js";
+import { ExitCode, reportError } from "./exit-codes.js";
+
+function packageVersion(): string {
+  // Same relative path from src/cli (tsx) and dist/cli (built).
+  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+  return pkg.version;
+}
+
+/** The `kiln` command tree. Usage errors surface as CommanderError (see exitOverride). */
+export function createProgram(): Command {
+  const program = new Command("kiln")
+    .description("Kiln: run many short tasks on a cluster of executors (Flame-compatible)")
+    .version(packageVersion())
+    .addOption(
+      new Option(
+        "--endpoint <url>",
+        "cluster to talk to (default: the config context, else http://127.0.0.1:7420)",
+      ).env("KILN_ENDPOINT"),
+    )
+    .addOption(
+      new Option("--token <token>", "cluster token: sent by clients and agents, required by servers").env("KILN_TOKEN"),
+    )
+    .option("--context <name>", "config context to use (default: the config's current context)")
+    .option("--config <path>", "config file (default: ~/.kiln/config.yaml)")
+    .configureHelp({ showGlobalOptions: true })
+    .showHelpAfterError("(run with --help for usage)")
+    .exitOverride();
+  registerServerCommands(program);
+  registerDemo(program);
+  registerList(program);
+  registerView(program);
+  registerSessionCommands(program);
+  registerApplicationCommands(program);
+  registerPing(program);
+  program.addHelpText(
+    "after",
+    "\nExit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the cluster, 130 interrupted.\n" +
+      "Start here: kiln demo (or npm start), then kiln up and kiln ping.\n",
+  );
+  return program;
+}
+
+/**
+ * Runs `kiln` with `argv` (as process.argv) and returns the exit code; prints errors itself.
+ *
+ * @example
+ * process.exitCode = await runCli(process.argv);
+ */
+export async function runCli(argv: readonly string[]): Promise<ExitCode> {
+  try {
+    await createProgram().parseAsync(argv);
+    return ExitCode.Ok;
+  } catch (err) {
+    // Commander has already printed help, the version or the usage error; exitCode 0 means help/version.
+    if (err instanceof CommanderError) return err.exitCode === 0 ? ExitCode.Ok : ExitCode.Usage;
+    return reportError(err);
+  }
+}

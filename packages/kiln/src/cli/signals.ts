@@ -1,0 +1,85 @@
+import { InvalidArgumentError, KilnError } from "@kiln/sdk";
+import { CommandFailed, UsageError } from "./exit-codes.js";
+
+/** Anything `kiln up/server/agent` starts. */
+export interface Closable {
+  close(): Promise<void>;
+}
+
+const SHUTDOWN_SIGNALS = ["SIGINT", "SIGTERM"] as const;
+
+/**
+ * Resolves on the first SIGINT or SIGTERM. A second one while shutting down exits at
+ * once (status 130), for when a clean close hangs.
+ */
+export function nextShutdownSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    let received = false;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (received) {
+        process.stderr.write(`${signal} again: exiting without a clean shutdown\n`);
+        process.exit(130);
+      }
+      received = true;
+      resolve(signal);
+    };
+    for (const signal of SHUTDOWN_SIGNALS) process.on(signal, onSignal);
+  });
+}
+
+/** Turns a server start failure into the error users should see (bad settings → usage error). */
+function explainStartFailure(err: unknown, what: string): unknown {
+  if (err instanceof InvalidArgumentError) return new UsageError(`${err.message} (${err.code})`);
+  const errno = err instanceof Error ? (err as NodeJS.ErrnoException).code : undefined;
+  if (errno === "EADDRINUSE")
+    return new CommandFailed(`cannot start ${what}: ${(err as Error).message} (is another kiln running? try --port)`);
+  if (errno === "EADDRNOTAVAIL")
+    return new UsageError(`cannot start ${what}: that host address is not on this machine`);
+  return err instanceof KilnError || !(err instanceof Error)
+    ? err
+    : new CommandFailed(`cannot start ${what}: ${err.message}`);
+}
+
+/**
+ * An AbortSignal that fires on the first SIGINT/SIGTERM while `fn` runs, so a long
+ * command can clean up (close its session, stop its cluster) before exiting.
+ *
+ * @example
+ * await abortOnSignal((signal) => runPing(client, { tasks: 10, signal }));
+ */
+export async function abortOnSignal<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  const onSignal = (): void => controller.abort();
+  for (const signal of SHUTDOWN_SIGNALS) process.once(signal, onSignal);
+  try {
+    return await fn(controller.signal);
+  } finally {
+    for (const signal of SHUTDOWN_SIGNALS) process.off(signal, onSignal);
+  }
+}
+
+/**
+ * Starts a server, announces it, runs until SIGINT/SIGTERM, then closes it cleanly.
+ * Signals are caught from the start, so Ctrl-C during startup still closes what started.
+ *
+ * @example
+ * await serveUntilSignal("the control plane", () => startControlPlane({ dataDir }), (cp) => console.log(cp.endpoint));
+ */
+export async function serveUntilSignal<T extends Closable>(
+  what: string,
+  start: () => Promise<T>,
+  announce: (started: T) => void,
+): Promise<void> {
+  const signal = nextShutdownSignal();
+  let started: T;
+  try {
+    started = await start();
+  } catch (err) {
+    throw explainStartFailure(err, what);
+  }
+  announce(started);
+  const received = await signal;
+  process.stdout.write(`\n${received}: stopping ${what}...\n`);
+  await started.close();
+  process.stdout.write(`Stopped.\n`);
+}

@@ -1,0 +1,271 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import * as os from "node:os";
+import * as path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { runCli, startCli, type CliProcess } from "./cli-helpers.js";
+
+// One `kiln up` for the whole file: starting a cluster is the slow part.
+describe("kiln against a running cluster", () => {
+  let dir: string;
+  let up: CliProcess | undefined;
+  let endpoint: string;
+  const kiln = (...args: string[]) => runCli([...args, "--endpoint", endpoint], 60_000);
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), "kiln-cli-e2e-"));
+    up = startCli(["up", "--data-dir", path.join(dir, "data"), "--port", "0", "--executors", "2"]);
+    endpoint = (await up.waitFor(/Kiln is up at (http:\/\/\S+)/, 40_000))[1]!;
+  });
+
+  after(async () => {
+    try {
+      if (up) {
+        const code = await up.stop();
+        assert.equal(code, 0, `kiln up should close cleanly on SIGTERM; output:\n${up.output()}`);
+        assert.match(up.output(), /Stopped\./);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  let pingSession: string;
+
+  it("ping -t 200 -o json runs every task and prints one JSON summary", async () => {
+    const r = await kiln("ping", "-t", "200", "-o", "json");
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stdout.trim().split("\n");
+    assert.equal(lines.length, 1, r.stdout);
+    const summary = JSON.parse(lines[0]!) as Record<string, unknown>;
+    assert.deepEqual(Object.keys(summary).sort(), [
+      "durationMs",
+      "failed",
+      "latencyMs",
+      "session",
+      "succeeded",
+      "tasks",
+      "tasksPerSecond",
+    ]);
+    assert.equal(summary.tasks, 200);
+    assert.equal(summary.succeeded, 200);
+    assert.equal(summary.failed, 0);
+    assert.ok((summary.tasksPerSecond as number) > 0);
+    const latency = summary.latencyMs as { p50: number; p99: number };
+    assert.ok(latency.p50 > 0 && latency.p99 >= latency.p50, JSON.stringify(latency));
+    assert.ok(latency.p99 <= (summary.durationMs as number) + 1, JSON.stringify(summary));
+    pingSession = summary.session as string;
+    assert.match(pingSession, /^kiln-ping-/);
+  });
+
+  it("ping without -p prints the session line and one row per task", async () => {
+    const r = await kiln("ping", "-t", "5", "-d", "10");
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^Session kiln-ping-\S+ was created in \d+ ms\.$/m);
+    const rows = r.stdout.split("\n").filter((l) => /^\d+\s+Succeed\s+\S/.test(l));
+    assert.deepEqual(
+      rows.map((l) => l.split(/\s+/)[0]),
+      ["1", "2", "3", "4", "5"],
+    );
+    assert.match(r.stdout, /^5\/5 tasks succeeded in [\d.]+ ms\.$/m);
+  });
+
+  it("ping -p prints the summary block", async () => {
+    const r = await kiln("ping", "-p", "-t", "20");
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^Succeeded:\s+20\/20$/m);
+    assert.match(r.stdout, /^Failed:\s+0$/m);
+    assert.match(r.stdout, /^Throughput:\s+[\d.]+ tasks\/s$/m);
+    assert.match(r.stdout, /^Latency:\s+p50 [\d.]+ ms, p99 [\d.]+ ms$/m);
+  });
+
+  it("ping exits 1 when tasks fail, showing each failure", async () => {
+    // kiln-ping refuses allocations above 4 GiB, so every task fails in the service.
+    const r = await kiln("ping", "-t", "3", "-m", "5g");
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.stdout.split("\n").filter((l) => /^\d+\s+Failed\s+\S/.test(l)).length, 3, r.stdout);
+    assert.match(r.stderr, /^error: 3 of 3 tasks failed\n$/);
+  });
+
+  it("Ctrl-C during ping closes its session and exits 130", async () => {
+    const ping = startCli(["ping", "-t", "50", "-d", "5000", "--endpoint", endpoint]);
+    try {
+      const id = (await ping.waitFor(/Session (\S+) was created/))[1]!;
+      ping.child.kill("SIGINT");
+      assert.equal(await ping.exited(), 130, ping.output());
+      assert.match(ping.output(), new RegExp(`interrupted: session ${id} was closed`));
+      assert.match((await kiln("view", "-s", id)).stdout, /^State:\s+Closed$/m);
+    } finally {
+      await ping.stop();
+    }
+  });
+
+  it("list shows the ping session (closed), the built-in app, the node and executors", async () => {
+    const sessions = await kiln("list", "-s");
+    assert.equal(sessions.code, 0, sessions.stderr);
+    assert.match(
+      sessions.stdout,
+      /^ID\s+State\s+App\s+Resources\s+Priority\s+Pending\s+Running\s+Succeed\s+Failed\s+Created$/m,
+    );
+    const row = sessions.stdout.split("\n").find((l) => l.startsWith(`${pingSession} `));
+    assert.ok(row, sessions.stdout);
+    assert.match(row, /^\S+\s+Closed\s+kiln-ping\s+cpu=\d+,mem=\S+,gpu=\d+\s+0\s+0\s+0\s+200\s+0\s+\d\d:\d\d:\d\d$/);
+
+    const apps = await kiln("list", "-a");
+    assert.match(apps.stdout, /^Name\s+State\s+Shim\s+Tags\s+Created\s+Command$/m);
+    assert.match(apps.stdout, /^kiln-ping\s+Enabled\s+Host\s/m);
+
+    const nodes = await kiln("list", "-n");
+    assert.match(nodes.stdout, /^Name\s+Hostname\s+Status\s+CPU\s+Memory\s+Arch\s+OS$/m);
+    assert.match(nodes.stdout, /\sReady\s+2\s/);
+
+    const executors = await kiln("list", "-e");
+    assert.equal(executors.code, 0, executors.stderr);
+    assert.match(executors.stdout, /^ID\s+State\s+Session\s+Node$/m);
+
+    const json = await kiln("list", "-s", "-o", "json");
+    const parsed = JSON.parse(json.stdout) as { sessions: { metadata: { id: string } }[] };
+    assert.ok(parsed.sessions.some((s) => s.metadata.id === pingSession));
+  });
+
+  it("view shows a session, a task and a node", async () => {
+    const session = await kiln("view", "-s", pingSession);
+    assert.equal(session.code, 0, session.stderr);
+    assert.match(session.stdout, /^Application:\s+kiln-ping$/m);
+    assert.match(session.stdout, /^State:\s+Closed$/m);
+    assert.match(session.stdout, /^Tasks: 0 pending, 0 running, 200 succeed, 0 failed$/m);
+
+    const task = await kiln("view", "-s", pingSession, "-t", "1");
+    assert.equal(task.code, 0, task.stderr);
+    assert.match(task.stdout, /^Task:\s+1$/m);
+    assert.match(task.stdout, /^State:\s+Succeed$/m);
+    assert.match(task.stdout, /^Output:\s+\S/m);
+    assert.match(task.stdout, /^  \d\d:\d\d:\d\d\.\d{3}: .* \(\d+\)$/m);
+
+    const json = await kiln("view", "-s", pingSession, "-o", "json");
+    const parsed = JSON.parse(json.stdout) as { session: unknown; tasks: unknown[] };
+    assert.equal(parsed.tasks.length, 200);
+
+    const nodeName = (await kiln("list", "-n")).stdout.split("\n")[1]!.split(/\s+/)[0]!;
+    const node = await kiln("view", "-n", nodeName);
+    assert.equal(node.code, 0, node.stderr);
+    assert.match(node.stdout, /^Status:\s+Ready$/m);
+  });
+
+  it("create, close and delete a session", async () => {
+    const created = await kiln("create", "-a", "kiln-ping", "-p", "5", "-r", "cpu=1,mem=256m", "--id", "cli-e2e-1");
+    assert.equal(created.code, 0, created.stderr);
+    assert.equal(created.stdout, "Session cli-e2e-1 was created.\n");
+    assert.match((await kiln("list", "-s")).stdout, /^cli-e2e-1\s+Open\s+kiln-ping\s+cpu=1,mem=256Mi,gpu=0\s+5\s/m);
+
+    const closed = await kiln("close", "-s", "cli-e2e-1");
+    assert.equal(closed.code, 0, closed.stderr);
+    assert.match((await kiln("view", "-s", "cli-e2e-1")).stdout, /^State:\s+Closed$/m);
+
+    assert.equal((await kiln("delete", "-s", "cli-e2e-1")).code, 0);
+    const gone = await kiln("view", "-s", "cli-e2e-1");
+    assert.equal(gone.code, 1);
+    assert.match(gone.stderr, /^error: .*cli-e2e-1.* \(NOT_FOUND\)\n$/);
+  });
+
+  it("register, view, update and unregister applications from YAML", async () => {
+    const file = path.join(dir, "apps.yaml");
+    const yaml = (description: string) =>
+      `metadata:\n  name: cli-e2e-echo\nspec:\n  description: ${description}\n  command: /bin/cat\n` +
+      `  arguments: ["-u"]\n  environments:\n    - { name: MODE, value: fast }\n  max_instances: 2\n` +
+      `---\nmetadata:\n  name: cli-e2e-other\nspec:\n  command: /bin/true\n  delay_release: 5\n`;
+    await writeFile(file, yaml("first"));
+    const registered = await kiln("register", "-f", file);
+    assert.equal(registered.code, 0, registered.stderr);
+    assert.equal(
+      registered.stdout,
+      "Application cli-e2e-echo was registered.\nApplication cli-e2e-other was registered.\n",
+    );
+
+    const viewed = await kiln("view", "-a", "cli-e2e-echo");
+    assert.match(viewed.stdout, /^Description:\s+first$/m);
+    assert.match(viewed.stdout, /^Arguments:\s+-u$/m);
+    assert.match(viewed.stdout, /^Environments:\s+MODE=fast$/m);
+    assert.match(viewed.stdout, /^Max Instances:\s+2$/m);
+
+    await writeFile(file, yaml("second"));
+    assert.equal((await kiln("update", "-f", file)).code, 0);
+    assert.match((await kiln("view", "-a", "cli-e2e-echo")).stdout, /^Description:\s+second$/m);
+
+    const again = await kiln("register", "-f", file);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /\(ALREADY_EXISTS\)\n$/);
+
+    for (const name of ["cli-e2e-echo", "cli-e2e-other"]) {
+      const r = await kiln("unregister", "-a", name);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    assert.doesNotMatch((await kiln("list", "-a")).stdout, /cli-e2e-/);
+  });
+
+  it("register with a bad document registers none of the file's applications", async () => {
+    const file = path.join(dir, "bad.yaml");
+    await writeFile(
+      file,
+      "metadata: { name: cli-e2e-good }\nspec: { command: /bin/true }\n---\n" +
+        "metadata: { name: cli-e2e-bad }\nspec: { max_instances: many }\n",
+    );
+    const r = await kiln("register", "-f", file);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /document 2: spec\.max_instances: must be a whole number/);
+    assert.doesNotMatch((await kiln("list", "-a")).stdout, /cli-e2e-good/);
+  });
+
+  it("API errors print the message and the Kiln code, exit 1", async () => {
+    const r = await kiln("view", "-a", "no-such-app");
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^error: .*no-such-app.* \(NOT_FOUND\)\n$/);
+    const ping = await kiln("ping", "-a", "no-such-app", "-t", "1");
+    assert.equal(ping.code, 1);
+    assert.match(ping.stderr, /\(NOT_FOUND\)/);
+  });
+});
+
+describe("kiln server", () => {
+  it("serves tasks once a kiln agent joins it, and both stop cleanly", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "kiln-cli-server-"));
+    const server = startCli(["server", "--port", "0", "--data-dir", path.join(dir, "data")]);
+    let agent: CliProcess | undefined;
+    try {
+      const endpoint = (await server.waitFor(/listening at (http:\/\/\S+)/))[1]!;
+      agent = startCli([
+        "agent",
+        "--endpoint",
+        endpoint,
+        "--name",
+        "cli-agent",
+        "--executors",
+        "1",
+        "--work-dir",
+        path.join(dir, "agent"),
+      ]);
+      await agent.waitFor(/Kiln agent cli-agent joined/);
+      const r = await runCli(["ping", "-p", "-t", "20", "--endpoint", endpoint], 60_000);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /^Succeeded:\s+20\/20$/m);
+      assert.match((await runCli(["list", "-n", "--endpoint", endpoint])).stdout, /^cli-agent\s+\S+\s+Ready\s/m);
+      assert.equal(await agent.stop(), 0, agent.output());
+      assert.equal(await server.stop(), 0, server.output());
+    } finally {
+      await agent?.stop();
+      await server.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses to listen beyond loopback without a token, showing why", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "kiln-cli-server-"));
+    try {
+      const r = await runCli(["server", "--host", "0.0.0.0", "--port", "0", "--data-dir", dir]);
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /requires a token/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,128 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** The built CLI (`npx tsc -b packages/sdk packages/kiln` must have run). */
+export const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../dist/cli/main.js");
+
+// A HOME that does not exist and no KILN_* variables, so the user's own config never leaks into a test
+// (and nothing a test runs may write under HOME).
+const HOME = path.join(os.tmpdir(), `kiln-cli-test-home-${process.pid}`);
+export const CLI_ENV: NodeJS.ProcessEnv = Object.fromEntries(
+  Object.entries({ ...process.env, HOME }).filter(
+    ([key]) => !["KILN_ENDPOINT", "KILN_TOKEN", "KILN_CONFIG", "FLAME_ENDPOINT"].includes(key),
+  ),
+);
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `kiln ...args` to completion (killed after `timeoutMs`). */
+export function runCli(args: readonly string[], timeoutMs = 30_000): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: CLI_ENV, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`kiln ${args.join(" ")} did not finish within ${timeoutMs} ms\n${stdout}\n${stderr}`));
+    }, timeoutMs);
+    child.on("error", reject);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** A long-running `kiln` process (up, server, agent) with its output so far. */
+export interface CliProcess {
+  child: ChildProcess;
+  output(): string;
+  /** Resolves with the first match of `pattern` in stdout+stderr. */
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+  /** Resolves with the exit code once the process ends by itself (null if killed by a signal). */
+  exited(timeoutMs?: number): Promise<number | null>;
+  /** SIGTERM, then SIGKILL after `timeoutMs`; resolves with the exit code (null if killed). */
+  stop(timeoutMs?: number): Promise<number | null>;
+}
+
+export function startCli(args: readonly string[]): CliProcess {
+  const child = spawn(process.execPath, [CLI, ...args], { env: CLI_ENV, stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  const listeners = new Set<() => void>();
+  const onData = (d: Buffer): void => {
+    output += d.toString();
+    for (const l of listeners) l();
+  };
+  child.stdout!.on("data", onData);
+  child.stderr!.on("data", onData);
+  return {
+    child,
+    output: () => output,
+    exited(timeoutMs = 30_000) {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`kiln ${args.join(" ")} still running after ${timeoutMs} ms`)),
+          timeoutMs,
+        );
+      });
+      return Promise.race([exited, timeout]).finally(() => clearTimeout(timer));
+    },
+    waitFor(pattern, timeoutMs = 30_000) {
+      return new Promise((resolve, reject) => {
+        const check = (): void => {
+          const m = output.match(pattern);
+          if (!m) return;
+          finish();
+          resolve(m);
+        };
+        const timer = setTimeout(() => {
+          finish();
+          reject(new Error(`no ${pattern} within ${timeoutMs} ms; output:\n${output}`));
+        }, timeoutMs);
+        const onExit = (): void => {
+          finish();
+          reject(new Error(`kiln ${args.join(" ")} exited before ${pattern}; output:\n${output}`));
+        };
+        const finish = (): void => {
+          clearTimeout(timer);
+          listeners.delete(check);
+          child.off("exit", onExit);
+        };
+        listeners.add(check);
+        child.once("exit", onExit);
+        check();
+        if (child.exitCode !== null || child.signalCode !== null) onExit();
+      });
+    },
+    async stop(timeoutMs = 20_000) {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill("SIGTERM");
+        const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+        const code = await exited;
+        clearTimeout(timer);
+        return code;
+      }
+      return exited;
+    },
+  };
+}
+
+/** A loopback port nothing listens on (bound, then released). */
+export async function closedPort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}

@@ -1,0 +1,167 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import * as os from "node:os";
+import * as path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { CLI, CLI_ENV, closedPort, runCli } from "./cli-helpers.js";
+
+const GLOBAL_OPTIONS = ["--endpoint", "--token", "--context", "--config"];
+
+const COMMAND_OPTIONS: Record<string, string[]> = {
+  up: ["--data-dir", "--port", "--host", "--executors"],
+  server: [
+    "--data-dir",
+    "--host",
+    "--port",
+    "--heartbeat-timeout",
+    "--drain-timeout",
+    "--retries",
+    "--max-task-bytes",
+    "--default-resreq",
+  ],
+  agent: ["--name", "--executors", "--work-dir"],
+  demo: ["--tasks", "--executors"],
+  list: ["-a, --application", "-s, --session", "-e, --executor", "-n, --node", "-o, --output"],
+  view: ["-a, --application", "-s, --session", "-t, --task", "-n, --node", "-o, --output"],
+  create: ["-a, --application", "-p, --priority", "-r, --resreq", "--min", "--max", "--id"],
+  close: ["-s, --session"],
+  delete: ["-s, --session"],
+  register: ["-f, --file"],
+  update: ["-f, --file"],
+  unregister: ["-a, --application"],
+  ping: [
+    "-a, --application",
+    "-t, --tasks",
+    "-d, --duration",
+    "-m, --memory",
+    "-c, --common-data",
+    "-p, --perf",
+    "--priority",
+    "-r, --resreq",
+    "-o, --output",
+  ],
+};
+
+describe("kiln --help", () => {
+  it("lists every command", async () => {
+    const r = await runCli(["--help"]);
+    assert.equal(r.code, 0, r.stderr);
+    for (const command of Object.keys(COMMAND_OPTIONS)) assert.match(r.stdout, new RegExp(`^  ${command}\\b`, "m"));
+    assert.match(
+      r.stdout,
+      /Exit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the cluster, 130 interrupted/,
+    );
+  });
+
+  it("kiln help <command> exits 0; kiln alone shows help and exits 2", async () => {
+    const help = await runCli(["help", "ping"]);
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, /^Usage: kiln ping/m);
+    const bare = await runCli([]);
+    assert.equal(bare.code, 2);
+    assert.match(bare.stderr, /^Usage: kiln/m);
+  });
+
+  for (const [command, options] of Object.entries(COMMAND_OPTIONS)) {
+    it(`kiln ${command} --help lists its options and the global ones`, async () => {
+      const r = await runCli([command, "--help"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, new RegExp(`^Usage: kiln ${command}`, "m"));
+      for (const option of [...options, ...GLOBAL_OPTIONS])
+        assert.ok(r.stdout.includes(option), `${command}: ${option}`);
+    });
+  }
+});
+
+describe("usage errors exit 2 without touching the cluster", () => {
+  // Pointing at a closed port proves it: reaching for the cluster would exit 3, not 2.
+  let endpoint: string;
+  let dir: string;
+  before(async () => {
+    endpoint = `http://127.0.0.1:${await closedPort()}`;
+    dir = await mkdtemp(path.join(os.tmpdir(), "kiln-cli-usage-"));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  const cases: [string, string[], RegExp][] = [
+    ["an unknown command", ["frobnicate"], /unknown command 'frobnicate'/],
+    ["an unknown option", ["list", "-a", "--bogus"], /unknown option '--bogus'/],
+    ["list without a kind", ["list"], /exactly one of -a, -s, -e, -n/],
+    ["list with two kinds", ["list", "-a", "-s"], /exactly one of -a, -s, -e, -n/],
+    ["a bad output format", ["list", "-a", "-o", "xml"], /Allowed choices are table, json/],
+    ["a task count that is not a number", ["ping", "-t", "ten"], /"ten" is not a whole number/],
+    ["a zero task count", ["ping", "-t", "0"], /must be from 1/],
+    ["a bad resource request", ["create", "-a", "x", "-r", "cpu=lots"], /resreq\.cpu: "lots" must be a whole number/],
+    ["create without an application", ["create"], /required option '-a, --application <name>' not specified/],
+    ["a task without its session", ["view", "-t", "1"], /-t TASK needs the session too/],
+    ["close without a session", ["close"], /required option '-s, --session <id>'/],
+    [
+      "register of a missing file",
+      ["register", "-f", "/nonexistent/apps.yaml"],
+      /cannot read \/nonexistent\/apps\.yaml/,
+    ],
+  ];
+  for (const [what, args, message] of cases) {
+    it(what, async () => {
+      const r = await runCli([...args, "--endpoint", endpoint]);
+      assert.equal(r.code, 2, `${r.stdout}\n${r.stderr}`);
+      assert.match(r.stderr, message);
+    });
+  }
+
+  it("agent without an endpoint", async () => {
+    const r = await runCli(["agent"]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /kiln agent needs --endpoint URL/);
+  });
+
+  it("register with one bad document in a multi-document file names it and registers nothing", async () => {
+    const file = path.join(dir, "apps.yaml");
+    await writeFile(
+      file,
+      "metadata:\n  name: good-one\nspec:\n  command: /bin/true\n---\nspec:\n  command: /bin/false\n---\nmetadata: { name: good-two }\n",
+    );
+    const r = await runCli(["register", "-f", file, "--endpoint", endpoint]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /apps\.yaml: document 2: metadata\.name: is required/);
+    assert.equal(r.stdout, "");
+  });
+
+  it("register with broken YAML names the document", async () => {
+    const file = path.join(dir, "broken.yaml");
+    await writeFile(file, "metadata: { name: a }\n---\nmetadata: { name: [b\n");
+    const r = await runCli(["register", "-f", file, "--endpoint", endpoint]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /document 2: invalid YAML/);
+  });
+});
+
+describe("an unreachable cluster exits 3", () => {
+  for (const args of [
+    ["list", "-a"],
+    ["ping", "-t", "3"],
+    ["view", "-s", "s-1"],
+    ["create", "-a", "kiln-ping"],
+  ]) {
+    it(`kiln ${args.join(" ")}`, async () => {
+      const port = await closedPort();
+      const r = await runCli([...args, "--endpoint", `http://127.0.0.1:${port}`]);
+      assert.equal(r.code, 3, `${r.stdout}\n${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`^error: cannot reach the Kiln cluster at http://127\\.0\\.0\\.1:${port}\\b`));
+      assert.match(r.stderr, /kiln up/);
+      assert.match(r.stderr, /\(UNAVAILABLE\)\n$/);
+    });
+  }
+
+  it("takes the endpoint from KILN_ENDPOINT too", async () => {
+    const port = await closedPort();
+    const r = spawnSync(process.execPath, [CLI, "list", "-n"], {
+      env: { ...CLI_ENV, KILN_ENDPOINT: `http://127.0.0.1:${port}` },
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    assert.equal(r.status, 3, r.stderr);
+    assert.match(r.stderr, new RegExp(`127\\.0\\.0\\.1:${port}`));
+  });
+});

@@ -1,0 +1,173 @@
+import { connect, type KilnClient, type Session } from "@kiln/sdk";
+import { flame } from "@kiln/sdk/proto";
+import assert from "node:assert/strict";
+import { after, describe, it } from "node:test";
+import { tempDir } from "./support/control-plane.js";
+import { parsePing, pingInput, registerPingCopy } from "./support/ping-app.js";
+import { freePort, isAlive, processesWithEnv, spawnKiln, waitFor, type KilnProcess } from "./support/processes.js";
+
+const { TaskState } = flame;
+
+interface Cluster {
+  endpoint: string;
+  port: number;
+  dataDir: string;
+  server: KilnProcess;
+  agents: KilnProcess[];
+  agentDirs: string[];
+  client: KilnClient;
+}
+
+const serverArgs = (dataDir: string, port: number) => [
+  "server",
+  "--data-dir",
+  dataDir,
+  "--port",
+  String(port),
+  "--heartbeat-timeout",
+  "3000",
+  "--drain-timeout",
+  "1000",
+];
+
+async function startCluster(agentNames: string[]): Promise<Cluster> {
+  const port = await freePort();
+  const dataDir = tempDir("e2e");
+  const endpoint = `http://127.0.0.1:${port}`;
+  const server = spawnKiln(serverArgs(dataDir, port));
+  const client = await connect({ endpoint });
+  await waitFor("the control plane", () => client.listApplications().then((a) => a.length > 0));
+  const agentDirs = agentNames.map((name) => tempDir(`agent-${name}`));
+  const agents = agentNames.map((name, i) =>
+    spawnKiln(["agent", "--endpoint", endpoint, "--name", name, "--executors", "2", "--work-dir", agentDirs[i]!]),
+  );
+  await waitFor(`agents ${agentNames.join(", ")}`, async () => {
+    const ready = (await client.listNodes()).filter((n) => n.status?.state === flame.NodeState.Ready);
+    return ready.length === agentNames.length || undefined;
+  });
+  return { endpoint, port, dataDir, server, agents, agentDirs, client };
+}
+
+async function stopCluster(c: Cluster | undefined): Promise<void> {
+  if (!c) return;
+  c.client.close();
+  await Promise.all(c.agents.map((a) => a.stop()));
+  await c.server.stop();
+}
+
+/** Waits until no task of the session is pending or running, and returns all its tasks. */
+async function settled(client: KilnClient, session: Session, timeoutMs: number): Promise<flame.Task[]> {
+  await waitFor(
+    `session ${session.id} to settle`,
+    async () => {
+      const s = await client.getSession(session.id);
+      return (s.status!.pending === 0 && s.status!.running === 0) || undefined;
+    },
+    timeoutMs,
+  );
+  const tasks: flame.Task[] = [];
+  for await (const t of session.listTasks()) tasks.push(t);
+  return tasks;
+}
+
+const succeedEvents = (t: flame.Task) => t.status!.events.filter((e) => e.code === TaskState.Succeed).length;
+
+describe("failures end to end", () => {
+  let cluster: Cluster | undefined;
+  after(() => stopCluster(cluster));
+
+  it("kill -9 of the control plane mid-session: after a restart every task ends Succeed exactly once", async () => {
+    cluster = await startCluster(["n1"]);
+    const { client } = cluster;
+    await registerPingCopy(client, "slow-ping", 4);
+    const session = await client.createSession({ application: "slow-ping" });
+    const n = 600;
+    await session.createTasks(Array.from({ length: n }, () => pingInput(20)));
+    await waitFor("some tasks to finish", async () => ((await session.info()).status!.succeed > 50 ? true : undefined));
+    cluster.server.child.kill("SIGKILL");
+    await cluster.server.exited;
+    cluster.server = spawnKiln(serverArgs(cluster.dataDir, cluster.port));
+    const tasks = await settled(client, session, 90_000);
+    assert.equal(tasks.length, n, "every acknowledged task is back");
+    for (const t of tasks) {
+      assert.equal(t.status!.state, TaskState.Succeed, `task ${t.metadata!.id}`);
+      assert.equal(succeedEvents(t), 1, `task ${t.metadata!.id} succeeded exactly once`);
+      assert.ok(t.spec!.output && parsePing(t.spec!.output).pid > 0, "its result is kept");
+    }
+    await session.close();
+    await stopCluster(cluster);
+    cluster = undefined;
+  });
+
+  it("kill -9 of a service process mid-session: every task ends with a recorded outcome", async () => {
+    cluster = await startCluster(["n1"]);
+    const { client } = cluster;
+    await registerPingCopy(client, "slow-ping", 4);
+    const session = await client.createSession({ application: "slow-ping" });
+    const n = 400;
+    const runs = Array.from({ length: n }, () => session.run(pingInput(20)).then(parsePing));
+    const first = await Promise.race(runs);
+    process.kill(first.pid, "SIGKILL");
+    const results = await Promise.allSettled(runs);
+    const tasks = await settled(client, session, 60_000);
+    assert.equal(tasks.length, n);
+    const failed = tasks.filter((t) => t.status!.state === TaskState.Failed);
+    const succeeded = tasks.filter((t) => t.status!.state === TaskState.Succeed);
+    assert.equal(failed.length + succeeded.length, n, "every task is Succeed or Failed");
+    assert.ok(failed.length >= 1, "the tasks on the killed process fail");
+    for (const t of failed) {
+      const last = t.status!.events.at(-1)!;
+      assert.match(last.message ?? "", /exited/, "the failure names the process exit");
+    }
+    const rejected = results.filter((r) => r.status === "rejected");
+    assert.equal(rejected.length, failed.length, "run() rejects exactly the failed tasks");
+    const events = (await client.getSession(session.id)).status!.events;
+    assert.ok(
+      events.some((e) => e.code === 1020),
+      "the session records the process exit",
+    );
+    // The executor restarted its process: later tasks succeed.
+    assert.ok(succeeded.length > 0);
+    await session.close();
+    await stopCluster(cluster);
+    cluster = undefined;
+  });
+
+  it("kill -9 of an agent mid-session: its tasks move to another node and every task ends with an outcome", async () => {
+    cluster = await startCluster(["a1", "a2"]);
+    const { client } = cluster;
+    await registerPingCopy(client, "slow-ping", 2);
+    const session = await client.createSession({ application: "slow-ping" });
+    const n = 400;
+    const runs = Array.from({ length: n }, () => session.run(pingInput(40)).then(parsePing));
+    // Wait until both nodes have bound executors (and so hold tasks), then kill the first agent.
+    await waitFor("both nodes to be busy", async () => {
+      const bound = (await client.listExecutors()).filter((e) => e.status!.state === flame.ExecutorState.ExecutorBound);
+      return new Set(bound.map((e) => e.spec!.node)).size === 2 || undefined;
+    });
+    const victim = cluster.agents[0]!;
+    const victimServices = processesWithEnv(cluster.agentDirs[0]!);
+    assert.ok(victimServices.length > 0, "the agent runs service processes");
+    victim.child.kill("SIGKILL");
+    await victim.exited;
+    await Promise.allSettled(runs);
+    const tasks = await settled(client, session, 60_000);
+    assert.equal(tasks.length, n);
+    assert.ok(
+      tasks.every((t) => t.status!.state === TaskState.Succeed || t.status!.state === TaskState.Failed),
+      "every task has an outcome",
+    );
+    const requeued = tasks.filter((t) => t.status!.events.some((e) => /requeued/.test(e.message ?? "")));
+    assert.ok(requeued.length >= 1, "tasks of the lost node were requeued");
+    assert.ok(
+      requeued.every((t) => t.status!.state === TaskState.Succeed),
+      "and then succeeded elsewhere",
+    );
+    const nodes = await client.listNodes();
+    assert.equal(nodes.find((x) => x.metadata!.name === "a1")?.status?.state, flame.NodeState.NotReady);
+    // Service processes of the killed agent do not outlive it.
+    for (const pid of victimServices)
+      await waitFor(`orphaned service ${pid} to exit`, () => !isAlive(pid) || undefined, 10_000);
+    await session.close();
+  });
+});

@@ -1,0 +1,72 @@
+import { create } from "@bufbuild/protobuf";
+import * as flame from "../protocol/flame.js";
+
+/** What a service learns when its executor is bound to a session. */
+export interface SessionContextInfo {
+  sessionId: string;
+  application: { name: string; command?: string; workingDirectory?: string; url?: string };
+  commonData?: Uint8Array;
+}
+
+/** One task handed to the service. */
+export interface TaskContextInfo {
+  taskId: string;
+  sessionId: string;
+  input?: Uint8Array;
+}
+
+/**
+ * The code of a service. `onTaskInvoke` may run for several tasks at once;
+ * what it returns (bytes, or a string sent as UTF-8) is the task's output, and
+ * what it throws fails the task with the error's message.
+ */
+export interface ServiceHandlers {
+  onSessionEnter?(ctx: SessionContextInfo): void | Promise<void>;
+  onTaskInvoke(ctx: TaskContextInfo): Uint8Array | string | void | Promise<Uint8Array | string | void>;
+  onSessionLeave?(): void | Promise<void>;
+}
+
+/** The return code of a task or session hook that threw. */
+export const HANDLER_FAILED = -1;
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function toOutput(value: Uint8Array | string | void): Uint8Array | undefined {
+  if (value === undefined) return undefined;
+  return typeof value === "string" ? new TextEncoder().encode(value) : value;
+}
+
+/** Runs `onTaskInvoke`; never rejects: a thrown error becomes return code -1 with its message. */
+export async function runTask(handlers: ServiceHandlers, task: flame.TaskContext): Promise<flame.TaskResult> {
+  try {
+    const info: TaskContextInfo = { taskId: task.taskId, sessionId: task.sessionId };
+    if (task.input !== undefined) info.input = task.input;
+    const output = toOutput(await handlers.onTaskInvoke(info));
+    return create(flame.TaskResultSchema, { returnCode: 0, ...(output ? { output } : {}) });
+  } catch (err) {
+    return create(flame.TaskResultSchema, { returnCode: HANDLER_FAILED, message: errorMessage(err) });
+  }
+}
+
+/** Runs a session hook; never rejects: a thrown error becomes return code -1 with its message. */
+export async function runHook(hook: () => void | Promise<void>): Promise<flame.Result> {
+  try {
+    await hook();
+    return create(flame.ResultSchema, { returnCode: 0 });
+  } catch (err) {
+    return create(flame.ResultSchema, { returnCode: HANDLER_FAILED, message: errorMessage(err) });
+  }
+}
+
+export function toSessionContextInfo(ctx: flame.SessionContext): SessionContextInfo {
+  const app = ctx.application;
+  const application: SessionContextInfo["application"] = { name: app?.name ?? "" };
+  if (app?.command !== undefined) application.command = app.command;
+  if (app?.workingDirectory !== undefined) application.workingDirectory = app.workingDirectory;
+  if (app?.url !== undefined) application.url = app.url;
+  const info: SessionContextInfo = { sessionId: ctx.sessionId, application };
+  if (ctx.commonData !== undefined) info.commonData = ctx.commonData;
+  return info;
+}

@@ -1,0 +1,106 @@
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import * as fs from "node:fs/promises";
+import * as http2 from "node:http2";
+import * as flame from "../protocol/flame.js";
+import * as kiln from "../protocol/kiln.js";
+import type { ServiceHandlers } from "./handlers.js";
+import { flameInstance, kilnInstance } from "./instance-services.js";
+import { removeStaleSocket, resolveSocketPath } from "./socket-path.js";
+
+export interface ServeOptions {
+  /** Unix socket to serve on; default: $KILN_INSTANCE_ENDPOINT, else $FLAME_INSTANCE_ENDPOINT. */
+  socketPath?: string;
+  /**
+   * Close and exit the process on SIGTERM/SIGINT (the agent stops a service
+   * with SIGTERM), and when the agent that started it dies. Default: true
+   * when the socket comes from the environment (the process was started as a
+   * service), false when `socketPath` is given (the caller owns the process
+   * and calls `close()`).
+   */
+  exitOnSignal?: boolean;
+}
+
+export interface ServiceHandle {
+  socketPath: string;
+  /** Stops serving and removes the socket. */
+  close(): Promise<void>;
+}
+
+const PARENT_CHECK_MS = 1_000;
+
+/**
+ * Serves a service's handlers on a Unix socket, both as flame.v1.Instance
+ * (one call per task) and as kiln.v1.Instance/Invoke (batched stream), so
+ * Kiln agents and Flame executors can both run it.
+ *
+ * @example
+ * import { serve } from "@kiln/sdk";
+ * await serve({ onTaskInvoke: ({ input }) => `got ${input?.length ?? 0} bytes` });
+ */
+export async function serve(handlers: ServiceHandlers, options: ServeOptions = {}): Promise<ServiceHandle> {
+  const socketPath = resolveSocketPath(options.socketPath);
+  await removeStaleSocket(socketPath);
+  const server = http2.createServer(
+    {},
+    connectNodeAdapter({
+      routes: (router) => {
+        router.service(flame.Instance, flameInstance(handlers));
+        router.service(kiln.Instance, kilnInstance(handlers));
+      },
+    }),
+  );
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (session) => {
+    sessions.add(session);
+    session.on("close", () => sessions.delete(session));
+    // Bytes that are not HTTP/2 end that connection, never the service.
+    session.on("error", () => session.destroy());
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(socketPath, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+
+  let closing: Promise<void> | undefined;
+  const stopWatching = (options.exitOnSignal ?? options.socketPath === undefined) ? exitWhenTold(() => close()) : noop;
+  const close = (): Promise<void> =>
+    (closing ??= (async () => {
+      stopWatching();
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const session of sessions) session.destroy();
+      await closed;
+      await fs.rm(socketPath, { force: true });
+    })());
+  return { socketPath, close };
+}
+
+function noop(): void {}
+
+/**
+ * Closes and exits on SIGTERM/SIGINT, and when the agent that started this
+ * process (KILN_AGENT_PID) is no longer its parent: a service must not
+ * outlive its agent. Returns a function that stops watching.
+ */
+function exitWhenTold(close: () => Promise<void>): () => void {
+  const exit = () => {
+    void close().finally(() => process.exit(0));
+  };
+  process.once("SIGTERM", exit);
+  process.once("SIGINT", exit);
+  const agentPid = process.env.KILN_AGENT_PID;
+  let parentCheck: NodeJS.Timeout | undefined;
+  if (agentPid !== undefined && agentPid === String(process.ppid)) {
+    parentCheck = setInterval(() => {
+      if (String(process.ppid) !== agentPid) exit();
+    }, PARENT_CHECK_MS);
+    parentCheck.unref();
+  }
+  return () => {
+    process.off("SIGTERM", exit);
+    process.off("SIGINT", exit);
+    clearInterval(parentCheck);
+  };
+}
