@@ -35,6 +35,15 @@ function exited(child: ChildProcess): Promise<{ code: number | null; signal: Nod
   return new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
 }
 
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function waitFor(check: () => boolean, ms: number, what: string): Promise<void> {
   const deadline = Date.now() + ms;
   while (!check()) {
@@ -266,5 +275,33 @@ describe("serve(): socket and process handling", () => {
     const { code } = await within(exited(child), 10_000, "the service to exit");
     assert.equal(code, 0, stderr);
     await waitFor(() => !fs.existsSync(socketPath), 2_000, "the socket to go");
+  });
+
+  test("a service exits once the agent that started it is gone, even if it died first", async () => {
+    const serviceScript = (name: string) =>
+      `import { serve } from ${JSON.stringify(sdkIndex)};\n` +
+      `await serve({ onTaskInvoke: () => "x" }, { socketPath: ${JSON.stringify(path.join(dir, name))}, exitOnSignal: true });\n` +
+      `console.log(process.pid);\n`;
+    // The "agent" starts the service, then is killed: its service must follow.
+    const agentScript =
+      `const { spawn } = require("node:child_process");\n` +
+      `const c = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", ${JSON.stringify(serviceScript("orphan.sock"))}],` +
+      ` { env: { ...process.env, KILN_AGENT_PID: String(process.pid) }, stdio: ["ignore", "inherit", "inherit"], detached: true });\n`;
+    const agent = node(["-e", agentScript]);
+    const servicePid = Number(
+      await within(new Promise<Buffer>((r) => agent.stdout!.once("data", r)), 20_000, "the service to start"),
+    );
+    agent.kill("SIGKILL");
+    await exited(agent);
+    await waitFor(() => !isAlive(servicePid), 5_000, "the orphaned service to exit");
+
+    // An agent that died before serve() ran.
+    const dead = node(["-e", ""]);
+    await exited(dead);
+    const late = node(["--import", "tsx", "--input-type=module", "-e", serviceScript("late.sock")], {
+      KILN_AGENT_PID: String(dead.pid),
+    });
+    const { code } = await within(exited(late), 20_000, "the service of a dead agent to exit");
+    assert.equal(code, 0);
   });
 });

@@ -26,7 +26,7 @@ export interface ServiceHandle {
   close(): Promise<void>;
 }
 
-const PARENT_CHECK_MS = 1_000;
+const AGENT_CHECK_MS = 1_000;
 
 /**
  * Serves a service's handlers on a Unix socket, both as flame.v1.Instance
@@ -65,7 +65,7 @@ export async function serve(handlers: ServiceHandlers, options: ServeOptions = {
   });
 
   let closing: Promise<void> | undefined;
-  const stopWatching = (options.exitOnSignal ?? options.socketPath === undefined) ? exitWhenTold(() => close()) : noop;
+  let stopWatching = noop;
   const close = (): Promise<void> =>
     (closing ??= (async () => {
       stopWatching();
@@ -74,15 +74,26 @@ export async function serve(handlers: ServiceHandlers, options: ServeOptions = {
       await closed;
       await fs.rm(socketPath, { force: true });
     })());
+  if (options.exitOnSignal ?? options.socketPath === undefined) stopWatching = exitWhenTold(close);
   return { socketPath, close };
 }
 
 function noop(): void {}
 
+/** Whether a process with this pid exists (EPERM: it exists, owned by someone else). */
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 /**
- * Closes and exits on SIGTERM/SIGINT, and when the agent that started this
- * process (KILN_AGENT_PID) is no longer its parent: a service must not
- * outlive its agent. Returns a function that stops watching.
+ * Closes and exits on SIGTERM/SIGINT, and once the agent that started this
+ * process (KILN_AGENT_PID) is gone, even if it died before serve() ran: a
+ * service must not outlive its agent. Returns a function that stops watching.
  */
 function exitWhenTold(close: () => Promise<void>): () => void {
   const exit = () => {
@@ -90,17 +101,21 @@ function exitWhenTold(close: () => Promise<void>): () => void {
   };
   process.once("SIGTERM", exit);
   process.once("SIGINT", exit);
-  const agentPid = process.env.KILN_AGENT_PID;
-  let parentCheck: NodeJS.Timeout | undefined;
-  if (agentPid !== undefined && agentPid === String(process.ppid)) {
-    parentCheck = setInterval(() => {
-      if (String(process.ppid) !== agentPid) exit();
-    }, PARENT_CHECK_MS);
-    parentCheck.unref();
+  const agentPid = Number(process.env.KILN_AGENT_PID);
+  let agentCheck: NodeJS.Timeout | undefined;
+  if (Number.isSafeInteger(agentPid) && agentPid > 0) {
+    // Reparenting is the sure sign for a direct child; liveness covers the rest (and pid reuse is rare).
+    const startedAsChild = process.ppid === agentPid;
+    const agentGone = () => (startedAsChild && process.ppid !== agentPid) || !processExists(agentPid);
+    if (agentGone()) exit();
+    agentCheck = setInterval(() => {
+      if (agentGone()) exit();
+    }, AGENT_CHECK_MS);
+    agentCheck.unref();
   }
   return () => {
     process.off("SIGTERM", exit);
     process.off("SIGINT", exit);
-    clearInterval(parentCheck);
+    clearInterval(agentCheck);
   };
 }
