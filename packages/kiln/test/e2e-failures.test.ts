@@ -133,6 +133,29 @@ describe("failures end to end", () => {
     cluster = undefined;
   });
 
+  it("an application that cannot start: bind failures become session events, then its pending tasks fail", async () => {
+    cluster = await startCluster(["n1"]);
+    const { client } = cluster;
+    await client.registerApplication("broken", { command: "/nonexistent/kiln-test-command" });
+    const session = await client.createSession({ application: "broken" });
+    const runs = Array.from({ length: 3 }, () => session.run("x"));
+    const results = await Promise.allSettled(runs);
+    assert.ok(
+      results.every((r) => r.status === "rejected"),
+      "run() rejects instead of waiting forever",
+    );
+    for (const r of results) assert.match(String((r as PromiseRejectedResult).reason), /could not be bound/);
+    const events = (await client.getSession(session.id)).status!.events;
+    assert.ok(events.filter((e) => e.code === 1011).length >= 5, "each process-start failure is a session event");
+    assert.ok(
+      events.some((e) => e.code === 1002),
+      "reaching the limit is recorded",
+    );
+    await session.close();
+    await stopCluster(cluster);
+    cluster = undefined;
+  });
+
   it("kill -9 of an agent mid-session: its tasks move to another node and every task ends with an outcome", async () => {
     cluster = await startCluster(["a1", "a2"]);
     const { client } = cluster;
