@@ -57,6 +57,8 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
   const agentLog = path.join(dataDir, "agent.log");
   const executors = options.executors ?? os.availableParallelism();
   const args = [CLI_ENTRY, "agent", "--endpoint", cp.endpoint, "--executors", String(executors)];
+  // On one machine, --executors N means N executors: offer at least that many cpus (the default request is cpu=1).
+  if (options.executors !== undefined) args.push("--cpus", String(Math.max(executors, os.availableParallelism())));
   args.push("--work-dir", path.join(dataDir, "agent"));
   const env = { ...process.env, ...(options.token ? { KILN_TOKEN: options.token } : {}) };
 

@@ -41,6 +41,7 @@ interface ServerFlags {
 interface AgentFlags {
   name?: string;
   executors?: number;
+  cpus?: number;
   workDir?: string;
 }
 
@@ -124,6 +125,11 @@ export function registerServerCommands(program: Command): void {
     .description("run a node agent that gives this machine's executors to a control plane")
     .option("--name <name>", "node name (default: the hostname)")
     .addOption(executorsOption())
+    .addOption(
+      new Option("--cpus <n>", "cpus this node offers to the scheduler (default: the machine's)").argParser(
+        wholeNumber(1, 4096),
+      ),
+    )
     .option("--work-dir <dir>", "where executors install applications and run")
     .addHelpText(
       "after",
@@ -136,7 +142,7 @@ export function registerServerCommands(program: Command): void {
       const { startAgent } = await import("../../agent/agent.js");
       await serveUntilSignal(
         "the agent",
-        () => startAgent({ endpoint, token, name: f.name, executors: f.executors, workDir: f.workDir }),
+        () => startAgent({ endpoint, token, name: f.name, executors: f.executors, cpus: f.cpus, workDir: f.workDir }),
         (agent) => process.stdout.write(`Kiln agent ${agent.nodeName} joined ${endpoint}\n`),
       );
     });
