@@ -326,11 +326,7 @@ export class SessionRegistry {
   failPending(s: SessionRecord, reason: string): number {
     let n = 0;
     for (let t = this.nextPending(s); t; t = this.nextPending(s)) {
-      this.move(s, t, TaskState.Failed, reason);
-      t.completionTime = Date.now();
-      t.message = reason;
-      this.persistTask(t);
-      this.observer?.taskChanged(s, t);
+      this.end(s, t, TaskState.Failed, reason);
       n++;
     }
     return n;
@@ -347,14 +343,19 @@ export class SessionRegistry {
       if (!t || !match(t)) continue;
       if (t.state === TaskState.Running && t.executorId) wereRunning?.push({ task: t, executorId: t.executorId });
       delete t.executorId;
-      this.move(s, t, TaskState.Cancelled, reason);
-      t.completionTime = Date.now();
-      t.message = reason;
-      this.persistTask(t);
-      this.observer?.taskChanged(s, t);
+      this.end(s, t, TaskState.Cancelled, reason);
       n++;
     }
     return n;
+  }
+
+  /** Moves a task to a terminal state with `reason` as its message, and records it. */
+  private end(s: SessionRecord, t: TaskRecord, to: flame.TaskState, reason: string): void {
+    this.move(s, t, to, reason);
+    t.completionTime = Date.now();
+    t.message = reason;
+    this.persistTask(t);
+    this.observer?.taskChanged(s, t);
   }
 
   private move(s: SessionRecord, task: TaskRecord, to: flame.TaskState, message: string): void {
