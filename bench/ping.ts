@@ -7,6 +7,7 @@ import { spawn, execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import type { PingSummary } from "../packages/kiln/src/cli/ping-workload.js";
 
 const CLI = path.resolve("packages/kiln/dist/cli/main.js");
 const tasks = Number(process.env.BENCH_TASKS ?? 30_000);
@@ -92,14 +93,7 @@ try {
   clearInterval(pingSampler);
   sample();
   if (code !== 0) throw new Error(`kiln ping exited with ${code}:\n${out}`);
-  const summary = JSON.parse(out) as {
-    tasks: number;
-    succeeded: number;
-    failed: number;
-    durationMs: number;
-    tasksPerSecond: number;
-    latencyMs: { p50: number; p99: number };
-  };
+  const summary = JSON.parse(out) as PingSummary;
   const mb = (b: number) => `${(b / 1024 / 1024).toFixed(0)} MB`;
   console.log(
     `machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, ${mb(os.totalmem())} RAM, Node ${process.version}`,

@@ -18,22 +18,10 @@ import {
   type TaskUpdate,
 } from "../src/index.js";
 import { flame } from "../src/proto.js";
+import { within } from "./support/within.js";
 
 const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Resolves when `p` settles, or fails the test after `ms`. */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 function assertCode(code: string, field?: string) {
   return (e: unknown) => {

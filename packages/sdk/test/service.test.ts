@@ -11,23 +11,12 @@ import { after, before, describe, test } from "node:test";
 import { serve, type ServiceHandle, type SessionContextInfo } from "../src/index.js";
 import { BatchQueue, createUnixSocketTransport } from "../src/internal.js";
 import { flame, kiln } from "../src/proto.js";
+import { within } from "./support/within.js";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 const sdkIndex = path.join(repoRoot, "packages/sdk/src/index.ts");
-
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 function exited(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   if (child.exitCode !== null || child.signalCode !== null)

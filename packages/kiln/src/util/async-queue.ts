@@ -65,3 +65,19 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
     return { next: () => this.next(), return: async () => (this.end(), { value: undefined, done: true }) };
   }
 }
+
+/** Yields a queue's items until it ends or `signal` aborts (a client went away), then runs `cleanup`. */
+export async function* untilAborted<T>(
+  queue: AsyncQueue<T>,
+  signal: AbortSignal,
+  cleanup: () => void,
+): AsyncGenerator<T> {
+  const stop = () => queue.end();
+  signal.addEventListener("abort", stop);
+  try {
+    yield* queue;
+  } finally {
+    signal.removeEventListener("abort", stop);
+    cleanup();
+  }
+}

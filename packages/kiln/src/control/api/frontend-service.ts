@@ -7,6 +7,7 @@ import { toExecutorMessage, toNodeMessage } from "../cluster-state.js";
 import type { Orchestrator } from "../orchestrator.js";
 import type { SessionRegistry } from "../sessions.js";
 import type { GroupCommit } from "../store/group-commit.js";
+import { untilAborted } from "../../util/async-queue.js";
 import type { WatchHub } from "../watch-hub.js";
 import { toSessionMessage, toTaskMessage } from "./messages.js";
 
@@ -101,14 +102,7 @@ export function frontendService(d: FrontendDeps): ServiceImpl<typeof flame.Front
     async *watchTask(req, ctx) {
       const task = sessions.getTask(req.sessionId, req.taskId);
       const queue = hub.watchTask(task);
-      const stop = () => queue.end();
-      ctx.signal.addEventListener("abort", stop);
-      try {
-        yield* queue;
-      } finally {
-        ctx.signal.removeEventListener("abort", stop);
-        hub.unwatchTask(task, queue);
-      }
+      yield* untilAborted(queue, ctx.signal, () => hub.unwatchTask(task, queue));
     },
     async *listTask(req) {
       const s = sessions.require(req.sessionId);

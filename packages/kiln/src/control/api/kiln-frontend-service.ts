@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { kiln } from "@kiln/sdk/proto";
+import { flame, kiln } from "@kiln/sdk/proto";
+import { untilAborted } from "../../util/async-queue.js";
 import type { FrontendDeps } from "./frontend-service.js";
 
 /** kiln.v1.Frontend: batch task creation, one watch stream per session, cancel. */
@@ -15,15 +16,8 @@ export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Fr
     async *watchSession(req, ctx) {
       const s = sessions.require(req.sessionId);
       const queue = hub.watchSession(s, { snapshot: req.snapshot, omitOutput: req.omitOutput });
-      if (s.state !== 0) hub.sessionEnded(s);
-      const stop = () => queue.end();
-      ctx.signal.addEventListener("abort", stop);
-      try {
-        yield* queue;
-      } finally {
-        ctx.signal.removeEventListener("abort", stop);
-        hub.unwatchSession(s.id, queue);
-      }
+      if (s.state === flame.SessionState.Closed) hub.sessionEnded(s);
+      yield* untilAborted(queue, ctx.signal, () => hub.unwatchSession(s.id, queue));
     },
     async cancelTasks(req) {
       const { cancelled, wereRunning } = sessions.cancel(req.sessionId, req.taskIds);
