@@ -233,6 +233,12 @@ describe("kiln server", () => {
     let agent: CliProcess | undefined;
     try {
       const endpoint = (await server.waitFor(/listening at (http:\/\/\S+)/))[1]!;
+      const stalled = await runCli(["ping", "-p", "-t", "3", "--stall-timeout", "1", "--endpoint", endpoint]);
+      assert.equal(stalled.code, 1, "with no agent, ping gives up instead of waiting forever");
+      assert.match(stalled.stderr, /timed out after 1000 ms/);
+      assert.match(stalled.stderr, /is any agent connected\?/);
+      const sessions = await runCli(["list", "-s", "--endpoint", endpoint]);
+      assert.match(sessions.stdout, /^kiln-ping-\S+\s+Closed\s/m, "the stalled session was closed");
       agent = startCli([
         "agent",
         "--endpoint",

@@ -1,4 +1,4 @@
-import { TaskFailedError, type KilnClient, type Session, type SessionOptions } from "@kiln/sdk";
+import { TaskFailedError, TimeoutError, type KilnClient, type Session, type SessionOptions } from "@kiln/sdk";
 import type { flame } from "@kiln/sdk/proto";
 import { performance } from "node:perf_hooks";
 import { InterruptedError } from "./exit-codes.js";
@@ -20,7 +20,14 @@ export interface PingOptions {
   collectTasks?: boolean;
   /** Aborting stops waiting, closes the session (cancelling what is left) and throws InterruptedError. */
   signal?: AbortSignal;
+  /**
+   * Gives up (closing the session, throwing TimeoutError) when no task has finished for this long,
+   * e.g. because no agent is connected. Default 60 000 ms.
+   */
+  stallTimeoutMs?: number;
 }
+
+export const DEFAULT_STALL_TIMEOUT_MS = 60_000;
 
 /** The numbers `kiln ping -o json` prints; the benchmark harness parses them. */
 export interface PingSummary {
@@ -80,26 +87,43 @@ export function summarize(
   };
 }
 
-/** Settles Promise.all(`work`), or rejects with InterruptedError as soon as `signal` aborts. */
-async function untilDoneOrAborted(
-  work: Promise<unknown>[],
-  signal: AbortSignal | undefined,
-  sessionId: string,
-): Promise<void> {
-  if (!signal) {
-    await Promise.all(work);
-    return;
+/**
+ * Stops a wait that can no longer succeed: rejects with InterruptedError when `signal`
+ * aborts, and with TimeoutError when `progress()` was not called for `stallMs`.
+ */
+class WaitGuard {
+  private lastProgress = performance.now();
+  private fail: (err: Error) => void = () => {};
+  private readonly stopped = new Promise<never>((_, reject) => (this.fail = reject));
+
+  constructor(
+    private readonly sessionId: string,
+    private readonly stallMs: number,
+    private readonly signal: AbortSignal | undefined,
+  ) {}
+
+  progress(): void {
+    this.lastProgress = performance.now();
   }
-  let stop = (): void => {};
-  const aborted = new Promise<never>((_, reject) => {
-    stop = () => reject(new InterruptedError(`session ${sessionId} was closed, its remaining tasks cancelled`));
-    if (signal.aborted) stop();
-    signal.addEventListener("abort", stop, { once: true });
-  });
-  try {
-    await Promise.race([Promise.all(work), aborted]);
-  } finally {
-    signal.removeEventListener("abort", stop);
+
+  async wait(work: Promise<unknown>): Promise<void> {
+    const interrupt = () =>
+      this.fail(new InterruptedError(`session ${this.sessionId} was closed, its remaining tasks cancelled`));
+    if (this.signal?.aborted) interrupt();
+    this.signal?.addEventListener("abort", interrupt, { once: true });
+    const watchdog = setInterval(() => this.checkStall(), Math.min(this.stallMs, 1000));
+    try {
+      await Promise.race([work, this.stopped]);
+    } finally {
+      clearInterval(watchdog);
+      this.signal?.removeEventListener("abort", interrupt);
+    }
+  }
+
+  private checkStall(): void {
+    if (performance.now() - this.lastProgress < this.stallMs) return;
+    const what = `waiting for the tasks of session ${this.sessionId} (none finished; is any agent connected? see \`kiln list -n\`)`;
+    this.fail(new TimeoutError(what, this.stallMs));
   }
 }
 
@@ -145,12 +169,14 @@ async function submitAndWait(session: Session, o: PingOptions, hooks: PingHooks)
   const latencies: number[] = [];
   let failed = 0;
   let unexpected: unknown;
+  const guard = new WaitGuard(session.id, o.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS, o.signal);
   const start = performance.now();
   const settled = Array.from({ length: o.tasks }, () => {
     const submitted = performance.now();
     return session.run(input).then(
       () => {
         latencies.push(performance.now() - submitted);
+        guard.progress();
         hooks.onTaskDone?.(false);
       },
       (err: unknown) => {
@@ -160,11 +186,12 @@ async function submitAndWait(session: Session, o: PingOptions, hooks: PingHooks)
         }
         failed++;
         latencies.push(performance.now() - submitted);
+        guard.progress();
         hooks.onTaskDone?.(true);
       },
     );
   });
-  await untilDoneOrAborted(settled, o.signal, session.id);
+  await guard.wait(Promise.all(settled));
   const durationMs = performance.now() - start;
   if (unexpected !== undefined) throw unexpected;
 

@@ -6,7 +6,7 @@ import { CommandFailed } from "../exit-codes.js";
 import { formatPayload, taskStateName } from "../format.js";
 import { byteSize, outputOption, resreqText, UINT32_MAX, wholeNumber, type GlobalOptions } from "../options.js";
 import { abortOnSignal } from "../signals.js";
-import { runPing, type PingOptions, type PingSummary } from "../ping-workload.js";
+import { DEFAULT_STALL_TIMEOUT_MS, runPing, type PingOptions, type PingSummary } from "../ping-workload.js";
 import { createTaskProgress } from "../progress.js";
 import { renderFields, renderTable } from "../table.js";
 
@@ -92,6 +92,7 @@ interface PingFlags {
   perf?: boolean;
   priority?: number;
   resreq?: string;
+  stallTimeout: number;
   output: "table" | "json";
 }
 
@@ -110,6 +111,11 @@ export function registerPing(program: Command): void {
     .addOption(
       new Option("-r, --resreq <resources>", "resources per executor, e.g. cpu=1,mem=1g").argParser(resreqText),
     )
+    .addOption(
+      new Option("--stall-timeout <s>", "give up when no task finishes for this many seconds")
+        .argParser(wholeNumber(1))
+        .default(DEFAULT_STALL_TIMEOUT_MS / 1000),
+    )
     .addOption(outputOption())
     .addHelpText(
       "after",
@@ -120,7 +126,11 @@ export function registerPing(program: Command): void {
     )
     .action((f: PingFlags, cmd: Command) =>
       withClient(cmd.optsWithGlobals<GlobalOptions>(), async (client) => {
-        const options: PingOptions = { application: f.application, tasks: f.tasks };
+        const options: PingOptions = {
+          application: f.application,
+          tasks: f.tasks,
+          stallTimeoutMs: f.stallTimeout * 1000,
+        };
         if (f.duration !== undefined) options.durationMs = f.duration;
         if (f.memory !== undefined) options.memoryBytes = f.memory;
         if (f.commonData !== undefined) options.commonDataBytes = f.commonData;
