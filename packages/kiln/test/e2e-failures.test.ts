@@ -89,6 +89,12 @@ describe("failures end to end", () => {
     cluster.server = spawnKiln(serverArgs(cluster.dataDir, cluster.port));
     const tasks = await settled(client, session, 90_000);
     assert.equal(tasks.length, n, "every acknowledged task is back");
+    const adopted = tasks.filter((t) =>
+      t.status!.events.some((e) => /still running .* after restart/.test(e.message ?? "")),
+    );
+    // Dispatches are not written to the store; the restarted control plane must still recognise the
+    // attempts the agent kept running and adopt them rather than run those tasks again.
+    assert.ok(adopted.length > 0, "tasks running at the crash were adopted after the restart");
     for (const t of tasks) {
       assert.equal(t.status!.state, TaskState.Succeed, `task ${t.metadata!.id}`);
       assert.equal(succeedEvents(t), 1, `task ${t.metadata!.id} succeeded exactly once`);

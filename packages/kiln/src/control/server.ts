@@ -66,7 +66,11 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   const hub = new WatchHub(toTaskMessage);
   const orchestrator = new Orchestrator(config, sessions, apps);
   sessions.observer = {
-    taskChanged: (s, t) => hub.taskChanged(s, t),
+    taskChanged: (s, t) => {
+      hub.taskChanged(s, t);
+      // Watchers hear of changes after a commit; a dispatch (Running) writes nothing, so ask for one.
+      commit.flushSoon();
+    },
     sessionEnded: (s) => {
       hub.sessionEnded(s);
       orchestrator.sessionEnded(s);

@@ -101,10 +101,14 @@ export class SessionRegistry {
       if (!s) continue;
       const task: TaskRecord = t;
       if (task.state === TaskState.Running) {
+        // Written by a version that stored Running; today a running task is stored as Pending.
         task.state = TaskState.Pending;
         task.events.push({ code: TaskState.Pending, message: "control plane restarted; task requeued", time: now });
         this.persistTask(task);
       }
+      // The last dispatch (Pending → Running, not stored) may have used stored attempt + 1; an agent
+      // that still runs it reports that attempt, and adopt() matches it.
+      if (task.state === TaskState.Pending) task.attempt++;
       s.tasks[task.id - 1] = task;
       s.counts[countKey(task.state)]++;
       if (task.state === TaskState.Pending) s.pending.push(task);
@@ -250,12 +254,16 @@ export class SessionRegistry {
     return s.pending.shift((t) => t.state === TaskState.Pending);
   }
 
-  /** Pending → Running on an executor. Increments the attempt (the fencing token). */
+  /**
+   * Pending → Running on an executor. Increments the attempt (the fencing token).
+   * Not written to the store: after a restart a running task is pending again
+   * anyway, so the row (with this event) is written at its next change, saving
+   * a third of the per-task writes. load() accounts for the unwritten attempt.
+   */
   start(s: SessionRecord, task: TaskRecord, executorId: string, host: string): void {
     this.move(s, task, TaskState.Running, `running on ${host} (executor ${executorId})`);
     task.attempt++;
     task.executorId = executorId;
-    this.persistTask(task);
     this.observer?.taskChanged(s, task);
   }
 
@@ -304,7 +312,6 @@ export class SessionRegistry {
   adopt(s: SessionRecord, task: TaskRecord, executorId: string, host: string): void {
     this.move(s, task, TaskState.Running, `still running on ${host} (executor ${executorId}) after restart`);
     task.executorId = executorId;
-    this.persistTask(task);
     this.observer?.taskChanged(s, task);
   }
 

@@ -27,6 +27,11 @@ export class GroupCommit {
     });
   }
 
+  /** Ends this turn with a commit even if nothing was written, so `onCommit` hooks still run. */
+  flushSoon(): void {
+    this.schedule();
+  }
+
   onCommit(hook: () => void): void {
     this.afterCommitHooks.push(hook);
   }
