@@ -346,11 +346,11 @@ describe("executor bind failures", () => {
     assert.ok(pid > 0 && !alive(pid), "the process was killed");
   });
 
-  test("an application with a package URL: code 10", async () => {
+  test("a package URL on an executor without package settings: code 10, saying so", async () => {
     h.start(bindMessage("e-url", pingApp({ url: "https://example.com/app.tar.gz" })));
     const r = await h.waitForReport("e-url", ExecutorEvent.BIND_FAILED);
     assert.equal(r.code, BindFailure.INSTALL);
-    assert.equal(r.message, "package URLs are not supported yet (url: https://example.com/app.tar.gz)");
+    assert.match(r.message, /no package delivery set up \(url: https:\/\/example\.com\/app\.tar\.gz\)/);
   });
 
   test("unbind while binding reports UNBOUND only and kills the process", async () => {

@@ -4,7 +4,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, describe, it } from "node:test";
 import { extract } from "tar";
-import { packDirectory } from "../src/packaging/pack-directory.js";
+import { packDirectory, packFile } from "../src/packaging/pack-directory.js";
 
 const dirs: string[] = [];
 async function tempDir(): Promise<string> {
@@ -64,6 +64,18 @@ describe("packDirectory", () => {
     assert.ok(
       withoutGitignore.files.includes("debug.log") && withoutGitignore.files.includes("node_modules/dep/index.js"),
     );
+  });
+
+  it("packs a single executable under its own name, keeping its mode", async () => {
+    const dir = await project();
+    const out = await tempDir();
+    const pkg = await packFile(path.join(dir, "run.sh"), path.join(out, "run.tgz"));
+    assert.deepEqual(pkg.files, ["run.sh"]);
+    const unpacked = await tempDir();
+    await extract({ file: pkg.file, cwd: unpacked });
+    assert.deepEqual(await fs.readdir(unpacked), ["run.sh"]);
+    assert.ok(((await fs.stat(path.join(unpacked, "run.sh"))).mode & 0o100) !== 0);
+    await assert.rejects(packFile(dir, path.join(out, "x.tgz")), { message: /path: .* is not a file/ });
   });
 
   it("refuses a path that is not a directory, or one with nothing to pack", async () => {

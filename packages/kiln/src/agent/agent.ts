@@ -6,6 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { ControlStream } from "./control-stream.js";
 import { Executor, type ExecutorSetting } from "./executor.js";
+import type { PackageSettings } from "./installer.js";
 import { describeNode } from "./node-description.js";
 import { Outbox } from "./outbox.js";
 
@@ -21,10 +22,16 @@ export interface AgentOptions {
   cpus?: number;
   memoryBytes?: number;
   gpus?: number;
-  /** Sockets, executor temp dirs and logs; default <tmpdir>/kiln-agent-<pid>. */
+  /** Sockets, executor temp dirs, logs and packages; default <tmpdir>/kiln-agent-<pid>. */
   workDir?: string;
   /** How long a service process may take to open its socket; default 30000. */
   socketTimeoutMs?: number;
+  /** The object cache that `cache://<key>` package URLs are fetched from, e.g. http://127.0.0.1:7422. */
+  cacheEndpoint?: string;
+  /** Bearer token for the cache endpoint. */
+  cacheToken?: string;
+  /** Package download and installer timeouts (defaults: 120 s download, 10 s silence, 600 s install). */
+  packageTimeouts?: Pick<PackageSettings, "downloadTimeoutMs" | "connectTimeoutMs" | "installTimeoutMs">;
   /** Default 5000; the control plane's Registered.heartbeat_interval_ms wins when set. */
   heartbeatIntervalMs?: number;
   log?: (line: string) => void;
@@ -78,7 +85,19 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   const agent = new NodeAgent(
     options,
     node,
-    { controlPlaneEndpoint: options.endpoint, socketDir: sockets.dir, executorsDir, logDir, socketTimeoutMs },
+    {
+      controlPlaneEndpoint: options.endpoint,
+      socketDir: sockets.dir,
+      executorsDir,
+      logDir,
+      socketTimeoutMs,
+      packages: {
+        workDir,
+        cacheEndpoint: options.cacheEndpoint,
+        cacheToken: options.cacheToken,
+        ...options.packageTimeouts,
+      },
+    },
     sockets.owned,
   );
   try {
@@ -90,7 +109,10 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   return agent;
 }
 
-type Dirs = Pick<ExecutorSetting, "controlPlaneEndpoint" | "socketDir" | "executorsDir" | "logDir" | "socketTimeoutMs">;
+type Dirs = Pick<
+  ExecutorSetting,
+  "controlPlaneEndpoint" | "socketDir" | "executorsDir" | "logDir" | "socketTimeoutMs" | "packages"
+>;
 
 class NodeAgent implements Agent {
   nodeName: string;

@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { BindError, errorMessage } from "./bind-error.js";
 import { startServiceProcess, type ExitInfo, type ServiceProcess } from "./host-shim.js";
-import { installApplication } from "./installer.js";
+import { installApplication, type InstalledRelease, type PackageSettings } from "./installer.js";
 import { InstanceClient } from "./instance-client.js";
 
 /** Where executors keep their files, and what they tell the agent. */
@@ -20,6 +20,8 @@ export interface ExecutorSetting {
   /** Holds `<executor-id>.stdout.log` / `.stderr.log`, kept after unbind. */
   logDir: string;
   socketTimeoutMs: number;
+  /** Package delivery; without it an application with a URL fails to bind. */
+  packages?: PackageSettings;
   log(line: string): void;
   completion(c: kiln.Completion): void;
   report(r: kiln.ExecutorReport): void;
@@ -71,6 +73,8 @@ export class Executor {
   private lifecycle: Promise<void> = Promise.resolve();
   private unbinding: Promise<void> | undefined;
   private restarts: number[] = [];
+  /** The application's installed package, kept for restarts. */
+  private release: InstalledRelease | undefined;
 
   constructor(
     private readonly bindRequest: kiln.Bind,
@@ -174,7 +178,7 @@ export class Executor {
   private async bindOnce(): Promise<void> {
     try {
       validateName("executor_id", this.id);
-      await installApplication(this.application);
+      this.release = await this.install();
       await fs.mkdir(this.tempDir, { recursive: true });
       this.adopt(await this.launch());
     } catch (err) {
@@ -188,6 +192,21 @@ export class Executor {
     }
   }
 
+  private async install(): Promise<InstalledRelease | undefined> {
+    const packages = this.setting.packages;
+    if (!packages && this.application.url)
+      throw new BindError(
+        kiln.BindFailure.INSTALL,
+        `this agent has no package delivery set up (url: ${this.application.url})`,
+      );
+    if (!packages) return undefined;
+    return installApplication(this.application, {
+      ...packages,
+      log: (line) => this.setting.log(`executor ${this.id}: ${line}`),
+      signal: this.stopping.signal,
+    });
+  }
+
   /** Starts the service process and enters the session; on failure nothing is left running. */
   private async launch(): Promise<Service> {
     const signal = this.stopping.signal;
@@ -195,6 +214,7 @@ export class Executor {
       executorId: this.id,
       sessionId: this.sessionId,
       application: this.application,
+      release: this.release,
       controlPlaneEndpoint: this.setting.controlPlaneEndpoint,
       socketPath: this.socketPath,
       tempDir: this.tempDir,

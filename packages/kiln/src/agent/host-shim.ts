@@ -6,16 +6,19 @@ import * as path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { BindError } from "./bind-error.js";
 import { expandVars } from "./expand-vars.js";
+import type { InstalledRelease } from "./installer.js";
 
 /** Everything needed to run one service process for one executor. */
 export interface ServiceProcessOptions {
   executorId: string;
   sessionId: string;
   application: flame.ApplicationSpec;
+  /** The application's installed package: the default cwd, and variables (KILN_APP_DIR, PATH) under the application's own. */
+  release?: InstalledRelease;
   /** The control plane, passed on so the service can be a client of the cluster. */
   controlPlaneEndpoint: string;
   socketPath: string;
-  /** The executor's own temp dir: TMPDIR, and the cwd unless the application names one. */
+  /** The executor's own temp dir: TMPDIR, and the cwd unless the application names one or has a package. */
   tempDir: string;
   /** `<logDir>/<executor-id>.stdout.log` / `.stderr.log` are appended to. */
   logDir: string;
@@ -114,7 +117,7 @@ export class ServiceProcess {
   }
 }
 
-/** The service's environment: the agent's, the application's (expanded), then Kiln's own variables. */
+/** The service's environment: the agent's, the package's, the application's (expanded), then Kiln's own variables. */
 export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv {
   const kilnVars: NodeJS.ProcessEnv = {
     KILN_INSTANCE_ENDPOINT: o.socketPath,
@@ -126,7 +129,7 @@ export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv 
     KILN_AGENT_PID: String(process.pid),
     TMPDIR: o.tempDir,
   };
-  const env: NodeJS.ProcessEnv = { ...process.env, ...kilnVars };
+  const env: NodeJS.ProcessEnv = { ...process.env, ...o.release?.env, ...kilnVars };
   for (const { name, value } of o.application.environments) env[name] = expandVars(value, env);
   return Object.assign(env, kilnVars);
 }
@@ -179,7 +182,9 @@ export async function startServiceProcess(o: ServiceProcessOptions): Promise<Ser
   if (!o.application.command) throw fail("the application has no command to run");
   const command = expandVars(o.application.command, env);
   const args = o.application.arguments.map((a) => expandVars(a, env));
-  const cwd = o.application.workingDirectory ? expandVars(o.application.workingDirectory, env) : o.tempDir;
+  const cwd = o.application.workingDirectory
+    ? expandVars(o.application.workingDirectory, env)
+    : (o.release?.dir ?? o.tempDir);
   if (!fs.statSync(cwd, { throwIfNoEntry: false })?.isDirectory())
     throw fail(`working directory ${cwd} does not exist or is not a directory`);
 

@@ -46,6 +46,24 @@ export async function packDirectory(dir: string, outFile: string, options: PackO
   const files = (await listFiles(root, "", rules)).sort();
   if (files.length === 0) throw new InvalidArgumentError("path", `${dir} has no files to package (all excluded?)`);
 
+  return writeTarGz(root, files, outFile);
+}
+
+/**
+ * Packs one file into a gzipped tar at `outFile`, under its base name, with
+ * the same determinism as {@link packDirectory} (its mode, e.g. executable, is kept).
+ *
+ * @example
+ * const pkg = await packFile("./build/server", "/tmp/server.tar.gz"); // the archive holds "server"
+ */
+export async function packFile(file: string, outFile: string): Promise<PackedArchive> {
+  const source = path.resolve(file);
+  const stat = await fs.promises.stat(source).catch(() => undefined);
+  if (!stat?.isFile()) throw new InvalidArgumentError("path", `${file} is not a file`);
+  return writeTarGz(path.dirname(source), [path.basename(source)], outFile);
+}
+
+async function writeTarGz(root: string, files: string[], outFile: string): Promise<PackedArchive> {
   const hash = createHash("sha256");
   let size = 0;
   const measure = new Transform({

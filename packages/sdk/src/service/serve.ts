@@ -6,6 +6,7 @@ import * as kiln from "../protocol/kiln.js";
 import type { ServiceHandlers } from "./handlers.js";
 import { flameInstance, kilnInstance } from "./instance-services.js";
 import { removeStaleSocket, resolveSocketPath } from "./socket-path.js";
+import { processExists } from "../process-exists.js";
 
 export interface ServeOptions {
   /** Unix socket to serve on; default: $KILN_INSTANCE_ENDPOINT, else $FLAME_INSTANCE_ENDPOINT. */
@@ -79,16 +80,6 @@ export async function serve(handlers: ServiceHandlers, options: ServeOptions = {
 }
 
 function noop(): void {}
-
-/** Whether a process with this pid exists (EPERM: it exists, owned by someone else). */
-function processExists(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 /**
  * Closes and exits on SIGTERM/SIGINT, and once the agent that started this
