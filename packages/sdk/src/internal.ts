@@ -7,5 +7,7 @@ export { toConnectError, toKilnError, ERROR_CODE_HEADER } from "./errors.js";
 export { createClusterTransport, createUnixSocketTransport, TOKEN_HEADER } from "./transport.js";
 export { BatchQueue } from "./service/batch-queue.js";
 export { acceptsConnections } from "./service/socket-path.js";
+export { validateObjectKey, validateObjectPrefix, validateListPrefix } from "./objects/keys.js";
+export * from "./objects/parts.js";
 export { packDirectory, packFile, type PackOptions, type PackedArchive } from "./packaging/pack-directory.js";
 export { processExists } from "./process-exists.js";

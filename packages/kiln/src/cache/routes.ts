@@ -1,0 +1,208 @@
+import { InvalidArgumentError, NotFoundError, UnauthenticatedError } from "@kiln/sdk";
+import { CacheHeader, validateListPrefix, validateObjectKey, validateObjectPrefix } from "@kiln/sdk/internal";
+import { randomBytes } from "node:crypto";
+import type * as http from "node:http";
+import { bearerTokenCheck } from "./auth.js";
+import { MethodNotAllowedError, sendError } from "./http-errors.js";
+import { sendObject } from "./read-response.js";
+import type { ObjectStat } from "./storage/backend.js";
+import type { ObjectStore, WriteRequest } from "./storage/object-store.js";
+
+export interface RouteContext {
+  store: ObjectStore;
+  /** Advertised in every ObjectRef; known once the server listens. */
+  endpoint: string;
+  token?: string;
+  log(line: string): void;
+}
+
+const DEFAULT_LIST_LIMIT = 1000;
+const MAX_LIST_LIMIT = 10_000;
+const OBJECTS = "/v1/objects/";
+const STAT = "/v1/stat/";
+
+type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
+
+/**
+ * The cache's HTTP API (see docs/cache-api.md): auth, routing, headers and
+ * JSON; storage semantics live in ObjectStore.
+ *
+ * @example
+ * http.createServer(cacheRoutes({ store, endpoint: "http://127.0.0.1:7422", log: console.log }));
+ */
+export function cacheRoutes(ctx: RouteContext): Handler {
+  const authorized = ctx.token === undefined ? () => true : bearerTokenCheck(ctx.token);
+  return (req, res) => {
+    try {
+      if (!authorized(req.headers.authorization))
+        throw new UnauthenticatedError("missing or invalid token (send `authorization: Bearer <token>`)");
+      route(ctx, req, res)?.catch((err: unknown) => sendError(req, res, err, ctx.log));
+    } catch (err) {
+      sendError(req, res, err, ctx.log);
+    }
+  };
+}
+
+function route(ctx: RouteContext, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> | void {
+  const url = req.url ?? "/";
+  const q = url.indexOf("?");
+  const pathname = q < 0 ? url : url.slice(0, q);
+  const method = req.method ?? "GET";
+  if (pathname.startsWith(OBJECTS))
+    return objectRoute(ctx, req, res, method, decodePath(pathname.slice(OBJECTS.length)));
+  if (pathname.startsWith(STAT)) {
+    allow(method, ["GET"]);
+    const key = validateObjectKey(decodePath(pathname.slice(STAT.length)));
+    return sendJson(res, 200, ctx.store.stat(key) ?? notFound(key));
+  }
+  if (pathname === "/v1/list") {
+    allow(method, ["GET"]);
+    return list(ctx, res, new URLSearchParams(q < 0 ? "" : url.slice(q + 1)));
+  }
+  if (pathname === "/v1/health") {
+    allow(method, ["GET"]);
+    return sendJson(res, 200, { ok: true, backend: ctx.store.kind, endpoint: ctx.endpoint });
+  }
+  throw new NotFoundError("route", `${method} ${pathname}`);
+}
+
+function objectRoute(
+  ctx: RouteContext,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  method: string,
+  path: string,
+): Promise<void> | void {
+  const components = path.split("/").length;
+  switch (method) {
+    case "GET":
+    case "HEAD": {
+      const key = validateObjectKey(path);
+      const opened = ctx.store.open(key) ?? notFound(key);
+      return sendObject(req, res, opened.object, opened.release);
+    }
+    case "PUT":
+      if (components === 2) return put(ctx, req, res, newKey(path), 0);
+      return put(ctx, req, res, validateObjectKey(path));
+    case "POST":
+      return put(ctx, req, res, newKey(path), 0);
+    case "PATCH":
+      return patch(ctx, req, res, validateObjectKey(path));
+    case "DELETE":
+      return remove(ctx, res, path, components);
+    default:
+      throw new MethodNotAllowedError(method, ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]);
+  }
+}
+
+async function put(
+  ctx: RouteContext,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  key: string,
+  ifVersion?: number,
+): Promise<void> {
+  const request = writeRequest(req, key);
+  const { stat, created } = await ctx.store.put(ifVersion === undefined ? request : { ...request, ifVersion });
+  sendRef(ctx, res, created ? 201 : 200, stat);
+}
+
+async function patch(ctx: RouteContext, req: http.IncomingMessage, res: http.ServerResponse, key: string) {
+  sendRef(ctx, res, 200, await ctx.store.patch(writeRequest(req, key)));
+}
+
+async function remove(ctx: RouteContext, res: http.ServerResponse, path: string, components: number): Promise<void> {
+  if (path.endsWith("/*")) {
+    const app = path.slice(0, -2);
+    if (app.includes("/")) throw new InvalidArgumentError("prefix", `"${path}": the wildcard form is <app>/*`);
+    validateListPrefix(app);
+    return sendJson(res, 200, { deleted: await ctx.store.deletePrefix(`${app}/`) });
+  }
+  if (components === 2)
+    return sendJson(res, 200, { deleted: await ctx.store.deletePrefix(`${validateObjectPrefix(path)}/`) });
+  await ctx.store.delete(validateObjectKey(path));
+  sendJson(res, 200, { deleted: 1 });
+}
+
+function list(ctx: RouteContext, res: http.ServerResponse, params: URLSearchParams): void {
+  const prefix = validateListPrefix(params.get("prefix") ?? "");
+  const limitText = params.get("limit") ?? String(DEFAULT_LIST_LIMIT);
+  const limit = Number(limitText);
+  if (!/^\d+$/.test(limitText) || limit < 1 || limit > MAX_LIST_LIMIT)
+    throw new InvalidArgumentError("limit", `"${limitText}" must be a whole number from 1 to ${MAX_LIST_LIMIT}`);
+  const afterText = params.get("after");
+  const after = afterText === null ? undefined : validateObjectKey(afterText, "after");
+  const found = ctx.store.list(`${prefix}/`, after, limit + 1);
+  const objects = found.slice(0, limit);
+  sendJson(res, 200, found.length > limit ? { objects, next: objects[limit - 1]!.key } : { objects });
+}
+
+function writeRequest(req: http.IncomingMessage, key: string): WriteRequest {
+  const length = req.headers["content-length"];
+  const sha256 = req.headers[CacheHeader.sha256];
+  const ifVersion = req.headers[CacheHeader.ifVersion];
+  if (typeof sha256 === "string" && !/^[0-9a-fA-F]{64}$/.test(sha256))
+    throw new InvalidArgumentError(CacheHeader.sha256, `"${sha256}" is not 64 hex digits`);
+  if (typeof ifVersion === "string" && !/^\d+$/.test(ifVersion))
+    throw new InvalidArgumentError(CacheHeader.ifVersion, `"${ifVersion}" is not a version number`);
+  return {
+    key,
+    body: req,
+    contentLength: length === undefined ? undefined : Number(length),
+    sha256: typeof sha256 === "string" ? sha256.toLowerCase() : undefined,
+    ifVersion: typeof ifVersion === "string" ? Number(ifVersion) : undefined,
+  };
+}
+
+/** A fresh key under a prefix: 24 hex characters, url-safe and valid as a key component. */
+function newKey(prefix: string): string {
+  return `${validateObjectPrefix(prefix)}/${randomBytes(12).toString("hex")}`;
+}
+
+/** Percent-decodes the path after the route, refusing an encoded "/" or "\\" so one component never becomes two. */
+function decodePath(raw: string): string {
+  if (!raw.includes("%")) return raw;
+  if (/%2f|%5c/i.test(raw))
+    throw new InvalidArgumentError("key", `"${raw}" must not contain a percent-encoded "/" or "\\"`);
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    throw new InvalidArgumentError("key", `"${raw}" is not valid percent-encoding`);
+  }
+}
+
+function allow(method: string, allowed: string[]): void {
+  if (!allowed.includes(method) && !(method === "HEAD" && allowed.includes("GET")))
+    throw new MethodNotAllowedError(method, allowed);
+}
+
+function notFound(key: string): never {
+  throw new NotFoundError("object", key);
+}
+
+function sendRef(ctx: RouteContext, res: http.ServerResponse, status: number, stat: ObjectStat): void {
+  // Written by hand on the hot path: keys are validated to [A-Za-z0-9._/-] and the sha is hex, so only
+  // the endpoint needs escaping.
+  const body = `{"endpoint":${JSON.stringify(ctx.endpoint)},"key":"${stat.key}","version":${stat.version},"size":${stat.size},"sha256":"${stat.sha256}"}`;
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": body.length,
+    [CacheHeader.version]: stat.version,
+  });
+  res.end(body);
+}
+
+function sendJson(
+  res: http.ServerResponse,
+  status: number,
+  value: unknown,
+  headers: http.OutgoingHttpHeaders = {},
+): void {
+  const body = JSON.stringify(value);
+  res.writeHead(status, {
+    ...headers,
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(body),
+  });
+  res.end(body);
+}
