@@ -19,3 +19,33 @@ export {
   type SessionContextInfo,
   type TaskContextInfo,
 } from "./service/index.js";
+export {
+  loadCacheConfig,
+  DEFAULT_CACHE_ENDPOINT,
+  type CacheConfigOptions,
+  type ResolvedCacheConfig,
+} from "./client/config.js";
+export {
+  ObjectCache,
+  type ObjectCacheOptions,
+  type ObjectTarget,
+  type GetObjectOptions,
+  type ObjectStat,
+} from "./objects/cache-client.js";
+export {
+  putObject,
+  getObject,
+  updateObject,
+  patchObject,
+  deleteObjects,
+  uploadObject,
+  downloadObject,
+  statObject,
+  listObjects,
+  defaultObjectCache,
+  configureObjects,
+} from "./objects/objects.js";
+export { defaultMerge, type MergeFunction } from "./objects/merge.js";
+export { ObjectRef, encodeObjectRef, decodeObjectRef, type ObjectRefInit } from "./objects/object-ref.js";
+export { encodeValue, decodeValue, CodecError, CODEC_FORMAT_VERSION, type EncodeOptions } from "./codec/index.js";
+export { isObjectRef } from "./objects/object-ref.js";

@@ -7,6 +7,9 @@ import { InvalidArgumentError } from "../errors.js";
 /** Where a client connects when nothing says otherwise. */
 export const DEFAULT_ENDPOINT = "http://127.0.0.1:7420";
 
+/** Where the object cache is reached when nothing says otherwise (`kiln up` listens there). */
+export const DEFAULT_CACHE_ENDPOINT = "http://127.0.0.1:7422";
+
 /** How to reach a cluster. Every field is optional; see {@link loadConfig} for the resolution order. */
 export interface ConnectOptions {
   /** `http://host:port` or `https://host:port`. */
@@ -38,10 +41,35 @@ export interface ResolvedConfig {
   configFound: boolean;
 }
 
+/** Where the object cache is and which token it gets; see {@link loadCacheConfig}. */
+export interface CacheConfigOptions {
+  /** `http://host:port` of the object cache. */
+  cacheEndpoint?: string;
+  /** Token for the object cache. */
+  cacheToken?: string;
+  /** A context name from the config file (default: its `current-context`). */
+  context?: string;
+  /** Config file to read (default: env KILN_CONFIG, else ~/.kiln/config.yaml). */
+  configPath?: string;
+  /** Environment to read instead of `process.env`. */
+  env?: Record<string, string | undefined>;
+}
+
+/** The object cache a client uses, and where its endpoint came from. */
+export interface ResolvedCacheConfig {
+  cacheEndpoint: string;
+  cacheToken?: string;
+  context?: string;
+  source: "options" | "env" | "config" | "default";
+  configPath: string;
+  configFound: boolean;
+}
+
 interface ContextEntry {
   name: string;
   endpoint?: string;
   token?: string;
+  cacheEndpoint?: string;
 }
 
 interface ConfigFile {
@@ -61,10 +89,7 @@ interface ConfigFile {
  * const { endpoint, source } = loadConfig({ context: "prod" });
  */
 export function loadConfig(options: LoadConfigOptions = {}): ResolvedConfig {
-  const env = options.env ?? process.env;
-  const configPath = options.configPath || env.KILN_CONFIG || path.join(os.homedir(), ".kiln", "config.yaml");
-  const file = readConfigFile(configPath);
-  const context = selectContext(file, options.context, configPath);
+  const { env, configPath, file, context } = readContext(options);
 
   const envEndpoint = env.KILN_ENDPOINT || env.FLAME_ENDPOINT;
   const [rawEndpoint, field, source]: [string, string, ResolvedConfig["source"]] = options.endpoint
@@ -87,6 +112,50 @@ export function loadConfig(options: LoadConfigOptions = {}): ResolvedConfig {
     configPath,
     configFound: file !== undefined,
   };
+}
+
+/**
+ * Resolves the object cache's endpoint and token: explicit options, then env
+ * (KILN_CACHE_ENDPOINT, else FLAME_CACHE_ENDPOINT), then the `cache.endpoint`
+ * of the config file's context, then http://127.0.0.1:7422. The token is
+ * `cacheToken`, else the context's token when the endpoint is that context's
+ * cache endpoint, else KILN_TOKEN. Malformed values throw InvalidArgumentError
+ * naming the field.
+ *
+ * @example
+ * // ~/.kiln/config.yaml: contexts: [{ name: prod, cluster: {...}, cache: { endpoint: "http://10.0.0.5:7422" } }]
+ * const { cacheEndpoint, cacheToken } = loadCacheConfig({ context: "prod" });
+ */
+export function loadCacheConfig(options: CacheConfigOptions = {}): ResolvedCacheConfig {
+  const { env, configPath, file, context } = readContext(options);
+  const envEndpoint = env.KILN_CACHE_ENDPOINT || env.FLAME_CACHE_ENDPOINT;
+  const [rawEndpoint, field, source]: [string, string, ResolvedCacheConfig["source"]] = options.cacheEndpoint
+    ? [options.cacheEndpoint, "cacheEndpoint", "options"]
+    : envEndpoint
+      ? [envEndpoint, env.KILN_CACHE_ENDPOINT ? "KILN_CACHE_ENDPOINT" : "FLAME_CACHE_ENDPOINT", "env"]
+      : context?.cacheEndpoint
+        ? [context.cacheEndpoint, "", "config"]
+        : [DEFAULT_CACHE_ENDPOINT, "cacheEndpoint", "default"];
+  const cacheEndpoint = source === "config" ? rawEndpoint : normalizeEndpoint(field, rawEndpoint);
+  const contextToken = context?.cacheEndpoint === cacheEndpoint ? context.token : undefined;
+  const cacheToken = options.cacheToken || contextToken || env.KILN_TOKEN;
+
+  return {
+    cacheEndpoint,
+    ...(cacheToken ? { cacheToken } : {}),
+    ...(context ? { context: context.name } : {}),
+    source,
+    configPath,
+    configFound: file !== undefined,
+  };
+}
+
+function readContext(options: { env?: Record<string, string | undefined>; configPath?: string; context?: string }) {
+  const env = options.env ?? process.env;
+  const configPath = options.configPath || env.KILN_CONFIG || path.join(os.homedir(), ".kiln", "config.yaml");
+  const file = readConfigFile(configPath);
+  const context = selectContext(file, options.context, configPath);
+  return { env, configPath, file, context };
 }
 
 /**
@@ -148,9 +217,14 @@ function parseConfig(doc: unknown, configPath: string): ConfigFile {
     if (!isRecord(cluster)) return fail(`${at}.cluster`, "must be a mapping with endpoint and token");
     const endpoint = optionalString(cluster.endpoint, `${at}.cluster.endpoint`, fail);
     const token = optionalString(cluster.token, `${at}.cluster.token`, fail);
+    const cache = raw.cache ?? {};
+    if (!isRecord(cache)) return fail(`${at}.cache`, "must be a mapping with endpoint");
+    const cacheEndpoint = optionalString(cache.endpoint, `${at}.cache.endpoint`, fail);
     const entry: ContextEntry = { name };
     if (endpoint !== undefined) entry.endpoint = normalizeEndpoint(`${at}.cluster.endpoint`, endpoint, where);
     if (token) entry.token = token;
+    if (cacheEndpoint !== undefined)
+      entry.cacheEndpoint = normalizeEndpoint(`${at}.cache.endpoint`, cacheEndpoint, where);
     return entry;
   });
   contexts.forEach((c, i) => {

@@ -1,0 +1,138 @@
+import { loadCacheConfig } from "../client/config.js";
+import {
+  ObjectCache,
+  type GetObjectOptions,
+  type ObjectCacheOptions,
+  type ObjectStat,
+  type ObjectTarget,
+} from "./cache-client.js";
+import type { ObjectRef } from "./object-ref.js";
+
+/**
+ * Module-level object functions, bound to one ObjectCache built on first use
+ * from configuration (KILN_CACHE_ENDPOINT, the config file's context, else
+ * http://127.0.0.1:7422; see loadCacheConfig).
+ */
+
+let current: ObjectCache | undefined;
+
+/**
+ * The ObjectCache the module-level functions use, built from configuration on first call.
+ *
+ * @example
+ * console.log(defaultObjectCache().endpoint); // http://127.0.0.1:7422 unless configured
+ */
+export function defaultObjectCache(): ObjectCache {
+  if (!current) {
+    const config = loadCacheConfig();
+    current = new ObjectCache({
+      endpoint: config.cacheEndpoint,
+      ...(config.cacheToken ? { token: config.cacheToken } : {}),
+    });
+  }
+  return current;
+}
+
+/**
+ * Points the module-level functions at another cache: an ObjectCache you
+ * built, or options for a new one. The previous default is closed.
+ *
+ * @example
+ * configureObjects({ endpoint: "http://10.0.0.5:7422", token: process.env.CACHE_TOKEN });
+ */
+export function configureObjects(cache: ObjectCache | ObjectCacheOptions): ObjectCache {
+  const next = cache instanceof ObjectCache ? cache : new ObjectCache(cache);
+  if (current !== next) current?.close();
+  current = next;
+  return next;
+}
+
+/**
+ * Stores `value` under `app/session` (new id) or at `app/session/id`; see ObjectCache.putObject.
+ *
+ * @example
+ * const ref = await putObject("my-app/s1", { weights: new Float64Array(1024) });
+ */
+export async function putObject(keyOrPrefix: string, value: unknown): Promise<ObjectRef> {
+  return defaultObjectCache().putObject(keyOrPrefix, value);
+}
+
+/**
+ * Reads an object's current value, base and deltas combined; see ObjectCache.getObject.
+ *
+ * @example
+ * const log = await getObject<string[]>(ref);
+ */
+export async function getObject<T = unknown>(target: ObjectTarget, options?: GetObjectOptions<T>): Promise<T> {
+  return defaultObjectCache().getObject<T>(target, options);
+}
+
+/**
+ * Replaces the object a ref names; see ObjectCache.updateObject.
+ *
+ * @example
+ * ref = await updateObject(ref, { step: 2 });
+ */
+export async function updateObject(target: ObjectTarget, value: unknown): Promise<ObjectRef> {
+  return defaultObjectCache().updateObject(target, value);
+}
+
+/**
+ * Appends a delta to the object a ref names; see ObjectCache.patchObject.
+ *
+ * @example
+ * ref = await patchObject(ref, ["another line"]);
+ */
+export async function patchObject(target: ObjectTarget, delta: unknown): Promise<ObjectRef> {
+  return defaultObjectCache().patchObject(target, delta);
+}
+
+/**
+ * Deletes a key, `app/session`, or `app/*`; returns how many objects went.
+ *
+ * @example
+ * await deleteObjects("my-app/s1");
+ */
+export async function deleteObjects(prefixOrKey: string): Promise<number> {
+  return defaultObjectCache().deleteObjects(prefixOrKey);
+}
+
+/**
+ * Streams a file to a key or prefix, checking the stored sha256.
+ *
+ * @example
+ * const ref = await uploadObject("my-app/data/input.parquet", "./input.parquet");
+ */
+export async function uploadObject(keyOrPrefix: string, file: string): Promise<ObjectRef> {
+  return defaultObjectCache().uploadObject(keyOrPrefix, file);
+}
+
+/**
+ * Streams an object into a file, atomically and sha256-checked.
+ *
+ * @example
+ * await downloadObject(ref, "./input.parquet");
+ */
+export async function downloadObject(target: ObjectTarget, file: string): Promise<void> {
+  return defaultObjectCache().downloadObject(target, file);
+}
+
+/**
+ * Version, size, sha256 and delta count of one key.
+ *
+ * @example
+ * const { version } = await statObject("my-app/s1/result");
+ */
+export async function statObject(key: string): Promise<ObjectStat> {
+  return defaultObjectCache().statObject(key);
+}
+
+/**
+ * Every object under `app` or `app/session`, sorted by key.
+ *
+ * @example
+ * const keys = (await listObjects("my-app")).map((o) => o.key);
+ */
+export async function listObjects(prefix: string): Promise<ObjectStat[]> {
+  return defaultObjectCache().listObjects(prefix);
+}
