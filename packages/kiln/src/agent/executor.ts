@@ -216,6 +216,7 @@ export class Executor {
       application: this.application,
       release: this.release,
       controlPlaneEndpoint: this.setting.controlPlaneEndpoint,
+      cacheEndpoint: this.setting.packages?.cacheEndpoint,
       socketPath: this.socketPath,
       tempDir: this.tempDir,
       logDir: this.setting.logDir,

@@ -17,6 +17,8 @@ export interface ServiceProcessOptions {
   release?: InstalledRelease;
   /** The control plane, passed on so the service can be a client of the cluster. */
   controlPlaneEndpoint: string;
+  /** The object cache, passed on so the service can read and write objects. */
+  cacheEndpoint?: string;
   socketPath: string;
   /** The executor's own temp dir: TMPDIR, and the cwd unless the application names one or has a package. */
   tempDir: string;
@@ -124,6 +126,7 @@ export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv 
     FLAME_INSTANCE_ENDPOINT: o.socketPath,
     KILN_ENDPOINT: o.controlPlaneEndpoint,
     FLAME_ENDPOINT: o.controlPlaneEndpoint,
+    ...(o.cacheEndpoint ? { KILN_CACHE_ENDPOINT: o.cacheEndpoint, FLAME_CACHE_ENDPOINT: o.cacheEndpoint } : {}),
     KILN_EXECUTOR_ID: o.executorId,
     KILN_SESSION_ID: o.sessionId,
     KILN_AGENT_PID: String(process.pid),

@@ -13,8 +13,10 @@ export const ExitCode = {
   Failed: 1,
   /** Bad flags or arguments, or an invalid input file. Nothing was changed. */
   Usage: 2,
-  /** The cluster could not be reached (connection refused, UNAVAILABLE). */
+  /** The cluster (or the object cache) could not be reached (connection refused, UNAVAILABLE). */
   Unreachable: 3,
+  /** `kiln deploy` could not upload the package to the object cache. */
+  UploadFailed: 4,
   /** Stopped by Ctrl-C (SIGINT/SIGTERM) before finishing; what it started was cleaned up. */
   Interrupted: 130,
 } as const;
@@ -46,12 +48,26 @@ export class InterruptedError extends Error {
 
 /** The cluster at `endpoint` could not be reached; `cause` is what the transport reported. */
 export class UnreachableError extends Error {
+  /** The flag that points at another server. */
+  readonly flag: string;
   constructor(
     readonly endpoint: string | undefined,
-    options: { cause: unknown },
+    options: { cause: unknown; what?: string; flag?: string },
   ) {
-    super(`cannot reach the Kiln cluster${endpoint ? ` at ${endpoint}` : ""}`, options);
+    super(`cannot reach ${options.what ?? "the Kiln cluster"}${endpoint ? ` at ${endpoint}` : ""}`, options);
     this.name = "UnreachableError";
+    this.flag = options.flag ?? "--endpoint";
+  }
+}
+
+/**
+ * A package could not be uploaded to the object cache; exits with ExitCode.UploadFailed.
+ * It carries no cause, so a connection error behind it is not mistaken for an unreachable cluster.
+ */
+export class UploadFailed extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UploadFailed";
   }
 }
 
@@ -97,13 +113,18 @@ export function reportError(err: unknown): ExitCode {
     process.stderr.write(`error: ${err.message}\n`);
     return ExitCode.Failed;
   }
+  if (err instanceof UploadFailed) {
+    process.stderr.write(`error: ${err.message}\n`);
+    return ExitCode.UploadFailed;
+  }
   if (err instanceof UnreachableError || isUnreachable(err)) {
     const cause = err instanceof UnreachableError ? err.cause : err;
     const headline = err instanceof UnreachableError ? err.message : "cannot reach the Kiln cluster";
+    const flag = err instanceof UnreachableError ? err.flag : "--endpoint";
     const detail = cause instanceof Error && cause.message ? `: ${cause.message}` : "";
     process.stderr.write(
       `error: ${headline}${detail}. Is it running? Start one with \`kiln up\`, ` +
-        `or point at another with --endpoint. (${ErrorCode.Unavailable})\n`,
+        `or point at another with ${flag}. (${ErrorCode.Unavailable})\n`,
     );
     return ExitCode.Unreachable;
   }

@@ -7,6 +7,7 @@ export const UINT32_MAX = 2 ** 32 - 1;
 /** The options every command accepts; they pick the cluster `connect()` talks to. */
 export interface GlobalOptions {
   endpoint?: string;
+  cacheEndpoint?: string;
   token?: string;
   context?: string;
   config?: string;

@@ -1,7 +1,9 @@
 import { Command, CommanderError, Option } from "commander";
 import { readFileSync } from "node:fs";
 import { registerApplicationCommands } from "./commands/application.js";
+import { registerCacheCommands } from "./commands/cache.js";
 import { registerDemo } from "./commands/demo.js";
+import { registerDeploy } from "./commands/deploy.js";
 import { registerList } from "./commands/list.js";
 import { registerPing } from "./commands/ping.js";
 import { registerServerCommands } from "./commands/servers.js";
@@ -29,21 +31,28 @@ export function createProgram(): Command {
     .addOption(
       new Option("--token <token>", "cluster token: sent by clients and agents, required by servers").env("KILN_TOKEN"),
     )
+    .option(
+      "--cache-endpoint <url>",
+      "object cache to use (default: KILN_CACHE_ENDPOINT, the config context's cache, else http://127.0.0.1:7422)",
+    )
     .option("--context <name>", "config context to use (default: the config's current context)")
     .option("--config <path>", "config file (default: ~/.kiln/config.yaml)")
     .configureHelp({ showGlobalOptions: true })
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride();
   registerServerCommands(program);
+  registerCacheCommands(program);
   registerDemo(program);
   registerList(program);
   registerView(program);
   registerSessionCommands(program);
   registerApplicationCommands(program);
+  registerDeploy(program);
   registerPing(program);
   program.addHelpText(
     "after",
-    "\nExit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the cluster, 130 interrupted.\n" +
+    "\nExit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the cluster or cache,\n" +
+      "4 upload failed (kiln deploy), 130 interrupted.\n" +
       "Start here: kiln demo (or npm start), then kiln up and kiln ping.\n",
   );
   return program;

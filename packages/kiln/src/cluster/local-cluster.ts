@@ -1,17 +1,21 @@
 import { createClient } from "@connectrpc/connect";
 import { createClusterTransport } from "@kiln/sdk/internal";
 import { flame } from "@kiln/sdk/proto";
-import { spawn, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
+import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { DEFAULT_CACHE_PORT } from "../cache/server.js";
 import { startControlPlane, type ControlPlaneOptions } from "../control/server.js";
+import { superviseProcess, type SupervisedProcess } from "./supervised-process.js";
 
 export interface LocalClusterOptions {
   dataDir?: string;
   host?: string;
   port?: number;
+  /** Object cache port; default port + 2 (7422), or a free one when `port` is 0. */
+  cachePort?: number;
   /** Executors on the local node; also its advertised cpu count. Default: the machine's cpus. */
   executors?: number;
   token?: string;
@@ -22,20 +26,24 @@ export interface LocalClusterOptions {
 
 export interface LocalCluster {
   endpoint: string;
+  /** The object cache (a child process, data in `<dataDir>/cache`). */
+  cacheEndpoint: string;
   dataDir: string;
   /** Pid of the agent process (it is restarted if it dies). */
   agentPid(): number | undefined;
+  /** Pid of the object cache process (restarted likewise). */
+  cachePid(): number | undefined;
   close(): Promise<void>;
 }
 
 const CLI_ENTRY = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../cli/main.js");
-const AGENT_READY_TIMEOUT_MS = 20_000;
-const AGENT_STOP_TIMEOUT_MS = 20_000;
+const READY_TIMEOUT_MS = 20_000;
 
 /**
- * `kiln up`: the control plane in this process and one node agent as a
- * child process (so the two use both cores), on embedded defaults. Resolves
- * once the agent's node is registered.
+ * `kiln up`: the control plane in this process, the object cache (fs
+ * backend) and one node agent as supervised child processes (so they use
+ * every core), on embedded defaults. Resolves once the cache answers and the
+ * agent's node is registered.
  *
  * @example
  * const cluster = await startLocalCluster({ dataDir: "/tmp/kiln", port: 0 });
@@ -54,65 +62,99 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     ...(options.token !== undefined ? { token: options.token } : {}),
     log,
   });
-  const agentLog = path.join(dataDir, "agent.log");
-  const executors = options.executors ?? os.availableParallelism();
-  const args = [CLI_ENTRY, "agent", "--endpoint", cp.endpoint, "--executors", String(executors)];
-  // On one machine, --executors N means N executors: offer at least that many cpus (the default request is cpu=1).
-  if (options.executors !== undefined) args.push("--cpus", String(Math.max(executors, os.availableParallelism())));
-  args.push("--work-dir", path.join(dataDir, "agent"));
   const env = { ...process.env, ...(options.token ? { KILN_TOKEN: options.token } : {}) };
-
-  let child: ChildProcess | undefined;
-  let closing = false;
-  const restarts: number[] = [];
-  const startAgent = () => {
-    const out = fs.openSync(agentLog, "a");
-    child = spawn(process.execPath, args, { stdio: ["ignore", out, out], env });
-    fs.closeSync(out);
-    child.once("exit", (code, signal) => {
-      child = undefined;
-      if (closing) return;
-      const now = Date.now();
-      restarts.push(now);
-      while (restarts.length > 0 && now - restarts[0]! > 60_000) restarts.shift();
-      if (restarts.length > 5) {
-        log(`agent keeps exiting (last: code ${code}, signal ${signal}); not restarting. See ${agentLog}`);
-        return;
-      }
-      log(`agent exited (code ${code}, signal ${signal}); restarting. See ${agentLog}`);
-      setTimeout(() => !closing && startAgent(), 500).unref();
-    });
+  const children: SupervisedProcess[] = [];
+  const stopAll = async () => {
+    await Promise.all(children.map((c) => c.stop()));
+    await cp.close();
   };
-  startAgent();
 
-  const stopAgent = async () => {
-    closing = true;
-    const c = child;
-    if (!c) return;
-    const exited = new Promise<void>((resolve) => c.once("exit", () => resolve()));
-    c.kill("SIGTERM");
-    const timer = setTimeout(() => c.kill("SIGKILL"), AGENT_STOP_TIMEOUT_MS);
-    await exited;
-    clearTimeout(timer);
-  };
+  const cachePort = await cachePortFor(options);
+  const cacheEndpoint = `http://${connectHost(options.host)}:${cachePort}`;
+  const cacheArgs = [CLI_ENTRY, "cache", "--port", String(cachePort), "--data-dir", path.join(dataDir, "cache")];
+  if (options.host !== undefined) cacheArgs.push("--host", options.host);
+  const cache = superviseProcess({
+    name: "object cache",
+    args: cacheArgs,
+    env,
+    logFile: path.join(dataDir, "cache.log"),
+    log,
+  });
+  children.push(cache);
+
+  const executors = options.executors ?? os.availableParallelism();
+  const agentArgs = [CLI_ENTRY, "agent", "--endpoint", cp.endpoint, "--executors", String(executors)];
+  // On one machine, --executors N means N executors: offer at least that many cpus (the default request is cpu=1).
+  if (options.executors !== undefined) agentArgs.push("--cpus", String(Math.max(executors, os.availableParallelism())));
+  agentArgs.push("--work-dir", path.join(dataDir, "agent"), "--cache-endpoint", cacheEndpoint);
+  const agent = superviseProcess({
+    name: "agent",
+    args: agentArgs,
+    env,
+    logFile: path.join(dataDir, "agent.log"),
+    log,
+  });
+  children.push(agent);
 
   try {
-    await waitForNode(cp.endpoint, options.token, AGENT_READY_TIMEOUT_MS);
+    await Promise.all([
+      waitForCache(cacheEndpoint, options.token, READY_TIMEOUT_MS).catch((err: Error) => {
+        throw new Error(`${err.message}\ncache log (${path.join(dataDir, "cache.log")}):\n${cache.logTail()}`);
+      }),
+      waitForNode(cp.endpoint, options.token, READY_TIMEOUT_MS).catch((err: Error) => {
+        throw new Error(`${err.message}\nagent log (${path.join(dataDir, "agent.log")}):\n${agent.logTail()}`);
+      }),
+    ]);
   } catch (err) {
-    await stopAgent();
-    await cp.close();
-    const tail = fs.existsSync(agentLog) ? fs.readFileSync(agentLog, "utf8").split("\n").slice(-15).join("\n") : "";
-    throw new Error(`${(err as Error).message}\nagent log (${agentLog}):\n${tail}`);
+    await stopAll();
+    throw err;
   }
   return {
     endpoint: cp.endpoint,
+    cacheEndpoint,
     dataDir,
-    agentPid: () => child?.pid,
-    async close() {
-      await stopAgent();
-      await cp.close();
-    },
+    agentPid: () => agent.pid(),
+    cachePid: () => cache.pid(),
+    close: stopAll,
   };
+}
+
+/** The cache listens on port + 2 (7422 by default), or on a free port when the cluster's port is 0. */
+async function cachePortFor(options: LocalClusterOptions): Promise<number> {
+  if (options.cachePort) return options.cachePort;
+  if (options.cachePort === 0 || options.port === 0) return freePort(options.host ?? "127.0.0.1");
+  return options.port !== undefined ? options.port + 2 : DEFAULT_CACHE_PORT;
+}
+
+function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, host, () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Where a client on this machine reaches a server listening on `host`. */
+function connectHost(host: string | undefined): string {
+  if (!host || host === "0.0.0.0" || host === "::") return "127.0.0.1";
+  return host.includes(":") ? `[${host}]` : host;
+}
+
+async function waitForCache(endpoint: string, token: string | undefined, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
+  while (Date.now() < deadline) {
+    const ok = await fetch(`${endpoint}/v1/health`, { headers, signal: AbortSignal.timeout(2_000) }).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`the object cache did not answer at ${endpoint} within ${timeoutMs} ms`);
 }
 
 async function waitForNode(endpoint: string, token: string | undefined, timeoutMs: number): Promise<void> {

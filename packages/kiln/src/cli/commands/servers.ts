@@ -2,6 +2,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { Option, type Command } from "commander";
 import { DEFAULT_PORT } from "../../control/config.js";
+import { resolveCacheConfig } from "../cache-client.js";
 import { UsageError } from "../exit-codes.js";
 import { byteSize, resreqText, wholeNumber, type GlobalOptions } from "../options.js";
 import { serveUntilSignal } from "../signals.js";
@@ -23,6 +24,7 @@ const executorsOption = (): Option =>
 interface UpFlags {
   dataDir: string;
   port: number;
+  cachePort?: number;
   host: string;
   executors?: number;
 }
@@ -52,6 +54,11 @@ export function registerServerCommands(program: Command): void {
     .description("run a whole cluster on this machine (control plane + one agent) until Ctrl-C")
     .addOption(dataDirOption())
     .addOption(portOption())
+    .addOption(
+      new Option("--cache-port <n>", "object cache port (default: --port + 2; a free one when --port is 0)").argParser(
+        wholeNumber(0, 65535),
+      ),
+    )
     .addOption(hostOption())
     .addOption(executorsOption())
     .addHelpText("after", "\nThe global --token, when given, is required from every client and agent.\n")
@@ -60,10 +67,18 @@ export function registerServerCommands(program: Command): void {
       const { startLocalCluster } = await import("../../cluster/local-cluster.js");
       await serveUntilSignal(
         "the cluster",
-        () => startLocalCluster({ dataDir: f.dataDir, host: f.host, port: f.port, executors: f.executors, token }),
+        () =>
+          startLocalCluster({
+            dataDir: f.dataDir,
+            host: f.host,
+            port: f.port,
+            cachePort: f.cachePort,
+            executors: f.executors,
+            token,
+          }),
         (cluster) =>
           process.stdout.write(
-            `Kiln is up at ${cluster.endpoint}\n  data: ${f.dataDir}\n` +
+            `Kiln is up at ${cluster.endpoint}\n  object cache: ${cluster.cacheEndpoint}\n  data: ${f.dataDir}\n` +
               `Try \`kiln ping\` or \`kiln list -n\` in another terminal. Press Ctrl-C to stop.\n`,
           ),
       );
@@ -131,18 +146,32 @@ export function registerServerCommands(program: Command): void {
       ),
     )
     .option("--work-dir <dir>", "where executors install applications and run")
+
     .addHelpText(
       "after",
       "\nNeeds the global --endpoint (the control plane) and, if it has one, --token.\n" +
+        "cache:// package URLs are fetched from the global --cache-endpoint.\n" +
         "\nExample:\n  kiln agent --endpoint http://10.0.0.5:7420 --token $KILN_TOKEN --executors 8\n",
     )
     .action(async (f: AgentFlags, cmd: Command) => {
-      const { endpoint, token } = cmd.optsWithGlobals<GlobalOptions>();
+      const globals = cmd.optsWithGlobals<GlobalOptions>();
+      const { endpoint, token } = globals;
       if (!endpoint) throw new UsageError("kiln agent needs --endpoint URL (the control plane to join)");
+      const { cacheEndpoint, cacheToken } = resolveCacheConfig(globals);
       const { startAgent } = await import("../../agent/agent.js");
       await serveUntilSignal(
         "the agent",
-        () => startAgent({ endpoint, token, name: f.name, executors: f.executors, cpus: f.cpus, workDir: f.workDir }),
+        () =>
+          startAgent({
+            endpoint,
+            token,
+            name: f.name,
+            executors: f.executors,
+            cpus: f.cpus,
+            workDir: f.workDir,
+            cacheEndpoint,
+            ...(cacheToken ? { cacheToken } : {}),
+          }),
         (agent) => process.stdout.write(`Kiln agent ${agent.nodeName} joined ${endpoint}\n`),
       );
     });

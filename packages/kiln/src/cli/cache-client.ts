@@ -1,0 +1,44 @@
+import { InvalidArgumentError, loadCacheConfig, ObjectCache, type ResolvedCacheConfig } from "@kiln/sdk";
+import { isUnreachable, UnreachableError, UsageError } from "./exit-codes.js";
+import type { GlobalOptions } from "./options.js";
+
+/**
+ * The object cache the global options point at: --cache-endpoint, else
+ * KILN_CACHE_ENDPOINT, else the config context's cache, else http://127.0.0.1:7422.
+ * A malformed value is a usage error.
+ */
+export function resolveCacheConfig(globals: GlobalOptions): ResolvedCacheConfig {
+  try {
+    return loadCacheConfig({
+      ...(globals.cacheEndpoint ? { cacheEndpoint: globals.cacheEndpoint } : {}),
+      ...(globals.token ? { cacheToken: globals.token } : {}),
+      ...(globals.context ? { context: globals.context } : {}),
+      ...(globals.config ? { configPath: globals.config } : {}),
+    });
+  } catch (err) {
+    throw err instanceof InvalidArgumentError ? new UsageError(`${err.message} (${err.code})`) : err;
+  }
+}
+
+/**
+ * Opens the configured object cache, runs `fn`, and always closes it. A
+ * "cannot reach" failure comes out as an UnreachableError naming the cache.
+ *
+ * @example
+ * await withCache(cmd.optsWithGlobals(), (cache) => cache.listObjects("my-app"));
+ */
+export async function withCache<T>(globals: GlobalOptions, fn: (cache: ObjectCache) => Promise<T>): Promise<T> {
+  const { cacheEndpoint, cacheToken } = resolveCacheConfig(globals);
+  const cache = new ObjectCache({ endpoint: cacheEndpoint, ...(cacheToken ? { token: cacheToken } : {}) });
+  try {
+    return await fn(cache);
+  } catch (err) {
+    if (isUnreachable(err))
+      throw new UnreachableError(cacheEndpoint, { cause: err, what: "the object cache", flag: "--cache-endpoint" });
+    // A key or prefix that breaks the rules is a mistake in what was typed, wherever it was caught.
+    if (err instanceof InvalidArgumentError) throw new UsageError(`${err.message} (${err.code})`);
+    throw err;
+  } finally {
+    cache.close();
+  }
+}
