@@ -113,17 +113,19 @@ export class TimeoutError extends KilnError {
   }
 }
 
-/** A task ended Failed (or Cancelled); carries the session and task ids. */
+/** A task ended Failed (or Cancelled); carries the session and task ids, and any output the service sent with the failure. */
 export class TaskFailedError extends KilnError {
   readonly sessionId: string;
   readonly taskId: string;
-  constructor(sessionId: string, taskId: string, message: string, cancelled = false) {
+  readonly output?: Uint8Array;
+  constructor(sessionId: string, taskId: string, message: string, cancelled = false, output?: Uint8Array) {
     super(
       cancelled ? ErrorCode.TaskCancelled : ErrorCode.TaskFailed,
       `task ${sessionId}/${taskId} ${cancelled ? "was cancelled" : "failed"}: ${message}`,
     );
     this.sessionId = sessionId;
     this.taskId = taskId;
+    if (output !== undefined) this.output = output;
   }
 }
 

@@ -13,6 +13,7 @@ export type { ApplicationInit, SessionOptions } from "./client/specs.js";
 export type { TaskUpdate } from "./client/task-update.js";
 export {
   serve,
+  TaskFailure,
   type ServeOptions,
   type ServiceHandle,
   type ServiceHandlers,

@@ -9,7 +9,7 @@ export interface TaskUpdate {
   state: flame.TaskState;
   /** Unix milliseconds of the change. */
   time: number;
-  /** Set on Succeed (unless the watch omits outputs). */
+  /** Set on Succeed, and on Failed when the service sent one (unless the watch omits outputs). */
   output?: Uint8Array;
   /** Why a task failed or was cancelled. */
   message?: string;
@@ -34,5 +34,6 @@ export function toTaskUpdate(sessionId: string, u: kiln.TaskUpdate): TaskUpdate 
 export function outputOf(u: TaskUpdate): Uint8Array {
   if (u.state === flame.TaskState.Succeed) return u.output ?? new Uint8Array(0);
   const cancelled = u.state === flame.TaskState.Cancelled;
-  throw new TaskFailedError(u.sessionId, u.taskId, u.message ?? (cancelled ? "cancelled" : "no message"), cancelled);
+  const message = u.message ?? (cancelled ? "cancelled" : "no message");
+  throw new TaskFailedError(u.sessionId, u.taskId, message, cancelled, u.output);
 }

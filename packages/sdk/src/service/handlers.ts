@@ -29,6 +29,23 @@ export interface ServiceHandlers {
 /** The return code of a task or session hook that threw. */
 export const HANDLER_FAILED = -1;
 
+/**
+ * Thrown by `onTaskInvoke` to fail a task and still hand the client bytes
+ * about the failure (a Runner sends the encoded remote error this way); any
+ * other error fails the task with its message only.
+ *
+ * @example
+ * throw new TaskFailure(`${err.name}: ${err.message}`, encodeValue(err));
+ */
+export class TaskFailure extends Error {
+  readonly output: Uint8Array;
+  constructor(message: string, output: Uint8Array) {
+    super(message);
+    this.name = "TaskFailure";
+    this.output = output;
+  }
+}
+
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -46,7 +63,8 @@ export async function runTask(handlers: ServiceHandlers, task: flame.TaskContext
     const output = toOutput(await handlers.onTaskInvoke(info));
     return create(flame.TaskResultSchema, { returnCode: 0, ...(output ? { output } : {}) });
   } catch (err) {
-    return create(flame.TaskResultSchema, { returnCode: HANDLER_FAILED, message: errorMessage(err) });
+    const output = err instanceof TaskFailure ? { output: err.output } : {};
+    return create(flame.TaskResultSchema, { returnCode: HANDLER_FAILED, message: errorMessage(err), ...output });
   }
 }
 
