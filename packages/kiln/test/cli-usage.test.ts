@@ -6,10 +6,10 @@ import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { CLI, CLI_ENV, closedPort, runCli } from "./cli-helpers.js";
 
-const GLOBAL_OPTIONS = ["--endpoint", "--token", "--context", "--config"];
+const GLOBAL_OPTIONS = ["--endpoint", "--token", "--cache-endpoint", "--context", "--config"];
 
 const COMMAND_OPTIONS: Record<string, string[]> = {
-  up: ["--data-dir", "--port", "--host", "--executors"],
+  up: ["--data-dir", "--port", "--host", "--executors", "--cache-port"],
   server: [
     "--data-dir",
     "--host",
@@ -21,6 +21,9 @@ const COMMAND_OPTIONS: Record<string, string[]> = {
     "--default-resreq",
   ],
   agent: ["--name", "--executors", "--work-dir"],
+  cache: ["--host", "--port", "--storage", "--data-dir", "--max-memory", "--max-spill", "--advertise"],
+  deploy: ["--name", "--command", "--installer", "--exclude", "--dry-run", "-o, --output"],
+  data: ["--limit", "--depth", "-o, --output"],
   demo: ["--tasks", "--executors"],
   list: ["-a, --application", "-s, --session", "-e, --executor", "-n, --node", "-o, --output"],
   view: ["-a, --application", "-s, --session", "-t, --task", "-n, --node", "-o, --output"],
@@ -50,7 +53,7 @@ describe("kiln --help", () => {
     for (const command of Object.keys(COMMAND_OPTIONS)) assert.match(r.stdout, new RegExp(`^  ${command}\\b`, "m"));
     assert.match(
       r.stdout,
-      /Exit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the cluster, 130 interrupted/,
+      /Exit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the cluster or cache,\n4 upload failed \(kiln deploy\), 130 interrupted/,
     );
   });
 

@@ -50,3 +50,13 @@ export { defaultMerge, type MergeFunction } from "./objects/merge.js";
 export { ObjectRef, encodeObjectRef, decodeObjectRef, type ObjectRefInit } from "./objects/object-ref.js";
 export { encodeValue, decodeValue, CodecError, CODEC_FORMAT_VERSION, type EncodeOptions } from "./codec/index.js";
 export { isObjectRef } from "./objects/object-ref.js";
+export {
+  getData,
+  GetDataError,
+  type GetDataErrorKind,
+  type GetDataOptions,
+  type RunnerData,
+  type InputData,
+  type OutputData,
+  type ServiceData,
+} from "./runner/get-data.js";

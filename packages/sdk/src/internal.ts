@@ -11,3 +11,4 @@ export { validateObjectKey, validateObjectPrefix, validateListPrefix } from "./o
 export * from "./objects/parts.js";
 export { packDirectory, packFile, type PackOptions, type PackedArchive } from "./packaging/pack-directory.js";
 export { processExists } from "./process-exists.js";
+export * from "./runner/protocol.js";

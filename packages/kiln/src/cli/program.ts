@@ -2,6 +2,7 @@ import { Command, CommanderError, Option } from "commander";
 import { readFileSync } from "node:fs";
 import { registerApplicationCommands } from "./commands/application.js";
 import { registerCacheCommands } from "./commands/cache.js";
+import { registerDataCommand } from "./commands/data.js";
 import { registerDemo } from "./commands/demo.js";
 import { registerDeploy } from "./commands/deploy.js";
 import { registerList } from "./commands/list.js";
@@ -45,6 +46,7 @@ export function createProgram(): Command {
   registerDemo(program);
   registerList(program);
   registerView(program);
+  registerDataCommand(program);
   registerSessionCommands(program);
   registerApplicationCommands(program);
   registerDeploy(program);
