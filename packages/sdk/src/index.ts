@@ -60,3 +60,18 @@ export {
   type OutputData,
   type ServiceData,
 } from "./runner/get-data.js";
+export { Runner, RunnerModule, type RunnerOptions, type FutureValues } from "./runner/runner.js";
+export { ObjectFuture } from "./runner/object-future.js";
+export type { RemoteError } from "./runner/remote-call.js";
+export type {
+  RemoteArg,
+  RemoteArgs,
+  RemoteFunction,
+  RemoteInstance,
+  RemoteService,
+  ServiceExport,
+  ServiceOptions,
+  CommonServiceOptions,
+  ClassServiceOptions,
+} from "./runner/types.js";
+export type { CapturedOutput } from "./runner/protocol.js";

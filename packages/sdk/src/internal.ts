@@ -12,3 +12,12 @@ export * from "./objects/parts.js";
 export { packDirectory, packFile, type PackOptions, type PackedArchive } from "./packaging/pack-directory.js";
 export { processExists } from "./process-exists.js";
 export * from "./runner/protocol.js";
+export { publishPackage } from "./packaging/publish-package.js";
+export * from "./runner/protocol.js";
+export {
+  RUNNER_TEMPLATE,
+  RUNNER_LABEL,
+  RUNNER_EXCLUDES,
+  RUNNER_PACKAGE_ENV,
+  checkDependencySpec,
+} from "./runner/runner.js";

@@ -7,6 +7,7 @@ import { registerDemo } from "./commands/demo.js";
 import { registerDeploy } from "./commands/deploy.js";
 import { registerList } from "./commands/list.js";
 import { registerPing } from "./commands/ping.js";
+import { registerRunnerCheck } from "./commands/runner-check.js";
 import { registerServerCommands } from "./commands/servers.js";
 import { registerSessionCommands } from "./commands/session.js";
 import { registerView } from "./commands/view.js";
@@ -51,6 +52,7 @@ export function createProgram(): Command {
   registerApplicationCommands(program);
   registerDeploy(program);
   registerPing(program);
+  registerRunnerCheck(program);
   program.addHelpText(
     "after",
     "\nExit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the cluster or cache,\n" +

@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { flame } from "@kiln/sdk/proto";
 import { pingServiceEntry } from "../apps/ping/location.js";
+import { runServiceEntry } from "../apps/run/location.js";
 import { CONCURRENCY_LABEL, type ApplicationRegistry } from "./applications.js";
 
 /** Applications every Kiln cluster has, (re)registered at each start so they follow the installed version. */
@@ -13,6 +14,20 @@ export function registerBuiltinApps(apps: ApplicationRegistry): void {
       labels: ["builtin", `${CONCURRENCY_LABEL}=256`],
       command: process.execPath,
       arguments: [pingServiceEntry()],
+      delayRelease: 10n,
+    }),
+    { upsert: true },
+  );
+  apps.register(
+    "kiln-run",
+    create(flame.ApplicationSpecSchema, {
+      shim: flame.Shim.Host,
+      description:
+        "Built-in Runner template: Runner.open copies it into an application that runs your project's exported " +
+        "functions and classes (it is not meant to be run by itself)",
+      labels: ["builtin", `${CONCURRENCY_LABEL}=64`],
+      command: process.execPath,
+      arguments: [runServiceEntry()],
       delayRelease: 10n,
     }),
     { upsert: true },

@@ -1,5 +1,5 @@
 import { ErrorCode, KilnError, type ApplicationInit, type KilnClient, type ObjectCache } from "@kiln/sdk";
-import { packDirectory, packFile, type PackedArchive } from "@kiln/sdk/internal";
+import { packDirectory, packFile, publishPackage, type PackedArchive } from "@kiln/sdk/internal";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
@@ -148,15 +148,7 @@ async function digestOf(file: string): Promise<{ sha256: string; size: number }>
 /** Uploads unless the cache already holds this content under `key`; returns whether it uploaded. */
 async function upload(cache: ObjectCache, key: string, archive: Archive): Promise<boolean> {
   try {
-    const existing = await cache.statObject(key).catch((err: unknown) => {
-      if (err instanceof KilnError && err.code === ErrorCode.NotFound) return undefined;
-      throw err;
-    });
-    if (existing?.sha256 === archive.sha256) return false;
-    const ref = await cache.uploadObject(key, archive.file);
-    if (ref.sha256 !== archive.sha256)
-      throw new Error(`the cache stored sha256 ${ref.sha256}, not the package's ${archive.sha256}`);
-    return true;
+    return await publishPackage(cache, key, archive);
   } catch (err) {
     throw new UploadError(`cannot upload the package to ${cache.endpoint}: ${(err as Error).message}`, { cause: err });
   }

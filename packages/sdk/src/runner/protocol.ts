@@ -26,7 +26,13 @@ export const INLINE_LIMIT = 64 * 1024;
 /** Bytes of stdout and of stderr kept per call; the rest is counted in `…Truncated`. */
 export const OUTPUT_CAPTURE_LIMIT = 64 * 1024;
 
-export type ServiceKind = "function" | "class";
+/**
+ * What the export is. The Runner sends "auto": the executor looks at the
+ * export (a class is instantiated once per executor, a function is called),
+ * since the client knows the module only by its types, which are erased.
+ * "function" or "class" make the executor refuse an export of the other kind.
+ */
+export type ServiceKind = "function" | "class" | "auto";
 
 /** A session's common data. */
 export interface ServiceSpec {
@@ -139,8 +145,8 @@ export function encodeServiceSpec(spec: ServiceSpec): Uint8Array {
 export function decodeServiceSpec(bytes: Uint8Array): ServiceSpec {
   const rec = record(bytes, "service");
   const kind = str(rec, "service", "kind");
-  if (kind !== "function" && kind !== "class")
-    throw new InvalidArgumentError("service.kind", `must be "function" or "class" (got ${describe(kind)})`);
+  if (kind !== "function" && kind !== "class" && kind !== "auto")
+    throw new InvalidArgumentError("service.kind", `must be "function", "class" or "auto" (got ${describe(kind)})`);
   const dependencies = arr(rec, "service", "dependencies");
   if (dependencies.some((d) => typeof d !== "string"))
     throw new InvalidArgumentError("service.dependencies", "must be an array of strings");

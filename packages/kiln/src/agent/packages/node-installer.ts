@@ -119,13 +119,13 @@ async function stage(dir: string, staging: string): Promise<string[]> {
 }
 
 /** The npm next to the agent's node, else the one on PATH. */
-function npmCommand(): string {
+export function npmCommand(): string {
   const bundled = path.join(path.dirname(process.execPath), "npm");
   return fs.existsSync(bundled) ? bundled : "npm";
 }
 
 /** Runs a command with its output appended to `logFile`; "ok" or what went wrong. */
-async function runLogged(
+export async function runLogged(
   command: string,
   args: string[],
   cwd: string,
@@ -172,7 +172,8 @@ async function runLogged(
   }
 }
 
-async function tail(file: string): Promise<string> {
+/** The last lines of a log, for an error message. */
+export async function tail(file: string): Promise<string> {
   const text = await fs.promises.readFile(file, "utf8").catch(() => "");
   return text.slice(-LOG_TAIL_BYTES).trimEnd().split("\n").slice(-LOG_TAIL_LINES).join("\n");
 }

@@ -129,7 +129,7 @@ function serviceLine(d: RunnerData | { error: string }): string {
     d.stateful ? "stateful" : "",
     d.dependencies.length ? `deps ${d.dependencies.join(" ")}` : "",
   ];
-  const ctor = d.kind === "class" ? `(${d.args.map(oneLine).join(", ")})` : "";
+  const ctor = d.kind === "class" || d.args.length > 0 ? `(${d.args.map(oneLine).join(", ")})` : "";
   return `${d.module}#${d.export}${ctor} [${options.filter(Boolean).join(", ")}]`;
 }
 
@@ -169,7 +169,7 @@ function taskView(sessionId: string, t: TaskData): string {
     if (output.error)
       lines.push("  error =", indent(output.error.stack ?? `${output.error.name}: ${output.error.message}`));
     else lines.push(`  result${m.stored ? " (stored in the cache)" : ""} =`, indent(show(output.result, 96)));
-    lines.push(`  ran ${m.durationMs} ms on ${m.host} (pid ${m.pid})`);
+    lines.push(`  ran ${m.durationMs.toFixed(2)} ms on ${m.host} (pid ${m.pid})`);
     for (const [name, text, cut] of [
       ["stdout", m.stdout, m.stdoutTruncated],
       ["stderr", m.stderr, m.stderrTruncated],

@@ -9,10 +9,13 @@ import { formatCapacity } from "../format.js";
 import { wholeNumber } from "../options.js";
 import { abortOnSignal } from "../signals.js";
 import { pingAndReport } from "./ping.js";
+import { runProgram } from "../run-program.js";
 
 interface DemoFlags {
   tasks: number;
   executors?: number;
+  run?: string;
+  runTimeout: number;
 }
 
 // Server log lines stay quiet while the demo runs and are shown only if something goes wrong.
@@ -58,6 +61,11 @@ async function demo(f: DemoFlags): Promise<void> {
         out(`Running the same workload as \`kiln ping -p -t ${f.tasks}\`:\n`);
         const progress = process.stdout.isTTY === true;
         await pingAndReport(client, { tasks: f.tasks, signal }, { view: "summary", progress });
+        if (f.run) {
+          out(`\nRunning ${f.run} against the same cluster:\n`);
+          const env = { KILN_ENDPOINT: cluster.endpoint, KILN_CACHE_ENDPOINT: cluster.cacheEndpoint };
+          await runProgram(f.run, { env, timeoutMs: f.runTimeout * 1000, signal });
+        }
       } catch (err) {
         if (!(err instanceof InterruptedError)) {
           process.stderr.write(tail(logs, "Last control plane log lines"));
@@ -96,6 +104,15 @@ export function registerDemo(program: Command): void {
       new Option("--executors <n>", "executors on the local node (default: one per CPU)").argParser(
         wholeNumber(1, 4096),
       ),
+    )
+    .option(
+      "--run <program>",
+      "then run this TypeScript or JavaScript program against the cluster (npm start: examples/pi)",
+    )
+    .addOption(
+      new Option("--run-timeout <s>", "stop the --run program after this many seconds")
+        .argParser(wholeNumber(1))
+        .default(600),
     )
     .action((f: DemoFlags) => demo(f));
 }

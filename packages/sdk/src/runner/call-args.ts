@@ -1,0 +1,47 @@
+import { encodeValue } from "../codec/index.js";
+import { isObjectRef, type ObjectRef } from "../objects/object-ref.js";
+import { ObjectFuture } from "./object-future.js";
+import { INLINE_LIMIT } from "./protocol.js";
+
+/** One argument, checked: sent as it is, put to the cache first (large), or taken from another call. */
+export type ArgSlot = { inline: unknown } | { large: unknown } | { future: ObjectFuture<unknown> };
+
+/**
+ * Checks arguments before anything is sent: each one must encode (a
+ * CodecError names the bad part, e.g. `args[1].handler`), and its size
+ * decides whether it travels inside the task or through the cache.
+ * Futures and ObjectRefs are not encoded here; they travel as references.
+ *
+ * @example
+ * const slots = checkArgs([1, bigBuffer, future], "args"); // [{inline: 1}, {large: bigBuffer}, {future}]
+ */
+export function checkArgs(args: readonly unknown[], field: string): ArgSlot[] {
+  return args.map((arg, i): ArgSlot => {
+    if (arg instanceof ObjectFuture) return { future: arg as ObjectFuture<unknown> };
+    if (isObjectRef(arg)) return { inline: arg };
+    const size = encodeValue(arg, { path: `${field}[${i}]` }).byteLength;
+    return size > INLINE_LIMIT ? { large: arg } : { inline: arg };
+  });
+}
+
+/**
+ * The arguments as they go into a CallRecord: large values put to the cache
+ * (by `put`, in parallel) and replaced by their ObjectRef, futures replaced by
+ * their result's reference or small value. Rejects with a future's error when
+ * the call it depends on failed.
+ *
+ * @example
+ * const args = await resolveArgs(slots, (value) => cache.putObject(`${app}/${sessionId}`, value));
+ */
+export function resolveArgs(
+  slots: readonly ArgSlot[],
+  put: (value: unknown) => Promise<ObjectRef>,
+): Promise<unknown[]> {
+  return Promise.all(
+    slots.map((slot) => {
+      if ("future" in slot) return slot.future.argument();
+      if ("large" in slot) return put(slot.large);
+      return slot.inline;
+    }),
+  );
+}
