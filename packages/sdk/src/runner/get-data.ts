@@ -9,7 +9,7 @@ import {
   decodeServiceSpec,
   RUNNER_FORMAT,
   type CapturedOutput,
-  type ServiceKind,
+  type ServiceSpec,
 } from "./protocol.js";
 
 /** Why getData failed: bytes that are no codec value, a value that is no Runner record, or a fetch from the cache. */
@@ -50,16 +50,9 @@ export interface OutputData {
   metadata: CapturedOutput & { format: string; durationMs: number; host: string; pid: number; stored: boolean };
 }
 
-/** A session's common data: the service the session runs. */
-export interface ServiceData {
+/** A session's common data: the service the session runs (constructor arguments in `args`). */
+export interface ServiceData extends Omit<ServiceSpec, "format"> {
   type: "service";
-  module: string;
-  export: string;
-  kind: ServiceKind;
-  /** Constructor arguments of a class service. */
-  args: unknown[];
-  stateful: boolean;
-  dependencies: string[];
   metadata: { format: string };
 }
 
@@ -107,14 +100,8 @@ function decodeRecord(bytes: Uint8Array): RunnerData {
   const type = typeof value === "object" && value !== null ? (value as Record<string, unknown>).type : undefined;
   try {
     if (type === "input") {
-      const call = decodeCall(bytes);
-      return {
-        type: "input",
-        service: call.service,
-        method: call.method,
-        args: call.args,
-        metadata: { format: RUNNER_FORMAT },
-      };
+      const { format, service, method, args } = decodeCall(bytes);
+      return { type: "input", service, method, args, metadata: { format } };
     }
     if (type === "output" || type === "error") {
       const out = decodeOutput(bytes);
@@ -135,17 +122,8 @@ function decodeRecord(bytes: Uint8Array): RunnerData {
         "format",
         `type must be "input", "output" or "error" (got ${typeof type === "string" ? JSON.stringify(type) : typeof type})`,
       );
-    const spec = decodeServiceSpec(bytes);
-    return {
-      type: "service",
-      module: spec.module,
-      export: spec.export,
-      kind: spec.kind,
-      args: spec.args,
-      stateful: spec.stateful,
-      dependencies: spec.dependencies,
-      metadata: { format: RUNNER_FORMAT },
-    };
+    const { format, ...spec } = decodeServiceSpec(bytes);
+    return { type: "service", ...spec, metadata: { format } };
   } catch (err) {
     if (err instanceof GetDataError) throw err;
     if (err instanceof CodecError) throw new GetDataError("decode", messageOf(err), { cause: err });
