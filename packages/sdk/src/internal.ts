@@ -21,3 +21,4 @@ export {
   RUNNER_PACKAGE_ENV,
   checkDependencySpec,
 } from "./runner/runner.js";
+export * from "./jobs/protocol.js";
