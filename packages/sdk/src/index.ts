@@ -75,3 +75,26 @@ export type {
   ClassServiceOptions,
 } from "./runner/types.js";
 export type { CapturedOutput } from "./runner/protocol.js";
+export {
+  runJob,
+  getJobResult,
+  fetchOutputs,
+  outputsForLevel,
+  validateJob,
+  JobFailedError,
+  DEFAULT_JOB_TIMEOUT_MS,
+  type JobOptions,
+  type JobInputFile,
+  type JobTaskResult,
+  type FetchOutputsOptions,
+} from "./jobs/job-client.js";
+export { DEFAULT_LEVELS, validateOutputSpec, type DeclaredOutput } from "./jobs/output-spec.js";
+export type {
+  JobSpec,
+  JobResult,
+  OutputReport,
+  PersistedOutput,
+  OutputSpec,
+  OutputLevel,
+  ScriptInterpreter,
+} from "./jobs/protocol.js";

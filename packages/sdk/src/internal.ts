@@ -22,3 +22,5 @@ export {
   checkDependencySpec,
 } from "./runner/runner.js";
 export * from "./jobs/protocol.js";
+export * from "./jobs/output-spec.js";
+export * from "./jobs/job-rules.js";

@@ -49,6 +49,8 @@ interface Run {
   task: kiln.TaskAssignment;
   /** Cancelled or forgotten: its result is not reported. */
   dropped: boolean;
+  /** Tells the service to stop the task once it is dropped. */
+  abort: AbortController;
 }
 
 const taskKey = (taskId: string, attempt: number) => `${taskId}/${attempt}`;
@@ -111,7 +113,7 @@ export class Executor {
     if (this.state !== "bound" || !service) return;
     while (this.running.size < this.concurrency && this.queue.length > 0) {
       const task = this.queue.shift()!;
-      const run: Run = { task, dropped: false };
+      const run: Run = { task, dropped: false, abort: new AbortController() };
       this.running.set(taskKey(task.taskId, task.attempt), run);
       void this.invoke(service, run);
     }
@@ -123,7 +125,7 @@ export class Executor {
     if (task.input !== undefined) ctx.input = task.input;
     let result: flame.TaskResult;
     try {
-      result = await service.client.invoke(ctx);
+      result = await service.client.invoke(ctx, run.abort.signal);
     } catch (err) {
       await Promise.race([service.process.exited, sleep(EXIT_EXPLAINS_WITHIN_MS)]);
       result = create(flame.TaskResultSchema, { returnCode: -1, message: errorMessage(err) });
@@ -152,11 +154,18 @@ export class Executor {
 
   // ---- cancellation and reconnect bookkeeping ----
 
-  /** Drops queued tasks among `refs` and the results of running ones. */
+  /**
+   * Drops queued tasks among `refs`; running ones are aborted in the service
+   * (their slot stays taken until it has stopped them) and their results dropped.
+   */
   cancel(refs: readonly kiln.TaskRef[]): void {
     const keys = new Set(refs.filter((r) => r.sessionId === this.sessionId).map((r) => taskKey(r.taskId, r.attempt)));
     if (keys.size === 0) return;
-    for (const [key, run] of this.running) if (keys.has(key)) run.dropped = true;
+    for (const [key, run] of this.running) {
+      if (!keys.has(key)) continue;
+      run.dropped = true;
+      run.abort.abort();
+    }
     const kept = this.queue.filter((t) => !keys.has(taskKey(t.taskId, t.attempt)));
     this.queue.splice(0, this.queue.length, ...kept);
   }

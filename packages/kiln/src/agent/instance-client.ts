@@ -40,10 +40,15 @@ export class InstanceClient {
     return opened.unsupported;
   }
 
-  /** The service's result for one task. No deadline: tasks may be long. Rejects on an RPC failure. */
-  invoke(task: flame.TaskContext): Promise<flame.TaskResult> {
-    if (this.stream?.usable) return this.stream.invoke(task);
-    return this.flame.onTaskInvoke(task);
+  /**
+   * The service's result for one task. No deadline: tasks may be long.
+   * Rejects on an RPC failure. Aborting `signal` makes the service abort the
+   * task (on the stream a cancel message, its answer still awaited; a unary
+   * call is cancelled and rejects).
+   */
+  invoke(task: flame.TaskContext, signal?: AbortSignal): Promise<flame.TaskResult> {
+    if (this.stream?.usable) return this.stream.invoke(task, signal);
+    return this.flame.onTaskInvoke(task, signal ? { signal } : {});
   }
 
   /** Drops the connection: calls in flight fail at once. */

@@ -11,13 +11,16 @@ interface Waiter {
   reject(err: Error): void;
 }
 
+/** What goes out on the stream, in order: a task to run, or the id of one to abort. */
+type Outgoing = { task: flame.TaskContext } | { cancel: string };
+
 /**
  * One kiln.v1.Instance/Invoke stream to a service: tasks given in one
  * event-loop turn go out as one request, outcomes come back in batches and
  * settle the matching `invoke()` promises.
  */
 export class InvokeStream {
-  private readonly requests = new BatchQueue<flame.TaskContext>(MAX_TASKS_PER_REQUEST);
+  private readonly requests = new BatchQueue<Outgoing>(MAX_TASKS_PER_REQUEST);
   private readonly waiters = new Map<string, Waiter[]>();
   private readonly abort = new AbortController();
   private failure: Error | undefined;
@@ -59,14 +62,19 @@ export class InvokeStream {
     return this.failure === undefined;
   }
 
-  /** Resolves the service's result; rejects if the stream breaks first. */
-  invoke(task: flame.TaskContext): Promise<flame.TaskResult> {
+  /**
+   * Resolves the service's result; rejects if the stream breaks first.
+   * Aborting `signal` asks the service to abort the task; the promise still
+   * settles with its answer, once the service has stopped it.
+   */
+  invoke(task: flame.TaskContext, signal?: AbortSignal): Promise<flame.TaskResult> {
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
       let list = this.waiters.get(task.taskId);
       if (!list) this.waiters.set(task.taskId, (list = []));
       list.push({ resolve, reject });
-      this.requests.push(task);
+      this.requests.push({ task });
+      signal?.addEventListener("abort", () => this.requests.push({ cancel: task.taskId }), { once: true });
     });
   }
 
@@ -77,8 +85,23 @@ export class InvokeStream {
     this.failAll(new Error("the invoke stream was closed"));
   }
 
+  /** A service applies a request's cancels before its tasks, so a cancel that follows a task starts a new request. */
   private async *requestMessages(): AsyncGenerator<kiln.InvokeRequest> {
-    for await (const tasks of this.requests) yield create(kiln.InvokeRequestSchema, { tasks });
+    for await (const batch of this.requests) {
+      let request = create(kiln.InvokeRequestSchema);
+      for (const item of batch) {
+        if ("task" in item) {
+          request.tasks.push(item.task);
+          continue;
+        }
+        if (request.tasks.length > 0) {
+          yield request;
+          request = create(kiln.InvokeRequestSchema);
+        }
+        request.cancelTaskIds.push(item.cancel);
+      }
+      yield request;
+    }
   }
 
   private async read(responses: AsyncIterator<kiln.InvokeResponse>): Promise<void> {

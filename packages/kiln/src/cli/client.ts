@@ -23,7 +23,9 @@ export async function withClient<T>(globals: GlobalOptions, fn: (client: KilnCli
     });
     return await fn(client);
   } catch (err) {
-    if (isUnreachable(err)) throw new UnreachableError(client?.endpoint ?? globals.endpoint, { cause: err });
+    // An UnreachableError from inside (the object cache) already names what could not be reached.
+    if (isUnreachable(err) && !(err instanceof UnreachableError))
+      throw new UnreachableError(client?.endpoint ?? globals.endpoint, { cause: err });
     throw err;
   } finally {
     client?.close();

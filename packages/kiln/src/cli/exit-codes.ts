@@ -17,6 +17,8 @@ export const ExitCode = {
   Unreachable: 3,
   /** `kiln deploy` could not upload the package to the object cache. */
   UploadFailed: 4,
+  /** `kiln exec`: the job ran past its --timeout and was killed. */
+  TimedOut: 124,
   /** Stopped by Ctrl-C (SIGINT/SIGTERM) before finishing; what it started was cleaned up. */
   Interrupted: 130,
 } as const;
@@ -35,6 +37,14 @@ export class CommandFailed extends Error {
   constructor(message: string) {
     super(message);
     this.name = "CommandFailed";
+  }
+}
+
+/** A job ran past its timeout and was killed; exits with ExitCode.TimedOut. */
+export class JobTimedOut extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "JobTimedOut";
   }
 }
 
@@ -112,6 +122,10 @@ export function reportError(err: unknown): ExitCode {
   if (err instanceof CommandFailed) {
     process.stderr.write(`error: ${err.message}\n`);
     return ExitCode.Failed;
+  }
+  if (err instanceof JobTimedOut) {
+    process.stderr.write(`error: ${err.message}\n`);
+    return ExitCode.TimedOut;
   }
   if (err instanceof UploadFailed) {
     process.stderr.write(`error: ${err.message}\n`);

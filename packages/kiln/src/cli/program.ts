@@ -5,7 +5,9 @@ import { registerCacheCommands } from "./commands/cache.js";
 import { registerDataCommand } from "./commands/data.js";
 import { registerDemo } from "./commands/demo.js";
 import { registerDeploy } from "./commands/deploy.js";
+import { registerExec } from "./commands/exec.js";
 import { registerList } from "./commands/list.js";
+import { registerOutputs } from "./commands/outputs.js";
 import { registerPing } from "./commands/ping.js";
 import { registerRunnerCheck } from "./commands/runner-check.js";
 import { registerServerCommands } from "./commands/servers.js";
@@ -53,10 +55,12 @@ export function createProgram(): Command {
   registerDeploy(program);
   registerPing(program);
   registerRunnerCheck(program);
+  registerExec(program);
+  registerOutputs(program);
   program.addHelpText(
     "after",
     "\nExit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the cluster or cache,\n" +
-      "4 upload failed (kiln deploy), 130 interrupted.\n" +
+      "4 upload failed (kiln deploy), 130 interrupted, 124 the job timed out (kiln exec).\n" +
       "Start here: kiln demo (or npm start), then kiln up and kiln ping.\n",
   );
   return program;

@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { flame } from "@kiln/sdk/proto";
+import { execServiceEntry } from "../apps/exec/location.js";
 import { pingServiceEntry } from "../apps/ping/location.js";
 import { runServiceEntry } from "../apps/run/location.js";
 import { CONCURRENCY_LABEL, type ApplicationRegistry } from "./applications.js";
@@ -28,6 +29,21 @@ export function registerBuiltinApps(apps: ApplicationRegistry): void {
       labels: ["builtin", `${CONCURRENCY_LABEL}=64`],
       command: process.execPath,
       arguments: [runServiceEntry()],
+      delayRelease: 10n,
+    }),
+    { upsert: true },
+  );
+  apps.register(
+    "kiln-exec",
+    create(flame.ApplicationSpecSchema, {
+      shim: flame.Shim.Host,
+      description:
+        "Built-in job runner: each task runs a command in a fresh working directory and collects its declared " +
+        "output files into the object cache (kiln exec, runJob)",
+      // One command per executor: an executor is one cpu's worth of the node.
+      labels: ["builtin", `${CONCURRENCY_LABEL}=1`],
+      command: process.execPath,
+      arguments: [execServiceEntry()],
       delayRelease: 10n,
     }),
     { upsert: true },

@@ -106,6 +106,8 @@ export const jobKeys = {
     `${app}/${sessionId}/task-${taskId}-out-${pathSha256.slice(0, 32)}`,
   /** The manifest: written last, so its presence means every output is there. */
   manifest: (app: string, sessionId: string, taskId: string) => `${app}/${sessionId}/task-${taskId}-manifest`,
+  /** The JobResult (its logs) of a job cancelled while it ran: a cancelled task keeps no output of its own. */
+  log: (app: string, sessionId: string, taskId: string) => `${app}/${sessionId}/task-${taskId}-log`,
   /** An input too large to travel inside the task. */
   inputPrefix: (app: string, sessionId: string) => `${app}/${sessionId}`,
 };

@@ -13,6 +13,13 @@ export interface TaskContextInfo {
   taskId: string;
   sessionId: string;
   input?: Uint8Array;
+  /**
+   * Aborts when nobody wants the result any more: the task was cancelled
+   * (Session.cancel, CancelTasks), or the agent that asked for it went away.
+   * Stop the work (kill what you started) and return or throw: either way
+   * the result is dropped.
+   */
+  signal: AbortSignal;
 }
 
 /**
@@ -55,10 +62,17 @@ function toOutput(value: Uint8Array | string | void): Uint8Array | undefined {
   return typeof value === "string" ? new TextEncoder().encode(value) : value;
 }
 
-/** Runs `onTaskInvoke`; never rejects: a thrown error becomes return code -1 with its message. */
-export async function runTask(handlers: ServiceHandlers, task: flame.TaskContext): Promise<flame.TaskResult> {
+/**
+ * Runs `onTaskInvoke` with `signal` as the task's abort signal; never
+ * rejects: a thrown error becomes return code -1 with its message.
+ */
+export async function runTask(
+  handlers: ServiceHandlers,
+  task: flame.TaskContext,
+  signal: AbortSignal,
+): Promise<flame.TaskResult> {
   try {
-    const info: TaskContextInfo = { taskId: task.taskId, sessionId: task.sessionId };
+    const info: TaskContextInfo = { taskId: task.taskId, sessionId: task.sessionId, signal };
     if (task.input !== undefined) info.input = task.input;
     const output = toOutput(await handlers.onTaskInvoke(info));
     return create(flame.TaskResultSchema, { returnCode: 0, ...(output ? { output } : {}) });

@@ -5,11 +5,11 @@ import * as kiln from "../protocol/kiln.js";
 import { BatchQueue } from "./batch-queue.js";
 import { runHook, runTask, toSessionContextInfo, type ServiceHandlers } from "./handlers.js";
 
-/** flame.v1.Instance: one call per task, as Flame's executors make them. */
+/** flame.v1.Instance: one call per task, as Flame's executors make them; a cancelled call aborts its task. */
 export function flameInstance(handlers: ServiceHandlers): ServiceImpl<typeof flame.Instance> {
   return {
     onSessionEnter: (ctx) => runHook(() => handlers.onSessionEnter?.(toSessionContextInfo(ctx))),
-    onTaskInvoke: (task) => runTask(handlers, task),
+    onTaskInvoke: (task, context) => runTask(handlers, task, context.signal),
     onSessionLeave: () => runHook(() => handlers.onSessionLeave?.()),
   };
 }
@@ -18,32 +18,50 @@ export function flameInstance(handlers: ServiceHandlers): ServiceImpl<typeof fla
  * kiln.v1.Instance/Invoke: tasks arrive in batches on one stream and run
  * concurrently as they arrive; results that finish in the same event-loop
  * turn leave as one response. The first, empty response tells the agent the
- * stream is supported.
+ * stream is supported. A task named in `cancelTaskIds` is aborted, and so is
+ * every task still running when the agent ends the stream (nobody reads
+ * their results any more).
  */
 export function kilnInstance(handlers: ServiceHandlers): ServiceImpl<typeof kiln.Instance> {
   return {
     async *invoke(requests) {
       const outcomes = new BatchQueue<kiln.InvokeOutcome>();
-      let running = 0;
+      // Per task id: a retried attempt may arrive while the cancelled one still winds down.
+      const running = new Map<string, Set<AbortController>>();
+      let active = 0;
       let inputEnded = false;
       const endIfIdle = () => {
-        if (inputEnded && running === 0) outcomes.end();
+        if (inputEnded && active === 0) outcomes.end();
       };
       const start = (task: flame.TaskContext) => {
-        running++;
-        void runTask(handlers, task).then((result) => {
-          running--;
+        const abort = new AbortController();
+        let attempts = running.get(task.taskId);
+        if (!attempts) running.set(task.taskId, (attempts = new Set()));
+        attempts.add(abort);
+        active++;
+        void runTask(handlers, task, abort.signal).then((result) => {
+          active--;
+          attempts.delete(abort);
+          if (attempts.size === 0 && running.get(task.taskId) === attempts) running.delete(task.taskId);
+          // Aborted tasks are answered too: the agent holds their slot until the answer comes.
           outcomes.push(create(kiln.InvokeOutcomeSchema, { taskId: task.taskId, result }));
           endIfIdle();
         });
       };
+      const cancel = (taskId: string) => {
+        for (const abort of running.get(taskId) ?? []) abort.abort();
+      };
       void (async () => {
         try {
-          for await (const request of requests) for (const task of request.tasks) start(task);
+          for await (const request of requests) {
+            for (const taskId of request.cancelTaskIds) cancel(taskId);
+            for (const task of request.tasks) start(task);
+          }
         } catch {
-          // The agent went away; the tasks still running finish and nobody reads them.
+          // The agent went away.
         }
         inputEnded = true;
+        for (const taskId of running.keys()) cancel(taskId);
         endIfIdle();
       })();
       yield create(kiln.InvokeResponseSchema, {});

@@ -3,7 +3,7 @@ import type { Command } from "commander";
 import { createHash, randomBytes } from "node:crypto";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { isUnreachable, UnreachableError } from "../exit-codes.js";
+import { CommandFailed, isUnreachable, UnreachableError } from "../exit-codes.js";
 import { printJson } from "../json.js";
 import { wholeNumber, type GlobalOptions } from "../options.js";
 
@@ -200,7 +200,8 @@ export function registerRunnerCheck(program: Command): void {
       }
       const ok = results.every((r) => r.ok);
       if (f.json) printJson({ ok, steps: results.map((r) => ({ ...r })) });
-      else process.stdout.write(ok ? "Runner check passed.\n" : "Runner check FAILED.\n");
-      if (!ok) process.exitCode = 1;
+      else if (ok) process.stdout.write("Runner check passed.\n");
+      const failed = results.filter((r) => !r.ok).map((r) => r.step);
+      if (failed.length > 0) throw new CommandFailed(`Runner check failed: ${failed.join(", ")}`);
     });
 }

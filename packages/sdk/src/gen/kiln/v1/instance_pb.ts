@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kiln/v1/instance.proto.
  */
 export const file_kiln_v1_instance: GenFile = /*@__PURE__*/
-  fileDesc("ChZraWxuL3YxL2luc3RhbmNlLnByb3RvEgdraWxuLnYxIjUKDUludm9rZVJlcXVlc3QSJAoFdGFza3MYASADKAsyFS5mbGFtZS52MS5UYXNrQ29udGV4dCJGCg1JbnZva2VPdXRjb21lEg8KB3Rhc2tfaWQYASABKAkSJAoGcmVzdWx0GAIgASgLMhQuZmxhbWUudjEuVGFza1Jlc3VsdCI6Cg5JbnZva2VSZXNwb25zZRIoCghvdXRjb21lcxgBIAMoCzIWLmtpbG4udjEuSW52b2tlT3V0Y29tZTJJCghJbnN0YW5jZRI9CgZJbnZva2USFi5raWxuLnYxLkludm9rZVJlcXVlc3QaFy5raWxuLnYxLkludm9rZVJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_flame_v1_shim, file_flame_v1_types]);
+  fileDesc("ChZraWxuL3YxL2luc3RhbmNlLnByb3RvEgdraWxuLnYxIk4KDUludm9rZVJlcXVlc3QSJAoFdGFza3MYASADKAsyFS5mbGFtZS52MS5UYXNrQ29udGV4dBIXCg9jYW5jZWxfdGFza19pZHMYAiADKAkiRgoNSW52b2tlT3V0Y29tZRIPCgd0YXNrX2lkGAEgASgJEiQKBnJlc3VsdBgCIAEoCzIULmZsYW1lLnYxLlRhc2tSZXN1bHQiOgoOSW52b2tlUmVzcG9uc2USKAoIb3V0Y29tZXMYASADKAsyFi5raWxuLnYxLkludm9rZU91dGNvbWUySQoISW5zdGFuY2USPQoGSW52b2tlEhYua2lsbi52MS5JbnZva2VSZXF1ZXN0Ghcua2lsbi52MS5JbnZva2VSZXNwb25zZSgBMAFiBnByb3RvMw", [file_flame_v1_shim, file_flame_v1_types]);
 
 /**
  * @generated from message kiln.v1.InvokeRequest
@@ -29,6 +29,16 @@ export type InvokeRequest = Message<"kiln.v1.InvokeRequest"> & {
    * @generated from field: repeated flame.v1.TaskContext tasks = 1;
    */
   tasks: TaskContext[];
+
+  /**
+   * Tasks given earlier whose results the agent no longer wants (cancelled,
+   * or forgotten by the control plane): the service aborts them (the SDK's
+   * TaskContextInfo.signal) and still answers them once they stop, which
+   * frees their slot; the agent drops those answers.
+   *
+   * @generated from field: repeated string cancel_task_ids = 2;
+   */
+  cancelTaskIds: string[];
 };
 
 /**

@@ -1,0 +1,46 @@
+/**
+ * One output stream of a command, bounded: keeps the first `limit` bytes and
+ * counts the rest, and separately the last `tailBytes` bytes (what a failure
+ * message quotes, even when the middle was cut). Chunks are kept as bytes and
+ * decoded once, so a character split across pipe reads stays whole.
+ *
+ * @example
+ * const out = new BoundedBytes(64 * 1024);
+ * child.stdout.on("data", (chunk: Buffer) => out.add(chunk));
+ * console.log(out.text(), out.truncated);
+ */
+export class BoundedBytes {
+  private readonly head: Buffer[] = [];
+  private kept = 0;
+  private last = Buffer.alloc(0);
+  /** Bytes that did not fit in the first `limit`. */
+  truncated = 0;
+
+  constructor(
+    private readonly limit: number,
+    private readonly tailBytes = 4096,
+  ) {}
+
+  add(chunk: Buffer): void {
+    const room = this.limit - this.kept;
+    if (room > 0) {
+      const part = chunk.length <= room ? chunk : chunk.subarray(0, room);
+      this.head.push(part);
+      this.kept += part.length;
+    }
+    this.truncated += Math.max(0, chunk.length - Math.max(room, 0));
+    const joined = Buffer.concat([this.last, chunk]);
+    this.last = joined.subarray(Math.max(0, joined.length - this.tailBytes));
+  }
+
+  /** The kept beginning, as UTF-8 text. */
+  text(): string {
+    return Buffer.concat(this.head).toString("utf8");
+  }
+
+  /** The last `lines` lines of everything written (at most `tailBytes` of it). */
+  tail(lines: number): string {
+    const text = this.last.toString("utf8").trimEnd();
+    return text.split("\n").slice(-lines).join("\n");
+  }
+}
