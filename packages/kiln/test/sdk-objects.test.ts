@@ -530,7 +530,7 @@ describe("sdk objects: trust, validation and failures", () => {
     const half = Math.floor(json.length / 2);
     const replies = [
       // An informational reply first, then a chunked body.
-      "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" +
+      "HTTP/1.1 103 Early Hints\r\nlink: </x>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" +
         `${half.toString(16)}\r\n${json.slice(0, half)}\r\n${(json.length - half).toString(16)}\r\n${json.slice(half)}\r\n0\r\n\r\n`,
       `HTTP/1.1 200 OK\r\ncontent-length: ${'{"objects":[]}'.length}\r\n\r\n{"objects":[]}`,
       // No length: the body ends with the connection.

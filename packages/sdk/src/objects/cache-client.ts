@@ -1,14 +1,13 @@
 import { createHash, randomBytes, type Hash } from "node:crypto";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
-import type * as http from "node:http";
 import * as path from "node:path";
 import { pipeline } from "node:stream/promises";
-import { Transform } from "node:stream";
+import { Transform, type Readable } from "node:stream";
 import { normalizeEndpoint } from "../client/config.js";
 import { decodeValue, encodeValue } from "../codec/index.js";
 import { ErrorCode, InvalidArgumentError, KilnError } from "../errors.js";
-import { CacheHttp, readAll, type WholeResponse } from "./http.js";
+import { CacheHttp, readAll, type ResponseHeaders, type WholeResponse } from "./http.js";
 import { validateListPrefix, validateObjectKey, validateObjectPrefix } from "./keys.js";
 import { LocalObjectCache, type CachedObject } from "./local-cache.js";
 import { defaultMerge, type MergeFunction } from "./merge.js";
@@ -208,7 +207,8 @@ export class ObjectCache {
     pipeline(input, hashing).catch(() => undefined);
     const ref = ObjectRef.from(
       await readJson(
-        await this.http.stream({ method: "PUT", path: objectPathname, body: hashing, contentLength: opened.size }),
+        (await this.http.stream({ method: "PUT", path: objectPathname, body: hashing, contentLength: opened.size }))
+          .body,
       ),
     );
     this.local?.delete(this.endpoint, ref.key);
@@ -233,7 +233,7 @@ export class ObjectCache {
     const temp = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(6).toString("hex")}.part`);
     try {
       await pipeline(
-        res,
+        res.body,
         verifier.stream,
         fs.createWriteStream(temp, { flags: "wx", highWaterMark: DOWNLOAD_BUFFER_BYTES }),
       );
@@ -435,15 +435,15 @@ function parseUrl(text: string): URL | undefined {
   }
 }
 
-async function readJson(res: http.IncomingMessage): Promise<unknown> {
-  return JSON.parse((await readAll(res, Infinity)).toString("utf8")) as unknown;
+async function readJson(body: Readable): Promise<unknown> {
+  return JSON.parse((await readAll(body, Infinity)).toString("utf8")) as unknown;
 }
 
 function sha256Hex(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
 
-function header(headers: http.IncomingHttpHeaders, name: string): string {
+function header(headers: ResponseHeaders, name: string): string {
   const value = headers[name];
   if (typeof value !== "string") throw new KilnError(ErrorCode.Internal, `object cache reply has no ${name} header`);
   return value;
