@@ -29,7 +29,7 @@ export function resolveCacheConfig(globals: GlobalOptions): ResolvedCacheConfig 
  */
 export async function withCache<T>(globals: GlobalOptions, fn: (cache: ObjectCache) => Promise<T>): Promise<T> {
   const { cacheEndpoint, cacheToken } = resolveCacheConfig(globals);
-  const cache = new ObjectCache({ endpoint: cacheEndpoint, ...(cacheToken ? { token: cacheToken } : {}) });
+  const cache = ObjectCache.fromConfig({ cacheEndpoint, ...(cacheToken ? { cacheToken } : {}) });
   try {
     return await fn(cache);
   } catch (err) {

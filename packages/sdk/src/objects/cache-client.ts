@@ -1,3 +1,4 @@
+import { loadCacheConfig, type CacheConfigOptions } from "../client/config.js";
 import { createHash, randomBytes, type Hash } from "node:crypto";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
@@ -77,6 +78,18 @@ export class ObjectCache {
   private readonly http: CacheHttp;
   private readonly local: LocalObjectCache | undefined;
   private advertised: Promise<string | undefined> | undefined;
+
+  /**
+   * The cache the configuration names (KILN_CACHE_ENDPOINT, the config
+   * context's cache, else http://127.0.0.1:7422), with its token; see loadCacheConfig.
+   *
+   * @example
+   * const cache = ObjectCache.fromConfig({ context: "prod" });
+   */
+  static fromConfig(options: CacheConfigOptions = {}): ObjectCache {
+    const { cacheEndpoint, cacheToken } = loadCacheConfig(options);
+    return new ObjectCache({ endpoint: cacheEndpoint, ...(cacheToken ? { token: cacheToken } : {}) });
+  }
 
   constructor(options: ObjectCacheOptions) {
     this.endpoint = normalizeEndpoint("endpoint", options.endpoint);

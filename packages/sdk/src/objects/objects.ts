@@ -1,4 +1,3 @@
-import { loadCacheConfig } from "../client/config.js";
 import {
   ObjectCache,
   type GetObjectOptions,
@@ -24,11 +23,7 @@ let current: ObjectCache | undefined;
  */
 export function defaultObjectCache(): ObjectCache {
   if (!current) {
-    const config = loadCacheConfig();
-    current = new ObjectCache({
-      endpoint: config.cacheEndpoint,
-      ...(config.cacheToken ? { token: config.cacheToken } : {}),
-    });
+    current = ObjectCache.fromConfig();
   }
   return current;
 }

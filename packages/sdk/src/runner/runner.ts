@@ -3,7 +3,7 @@ import * as fsp from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { connect, type KilnClient } from "../client/client.js";
-import { loadCacheConfig, type ConnectOptions } from "../client/config.js";
+import type { ConnectOptions } from "../client/config.js";
 import type { Session } from "../client/session.js";
 import { generateSessionId } from "../client/specs.js";
 import { ErrorCode, FailedPreconditionError, InvalidArgumentError, KilnError, TimeoutError } from "../errors.js";
@@ -107,17 +107,19 @@ export class Runner implements AsyncDisposable {
   static async open(name: string, options: RunnerOptions = {}): Promise<Runner> {
     validateName("name", name);
     const project = options.project !== undefined ? checkProjectDir(options.project) : findProjectRoot(process.cwd());
-    const cacheConfig = loadCacheConfig({
+    const cache = ObjectCache.fromConfig({
       ...(options.cacheEndpoint !== undefined ? { cacheEndpoint: options.cacheEndpoint } : {}),
       ...(options.cacheToken !== undefined ? { cacheToken: options.cacheToken } : {}),
       ...(options.context !== undefined ? { context: options.context } : {}),
       ...(options.configPath !== undefined ? { configPath: options.configPath } : {}),
     });
-    const client = await connect(options);
-    const cache = new ObjectCache({
-      endpoint: cacheConfig.cacheEndpoint,
-      ...(cacheConfig.cacheToken ? { token: cacheConfig.cacheToken } : {}),
-    });
+    let client: KilnClient;
+    try {
+      client = await connect(options);
+    } catch (err) {
+      cache.close();
+      throw err;
+    }
     try {
       const { registered, packaged } = await provideApplication(name, project, options.excludes ?? [], client, cache);
       return new Runner(name, project, registered, client, cache, packaged);

@@ -1,5 +1,4 @@
 import {
-  loadCacheConfig,
   ObjectCache,
   TaskFailure,
   type ServiceHandlers,
@@ -41,13 +40,7 @@ export class ExecService {
   }
 
   private objects(): ObjectCache {
-    if (!this.cache) {
-      const config = loadCacheConfig();
-      this.cache = new ObjectCache({
-        endpoint: config.cacheEndpoint,
-        ...(config.cacheToken ? { token: config.cacheToken } : {}),
-      });
-    }
+    this.cache ??= ObjectCache.fromConfig();
     return this.cache;
   }
 

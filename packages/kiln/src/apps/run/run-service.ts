@@ -1,7 +1,6 @@
 import {
   encodeValue,
   isObjectRef,
-  loadCacheConfig,
   ObjectCache,
   TaskFailure,
   type CapturedOutput,
@@ -58,13 +57,7 @@ export class RunService {
   }
 
   private objects(): ObjectCache {
-    if (!this.cache) {
-      const config = loadCacheConfig();
-      this.cache = new ObjectCache({
-        endpoint: config.cacheEndpoint,
-        ...(config.cacheToken ? { token: config.cacheToken } : {}),
-      });
-    }
+    this.cache ??= ObjectCache.fromConfig();
     return this.cache;
   }
 

@@ -1,19 +1,9 @@
+import type { ObjectStat } from "@kiln/sdk";
 import type { BlobFiles } from "./blob-files.js";
 import type { DiskQuota, ReceivedBody } from "./body-sink.js";
 
-/** What `GET /v1/stat/<key>` returns; timestamps are Unix ms. */
-export interface ObjectStat {
-  key: string;
-  version: number;
-  /** Bytes of the base and every delta. */
-  size: number;
-  sha256: string;
-  baseVersion: number;
-  /** Number of deltas after the base (= version - baseVersion). */
-  deltas: number;
-  createdAt: number;
-  updatedAt: number;
-}
+/** What `GET /v1/stat/<key>` returns: the SDK's type, so client and server cannot drift apart. */
+export type { ObjectStat };
 
 /** Where a segment's bytes are: in memory, or in a blob file (path is absolute). */
 export type SegmentBytes = { kind: "memory"; data: Buffer } | { kind: "file"; name: string; path: string };
