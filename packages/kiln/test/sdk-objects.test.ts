@@ -703,3 +703,63 @@ describe("sdk objects: configuration and the module-level functions", () => {
     );
   });
 });
+
+describe("sdk objects: pipelined requests on a connection that dies", () => {
+  it("a write is not sent again (it may have been applied); reads are retried", async () => {
+    const stat = JSON.stringify({
+      key: "a/b/c",
+      version: 1,
+      size: 1,
+      sha256: "0".repeat(64),
+      baseVersion: 1,
+      deltas: 0,
+      createdAt: 1,
+      updatedAt: 1,
+    });
+    let connections = 0;
+    const seen: string[] = [];
+    const sockets = new Set<net.Socket>();
+    // The first connection reads three pipelined requests and dies without answering; later ones answer.
+    const server = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.on("error", () => {});
+      const first = connections++ === 0;
+      let text = "";
+      socket.on("data", (d: Buffer) => {
+        text += d.toString("latin1");
+        const lines = text.match(/^(GET|PUT|PATCH|DELETE) \S+/gm) ?? [];
+        if (first && lines.length >= 3) {
+          seen.push(...lines.map((l) => `first: ${l}`));
+          socket.destroy();
+        } else if (!first) {
+          for (const l of lines) {
+            seen.push(`later: ${l}`);
+            socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${stat.length}\r\n\r\n${stat}`);
+          }
+          text = "";
+        }
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as net.AddressInfo).port;
+    const client = new ObjectCache({ endpoint: `http://127.0.0.1:${port}`, maxConnections: 1 });
+    try {
+      const [a, patch, b] = await Promise.allSettled([
+        client.statObject("a/b/c"),
+        client.patchObject("a/b/c", 1),
+        client.statObject("a/b/d"),
+      ]);
+      assert.equal(a.status, "fulfilled", String(seen));
+      assert.equal(b.status, "fulfilled", String(seen));
+      assert.equal(patch.status, "rejected");
+      const err = (patch as PromiseRejectedResult).reason as KilnError;
+      assert.equal(err.code, ErrorCode.Unavailable);
+      assert.match(err.message, /may or may not have been applied/);
+      assert.equal(seen.filter((l) => l.includes("PATCH")).length, 1, String(seen));
+    } finally {
+      client.close();
+      for (const s of sockets) s.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
