@@ -2,6 +2,7 @@ import { ErrorCode, InvalidArgumentError, KilnError, ObjectCache } from "@kiln/s
 import {
   DEFAULT_LEVELS,
   jobKeys,
+  MAX_REPORTED_UNMATCHED,
   matchesPattern,
   validateLevels,
   validateOutputSpec,
@@ -415,6 +416,18 @@ describe("persisting outputs to the object cache", { timeout: 30_000 }, () => {
       keys.filter((k) => k.startsWith(`kiln-exec/s1/task-${job.target.taskId}-`)).sort(),
       [...report.outputs.map((o) => o.ref.key), manifest!.key].sort(),
     );
+  });
+
+  it("lists at most MAX_REPORTED_UNMATCHED unmatched files and counts the rest", async () => {
+    const stray = Object.fromEntries(
+      Array.from({ length: MAX_REPORTED_UNMATCHED + 5 }, (_, i) => [`stray/f${String(i).padStart(5, "0")}.log`, "x"]),
+    );
+    const job = await finishedJob({ ...stray, "out/rows.csv": "id\n" }, { highly_sensitive: { rows: "out/rows.csv" } });
+    const report = await persistOutputs(job.target, job.match, job.found.refused);
+    assert.equal(report.outputs.length, 1);
+    assert.equal(report.unmatchedOutputs.length, MAX_REPORTED_UNMATCHED);
+    assert.equal(report.unmatchedOutputsOmitted, 5);
+    assert.equal(report.unmatchedOutputs[0]!.path, "stray/f00000.log");
   });
 
   it("persisting twice gives the same report and rewrites nothing", async () => {

@@ -62,6 +62,7 @@ export function outputReportText(report: JobResult["report"], shown: readonly Pe
   if (report.unmatchedOutputs.length > 0) {
     lines.push("New files no pattern matched (not kept):");
     for (const u of report.unmatchedOutputs) lines.push(`  ${u.path}${u.hint ? `  (${u.hint})` : ""}`);
+    if (report.unmatchedOutputsOmitted) lines.push(`  … and ${report.unmatchedOutputsOmitted} more`);
   }
   if (report.refused.length > 0) {
     lines.push("Refused (not kept):");

@@ -14,6 +14,7 @@ import {
   formatBytes,
   jobKeys,
   matchesPattern,
+  MAX_REPORTED_UNMATCHED,
   validateLevels,
   validateRelativePath,
   type DeclaredOutput,
@@ -125,9 +126,12 @@ export async function persistOutputs(
   const content: OutputReport = {
     outputs,
     unmatchedPatterns: match.unmatchedPatterns.map(declaredOutput),
-    unmatchedOutputs: match.unmatchedOutputs.map((u) =>
-      u.hint === undefined ? { path: u.path } : { path: u.path, hint: u.hint },
-    ),
+    unmatchedOutputs: match.unmatchedOutputs
+      .slice(0, MAX_REPORTED_UNMATCHED)
+      .map((u) => (u.hint === undefined ? { path: u.path } : { path: u.path, hint: u.hint })),
+    ...(match.unmatchedOutputs.length > MAX_REPORTED_UNMATCHED
+      ? { unmatchedOutputsOmitted: match.unmatchedOutputs.length - MAX_REPORTED_UNMATCHED }
+      : {}),
     refused: refusals.sort((a, b) => compare(a.path, b.path) || compare(a.reason, b.reason)),
   };
   const bytes = encodeValue(content, { path: "manifest" });

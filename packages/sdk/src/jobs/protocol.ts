@@ -9,6 +9,12 @@ import type { ObjectRef } from "../objects/object-ref.js";
  * task's keys; the manifest, written last, marks them complete.
  */
 
+/**
+ * Unmatched files listed in a report: a command that writes 100,000 stray
+ * files must not make a result too large to deliver; the rest are counted.
+ */
+export const MAX_REPORTED_UNMATCHED = 1000;
+
 /** Carried by both records; a new layout gets a new tag. */
 export const JOB_FORMAT = "kiln-exec/1";
 
@@ -75,8 +81,10 @@ export interface OutputReport {
   outputs: PersistedOutput[];
   /** Declared outputs that matched no file: the job fails. */
   unmatchedPatterns: { name: string; level: string; pattern: string }[];
-  /** New files no pattern matched: a hint, not a failure. `hint` names the nearest pattern. */
+  /** New files no pattern matched: a hint, not a failure. `hint` names the nearest pattern. At most MAX_REPORTED_UNMATCHED. */
   unmatchedOutputs: { path: string; hint?: string }[];
+  /** How many more unmatched files there were, beyond those listed (absent when none). */
+  unmatchedOutputsOmitted?: number;
   /** New entries that were not collected, and why (a symlink, a FIFO, a device, over the level's size limit…). */
   refused: { path: string; reason: string }[];
   /** The manifest object, written after every file: present only when the outputs are complete. */
