@@ -24,3 +24,4 @@ export {
 export * from "./jobs/protocol.js";
 export * from "./jobs/output-spec.js";
 export * from "./jobs/job-rules.js";
+export { sha256Hex, Sha256Counter } from "./digest.js";

@@ -15,6 +15,7 @@ import {
   jobKeys,
   matchesPattern,
   MAX_REPORTED_UNMATCHED,
+  sha256Hex,
   validateLevels,
   validateRelativePath,
   type DeclaredOutput,
@@ -85,7 +86,7 @@ export async function persistOutputs(
 ): Promise<OutputReport> {
   const levels = validateLevels(target.levels);
   const root = await fsp.realpath(target.workDir);
-  const keyOf = (file: string) => jobKeys.output(target.application, target.sessionId, target.taskId, sha256(file));
+  const keyOf = (file: string) => jobKeys.output(target.application, target.sessionId, target.taskId, sha256Hex(file));
   const manifestKey = jobKeys.manifest(target.application, target.sessionId, target.taskId);
 
   const matched = [...match.matched].sort((a, b) => compare(a.path, b.path));
@@ -136,7 +137,7 @@ export async function persistOutputs(
   };
   const bytes = encodeValue(content, { path: "manifest" });
   const manifest =
-    previous && !dropManifest && previous.stat.sha256 === sha256(bytes) && previous.stat.size === bytes.byteLength
+    previous && !dropManifest && previous.stat.sha256 === sha256Hex(bytes) && previous.stat.size === bytes.byteLength
       ? ObjectRef.from({
           // A stat carries no endpoint: the outputs' refs name the one the cache advertises; with none, the configured one.
           endpoint: outputs[0]?.ref.endpoint ?? target.cache.endpoint,
@@ -280,10 +281,6 @@ function persisted(file: PlannedFile, ref: ObjectRef): PersistedOutput {
 
 function declaredOutput(d: DeclaredOutput): { name: string; level: string; pattern: string } {
   return { name: d.name, level: d.level, pattern: d.pattern };
-}
-
-function sha256(data: string | Uint8Array): string {
-  return createHash("sha256").update(data).digest("hex");
 }
 
 /** Code-unit order, the same on every machine (localeCompare is not). */

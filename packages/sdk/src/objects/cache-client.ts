@@ -1,4 +1,5 @@
 import { loadCacheConfig, type CacheConfigOptions } from "../client/config.js";
+import { Sha256Counter, sha256Hex } from "../digest.js";
 import { createHash, randomBytes, type Hash } from "node:crypto";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
@@ -6,7 +7,7 @@ import * as path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Transform, type Readable } from "node:stream";
 import { normalizeEndpoint } from "../client/config.js";
-import { decodeValue, encodeValue } from "../codec/index.js";
+import { CODEC_FORMAT_VERSION, decodeValue, encodeValue } from "../codec/index.js";
 import { ErrorCode, InvalidArgumentError, KilnError } from "../errors.js";
 import { CacheHttp, readAll, type ResponseHeaders, type WholeResponse } from "./http.js";
 import { validateListPrefix, validateObjectKey, validateObjectPrefix } from "./keys.js";
@@ -116,6 +117,20 @@ export class ObjectCache {
   }
 
   /**
+   * Like putObject, for a value already encoded with `encodeValue`: a caller
+   * that had to encode a large value (to learn its size) does not encode it again.
+   *
+   * @example
+   * const bytes = encodeValue(bigTable);
+   * const ref = bytes.byteLength > limit ? await cache.putEncoded("my-app/s1", bytes) : undefined;
+   */
+  async putEncoded(keyOrPrefix: string, encoded: Uint8Array): Promise<ObjectRef> {
+    if (encoded[0] !== CODEC_FORMAT_VERSION)
+      throw new InvalidArgumentError("encoded", `must be an encodeValue() encoding (format ${CODEC_FORMAT_VERSION})`);
+    return this.putBytes(keyOrPrefixPath(keyOrPrefix), encoded);
+  }
+
+  /**
    * Reads the current version of an object, decoded. With deltas, the base
    * and deltas are combined by `merge`, else by {@link defaultMerge}.
    *
@@ -209,13 +224,7 @@ export class ObjectCache {
       input.destroy();
       throw err;
     });
-    const hash = createHash("sha256");
-    const hashing = new Transform({
-      transform(chunk: Buffer, _encoding, callback) {
-        hash.update(chunk);
-        callback(null, chunk);
-      },
-    });
+    const hashing = new Sha256Counter();
     // Errors on either side tear down both; the request reports them.
     pipeline(input, hashing).catch(() => undefined);
     const ref = ObjectRef.from(
@@ -225,7 +234,7 @@ export class ObjectCache {
       ),
     );
     this.local?.delete(this.endpoint, ref.key);
-    expectSha256(ref, hash.digest("hex"), opened.size);
+    expectSha256(ref, hashing.digest(), opened.size);
     return ref;
   }
 
@@ -304,7 +313,7 @@ export class ObjectCache {
 
   private async putBytes(pathname: string, bytes: Uint8Array): Promise<ObjectRef> {
     const ref = ObjectRef.from(await this.http.json<unknown>({ method: "PUT", path: pathname, body: bytes }));
-    expectSha256(ref, createHash("sha256").update(bytes).digest("hex"), bytes.byteLength);
+    expectSha256(ref, sha256Hex(bytes), bytes.byteLength);
     this.local?.set(this.endpoint, ref.key, {
       version: ref.version,
       sha256: ref.sha256,
@@ -452,10 +461,6 @@ async function readJson(body: Readable): Promise<unknown> {
   return JSON.parse((await readAll(body, Infinity)).toString("utf8")) as unknown;
 }
 
-function sha256Hex(bytes: Uint8Array): string {
-  return createHash("sha256").update(bytes).digest("hex");
-}
-
 function header(headers: ResponseHeaders, name: string): string {
   const value = headers[name];
   if (typeof value !== "string") throw new KilnError(ErrorCode.Internal, `object cache reply has no ${name} header`);
@@ -477,16 +482,8 @@ function expectSha256(ref: ObjectRef, sha256: string, size: number): void {
 
 /** Hashes a raw body as it passes. */
 function rawVerifier() {
-  const hash = createHash("sha256");
-  let size = 0;
-  const stream = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      hash.update(chunk);
-      size += chunk.length;
-      callback(null, chunk);
-    },
-  });
-  return { stream, result: () => ({ sha256: hash.digest("hex"), size }) };
+  const stream = new Sha256Counter();
+  return { stream, result: () => ({ sha256: stream.digest(), size: stream.bytes }) };
 }
 
 /** Unwraps a parts body into the object's bytes, chaining the sha256 part by part. */

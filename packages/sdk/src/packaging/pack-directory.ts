@@ -1,10 +1,9 @@
-import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import ignore, { type Ignore } from "ignore";
 import { create as createTar } from "tar";
+import { Sha256Counter } from "../digest.js";
 import { InvalidArgumentError } from "../errors.js";
 
 /** What to leave out of a package and how to read the project's own ignore rules. */
@@ -64,21 +63,13 @@ export async function packFile(file: string, outFile: string): Promise<PackedArc
 }
 
 async function writeTarGz(root: string, files: string[], outFile: string): Promise<PackedArchive> {
-  const hash = createHash("sha256");
-  let size = 0;
-  const measure = new Transform({
-    transform(chunk: Buffer, _encoding, done) {
-      hash.update(chunk);
-      size += chunk.length;
-      done(null, chunk);
-    },
-  });
+  const measure = new Sha256Counter();
   const tarStream = createTar(
     { cwd: root, gzip: true, portable: true, mtime: FIXED_MTIME, noDirRecurse: true, follow: false },
     files,
   );
   await pipeline(tarStream, measure, fs.createWriteStream(outFile));
-  return { file: outFile, sha256: hash.digest("hex"), size, files };
+  return { file: outFile, sha256: measure.digest(), size: measure.bytes, files };
 }
 
 async function ignoreRules(root: string, options: PackOptions): Promise<Ignore> {

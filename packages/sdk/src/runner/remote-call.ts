@@ -68,8 +68,8 @@ async function run(
 ): Promise<CallOutcome> {
   let input = small;
   if (!input) {
-    const args = await resolveArgs(slots ?? [], (value) =>
-      binding.cache.putObject(runnerKeys.session(binding.application, binding.sessionId), value),
+    const args = await resolveArgs(slots ?? [], (encoded) =>
+      binding.cache.putEncoded(runnerKeys.session(binding.application, binding.sessionId), encoded),
     );
     input = encodeCall({ format: RUNNER_FORMAT, type: "input", service: binding.service, method, args });
   }

@@ -172,7 +172,8 @@ export class Runner implements AsyncDisposable {
     const o = checkServiceOptions((options[0] ?? {}) as AnyServiceOptions);
     const sessionId = generateSessionId(this.name);
     this.#sessionIds.push(sessionId);
-    const putToSession = (value: unknown) => this.cache.putObject(runnerKeys.session(this.name, sessionId), value);
+    const putToSession = (encoded: Uint8Array) =>
+      this.cache.putEncoded(runnerKeys.session(this.name, sessionId), encoded);
     const args = await resolveArgs(checkArgs(o.args ?? [], "options.args"), putToSession);
     const commonData = encodeServiceSpec({
       format: RUNNER_FORMAT,

@@ -1,16 +1,9 @@
-import { createHash, type Hash } from "node:crypto";
-import { Transform, type TransformCallback } from "node:stream";
 import type { PackageUrl } from "./package-url.js";
 
 /** Application label that pins the package's content: `kiln.sha256=<64 hex digits>`. */
 export const DIGEST_LABEL = "kiln.sha256";
 const FRAGMENT_PREFIX = "sha256=";
 const SHA256_HEX = /^[0-9a-f]{64}$/;
-
-/** The lower-case hex sha256 of `data`. */
-export function sha256Hex(data: Uint8Array | string): string {
-  return createHash("sha256").update(data).digest("hex");
-}
 
 function parseDigest(where: string, value: string): string {
   const digest = value.toLowerCase();
@@ -38,21 +31,4 @@ export function expectedSha256(url: PackageUrl, labels: readonly string[]): stri
   if (fromUrl && fromLabel && fromUrl !== fromLabel)
     throw new Error(`the URL digest sha256=${fromUrl} and label ${DIGEST_LABEL}=${fromLabel} disagree`);
   return fromUrl ?? fromLabel;
-}
-
-/** Passes bytes through unchanged while hashing and counting them. */
-export class Sha256Counter extends Transform {
-  private readonly hash: Hash = createHash("sha256");
-  bytes = 0;
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.hash.update(chunk);
-    this.bytes += chunk.length;
-    callback(null, chunk);
-  }
-
-  /** The hex digest; call once, after the stream ended. */
-  digest(): string {
-    return this.hash.digest("hex");
-  }
 }

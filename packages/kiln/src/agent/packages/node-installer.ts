@@ -1,8 +1,8 @@
+import { sha256Hex } from "@kiln/sdk/internal";
 import { spawn, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { prependPath } from "./binary-installer.js";
-import { sha256Hex } from "./digest.js";
 import { exists, renameIntoPlace, tempPath, type PackageLayout } from "./layout.js";
 import { joinFlight } from "./single-flight.js";
 

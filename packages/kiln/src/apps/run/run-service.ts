@@ -136,9 +136,11 @@ export class RunService {
       encodeValue(value, { path: "result" }); // throws the same refusal, named after the result rather than the record
       throw err;
     }
-    if (inline.byteLength <= INLINE_LIMIT || encodeValue(value).byteLength <= INLINE_LIMIT) return inline;
+    if (inline.byteLength <= INLINE_LIMIT) return inline;
+    const encoded = encodeValue(value);
+    if (encoded.byteLength <= INLINE_LIMIT) return inline;
     const key = runnerKeys.result(application, task.sessionId, task.taskId);
-    return encodeOutput({ ...record, resultRef: await this.objects().putObject(key, value) });
+    return encodeOutput({ ...record, resultRef: await this.objects().putEncoded(key, encoded) });
   }
 
   private errorRecord(error: Error, output: CapturedOutput, durationMs: number): Uint8Array {
