@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { performance } from "node:perf_hooks";
-import { BoundedBytes } from "./bounded-bytes.js";
+import { BoundedBytes } from "../bounded-bytes.js";
 
 /** One command to run. */
 export interface CommandSpec {
@@ -32,6 +32,8 @@ export interface CommandOutcome {
 export const KILL_GRACE_MS = 2_000;
 // Output still in the pipes when the command exits; a process that escaped its group may hold them open forever.
 const PIPE_DRAIN_MS = 500;
+/** What a failure message may quote of stderr, even when its middle was cut. */
+const TAIL_BYTES = 4096;
 
 const liveGroups = new Set<number>();
 let exitHookInstalled = false;
@@ -76,8 +78,8 @@ function startFailure(err: NodeJS.ErrnoException, program: string): { exitCode: 
 export function runCommand(spec: CommandSpec): Promise<CommandOutcome> {
   installExitHook();
   const started = performance.now();
-  const stdout = new BoundedBytes(spec.captureBytes);
-  const stderr = new BoundedBytes(spec.captureBytes);
+  const stdout = new BoundedBytes(spec.captureBytes, TAIL_BYTES);
+  const stderr = new BoundedBytes(spec.captureBytes, TAIL_BYTES);
   const [program, ...args] = spec.argv;
   return new Promise((resolve) => {
     let timedOut = false;

@@ -1,36 +1,11 @@
 import type { CapturedOutput } from "@kiln/sdk/internal";
 import { AsyncLocalStorage } from "node:async_hooks";
-
-/** One stream of one call, bounded to `limit` bytes. */
-class BoundedText {
-  private readonly parts: string[] = [];
-  private kept = 0;
-  truncated = 0;
-
-  constructor(private readonly limit: number) {}
-
-  add(chunk: string | Uint8Array, encoding: BufferEncoding | undefined): void {
-    const bytes = typeof chunk === "string" ? Buffer.from(chunk, encoding) : Buffer.from(chunk);
-    const room = this.limit - this.kept;
-    if (room <= 0) {
-      this.truncated += bytes.length;
-      return;
-    }
-    const kept = bytes.length <= room ? bytes : bytes.subarray(0, room);
-    this.parts.push(kept.toString("utf8"));
-    this.kept += kept.length;
-    this.truncated += bytes.length - kept.length;
-  }
-
-  text(): string {
-    return this.parts.join("");
-  }
-}
+import { BoundedBytes } from "../bounded-bytes.js";
 
 /** The output of one call while it runs; writes after `closed` go to the real streams. */
 interface CallOutput {
-  stdout: BoundedText;
-  stderr: BoundedText;
+  stdout: BoundedBytes;
+  stderr: BoundedBytes;
   closed: boolean;
 }
 
@@ -59,8 +34,8 @@ export class OutputCapture {
   ): Promise<{ result: PromiseSettledResult<Awaited<T>>; output: CapturedOutput }> {
     this.install();
     const call: CallOutput = {
-      stdout: new BoundedText(this.limit),
-      stderr: new BoundedText(this.limit),
+      stdout: new BoundedBytes(this.limit),
+      stderr: new BoundedBytes(this.limit),
       closed: false,
     };
     const settled = await this.storage.run(call, async () => {
@@ -90,7 +65,7 @@ export class OutputCapture {
     this.patch(process.stderr, (call) => call.stderr);
   }
 
-  private patch(stream: NodeJS.WriteStream, pick: (call: CallOutput) => BoundedText): void {
+  private patch(stream: NodeJS.WriteStream, pick: (call: CallOutput) => BoundedBytes): void {
     const original = stream.write.bind(stream) as (...args: unknown[]) => boolean;
     const storage = this.storage;
     const write = function (this: unknown, chunk: unknown, ...rest: unknown[]): boolean {
@@ -98,7 +73,7 @@ export class OutputCapture {
       if (!call || call.closed || (typeof chunk !== "string" && !(chunk instanceof Uint8Array)))
         return original(chunk, ...rest);
       const encoding = typeof rest[0] === "string" ? (rest[0] as BufferEncoding) : undefined;
-      pick(call).add(chunk, encoding);
+      pick(call).add(typeof chunk === "string" ? Buffer.from(chunk, encoding) : Buffer.from(chunk));
       const callback = rest.find((r): r is (err?: Error | null) => void => typeof r === "function");
       if (callback) process.nextTick(callback);
       return true;

@@ -1,11 +1,12 @@
 /**
- * One output stream of a command, bounded: keeps the first `limit` bytes and
- * counts the rest, and separately the last `tailBytes` bytes (what a failure
- * message quotes, even when the middle was cut). Chunks are kept as bytes and
- * decoded once, so a character split across pipe reads stays whole.
+ * One output stream (a job's command, a Runner call), bounded: keeps the
+ * first `limit` bytes and counts the rest, and, when asked, the last
+ * `tailBytes` bytes (what a failure message quotes, even when the middle was
+ * cut). Chunks are kept as bytes and decoded once, so a character split
+ * across writes stays whole.
  *
  * @example
- * const out = new BoundedBytes(64 * 1024);
+ * const out = new BoundedBytes(64 * 1024, 4096);
  * child.stdout.on("data", (chunk: Buffer) => out.add(chunk));
  * console.log(out.text(), out.truncated);
  */
@@ -18,7 +19,7 @@ export class BoundedBytes {
 
   constructor(
     private readonly limit: number,
-    private readonly tailBytes = 4096,
+    private readonly tailBytes = 0,
   ) {}
 
   add(chunk: Buffer): void {
@@ -29,6 +30,7 @@ export class BoundedBytes {
       this.kept += part.length;
     }
     this.truncated += Math.max(0, chunk.length - Math.max(room, 0));
+    if (this.tailBytes === 0) return;
     const joined = Buffer.concat([this.last, chunk]);
     this.last = joined.subarray(Math.max(0, joined.length - this.tailBytes));
   }
