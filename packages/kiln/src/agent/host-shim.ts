@@ -1,3 +1,4 @@
+import { signalProcessGroup } from "../util/process-group.js";
 import { acceptsConnections } from "@kiln/sdk/internal";
 import { kiln, type flame } from "@kiln/sdk/proto";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -111,11 +112,7 @@ export class ServiceProcess {
   }
 
   private signalGroup(signal: NodeJS.Signals): void {
-    try {
-      process.kill(-this.pid, signal);
-    } catch {
-      // The group is already gone.
-    }
+    signalProcessGroup(this.pid, signal);
   }
 }
 

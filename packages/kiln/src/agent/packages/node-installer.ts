@@ -1,3 +1,4 @@
+import { signalProcessGroup } from "../../util/process-group.js";
 import { sha256Hex } from "@kiln/sdk/internal";
 import { spawn, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
@@ -142,13 +143,7 @@ export async function runLogged(
   } finally {
     fs.closeSync(fd);
   }
-  const killGroup = () => {
-    try {
-      process.kill(-child.pid!, "SIGKILL");
-    } catch {
-      // Already gone.
-    }
-  };
+  const killGroup = () => signalProcessGroup(child.pid!, "SIGKILL");
   let stopped = "";
   const stop = (why: string) => {
     stopped = why;

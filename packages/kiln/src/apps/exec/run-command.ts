@@ -1,3 +1,4 @@
+import { signalProcessGroup } from "../../util/process-group.js";
 import { spawn } from "node:child_process";
 import { performance } from "node:perf_hooks";
 import { BoundedBytes } from "../bounded-bytes.js";
@@ -43,16 +44,8 @@ function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
   process.on("exit", () => {
-    for (const pgid of liveGroups) signalGroup(pgid, "SIGKILL");
+    for (const pgid of liveGroups) signalProcessGroup(pgid, "SIGKILL");
   });
-}
-
-function signalGroup(pgid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pgid, signal);
-  } catch {
-    // The group is already gone.
-  }
 }
 
 function startFailure(err: NodeJS.ErrnoException, program: string): { exitCode: number; message: string } {
@@ -102,8 +95,8 @@ export function runCommand(spec: CommandSpec): Promise<CommandOutcome> {
 
     const stop = () => {
       if (pgid === undefined || graceTimer) return;
-      signalGroup(pgid, "SIGTERM");
-      graceTimer = setTimeout(() => signalGroup(pgid, "SIGKILL"), KILL_GRACE_MS);
+      signalProcessGroup(pgid, "SIGTERM");
+      graceTimer = setTimeout(() => signalProcessGroup(pgid, "SIGKILL"), KILL_GRACE_MS);
     };
     const timeoutTimer = setTimeout(() => {
       timedOut = true;
@@ -125,7 +118,7 @@ export function runCommand(spec: CommandSpec): Promise<CommandOutcome> {
       clearTimeout(graceTimer);
       spec.signal.removeEventListener("abort", onAbort);
       if (pgid !== undefined) {
-        signalGroup(pgid, "SIGKILL");
+        signalProcessGroup(pgid, "SIGKILL");
         liveGroups.delete(pgid);
       }
       let drainTimer: NodeJS.Timeout | undefined;
