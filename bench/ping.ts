@@ -24,6 +24,18 @@ function peakRss(pid: number): number | undefined {
   }
 }
 
+/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat. */
+function cpuSeconds(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
+
 function descendants(pid: number): number[] {
   const out: number[] = [];
   const walk = (p: number) => {
@@ -73,21 +85,34 @@ try {
     await new Promise((r) => setTimeout(r, 200));
   }
   // Peak RSS is sampled while the run is going: service processes exit when the cluster stops.
-  const peaks = new Map<number, { name: string; rss: number }>();
+  // CPU time is taken at the first and last sample, so it counts the run, not the start-up.
+  const peaks = new Map<number, { name: string; rss: number; cpuStart: number; cpuEnd: number }>();
   const sample = () => {
     for (const pid of [up.pid!, ...descendants(up.pid!)]) {
       const rss = peakRss(pid);
-      if (rss !== undefined) peaks.set(pid, { name: describe(pid), rss: Math.max(rss, peaks.get(pid)?.rss ?? 0) });
+      const cpu = cpuSeconds(pid);
+      if (rss === undefined || cpu === undefined) continue;
+      const seen = peaks.get(pid);
+      peaks.set(pid, {
+        name: describe(pid),
+        rss: Math.max(rss, seen?.rss ?? 0),
+        cpuStart: seen?.cpuStart ?? cpu,
+        cpuEnd: cpu,
+      });
     }
   };
+  sample();
   const sampler = setInterval(sample, 250);
   const ping = spawn(process.execPath, [CLI, "ping", "-p", "-t", String(tasks), "-o", "json", "--endpoint", endpoint], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   let out = "";
   ping.stdout.on("data", (d: Buffer) => (out += d));
-  const pingPeak = { rss: 0 };
-  const pingSampler = setInterval(() => (pingPeak.rss = Math.max(pingPeak.rss, peakRss(ping.pid!) ?? 0)), 250);
+  const pingPeak = { rss: 0, cpu: 0 };
+  const pingSampler = setInterval(() => {
+    pingPeak.rss = Math.max(pingPeak.rss, peakRss(ping.pid!) ?? 0);
+    pingPeak.cpu = cpuSeconds(ping.pid!) ?? pingPeak.cpu;
+  }, 100);
   const code = await new Promise<number | null>((resolve) => ping.once("exit", resolve));
   clearInterval(sampler);
   clearInterval(pingSampler);
@@ -102,9 +127,11 @@ try {
   console.log(`duration:     ${summary.durationMs.toFixed(0)} ms`);
   console.log(`throughput:   ${summary.tasksPerSecond.toFixed(0)} tasks/s`);
   console.log(`latency:      p50 ${summary.latencyMs.p50.toFixed(1)} ms, p99 ${summary.latencyMs.p99.toFixed(1)} ms`);
-  console.log("peak RSS:");
-  console.log(`  ${"kiln ping (client)".padEnd(36)} ${mb(pingPeak.rss)}`);
-  for (const [pid, p] of peaks) console.log(`  ${`${p.name} [${pid}]`.padEnd(36)} ${mb(p.rss)}`);
+  const cpu = (s: number) => `${s.toFixed(2).padStart(6)} s`;
+  console.log(`peak RSS and CPU time during the run (client CPU includes its start-up):`);
+  console.log(`  ${"kiln ping (client)".padEnd(36)} ${mb(pingPeak.rss).padStart(7)}  ${cpu(pingPeak.cpu)}`);
+  for (const [pid, p] of peaks)
+    console.log(`  ${`${p.name} [${pid}]`.padEnd(36)} ${mb(p.rss).padStart(7)}  ${cpu(p.cpuEnd - p.cpuStart)}`);
 } finally {
   up.kill("SIGTERM");
   const timer = setTimeout(() => up.kill("SIGKILL"), 20_000);

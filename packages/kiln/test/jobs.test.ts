@@ -14,6 +14,7 @@ import {
   type OutputReport,
   type Session,
 } from "@kiln/sdk";
+import { LazyAbort } from "@kiln/sdk/internal";
 import { flame } from "@kiln/sdk/proto";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
@@ -450,17 +451,17 @@ describe("cancelling a running task reaches the service (TaskContextInfo.signal)
       try {
         assert.equal(await streamed.useInvokeStream(5_000), undefined, "the SDK serves the batched stream");
         const task = (taskId: string) => create(flame.TaskContextSchema, { taskId, sessionId: "s1" });
-        const cancelFirst = new AbortController();
-        const first = streamed.invoke(task("1"), cancelFirst.signal);
-        const second = streamed.invoke(task("2"), new AbortController().signal);
+        const cancelFirst = new LazyAbort();
+        const first = streamed.invoke(task("1"), cancelFirst);
+        const second = streamed.invoke(task("2"), new LazyAbort());
         await waitFor("both tasks to start", () => (started.has("1") && started.has("2")) || undefined, 5_000);
         cancelFirst.abort();
         const answer = await first;
         assert.equal(new TextDecoder().decode(answer.output), "stopped 1", "the aborted task is answered");
         assert.deepEqual(aborted, ["1"], "only the cancelled task is aborted");
 
-        const cancelCall = new AbortController();
-        const call = unary.invoke(task("3"), cancelCall.signal);
+        const cancelCall = new LazyAbort();
+        const call = unary.invoke(task("3"), cancelCall);
         await waitFor("the unary task to start", () => started.has("3") || undefined, 5_000);
         cancelCall.abort();
         await assert.rejects(call);

@@ -6,6 +6,7 @@ export { validateName, parseResreq, parseBytes, formatResreq, formatBytes, type 
 export { toConnectError, toKilnError, ERROR_CODE_HEADER } from "./errors.js";
 export { createClusterTransport, createUnixSocketTransport, TOKEN_HEADER } from "./transport.js";
 export { BatchQueue } from "./service/batch-queue.js";
+export { LazyAbort } from "./service/lazy-abort.js";
 export { acceptsConnections } from "./service/socket-path.js";
 export { validateObjectKey, validateObjectPrefix, validateListPrefix } from "./objects/keys.js";
 export * from "./objects/parts.js";

@@ -9,7 +9,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { after, before, describe, test } from "node:test";
 import { serve, type ServiceHandle, type SessionContextInfo } from "../src/index.js";
-import { BatchQueue, createUnixSocketTransport } from "../src/internal.js";
+import { BatchQueue, createUnixSocketTransport, LazyAbort } from "../src/internal.js";
 import { flame, kiln } from "../src/proto.js";
 import { within } from "./support/within.js";
 
@@ -292,5 +292,29 @@ describe("serve(): socket and process handling", () => {
     });
     const { code } = await within(exited(late), 20_000, "the service of a dead agent to exit");
     assert.equal(code, 0);
+  });
+});
+
+describe("LazyAbort: the per-task abort switch", () => {
+  test("a signal first read after abort() is already aborted, and listeners run exactly once", () => {
+    const abort = new LazyAbort();
+    const calls: string[] = [];
+    abort.onAbort(() => calls.push("before"));
+    assert.equal(abort.aborted, false);
+    abort.abort();
+    abort.abort();
+    abort.onAbort(() => calls.push("after"));
+    assert.deepEqual(calls, ["before", "after"]);
+    assert.equal(abort.signal.aborted, true);
+  });
+
+  test("a signal read before abort() fires its abort event", () => {
+    const abort = new LazyAbort();
+    const signal = abort.signal;
+    let fired = 0;
+    signal.addEventListener("abort", () => fired++);
+    abort.abort();
+    assert.equal(fired, 1);
+    assert.equal(abort.signal, signal, "the same signal every time");
   });
 });

@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { validateName } from "@kiln/sdk/internal";
+import { LazyAbort, validateName } from "@kiln/sdk/internal";
 import { flame, kiln } from "@kiln/sdk/proto";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs/promises";
@@ -50,7 +50,7 @@ interface Run {
   /** Cancelled or forgotten: its result is not reported. */
   dropped: boolean;
   /** Tells the service to stop the task once it is dropped. */
-  abort: AbortController;
+  abort: LazyAbort;
 }
 
 const taskKey = (taskId: string, attempt: number) => `${taskId}/${attempt}`;
@@ -113,7 +113,7 @@ export class Executor {
     if (this.state !== "bound" || !service) return;
     while (this.running.size < this.concurrency && this.queue.length > 0) {
       const task = this.queue.shift()!;
-      const run: Run = { task, dropped: false, abort: new AbortController() };
+      const run: Run = { task, dropped: false, abort: new LazyAbort() };
       this.running.set(taskKey(task.taskId, task.attempt), run);
       void this.invoke(service, run);
     }
@@ -125,7 +125,7 @@ export class Executor {
     if (task.input !== undefined) ctx.input = task.input;
     let result: flame.TaskResult;
     try {
-      result = await service.client.invoke(ctx, run.abort.signal);
+      result = await service.client.invoke(ctx, run.abort);
     } catch (err) {
       await Promise.race([service.process.exited, sleep(EXIT_EXPLAINS_WITHIN_MS)]);
       result = create(flame.TaskResultSchema, { returnCode: -1, message: errorMessage(err) });

@@ -1,5 +1,5 @@
 import { createClient, type Client } from "@connectrpc/connect";
-import { createUnixSocketTransport } from "@kiln/sdk/internal";
+import { createUnixSocketTransport, type LazyAbort } from "@kiln/sdk/internal";
 import { flame } from "@kiln/sdk/proto";
 import { InvokeStream } from "./invoke-stream.js";
 
@@ -42,13 +42,13 @@ export class InstanceClient {
 
   /**
    * The service's result for one task. No deadline: tasks may be long.
-   * Rejects on an RPC failure. Aborting `signal` makes the service abort the
-   * task (on the stream a cancel message, its answer still awaited; a unary
-   * call is cancelled and rejects).
+   * Rejects on an RPC failure. `abort` makes the service abort the task (on
+   * the stream a cancel message, its answer still awaited; a unary call is
+   * cancelled and rejects).
    */
-  invoke(task: flame.TaskContext, signal?: AbortSignal): Promise<flame.TaskResult> {
-    if (this.stream?.usable) return this.stream.invoke(task, signal);
-    return this.flame.onTaskInvoke(task, signal ? { signal } : {});
+  invoke(task: flame.TaskContext, abort: LazyAbort): Promise<flame.TaskResult> {
+    if (this.stream?.usable) return this.stream.invoke(task, abort);
+    return this.flame.onTaskInvoke(task, { signal: abort.signal });
   }
 
   /** Drops the connection: calls in flight fail at once. */

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
-import { BatchQueue } from "@kiln/sdk/internal";
+import { BatchQueue, type LazyAbort } from "@kiln/sdk/internal";
 import { flame, kiln } from "@kiln/sdk/proto";
 
 // Tasks per InvokeRequest: big enough to batch, small enough to keep messages small.
@@ -64,17 +64,17 @@ export class InvokeStream {
 
   /**
    * Resolves the service's result; rejects if the stream breaks first.
-   * Aborting `signal` asks the service to abort the task; the promise still
-   * settles with its answer, once the service has stopped it.
+   * `abort` asks the service to abort the task; the promise still settles
+   * with its answer, once the service has stopped it.
    */
-  invoke(task: flame.TaskContext, signal?: AbortSignal): Promise<flame.TaskResult> {
+  invoke(task: flame.TaskContext, abort: LazyAbort): Promise<flame.TaskResult> {
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
       let list = this.waiters.get(task.taskId);
       if (!list) this.waiters.set(task.taskId, (list = []));
       list.push({ resolve, reject });
       this.requests.push({ task });
-      signal?.addEventListener("abort", () => this.requests.push({ cancel: task.taskId }), { once: true });
+      abort.onAbort(() => this.requests.push({ cancel: task.taskId }));
     });
   }
 

@@ -57,22 +57,31 @@ function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+const utf8 = new TextEncoder();
+
 function toOutput(value: Uint8Array | string | void): Uint8Array | undefined {
   if (value === undefined) return undefined;
-  return typeof value === "string" ? new TextEncoder().encode(value) : value;
+  return typeof value === "string" ? utf8.encode(value) : value;
 }
 
 /**
- * Runs `onTaskInvoke` with `signal` as the task's abort signal; never
- * rejects: a thrown error becomes return code -1 with its message.
+ * Runs `onTaskInvoke` with `abort.signal` as the task's abort signal, read
+ * only if the handler reads it; never rejects: a thrown error becomes return
+ * code -1 with its message.
  */
 export async function runTask(
   handlers: ServiceHandlers,
   task: flame.TaskContext,
-  signal: AbortSignal,
+  abort: { readonly signal: AbortSignal },
 ): Promise<flame.TaskResult> {
   try {
-    const info: TaskContextInfo = { taskId: task.taskId, sessionId: task.sessionId, signal };
+    const info: TaskContextInfo = {
+      taskId: task.taskId,
+      sessionId: task.sessionId,
+      get signal() {
+        return abort.signal;
+      },
+    };
     if (task.input !== undefined) info.input = task.input;
     const output = toOutput(await handlers.onTaskInvoke(info));
     return create(flame.TaskResultSchema, { returnCode: 0, ...(output ? { output } : {}) });

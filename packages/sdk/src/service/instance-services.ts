@@ -3,13 +3,14 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import * as flame from "../protocol/flame.js";
 import * as kiln from "../protocol/kiln.js";
 import { BatchQueue } from "./batch-queue.js";
+import { LazyAbort } from "./lazy-abort.js";
 import { runHook, runTask, toSessionContextInfo, type ServiceHandlers } from "./handlers.js";
 
 /** flame.v1.Instance: one call per task, as Flame's executors make them; a cancelled call aborts its task. */
 export function flameInstance(handlers: ServiceHandlers): ServiceImpl<typeof flame.Instance> {
   return {
     onSessionEnter: (ctx) => runHook(() => handlers.onSessionEnter?.(toSessionContextInfo(ctx))),
-    onTaskInvoke: (task, context) => runTask(handlers, task, context.signal),
+    onTaskInvoke: (task, context) => runTask(handlers, task, context),
     onSessionLeave: () => runHook(() => handlers.onSessionLeave?.()),
   };
 }
@@ -27,22 +28,24 @@ export function kilnInstance(handlers: ServiceHandlers): ServiceImpl<typeof kiln
     async *invoke(requests) {
       const outcomes = new BatchQueue<kiln.InvokeOutcome>();
       // Per task id: a retried attempt may arrive while the cancelled one still winds down.
-      const running = new Map<string, Set<AbortController>>();
+      const running = new Map<string, LazyAbort[]>();
       let active = 0;
       let inputEnded = false;
       const endIfIdle = () => {
         if (inputEnded && active === 0) outcomes.end();
       };
       const start = (task: flame.TaskContext) => {
-        const abort = new AbortController();
-        let attempts = running.get(task.taskId);
-        if (!attempts) running.set(task.taskId, (attempts = new Set()));
-        attempts.add(abort);
+        const abort = new LazyAbort();
+        const attempts = running.get(task.taskId);
+        if (attempts) attempts.push(abort);
+        else running.set(task.taskId, [abort]);
         active++;
-        void runTask(handlers, task, abort.signal).then((result) => {
+        void runTask(handlers, task, abort).then((result) => {
           active--;
-          attempts.delete(abort);
-          if (attempts.size === 0 && running.get(task.taskId) === attempts) running.delete(task.taskId);
+          // The list is only changed in place, so while it holds this attempt it is this task's list.
+          const attempts = running.get(task.taskId)!;
+          if (attempts.length > 1) attempts.splice(attempts.indexOf(abort), 1);
+          else running.delete(task.taskId);
           // Aborted tasks are answered too: the agent holds their slot until the answer comes.
           outcomes.push(create(kiln.InvokeOutcomeSchema, { taskId: task.taskId, result }));
           endIfIdle();
