@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { createClient } from "@connectrpc/connect";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -17,7 +18,8 @@ import {
   type KilnClient,
   type TaskUpdate,
 } from "../src/index.js";
-import { flame } from "../src/proto.js";
+import { createClusterTransport } from "../src/internal.js";
+import { flame, kiln } from "../src/proto.js";
 import { within } from "./support/within.js";
 
 const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
@@ -404,6 +406,60 @@ describe("client against a control plane", () => {
       session.run("late"),
       (e: unknown) => e instanceof FailedPreconditionError || assertCode(ErrorCode.FailedPrecondition)(e),
     );
+  });
+
+  test("SubmitTasks answers every request in order on one stream; a refused one is an answer, not the end", async () => {
+    const session = await client.createSession({ application: "app", id: "submitted" });
+    const closed = await client.createSession({ application: "app", id: "submitted-closed" });
+    await closed.close();
+    const { transport, close } = createClusterTransport({ endpoint: cp.endpoint });
+    const requests = [
+      { sessionId: session.id, inputs: [new Uint8Array([1]), new Uint8Array([2])] },
+      { sessionId: "no-such-session", inputs: [new Uint8Array([3])] },
+      { sessionId: closed.id, inputs: [new Uint8Array([4])] },
+      { sessionId: session.id, inputs: [new Uint8Array([5])] },
+    ].map((r) => create(kiln.CreateTasksRequestSchema, r));
+    async function* send() {
+      yield* requests;
+    }
+    try {
+      const answers: kiln.SubmitTasksResponse[] = [];
+      for await (const answer of createClient(kiln.Frontend, transport).submitTasks(send(), { timeoutMs: 10_000 }))
+        answers.push(answer);
+      assert.equal(answers.length, 4);
+      assert.deepEqual([answers[0]!.firstTaskId, answers[0]!.count, answers[0]!.error], [1n, 2, undefined]);
+      assert.equal(answers[1]!.error?.code, ErrorCode.NotFound);
+      assert.match(answers[1]!.error?.message ?? "", /no-such-session/);
+      assert.equal(answers[2]!.error?.code, ErrorCode.FailedPrecondition);
+      assert.match(answers[2]!.error?.message ?? "", /submitted-closed/);
+      assert.deepEqual([answers[3]!.firstTaskId, answers[3]!.count, answers[3]!.error], [3n, 1, undefined]);
+      await waitForPending(client, session.id, 3);
+    } finally {
+      close();
+    }
+  });
+
+  test("run() with a small and a large (over 1 MiB, sent unary) input: both tasks exist and settle", async () => {
+    const session = await client.createSession({ application: "app", id: "sizes" });
+    // Settled into values at once, so the rejections are handled when they happen.
+    const small = session.run("small").then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    const large = session.run(new Uint8Array(2 * 1024 * 1024).fill(7)).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    await waitForPending(client, session.id, 2);
+    const sizes: number[] = [];
+    for await (const t of session.listTasks()) sizes.push(t.spec?.input?.byteLength ?? 0);
+    assert.deepEqual(
+      sizes.sort((a, b) => a - b),
+      [5, 2 * 1024 * 1024],
+    );
+    assert.equal(await session.cancel(), 2);
+    assertCode(ErrorCode.TaskCancelled)(await within(small, 10_000, "small run()"));
+    assertCode(ErrorCode.TaskCancelled)(await within(large, 10_000, "large run()"));
   });
 
   test("invoke() reports each state change and resolves with the terminal one", async () => {

@@ -4,7 +4,7 @@ import { AsyncQueue } from "../util/async-queue.js";
 
 /**
  * The control plane's end of one agent's stream. Task assignments made in
- * one event-loop turn leave as a single TaskBatch message.
+ * one event-loop turn leave as a single TaskBatch message (or earlier, at `flush()`).
  */
 export class AgentConnection {
   readonly outbound = new AsyncQueue<kiln.ControlMessage>();
@@ -14,7 +14,7 @@ export class AgentConnection {
   private flushScheduled = false;
 
   send(kind: kiln.ControlMessage["kind"]): void {
-    this.flushTasks();
+    this.flush();
     this.outbound.push(create(kiln.ControlMessageSchema, { kind }));
   }
 
@@ -30,17 +30,18 @@ export class AgentConnection {
     );
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      setImmediate(() => this.flushTasks());
+      setImmediate(() => this.flush());
     }
   }
 
   close(reason?: Error): void {
-    this.flushTasks();
+    this.flush();
     if (reason) this.outbound.fail(reason);
     else this.outbound.end();
   }
 
-  private flushTasks(): void {
+  /** Sends the assignments made so far now, instead of at the end of the event-loop turn. */
+  flush(): void {
     this.flushScheduled = false;
     if (this.batch.length === 0) return;
     const tasks = this.batch;

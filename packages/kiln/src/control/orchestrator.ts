@@ -263,17 +263,32 @@ export class Orchestrator {
       touched.add(s);
     }
     for (const s of touched) this.dispatch(s);
-    if (touched.size > 0) this.requestCycle();
+    if (touched.size > 0) {
+      this.flushAssignments();
+      this.requestCycle();
+    }
   }
 
   // ---- dispatch: the hot path ----
 
-  private dispatchDirty(): void {
+  /**
+   * Hands the pending tasks of sessions that got work to their executors and
+   * sends the assignments at once. Called after each store commit, so new
+   * tasks leave before the API reply that acknowledges them is written, and
+   * at the end of the turn for work added without a commit.
+   */
+  dispatchDirty(): void {
     this.dispatchScheduled = false;
+    if (this.dirtySessions.size === 0) return;
     const sessions = [...this.dirtySessions];
     this.dirtySessions.clear();
     for (const s of sessions) this.dispatch(s);
+    this.flushAssignments();
     this.requestCycle();
+  }
+
+  private flushAssignments(): void {
+    for (const node of this.cluster.nodes.values()) node.connection?.flush();
   }
 
   /** Fills the windows of a session's bound executors with its pending tasks. */

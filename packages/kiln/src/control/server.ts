@@ -77,6 +77,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     },
     workAdded: (s) => orchestrator.workAdded(s),
   };
+  commit.onCommit(() => orchestrator.dispatchDirty());
   commit.onCommit(() => hub.flush());
   orchestrator.start();
 

@@ -2,6 +2,7 @@ import type { CallOptions, Client } from "@connectrpc/connect";
 import { ErrorCode, KilnError, toKilnError } from "../errors.js";
 import type { Frontend as FlameFrontend } from "../protocol/flame.js";
 import type { Frontend as KilnFrontend } from "../protocol/kiln.js";
+import { TaskSubmitter } from "./task-submitter.js";
 
 /** Something that holds a stream open and must stop when the client closes. */
 export interface Stoppable {
@@ -15,6 +16,8 @@ export interface Stoppable {
 export class ClientContext {
   private closedReason: KilnError | undefined;
   private readonly active = new Set<Stoppable>();
+  /** Task creation for run()/invoke(), shared by all sessions of the client. */
+  readonly submitter = new TaskSubmitter(this);
 
   constructor(
     readonly flame: Client<typeof FlameFrontend>,

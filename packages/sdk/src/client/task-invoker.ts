@@ -11,8 +11,8 @@ interface PendingTask {
 
 /**
  * The run()/invoke() hot path of one Session object: calls are gathered into
- * one CreateTasks request per tick and their results come back over one
- * shared WatchSession stream.
+ * one task-creation request per tick (on the client's SubmitTasks stream) and
+ * their results come back over one shared WatchSession stream.
  */
 export class TaskInvoker {
   private readonly watch: SessionWatch;
@@ -45,7 +45,7 @@ export class TaskInvoker {
       // The stream must be live before the tasks exist, or their first updates could be missed.
       release = await this.watch.acquire();
       const inputs = batch.map((p) => p.input);
-      const created = await this.ctx.call((o) => this.ctx.kiln.createTasks({ sessionId: this.sessionId, inputs }, o));
+      const created = await this.ctx.submitter.createTasks(this.sessionId, inputs);
       if (created.count !== batch.length)
         throw new KilnError(
           ErrorCode.Internal,

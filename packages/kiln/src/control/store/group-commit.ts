@@ -53,8 +53,13 @@ export class GroupCommit {
       for (const w of waiters) w.reject(err);
       throw err;
     }
-    for (const w of waiters) w.resolve();
-    for (const hook of this.afterCommitHooks) hook();
+    // Hooks first: they hand new work to agents and changes to watchers, and the
+    // API replies the waiters send can wait the few hundred microseconds they take.
+    try {
+      for (const hook of this.afterCommitHooks) hook();
+    } finally {
+      for (const w of waiters) w.resolve();
+    }
   }
 
   private schedule(): void {

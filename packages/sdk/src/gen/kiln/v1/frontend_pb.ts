@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kiln/v1/frontend.proto.
  */
 export const file_kiln_v1_frontend: GenFile = /*@__PURE__*/
-  fileDesc("ChZraWxuL3YxL2Zyb250ZW5kLnByb3RvEgdraWxuLnYxIjgKEkNyZWF0ZVRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmlucHV0cxgCIAMoDCI7ChNDcmVhdGVUYXNrc1Jlc3BvbnNlEhUKDWZpcnN0X3Rhc2tfaWQYASABKAQSDQoFY291bnQYAiABKA0iUAoTV2F0Y2hTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHNuYXBzaG90GAIgASgIEhMKC29taXRfb3V0cHV0GAMgASgIIpEBCgpUYXNrVXBkYXRlEg8KB3Rhc2tfaWQYASABKAkSIgoFc3RhdGUYAiABKA4yEy5mbGFtZS52MS5UYXNrU3RhdGUSDAoEdGltZRgDIAEoAxITCgZvdXRwdXQYBCABKAxIAIgBARIUCgdtZXNzYWdlGAUgASgJSAGIAQFCCQoHX291dHB1dEIKCghfbWVzc2FnZSJjChRXYXRjaFNlc3Npb25SZXNwb25zZRINCgVyZWFkeRgBIAEoCBIkCgd1cGRhdGVzGAIgAygLMhMua2lsbi52MS5UYXNrVXBkYXRlEhYKDnNlc3Npb25fY2xvc2VkGAMgASgIIjoKEkNhbmNlbFRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHRhc2tfaWRzGAIgAygJIigKE0NhbmNlbFRhc2tzUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgNMu0BCghGcm9udGVuZBJICgtDcmVhdGVUYXNrcxIbLmtpbG4udjEuQ3JlYXRlVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DcmVhdGVUYXNrc1Jlc3BvbnNlEk0KDFdhdGNoU2Vzc2lvbhIcLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVxdWVzdBodLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVzcG9uc2UwARJICgtDYW5jZWxUYXNrcxIbLmtpbG4udjEuQ2FuY2VsVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DYW5jZWxUYXNrc1Jlc3BvbnNlYgZwcm90bzM", [file_flame_v1_types]);
+  fileDesc("ChZraWxuL3YxL2Zyb250ZW5kLnByb3RvEgdraWxuLnYxIjgKEkNyZWF0ZVRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmlucHV0cxgCIAMoDCI7ChNDcmVhdGVUYXNrc1Jlc3BvbnNlEhUKDWZpcnN0X3Rhc2tfaWQYASABKAQSDQoFY291bnQYAiABKA0ibwoTU3VibWl0VGFza3NSZXNwb25zZRIVCg1maXJzdF90YXNrX2lkGAEgASgEEg0KBWNvdW50GAIgASgNEigKBWVycm9yGAMgASgLMhQua2lsbi52MS5TdWJtaXRFcnJvckgAiAEBQggKBl9lcnJvciIsCgtTdWJtaXRFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiUAoTV2F0Y2hTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHNuYXBzaG90GAIgASgIEhMKC29taXRfb3V0cHV0GAMgASgIIpEBCgpUYXNrVXBkYXRlEg8KB3Rhc2tfaWQYASABKAkSIgoFc3RhdGUYAiABKA4yEy5mbGFtZS52MS5UYXNrU3RhdGUSDAoEdGltZRgDIAEoAxITCgZvdXRwdXQYBCABKAxIAIgBARIUCgdtZXNzYWdlGAUgASgJSAGIAQFCCQoHX291dHB1dEIKCghfbWVzc2FnZSJjChRXYXRjaFNlc3Npb25SZXNwb25zZRINCgVyZWFkeRgBIAEoCBIkCgd1cGRhdGVzGAIgAygLMhMua2lsbi52MS5UYXNrVXBkYXRlEhYKDnNlc3Npb25fY2xvc2VkGAMgASgIIjoKEkNhbmNlbFRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHRhc2tfaWRzGAIgAygJIigKE0NhbmNlbFRhc2tzUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgNMrsCCghGcm9udGVuZBJICgtDcmVhdGVUYXNrcxIbLmtpbG4udjEuQ3JlYXRlVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DcmVhdGVUYXNrc1Jlc3BvbnNlEkwKC1N1Ym1pdFRhc2tzEhsua2lsbi52MS5DcmVhdGVUYXNrc1JlcXVlc3QaHC5raWxuLnYxLlN1Ym1pdFRhc2tzUmVzcG9uc2UoATABEk0KDFdhdGNoU2Vzc2lvbhIcLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVxdWVzdBodLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVzcG9uc2UwARJICgtDYW5jZWxUYXNrcxIbLmtpbG4udjEuQ2FuY2VsVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DYW5jZWxUYXNrc1Jlc3BvbnNlYgZwcm90bzM", [file_flame_v1_types]);
 
 /**
  * @generated from message kiln.v1.CreateTasksRequest
@@ -63,6 +63,59 @@ export const CreateTasksResponseSchema: GenMessage<CreateTasksResponse> = /*@__P
   messageDesc(file_kiln_v1_frontend, 1);
 
 /**
+ * @generated from message kiln.v1.SubmitTasksResponse
+ */
+export type SubmitTasksResponse = Message<"kiln.v1.SubmitTasksResponse"> & {
+  /**
+   * @generated from field: uint64 first_task_id = 1;
+   */
+  firstTaskId: bigint;
+
+  /**
+   * @generated from field: uint32 count = 2;
+   */
+  count: number;
+
+  /**
+   * Set when the request was refused; nothing was created.
+   *
+   * @generated from field: optional kiln.v1.SubmitError error = 3;
+   */
+  error?: SubmitError | undefined;
+};
+
+/**
+ * Describes the message kiln.v1.SubmitTasksResponse.
+ * Use `create(SubmitTasksResponseSchema)` to create a new message.
+ */
+export const SubmitTasksResponseSchema: GenMessage<SubmitTasksResponse> = /*@__PURE__*/
+  messageDesc(file_kiln_v1_frontend, 2);
+
+/**
+ * @generated from message kiln.v1.SubmitError
+ */
+export type SubmitError = Message<"kiln.v1.SubmitError"> & {
+  /**
+   * The stable Kiln error code (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION, ...).
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message kiln.v1.SubmitError.
+ * Use `create(SubmitErrorSchema)` to create a new message.
+ */
+export const SubmitErrorSchema: GenMessage<SubmitError> = /*@__PURE__*/
+  messageDesc(file_kiln_v1_frontend, 3);
+
+/**
  * @generated from message kiln.v1.WatchSessionRequest
  */
 export type WatchSessionRequest = Message<"kiln.v1.WatchSessionRequest"> & {
@@ -91,7 +144,7 @@ export type WatchSessionRequest = Message<"kiln.v1.WatchSessionRequest"> & {
  * Use `create(WatchSessionRequestSchema)` to create a new message.
  */
 export const WatchSessionRequestSchema: GenMessage<WatchSessionRequest> = /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 2);
+  messageDesc(file_kiln_v1_frontend, 4);
 
 /**
  * @generated from message kiln.v1.TaskUpdate
@@ -130,7 +183,7 @@ export type TaskUpdate = Message<"kiln.v1.TaskUpdate"> & {
  * Use `create(TaskUpdateSchema)` to create a new message.
  */
 export const TaskUpdateSchema: GenMessage<TaskUpdate> = /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 3);
+  messageDesc(file_kiln_v1_frontend, 5);
 
 /**
  * @generated from message kiln.v1.WatchSessionResponse
@@ -159,7 +212,7 @@ export type WatchSessionResponse = Message<"kiln.v1.WatchSessionResponse"> & {
  * Use `create(WatchSessionResponseSchema)` to create a new message.
  */
 export const WatchSessionResponseSchema: GenMessage<WatchSessionResponse> = /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 4);
+  messageDesc(file_kiln_v1_frontend, 6);
 
 /**
  * @generated from message kiln.v1.CancelTasksRequest
@@ -183,7 +236,7 @@ export type CancelTasksRequest = Message<"kiln.v1.CancelTasksRequest"> & {
  * Use `create(CancelTasksRequestSchema)` to create a new message.
  */
 export const CancelTasksRequestSchema: GenMessage<CancelTasksRequest> = /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 5);
+  messageDesc(file_kiln_v1_frontend, 7);
 
 /**
  * @generated from message kiln.v1.CancelTasksResponse
@@ -200,7 +253,7 @@ export type CancelTasksResponse = Message<"kiln.v1.CancelTasksResponse"> & {
  * Use `create(CancelTasksResponseSchema)` to create a new message.
  */
 export const CancelTasksResponseSchema: GenMessage<CancelTasksResponse> = /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 6);
+  messageDesc(file_kiln_v1_frontend, 8);
 
 /**
  * @generated from service kiln.v1.Frontend
@@ -216,6 +269,20 @@ export const Frontend: GenService<{
     methodKind: "unary";
     input: typeof CreateTasksRequestSchema;
     output: typeof CreateTasksResponseSchema;
+  },
+  /**
+   * CreateTasks on one long-lived stream, for clients that create tasks one
+   * at a time and care about latency: a message on an open stream costs a
+   * fraction of a unary call. Each request is answered by one response, in
+   * order; a request that is refused gets a response with `error` set, and
+   * the stream goes on.
+   *
+   * @generated from rpc kiln.v1.Frontend.SubmitTasks
+   */
+  submitTasks: {
+    methodKind: "bidi_streaming";
+    input: typeof CreateTasksRequestSchema;
+    output: typeof SubmitTasksResponseSchema;
   },
   /**
    * Streams every task state change of one session. The first message has
