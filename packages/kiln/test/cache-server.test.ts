@@ -1,4 +1,13 @@
-import { decodeParts, ERROR_CODE_HEADER } from "@kiln/sdk/internal";
+import {
+  BATCH_CONTENT_TYPE,
+  decodeBatchResponse,
+  decodeParts,
+  encodeBatchRequest,
+  ERROR_CODE_HEADER,
+  SEND_ALONE,
+  type SubRequest,
+} from "@kiln/sdk/internal";
+import { encodeValue } from "@kiln/sdk";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as net from "node:net";
@@ -643,6 +652,97 @@ describe("cache server: memory backend", () => {
   });
 });
 
+describe("cache server: batches", () => {
+  let t: TestCache;
+  before(async () => (t = await startTestCache()));
+  after(() => t.close());
+
+  const enc = (text: string) => new TextEncoder().encode(text);
+  const batch = (items: SubRequest[], headers: Record<string, string> = {}) =>
+    t.req("POST", "/v1/batch", {
+      body: Buffer.from(encodeBatchRequest(items)),
+      headers: { "content-type": BATCH_CONTENT_TYPE, ...headers },
+    });
+
+  it("answers each sub-request in order exactly as it would have been answered alone", async () => {
+    await t.req("PUT", "/v1/objects/b/s/old", { body: "old" });
+    const res = await batch([
+      { method: "PUT", path: "/v1/objects/b/s/new", headers: {}, body: enc("fresh") },
+      { method: "GET", path: "/v1/objects/b/s/old", headers: {} },
+      { method: "GET", path: "/v1/objects/b/s/missing", headers: {} },
+      { method: "PUT", path: "/v1/objects/b/s/../x", headers: {}, body: enc("no") },
+      { method: "GET", path: "/v1/objects/b/s/old", headers: { "kiln-have-version": "1" } },
+      { method: "DELETE", path: "/v1/objects/b/s/old", headers: {} },
+    ]);
+    assert.equal(res.status, 200);
+    const [put, got, missing, traversal, notModified, deleted] = decodeBatchResponse(res.body, 6);
+    assert.equal(put!.status, 201);
+    assert.deepEqual(JSON.parse(Buffer.from(put!.body).toString()), {
+      endpoint: t.cache.endpoint,
+      key: "b/s/new",
+      version: 1,
+      size: 5,
+      sha256: sha256("fresh"),
+    });
+    assert.equal(got!.status, 200);
+    assert.equal(Buffer.from(got!.body).toString(), "old");
+    assert.equal(got!.headers["kiln-sha256"], sha256("old"));
+    assert.equal(missing!.status, 404);
+    assert.equal(missing!.headers[ERROR_CODE_HEADER], "NOT_FOUND");
+    assert.equal(traversal!.status, 400);
+    assert.match(Buffer.from(traversal!.body).toString(), /"field":"key"/);
+    assert.equal(notModified!.status, 304);
+    assert.equal(deleted!.status, 200);
+    // The batch's writes are the server's writes.
+    assert.equal((await t.req("GET", "/v1/objects/b/s/new")).body.toString(), "fresh");
+    assert.equal((await t.req("GET", "/v1/objects/b/s/old")).status, 404);
+    assert.equal((await t.req("GET", "/v1/objects/b/s/x")).status, 404);
+  });
+
+  it("a sub-response over 1 MiB is not batched: SEND_ALONE, and the object is untouched", async () => {
+    const big = Buffer.alloc(1024 * 1024 + 1, 7);
+    await t.req("PUT", "/v1/objects/b/s/big", { body: big });
+    const [alone, small] = decodeBatchResponse(
+      (
+        await batch([
+          { method: "GET", path: "/v1/objects/b/s/big", headers: {} },
+          { method: "GET", path: "/v1/stat/b/s/big", headers: {} },
+        ])
+      ).body,
+      2,
+    );
+    assert.equal(alone!.status, SEND_ALONE);
+    assert.equal(small!.status, 200);
+    assert.equal((await t.req("GET", "/v1/objects/b/s/big")).body.length, big.length);
+  });
+
+  it("refuses a malformed batch with 400 naming the item and field, and applies none of it", async () => {
+    const cases: [unknown, string][] = [
+      [{ not: "a list" }, "batch"],
+      [[], "batch"],
+      [
+        [
+          ["PUT", "/v1/objects/b/s/m1", {}, enc("x")],
+          ["BREW", "/v1/objects/b/s/m2", {}, null],
+        ],
+        "batch[1].method",
+      ],
+      [[["GET", "/v1/batch", {}, null]], "batch[0].path"],
+      [[["GET", "/elsewhere", {}, null]], "batch[0].path"],
+      [[["PUT", "/v1/objects/b/s/m1", { "x-n": 1 }, null]], "batch[0].headers.x-n"],
+      [[["PUT", "/v1/objects/b/s/m1", {}, "text"]], "batch[0].body"],
+      [[["GET", "/v1/objects/b/s/m1"]], "batch[0]"],
+    ];
+    for (const [value, field] of cases) {
+      const res = await t.req("POST", "/v1/batch", { body: Buffer.from(encodeValue(value)) });
+      assertError(res, 400, "INVALID_ARGUMENT", undefined, field);
+    }
+    assertError(await t.req("POST", "/v1/batch", { body: "not the codec" }), 400, "INVALID_ARGUMENT");
+    assertError(await t.req("GET", "/v1/batch"), 405, "INVALID_ARGUMENT", "POST");
+    assert.equal((await t.req("GET", "/v1/objects/b/s/m1")).status, 404, "nothing of a refused batch is applied");
+  });
+});
+
 describe("cache server: token", () => {
   it("requires `authorization: Bearer <token>` on every route when a token is set", async () => {
     const t = await startTestCache({ token: "s3cret" });
@@ -650,6 +750,10 @@ describe("cache server: token", () => {
       for (const headers of [{}, { authorization: "Bearer wrong" }, { authorization: "s3cret" }]) {
         assertError(await t.req("GET", "/v1/health", { headers }), 401, "UNAUTHENTICATED", "token");
         assertError(await t.req("PUT", "/v1/objects/a/s/x", { headers, body: "x" }), 401, "UNAUTHENTICATED");
+        const sneaked = Buffer.from(
+          encodeBatchRequest([{ method: "PUT", path: "/v1/objects/a/s/x", headers: {}, body: new Uint8Array(1) }]),
+        );
+        assertError(await t.req("POST", "/v1/batch", { headers, body: sneaked }), 401, "UNAUTHENTICATED");
       }
       const auth = { authorization: "Bearer s3cret" };
       assert.equal((await t.req("PUT", "/v1/objects/a/s/x", { headers: auth, body: "x" })).status, 201);

@@ -10,6 +10,7 @@ export { LazyAbort } from "./service/lazy-abort.js";
 export { acceptsConnections } from "./service/socket-path.js";
 export { validateObjectKey, validateObjectPrefix, validateListPrefix } from "./objects/keys.js";
 export * from "./objects/parts.js";
+export * from "./objects/batch-format.js";
 export { packDirectory, packFile, type PackOptions, type PackedArchive } from "./packaging/pack-directory.js";
 export { processExists } from "./process-exists.js";
 export * from "./runner/protocol.js";

@@ -1,6 +1,7 @@
 import { ErrorCode, InvalidArgumentError, KilnError } from "@kiln/sdk";
 import { ERROR_CODE_HEADER } from "@kiln/sdk/internal";
 import type * as http from "node:http";
+import type { RouteRequest, RouteResponse } from "./exchange.js";
 import { ObjectTooLargeError } from "./storage/errors.js";
 
 /** Bodies up to this size are drained after an early error, keeping the connection; larger ones close it. */
@@ -51,12 +52,7 @@ export function statusOf(err: KilnError): number {
  * Unexpected errors become INTERNAL and are logged. A response already under
  * way can only be cut off.
  */
-export function sendError(
-  req: http.IncomingMessage,
-  res: http.ServerResponse,
-  err: unknown,
-  log: (line: string) => void,
-): void {
+export function sendError(req: RouteRequest, res: RouteResponse, err: unknown, log: (line: string) => void): void {
   const known = err instanceof KilnError;
   const error = known
     ? err

@@ -1,6 +1,7 @@
 import { InvalidArgumentError } from "@kiln/sdk";
 import { CacheHeader, encodePartHeader, PART_HEADER_BYTES, PARTS_CONTENT_TYPE } from "@kiln/sdk/internal";
 import type * as http from "node:http";
+import type { RouteRequest, RouteResponse } from "./exchange.js";
 import { pipeline } from "node:stream/promises";
 import { RangeNotSatisfiableError } from "./http-errors.js";
 import type { ObjectStat, Segment, SegmentBytes, StoredObject } from "./storage/backend.js";
@@ -22,12 +23,7 @@ interface PartRef {
  * whole object (raw base bytes with Range support, or parts). Calls
  * `release` once the response is over, however it ends.
  */
-export function sendObject(
-  req: http.IncomingMessage,
-  res: http.ServerResponse,
-  object: StoredObject,
-  release: () => void,
-): void {
+export function sendObject(req: RouteRequest, res: RouteResponse, object: StoredObject, release: () => void): void {
   res.once("close", release);
   const { stat, segments } = object;
   const raw = stat.deltas === 0;
@@ -49,8 +45,8 @@ export function sendObject(
 }
 
 function sendRaw(
-  req: http.IncomingMessage,
-  res: http.ServerResponse,
+  req: RouteRequest,
+  res: RouteResponse,
   stat: ObjectStat,
   bytes: SegmentBytes,
   headers: http.OutgoingHttpHeaders,
@@ -79,8 +75,8 @@ function sendRaw(
 }
 
 function sendParts(
-  req: http.IncomingMessage,
-  res: http.ServerResponse,
+  req: RouteRequest,
+  res: RouteResponse,
   stat: ObjectStat,
   segments: Segment[],
   have: number | undefined,
@@ -136,13 +132,13 @@ async function* partChunks(parts: PartRef[]): AsyncGenerator<Uint8Array> {
   }
 }
 
-function stream(res: http.ServerResponse, source: AsyncIterable<Uint8Array>): void {
+function stream(res: RouteResponse, source: AsyncIterable<Uint8Array>): void {
   // A client that goes away ends the pipeline; the 'close' handler releases the object.
   pipeline(source, res).catch(() => res.destroy());
 }
 
 /** The version the client says it holds: `kiln-have-version: N` or `if-none-match: "N"`. */
-function heldVersion(req: http.IncomingMessage): number | undefined {
+function heldVersion(req: RouteRequest): number | undefined {
   const have = req.headers[CacheHeader.haveVersion];
   if (typeof have === "string") {
     if (!/^\d+$/.test(have))

@@ -1,8 +1,22 @@
 import { InvalidArgumentError, NotFoundError, UnauthenticatedError } from "@kiln/sdk";
-import { CacheHeader, validateListPrefix, validateObjectKey, validateObjectPrefix } from "@kiln/sdk/internal";
+import {
+  BATCH_CONTENT_TYPE,
+  BATCH_PATH,
+  CacheHeader,
+  decodeBatchRequest,
+  encodeBatchResponse,
+  MAX_BATCH_REQUEST_BYTES,
+  MAX_BATCHED_RESPONSE_BYTES,
+  SEND_ALONE,
+  validateListPrefix,
+  validateObjectKey,
+  validateObjectPrefix,
+  type SubResponse,
+} from "@kiln/sdk/internal";
 import { randomBytes } from "node:crypto";
 import type * as http from "node:http";
 import { bearerTokenCheck } from "./auth.js";
+import { BufferedRequest, BufferedResponse, type RouteRequest, type RouteResponse } from "./exchange.js";
 import { MethodNotAllowedError, sendError } from "./http-errors.js";
 import { sendObject } from "./read-response.js";
 import type { ObjectStat } from "./storage/backend.js";
@@ -36,14 +50,22 @@ export function cacheRoutes(ctx: RouteContext): Handler {
     try {
       if (!authorized(req.headers.authorization))
         throw new UnauthenticatedError("missing or invalid token (send `authorization: Bearer <token>`)");
-      route(ctx, req, res)?.catch((err: unknown) => sendError(req, res, err, ctx.log));
+      handle(ctx, req, res);
     } catch (err) {
       sendError(req, res, err, ctx.log);
     }
   };
 }
 
-function route(ctx: RouteContext, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> | void {
+function handle(ctx: RouteContext, req: RouteRequest, res: RouteResponse): void {
+  try {
+    route(ctx, req, res)?.catch((err: unknown) => sendError(req, res, err, ctx.log));
+  } catch (err) {
+    sendError(req, res, err, ctx.log);
+  }
+}
+
+function route(ctx: RouteContext, req: RouteRequest, res: RouteResponse): Promise<void> | void {
   const url = req.url ?? "/";
   const q = url.indexOf("?");
   const pathname = q < 0 ? url : url.slice(0, q);
@@ -59,6 +81,10 @@ function route(ctx: RouteContext, req: http.IncomingMessage, res: http.ServerRes
     allow(method, ["GET"]);
     return list(ctx, res, new URLSearchParams(q < 0 ? "" : url.slice(q + 1)));
   }
+  if (pathname === BATCH_PATH) {
+    allow(method, ["POST"]);
+    return batch(ctx, req, res);
+  }
   if (pathname === "/v1/health") {
     allow(method, ["GET"]);
     return sendJson(res, 200, { ok: true, backend: ctx.store.kind, endpoint: ctx.endpoint });
@@ -68,8 +94,8 @@ function route(ctx: RouteContext, req: http.IncomingMessage, res: http.ServerRes
 
 function objectRoute(
   ctx: RouteContext,
-  req: http.IncomingMessage,
-  res: http.ServerResponse,
+  req: RouteRequest,
+  res: RouteResponse,
   method: string,
   path: string,
 ): Promise<void> | void {
@@ -95,10 +121,36 @@ function objectRoute(
   }
 }
 
+/** Runs each sub-request through the same routes as a request of its own, at once, and answers in order. */
+async function batch(ctx: RouteContext, req: RouteRequest, res: RouteResponse): Promise<void> {
+  const chunks: Buffer[] = [];
+  let length = 0;
+  for await (const chunk of req) {
+    length += chunk.length;
+    if (length > MAX_BATCH_REQUEST_BYTES)
+      throw new InvalidArgumentError("batch", `a batch body is limited to ${MAX_BATCH_REQUEST_BYTES} bytes`);
+    chunks.push(chunk);
+  }
+  const items = decodeBatchRequest(Buffer.concat(chunks, length));
+  const replies = await Promise.all(
+    items.map(async (item): Promise<SubResponse> => {
+      const sub = new BufferedResponse(MAX_BATCHED_RESPONSE_BYTES);
+      handle(ctx, new BufferedRequest(item.method, item.path, item.headers, item.body), sub);
+      await sub.done;
+      // Too large, or cut off after its headers: the client sends it alone and gets the real answer.
+      if (!sub.writableFinished) return { status: SEND_ALONE, headers: {}, body: new Uint8Array(0) };
+      return { status: sub.status, headers: sub.headers, body: sub.body };
+    }),
+  );
+  const body = encodeBatchResponse(replies);
+  res.writeHead(200, { "content-type": BATCH_CONTENT_TYPE, "content-length": body.byteLength });
+  res.end(body);
+}
+
 async function put(
   ctx: RouteContext,
-  req: http.IncomingMessage,
-  res: http.ServerResponse,
+  req: RouteRequest,
+  res: RouteResponse,
   key: string,
   ifVersion?: number,
 ): Promise<void> {
@@ -107,11 +159,11 @@ async function put(
   sendRef(ctx, res, created ? 201 : 200, stat);
 }
 
-async function patch(ctx: RouteContext, req: http.IncomingMessage, res: http.ServerResponse, key: string) {
+async function patch(ctx: RouteContext, req: RouteRequest, res: RouteResponse, key: string) {
   sendRef(ctx, res, 200, await ctx.store.patch(writeRequest(req, key)));
 }
 
-async function remove(ctx: RouteContext, res: http.ServerResponse, path: string, components: number): Promise<void> {
+async function remove(ctx: RouteContext, res: RouteResponse, path: string, components: number): Promise<void> {
   if (path.endsWith("/*")) {
     const app = path.slice(0, -2);
     if (app.includes("/")) throw new InvalidArgumentError("prefix", `"${path}": the wildcard form is <app>/*`);
@@ -124,7 +176,7 @@ async function remove(ctx: RouteContext, res: http.ServerResponse, path: string,
   sendJson(res, 200, { deleted: 1 });
 }
 
-function list(ctx: RouteContext, res: http.ServerResponse, params: URLSearchParams): void {
+function list(ctx: RouteContext, res: RouteResponse, params: URLSearchParams): void {
   const prefix = validateListPrefix(params.get("prefix") ?? "");
   const limitText = params.get("limit") ?? String(DEFAULT_LIST_LIMIT);
   const limit = Number(limitText);
@@ -137,7 +189,7 @@ function list(ctx: RouteContext, res: http.ServerResponse, params: URLSearchPara
   sendJson(res, 200, found.length > limit ? { objects, next: objects[limit - 1]!.key } : { objects });
 }
 
-function writeRequest(req: http.IncomingMessage, key: string): WriteRequest {
+function writeRequest(req: RouteRequest, key: string): WriteRequest {
   const length = req.headers["content-length"];
   const sha256 = req.headers[CacheHeader.sha256];
   const ifVersion = req.headers[CacheHeader.ifVersion];
@@ -147,7 +199,7 @@ function writeRequest(req: http.IncomingMessage, key: string): WriteRequest {
     throw new InvalidArgumentError(CacheHeader.ifVersion, `"${ifVersion}" is not a version number`);
   return {
     key,
-    body: req,
+    body: req.body ?? req,
     contentLength: length === undefined ? undefined : Number(length),
     sha256: typeof sha256 === "string" ? sha256.toLowerCase() : undefined,
     ifVersion: typeof ifVersion === "string" ? Number(ifVersion) : undefined,
@@ -180,7 +232,7 @@ function notFound(key: string): never {
   throw new NotFoundError("object", key);
 }
 
-function sendRef(ctx: RouteContext, res: http.ServerResponse, status: number, stat: ObjectStat): void {
+function sendRef(ctx: RouteContext, res: RouteResponse, status: number, stat: ObjectStat): void {
   // Written by hand on the hot path: keys are validated to [A-Za-z0-9._/-] and the sha is hex, so only
   // the endpoint needs escaping.
   const body = `{"endpoint":${JSON.stringify(ctx.endpoint)},"key":"${stat.key}","version":${stat.version},"size":${stat.size},"sha256":"${stat.sha256}"}`;
@@ -192,12 +244,7 @@ function sendRef(ctx: RouteContext, res: http.ServerResponse, status: number, st
   res.end(body);
 }
 
-function sendJson(
-  res: http.ServerResponse,
-  status: number,
-  value: unknown,
-  headers: http.OutgoingHttpHeaders = {},
-): void {
+function sendJson(res: RouteResponse, status: number, value: unknown, headers: http.OutgoingHttpHeaders = {}): void {
   const body = JSON.stringify(value);
   res.writeHead(status, {
     ...headers,

@@ -11,11 +11,12 @@ import {
   TimeoutError,
   UnauthenticatedError,
 } from "../errors.js";
+import { RequestBatcher } from "./request-batcher.js";
 
 /**
  * The object cache's HTTP/1.1 client, on an undici connection pool. Small
- * requests (values, stats, lists) are pipelined on a few keep-alive
- * connections; streamed uploads and downloads take a connection of their
+ * requests (values, stats, lists) made in the same event-loop turn go as one
+ * batch, pipelined on a few keep-alive connections; streamed uploads and downloads take a connection of their
  * own. Every request has an inactivity timeout, network failures become
  * UNAVAILABLE and the cache's error bodies are turned back into KilnErrors.
  */
@@ -46,6 +47,8 @@ export interface CacheHttpOptions {
   timeoutMs: number;
   /** Connections for small requests (they are pipelined). Default 4. */
   maxConnections?: number;
+  /** Gather each turn's small requests into batches (RequestBatcher). */
+  batchRequests: boolean;
 }
 
 /** A reply read whole; header names are lower case, repeated headers joined with ", ". */
@@ -89,7 +92,7 @@ const NETWORK_CODES = new Set([
  * Sends requests to one object cache endpoint.
  *
  * @example
- * const h = new CacheHttp({ endpoint: "http://127.0.0.1:7422", timeoutMs: 30_000 });
+ * const h = new CacheHttp({ endpoint: "http://127.0.0.1:7422", timeoutMs: 30_000, batchRequests: true });
  * const { deleted } = await h.json<{ deleted: number }>({ method: "DELETE", path: "/v1/objects/app/s1" });
  * h.close();
  */
@@ -97,6 +100,7 @@ export class CacheHttp {
   readonly endpoint: string;
   private readonly small: Pool;
   private readonly batcher = new WriteBatcher();
+  private readonly requests: RequestBatcher | undefined;
   private readonly streams: Pool;
   private readonly fixedHeaders: Record<string, string>;
   private readonly timeoutMs: number;
@@ -110,9 +114,11 @@ export class CacheHttp {
       headersTimeout: options.timeoutMs,
       bodyTimeout: options.timeoutMs,
     };
+    const connections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    this.requests = options.batchRequests ? new RequestBatcher((spec) => this.sendOne(spec), connections) : undefined;
     this.small = new Pool(options.endpoint, {
       ...timeouts,
-      connections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+      connections,
       pipelining: PIPELINING,
       connect: this.batcher.connector(options.timeoutMs),
     });
@@ -169,6 +175,10 @@ export class CacheHttp {
   }
 
   private send(spec: CacheRequest): Promise<WholeResponse> {
+    return this.requests && RequestBatcher.accepts(spec) ? this.requests.send(spec) : this.sendOne(spec);
+  }
+
+  private sendOne(spec: CacheRequest): Promise<WholeResponse> {
     this.batcher.cork();
     return new Promise((resolve, reject) => {
       this.small.dispatch(

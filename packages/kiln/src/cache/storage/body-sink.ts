@@ -42,14 +42,18 @@ export interface ReceiveOptions {
  * @example
  * const body = await receiveBody(req, { target, hash: createHash("sha256"), expectedLength: 1000 });
  */
-export async function receiveBody(source: AsyncIterable<Buffer>, options: ReceiveOptions): Promise<ReceivedBody> {
+export async function receiveBody(
+  source: AsyncIterable<Buffer> | Buffer,
+  options: ReceiveOptions,
+): Promise<ReceivedBody> {
   const { expectedLength, target, maxBytes } = options;
   const small =
-    source instanceof Readable &&
     expectedLength !== undefined &&
     expectedLength <= target.memoryLimit &&
     (maxBytes === undefined || expectedLength <= maxBytes);
-  const body = small ? await collect(source, options) : await stream(source, options);
+  let body: ReceivedBody;
+  if (Buffer.isBuffer(source)) body = small ? inMemory(source, options) : await stream([source], options);
+  else body = small && source instanceof Readable ? await collect(source, options) : await stream(source, options);
   if (options.expectedLength !== undefined && body.size !== options.expectedLength) {
     body.discard();
     throw new InvalidArgumentError(
@@ -60,10 +64,26 @@ export async function receiveBody(source: AsyncIterable<Buffer>, options: Receiv
   return body;
 }
 
-async function stream(source: AsyncIterable<Buffer>, options: ReceiveOptions): Promise<ReceivedBody> {
+async function stream(
+  source: AsyncIterable<Buffer> | Iterable<Buffer>,
+  options: ReceiveOptions,
+): Promise<ReceivedBody> {
   const sink = new BodySink(options);
   await pipeline(source, sink);
   return sink.result();
+}
+
+/** A body that arrived whole (a batched sub-request) and fits in memory: only hashed. */
+function inMemory(data: Buffer, options: ReceiveOptions): ReceivedBody {
+  options.hash.update(data);
+  options.bodyHash?.update(data);
+  return {
+    size: data.length,
+    sha256: options.hash.digest("hex"),
+    bodySha256: options.bodyHash?.digest("hex"),
+    content: { kind: "memory", data },
+    discard: () => undefined,
+  };
 }
 
 /**

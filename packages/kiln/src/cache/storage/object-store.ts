@@ -13,7 +13,8 @@ export interface CompactionOptions {
 
 export interface WriteRequest {
   key: string;
-  body: AsyncIterable<Buffer>;
+  /** The body as it arrives, or whole when it is already in memory. */
+  body: AsyncIterable<Buffer> | Buffer;
   contentLength?: number;
   /** Expected sha256 (hex) of the body bytes. */
   sha256?: string;
