@@ -14,7 +14,7 @@ export const MAX_BATCHED_BODY_BYTES = 64 * 1024;
 const MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024;
 // Splitting a turn's requests finer than this would, in a closed loop, shrink every later turn's
 // batch too until requests went one by one again.
-const MIN_PER_BATCH = 8;
+const MIN_PER_BATCH = 16;
 
 interface Queued {
   spec: CacheRequest;
