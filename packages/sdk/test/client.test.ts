@@ -1,5 +1,8 @@
 import { create } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import * as http2 from "node:http2";
+import type { AddressInfo } from "node:net";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -201,6 +204,39 @@ describe("batching", () => {
       ["a", "b"],
       ["c", "d"],
     ]);
+  });
+});
+
+describe("client against a server that stops answering SubmitTasks", () => {
+  test("run() fails with TimeoutError after requestTimeoutMs instead of hanging", async () => {
+    // Watches are answered (ready), task creation never is.
+    const server = http2.createServer(
+      connectNodeAdapter({
+        routes: (router) =>
+          router.service(kiln.Frontend, {
+            async *watchSession(_req, ctx) {
+              yield create(kiln.WatchSessionResponseSchema, { ready: true });
+              await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
+            },
+            async *submitTasks(requests) {
+              for await (const request of requests) void request;
+            },
+          }),
+      }),
+    );
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const client = await connect({ endpoint, requestTimeoutMs: 300, configPath: "/nonexistent/config.yaml" });
+    try {
+      const session = client.session("silent");
+      const first = session.run("a");
+      const second = session.run("b");
+      for (const call of [first, second])
+        await assert.rejects(within(call, 10_000, "run()"), assertCode(ErrorCode.DeadlineExceeded, "SubmitTasks"));
+    } finally {
+      client.close();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });
 

@@ -47,18 +47,36 @@ export function spawnKiln(args: string[], env: NodeJS.ProcessEnv = {}): KilnProc
   return p;
 }
 
-/** A port that was free a moment ago (and the next one, for the HTTP/1.1 listener). */
-export async function freePort(): Promise<number> {
-  for (;;) {
-    const port = await new Promise<number>((resolve, reject) => {
+/**
+ * A port that was free a moment ago, with the `span - 1` after it (a control plane also listens on
+ * port + 1 for HTTP/1.1, `kiln up` on port + 2 for its cache). Picked below the kernel's ephemeral
+ * range (32768+): a port handed out for port 0 can be the local port of another process's outgoing
+ * connection a moment later, which made a control plane fail to start now and then.
+ */
+export async function freePort(span = 3): Promise<number> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (await bindable(port, span)) return port;
+  }
+  throw new Error("found no free range of loopback ports in 20000-32000");
+}
+
+async function bindable(first: number, span: number): Promise<boolean> {
+  const servers: net.Server[] = [];
+  try {
+    for (let port = first; port < first + span; port++) {
       const srv = net.createServer();
-      srv.once("error", reject);
-      srv.listen(0, "127.0.0.1", () => {
-        const p = (srv.address() as net.AddressInfo).port;
-        srv.close(() => resolve(p));
+      await new Promise<void>((resolve, reject) => {
+        srv.once("error", reject);
+        srv.listen(port, "127.0.0.1", resolve);
       });
-    });
-    if (port < 65000) return port;
+      servers.push(srv);
+    }
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await Promise.all(servers.map((srv) => new Promise((resolve) => srv.close(resolve))));
   }
 }
 

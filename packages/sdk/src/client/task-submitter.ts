@@ -45,7 +45,8 @@ class SubmitStream {
     return new Promise((resolve, reject) => {
       this.pending.push({ resolve, reject });
       this.requests.push(request);
-      this.armDeadline();
+      // Not pushed back by later requests: a server that stopped answering times out all the same.
+      if (!this.deadline) this.armDeadline();
     });
   }
 
