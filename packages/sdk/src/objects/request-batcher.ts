@@ -9,7 +9,7 @@ import {
 import type { CacheRequest, WholeResponse } from "./http.js";
 
 /** Requests with bodies up to this size are batched; larger ones gain nothing from it. */
-export const MAX_BATCHED_BODY_BYTES = 64 * 1024;
+const MAX_BATCHED_BODY_BYTES = 64 * 1024;
 // Stays well under the server's MAX_BATCH_REQUEST_BYTES, codec framing included.
 const MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024;
 // Splitting a turn's requests finer than this would, in a closed loop, shrink every later turn's
@@ -29,15 +29,16 @@ interface Queued {
  * its request would have had alone.
  *
  * @example
- * const batcher = new RequestBatcher((spec) => sendOverHttp(spec));
+ * const batcher = new RequestBatcher((spec) => sendOverHttp(spec), 4);
  * const [a, b] = await Promise.all([batcher.send(getA), batcher.send(getB)]); // one round trip
  */
 export class RequestBatcher {
   private queue: Queued[] = [];
 
   /**
-   * `lanes`: how many batches a turn's requests are split into (the pool's
-   * connections), so the server works on one while the client reads another.
+   * `lanes`: how many batches a turn's requests are split into at most (the
+   * pool's connections, never below MIN_PER_BATCH each), so the server works
+   * on one while the client reads another.
    */
   constructor(
     private readonly sendOne: (spec: CacheRequest) => Promise<WholeResponse>,
