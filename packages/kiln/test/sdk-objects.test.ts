@@ -29,6 +29,7 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { decodeBatchRequest, encodeBatchResponse } from "@kiln/sdk/internal";
 import { startCacheServer } from "../src/cache/server.js";
 import { PackageServer, SilentServer } from "./support/agent-packages-fixtures.js";
 import { tempDir } from "./support/control-plane.js";
@@ -764,17 +765,80 @@ describe("sdk objects: configuration and the module-level functions", () => {
 });
 
 describe("sdk objects: pipelined requests on a connection that dies", () => {
-  it("a write is not sent again (it may have been applied); reads are retried", async () => {
-    const stat = JSON.stringify({
-      key: "a/b/c",
-      version: 1,
-      size: 1,
-      sha256: "0".repeat(64),
-      baseVersion: 1,
-      deltas: 0,
-      createdAt: 1,
-      updatedAt: 1,
+  const sampleStat = {
+    key: "a/b/c",
+    version: 1,
+    size: 1,
+    sha256: "0".repeat(64),
+    baseVersion: 1,
+    deltas: 0,
+    createdAt: 1,
+    updatedAt: 1,
+  };
+
+  it("batches of reads pipelined on a connection that dies are sent again; every read gets its answer", async () => {
+    let batches = 0;
+    const sockets = new Set<net.Socket>();
+    // The first connection reads two pipelined batches whole and dies unanswered; later ones are answered.
+    let connections = 0;
+    const server = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.on("error", () => {});
+      const first = connections++ === 0;
+      let buffered = Buffer.alloc(0);
+      let readHere = 0;
+      socket.on("data", (d: Buffer) => {
+        buffered = Buffer.concat([buffered, d]);
+        for (;;) {
+          const end = buffered.indexOf("\r\n\r\n");
+          if (end < 0) return;
+          const head = buffered.subarray(0, end).toString("latin1");
+          const length = Number(/content-length: (\d+)/i.exec(head)?.[1] ?? 0);
+          if (buffered.length < end + 4 + length) return;
+          const requests = decodeBatchRequest(buffered.subarray(end + 4, end + 4 + length));
+          buffered = buffered.subarray(end + 4 + length);
+          batches++;
+          if (first) {
+            if (++readHere === 2) return void socket.destroy();
+            continue;
+          }
+          const body = encodeBatchResponse(
+            requests.map((r) => ({
+              status: 200,
+              headers: {},
+              body: new TextEncoder().encode(JSON.stringify({ ...sampleStat, key: r.path.slice("/v1/stat/".length) })),
+            })),
+          );
+          socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${body.byteLength}\r\n\r\n`);
+          socket.write(body);
+        }
+      });
     });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const client = new ObjectCache({
+      endpoint: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+      maxConnections: 1,
+    });
+    try {
+      const keys = Array.from({ length: 32 }, (_, i) => `a/b/k${i}`);
+      // Two turns make two batches, the second pipelined behind the first on the one connection.
+      const firstHalf = keys.slice(0, 16).map((k) => client.statObject(k));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      const stats = await Promise.all([...firstHalf, ...keys.slice(16).map((k) => client.statObject(k))]);
+      assert.deepEqual(
+        stats.map((s) => s.key),
+        keys,
+      );
+      assert.equal(batches, 4, "two batches died unanswered, and both went again");
+    } finally {
+      client.close();
+      for (const s of sockets) s.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it("a write is not sent again (it may have been applied); reads are retried", async () => {
+    const stat = JSON.stringify(sampleStat);
     let connections = 0;
     const seen: string[] = [];
     const sockets = new Set<net.Socket>();

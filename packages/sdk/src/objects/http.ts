@@ -29,6 +29,8 @@ export interface CacheRequest {
   path: string;
   headers?: Record<string, string>;
   body?: Uint8Array;
+  /** Safe to send again when its connection dies before the answer, like a GET (a batch of reads). */
+  resendable?: boolean;
 }
 
 export interface StreamRequest {
@@ -133,7 +135,7 @@ export class CacheHttp {
       res = await this.send(spec);
     } catch (err) {
       // A keep-alive connection the server closed just as this went out: a read is safe to send once more.
-      if (!(spec.method === "GET" || spec.method === "HEAD") || !isConnectionLost(err)) throw this.failure(err, spec);
+      if (!isResendable(spec) || !isConnectionLost(err)) throw this.failure(err, spec);
       res = await this.send(spec).catch((again: unknown) => {
         throw this.failure(again, spec);
       });
@@ -190,7 +192,13 @@ export class CacheHttp {
           // Lets undici pipeline writes too; WholeReply makes sure none is ever sent twice.
           idempotent: true,
         },
-        new WholeReply(`${spec.method} ${this.endpoint}${spec.path}`, spec.method, resolve, reject, this.batcher),
+        new WholeReply(
+          `${spec.method} ${this.endpoint}${spec.path}`,
+          isResendable(spec),
+          resolve,
+          reject,
+          this.batcher,
+        ),
       );
     });
   }
@@ -293,14 +301,14 @@ class WholeReply implements Dispatcher.DispatchHandlers {
 
   constructor(
     private readonly what: string,
-    private readonly method: Method,
+    private readonly resendable: boolean,
     private readonly resolve: (res: WholeResponse) => void,
     private readonly reject: (err: Error) => void,
     private readonly batcher: WriteBatcher,
   ) {}
 
   onConnect(): void {
-    if (this.sent && this.method !== "GET" && this.method !== "HEAD")
+    if (this.sent && !this.resendable)
       throw new KilnError(
         ErrorCode.Unavailable,
         `the connection closed before the object cache answered ${this.what}; it may or may not have been applied`,
@@ -337,6 +345,10 @@ class WholeReply implements Dispatcher.DispatchHandlers {
   onError(err: Error): void {
     this.reject(err);
   }
+}
+
+export function isResendable(spec: { method: Method; resendable?: boolean }): boolean {
+  return spec.method === "GET" || spec.method === "HEAD" || spec.resendable === true;
 }
 
 function isConnectionLost(err: unknown): boolean {

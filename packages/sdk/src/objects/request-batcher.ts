@@ -6,7 +6,7 @@ import {
   MAX_BATCH_ITEMS,
   SEND_ALONE,
 } from "./batch-format.js";
-import type { CacheRequest, WholeResponse } from "./http.js";
+import { isResendable, type CacheRequest, type WholeResponse } from "./http.js";
 
 /** Requests with bodies up to this size are batched; larger ones gain nothing from it. */
 const MAX_BATCHED_BODY_BYTES = 64 * 1024;
@@ -86,6 +86,8 @@ export class RequestBatcher {
         method: "POST",
         path: BATCH_PATH,
         headers: { "content-type": BATCH_CONTENT_TYPE },
+        // A batch of reads may go again if its connection dies, as each read alone would.
+        resendable: items.every(({ spec }) => isResendable(spec)),
         body: encodeBatchRequest(
           items.map(({ spec }) => ({
             method: spec.method,
