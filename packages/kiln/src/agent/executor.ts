@@ -47,9 +47,7 @@ interface Service {
 
 interface Run {
   task: kiln.TaskAssignment;
-  /** Cancelled or forgotten: its result is not reported. */
-  dropped: boolean;
-  /** Tells the service to stop the task once it is dropped. */
+  /** Aborted once the task is cancelled: the service is told to stop it and its result is not reported. */
   abort: LazyAbort;
 }
 
@@ -113,7 +111,7 @@ export class Executor {
     if (this.state !== "bound" || !service) return;
     while (this.running.size < this.concurrency && this.queue.length > 0) {
       const task = this.queue.shift()!;
-      const run: Run = { task, dropped: false, abort: new LazyAbort() };
+      const run: Run = { task, abort: new LazyAbort() };
       this.running.set(taskKey(task.taskId, task.attempt), run);
       void this.invoke(service, run);
     }
@@ -139,7 +137,7 @@ export class Executor {
     // Already completed by a process exit, or dropped at unbind.
     if (this.running.get(key) !== run) return;
     this.running.delete(key);
-    if (run.dropped || !this.live) return;
+    if (run.abort.aborted || !this.live) return;
     const c = create(kiln.CompletionSchema, {
       executorId: this.id,
       sessionId: run.task.sessionId,
@@ -162,9 +160,7 @@ export class Executor {
     const keys = new Set(refs.filter((r) => r.sessionId === this.sessionId).map((r) => taskKey(r.taskId, r.attempt)));
     if (keys.size === 0) return;
     for (const [key, run] of this.running) {
-      if (!keys.has(key)) continue;
-      run.dropped = true;
-      run.abort.abort();
+      if (keys.has(key)) run.abort.abort();
     }
     const kept = this.queue.filter((t) => !keys.has(taskKey(t.taskId, t.attempt)));
     this.queue.splice(0, this.queue.length, ...kept);
@@ -174,7 +170,7 @@ export class Executor {
   heldTasks(): kiln.TaskRef[] {
     const ref = (t: kiln.TaskAssignment) =>
       create(kiln.TaskRefSchema, { sessionId: t.sessionId, taskId: t.taskId, attempt: t.attempt });
-    const running = [...this.running.values()].filter((r) => !r.dropped).map((r) => ref(r.task));
+    const running = [...this.running.values()].filter((r) => !r.abort.aborted).map((r) => ref(r.task));
     return [...running, ...this.queue.map(ref)];
   }
 

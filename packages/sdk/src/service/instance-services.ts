@@ -29,19 +29,16 @@ export function kilnInstance(handlers: ServiceHandlers): ServiceImpl<typeof kiln
       const outcomes = new BatchQueue<kiln.InvokeOutcome>();
       // Per task id: a retried attempt may arrive while the cancelled one still winds down.
       const running = new Map<string, LazyAbort[]>();
-      let active = 0;
       let inputEnded = false;
       const endIfIdle = () => {
-        if (inputEnded && active === 0) outcomes.end();
+        if (inputEnded && running.size === 0) outcomes.end();
       };
       const start = (task: flame.TaskContext) => {
         const abort = new LazyAbort();
         const attempts = running.get(task.taskId);
         if (attempts) attempts.push(abort);
         else running.set(task.taskId, [abort]);
-        active++;
         void runTask(handlers, task, abort).then((result) => {
-          active--;
           // The list is only changed in place, so while it holds this attempt it is this task's list.
           const attempts = running.get(task.taskId)!;
           if (attempts.length > 1) attempts.splice(attempts.indexOf(abort), 1);
