@@ -9,30 +9,25 @@ import type { FrontendDeps } from "./frontend-service.js";
 export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Frontend> {
   const { sessions, orchestrator, hub, commit } = d;
 
-  /** Creates at once and answers after the commit; never rejects: a refusal is an answer on the stream. */
-  const submit = (req: kiln.CreateTasksRequest): Promise<kiln.SubmitTasksResponse> => {
-    const refused = (err: unknown) => {
-      const e = toKilnError(err);
-      return create(kiln.SubmitTasksResponseSchema, { error: { code: e.code, message: e.message } });
-    };
-    try {
-      const first = sessions.createTasks(req.sessionId, req.inputs);
-      return commit
-        .flushed()
-        .then(
-          () => create(kiln.SubmitTasksResponseSchema, { firstTaskId: BigInt(first), count: req.inputs.length }),
-          refused,
-        );
-    } catch (err) {
-      return Promise.resolve(refused(err));
-    }
+  /** Creates the tasks at once (an async function runs up to its first await) and settles after their commit. */
+  const createTasks = async (req: kiln.CreateTasksRequest) => {
+    const first = sessions.createTasks(req.sessionId, req.inputs);
+    await commit.flushed();
+    return { firstTaskId: BigInt(first), count: req.inputs.length };
   };
+  /** Never rejects: on the stream a refusal is an answer. */
+  const submit = (req: kiln.CreateTasksRequest): Promise<kiln.SubmitTasksResponse> =>
+    createTasks(req).then(
+      (created) => create(kiln.SubmitTasksResponseSchema, created),
+      (err: unknown) => {
+        const e = toKilnError(err);
+        return create(kiln.SubmitTasksResponseSchema, { error: { code: e.code, message: e.message } });
+      },
+    );
 
   return {
     async createTasks(req) {
-      const first = sessions.createTasks(req.sessionId, req.inputs);
-      await commit.flushed();
-      return create(kiln.CreateTasksResponseSchema, { firstTaskId: BigInt(first), count: req.inputs.length });
+      return create(kiln.CreateTasksResponseSchema, await createTasks(req));
     },
     async *submitTasks(requests) {
       // Requests are taken as they arrive, so those of one turn share a commit; answers keep their order.
