@@ -716,6 +716,28 @@ describe("cache server: batches", () => {
     assert.equal((await t.req("GET", "/v1/objects/b/s/big")).body.length, big.length);
   });
 
+  it("memory backend: a sub-response over 1 MiB held in memory is SEND_ALONE too, and the server keeps serving", async () => {
+    const m = await startTestCache({ storage: { kind: "memory", maxBytes: 64 * 1024 * 1024, spillDir: tempDir() } });
+    try {
+      const big = Buffer.alloc(1024 * 1024 + 1, 9);
+      await m.req("PUT", "/v1/objects/b/s/big", { body: big });
+      const res = await m.req("POST", "/v1/batch", {
+        body: Buffer.from(
+          encodeBatchRequest([
+            { method: "GET", path: "/v1/objects/b/s/big", headers: {} },
+            { method: "GET", path: "/v1/stat/b/s/big", headers: {} },
+          ]),
+        ),
+      });
+      const [alone, stat] = decodeBatchResponse(res.body, 2);
+      assert.equal(alone!.status, SEND_ALONE);
+      assert.equal(stat!.status, 200);
+      assert.equal((await m.req("GET", "/v1/objects/b/s/big")).body.length, big.length);
+    } finally {
+      await m.close();
+    }
+  });
+
   it("refuses a malformed batch with 400 naming the item and field, and applies none of it", async () => {
     const cases: [unknown, string][] = [
       [{ not: "a list" }, "batch"],

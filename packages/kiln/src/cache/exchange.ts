@@ -64,9 +64,13 @@ export class BufferedResponse extends Writable implements RouteResponse {
       this.once("finish", resolve);
       this.once("close", resolve);
     });
+    // Going over the limit destroys the response on purpose (the batch answers SEND_ALONE): no crash.
+    this.on("error", () => undefined);
   }
 
   writeHead(status: number, headers: http.OutgoingHttpHeaders = {}): this {
+    // An announced length over the limit is refused before any of its body is read.
+    if (Number(headers["content-length"] ?? 0) > this.limit) this.destroy();
     this.status = status;
     for (const [name, value] of Object.entries(headers))
       if (value !== undefined)
