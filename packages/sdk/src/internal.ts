@@ -15,7 +15,6 @@ export { packDirectory, packFile, type PackOptions, type PackedArchive } from ".
 export { processExists } from "./process-exists.js";
 export * from "./runner/protocol.js";
 export { publishPackage } from "./packaging/publish-package.js";
-export * from "./runner/protocol.js";
 export {
   RUNNER_TEMPLATE,
   RUNNER_LABEL,

@@ -29,7 +29,8 @@ export function resolveCacheConfig(globals: GlobalOptions): ResolvedCacheConfig 
  */
 export async function withCache<T>(globals: GlobalOptions, fn: (cache: ObjectCache) => Promise<T>): Promise<T> {
   const { cacheEndpoint, cacheToken } = resolveCacheConfig(globals);
-  const cache = ObjectCache.fromConfig({ cacheEndpoint, ...(cacheToken ? { cacheToken } : {}) });
+  // Already resolved with the command's --config/--context: reading the config again would ignore them.
+  const cache = new ObjectCache({ endpoint: cacheEndpoint, ...(cacheToken ? { token: cacheToken } : {}) });
   try {
     return await fn(cache);
   } catch (err) {

@@ -31,6 +31,11 @@ export interface SubRequest {
   body?: Uint8Array;
 }
 
+/** Headers may be left out when encoding; decoded sub-requests always have them. */
+interface SubRequestHeaders {
+  headers?: Record<string, string>;
+}
+
 export interface SubResponse {
   status: number;
   headers: Record<string, string>;
@@ -38,8 +43,8 @@ export interface SubResponse {
 }
 
 /** @example const body = encodeBatchRequest([{ method: "GET", path: "/v1/objects/a/s/k", headers: {} }]); */
-export function encodeBatchRequest(items: readonly SubRequest[]): Uint8Array {
-  return encodeValue(items.map((i) => [i.method, i.path, i.headers, i.body ?? null]));
+export function encodeBatchRequest(items: readonly (Omit<SubRequest, "headers"> & SubRequestHeaders)[]): Uint8Array {
+  return encodeValue(items.map((i) => [i.method, i.path, i.headers ?? {}, i.body ?? null]));
 }
 
 /** The sub-requests of a batch body; anything malformed is refused naming the item and field. */

@@ -1,4 +1,3 @@
-import { loadCacheConfig, type CacheConfigOptions } from "../client/config.js";
 import { Sha256Counter, sha256Hex } from "../digest.js";
 import { createHash, randomBytes, type Hash } from "node:crypto";
 import * as fs from "node:fs";
@@ -6,7 +5,7 @@ import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Transform, type Readable } from "node:stream";
-import { normalizeEndpoint } from "../client/config.js";
+import { loadCacheConfig, normalizeEndpoint, type CacheConfigOptions } from "../client/config.js";
 import { CODEC_FORMAT_VERSION, decodeValue, encodeValue } from "../codec/index.js";
 import { ErrorCode, InvalidArgumentError, KilnError } from "../errors.js";
 import { CacheHttp, readAll, type ResponseHeaders, type WholeResponse } from "./http.js";

@@ -46,7 +46,7 @@ export class RequestBatcher {
   ) {}
 
   static accepts(spec: CacheRequest): boolean {
-    return (spec.body?.byteLength ?? 0) <= MAX_BATCHED_BODY_BYTES && spec.path !== BATCH_PATH;
+    return (spec.body?.byteLength ?? 0) <= MAX_BATCHED_BODY_BYTES;
   }
 
   send(spec: CacheRequest): Promise<WholeResponse> {
@@ -59,11 +59,6 @@ export class RequestBatcher {
   private flush(): void {
     const queue = this.queue;
     this.queue = [];
-    if (queue.length === 1) {
-      const only = queue[0]!;
-      this.sendOne(only.spec).then(only.resolve, only.reject);
-      return;
-    }
     const perBatch = Math.min(MAX_BATCH_ITEMS, Math.max(MIN_PER_BATCH, Math.ceil(queue.length / this.lanes)));
     let start = 0;
     let bytes = 0;
@@ -88,14 +83,7 @@ export class RequestBatcher {
         headers: { "content-type": BATCH_CONTENT_TYPE },
         // A batch of reads may go again if its connection dies, as each read alone would.
         resendable: items.every(({ spec }) => isResendable(spec)),
-        body: encodeBatchRequest(
-          items.map(({ spec }) => ({
-            method: spec.method,
-            path: spec.path,
-            headers: spec.headers ?? {},
-            ...(spec.body ? { body: spec.body } : {}),
-          })),
-        ),
+        body: encodeBatchRequest(items.map(({ spec }) => spec)),
       });
       // The batch as a whole was refused (a bad token, say): every request gets that answer.
       if (reply.status !== 200) {

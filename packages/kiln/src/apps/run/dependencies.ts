@@ -1,5 +1,4 @@
-import { checkDependencySpec, processExists } from "@kiln/sdk/internal";
-import { createHash } from "node:crypto";
+import { checkDependencySpec, processExists, sha256Hex } from "@kiln/sdk/internal";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -69,10 +68,9 @@ export async function dependencySpecs(appDir: string, extra: readonly string[]):
 export async function ensureDependencies(appDir: string, extra: readonly string[]): Promise<string | undefined> {
   const specs = await dependencySpecs(appDir, extra);
   if (specs.length === 0) return undefined;
-  const key = createHash("sha256")
-    .update(JSON.stringify({ specs, abi: process.versions.modules, platform: process.platform, arch: process.arch }))
-    .digest("hex")
-    .slice(0, 32);
+  const key = sha256Hex(
+    JSON.stringify({ specs, abi: process.versions.modules, platform: process.platform, arch: process.arch }),
+  ).slice(0, 32);
   const layout = layoutFor(appDir);
   const dir = path.join(layout.deps, `runner-${key}`);
   if (await exists(dir)) return dir;

@@ -73,7 +73,7 @@ async function stream(
   return sink.result();
 }
 
-/** A body that arrived whole (a batched sub-request) and fits in memory: only hashed. */
+/** A body that is whole in memory (a batched sub-request, or one gathered by `collect`): only hashed. */
 function inMemory(data: Buffer, options: ReceiveOptions): ReceivedBody {
   options.hash.update(data);
   options.bodyHash?.update(data);
@@ -91,27 +91,18 @@ function inMemory(data: Buffer, options: ReceiveOptions): ReceivedBody {
  * plain listeners, which costs a fraction of a pipeline per request.
  */
 function collect(source: Readable, options: ReceiveOptions): Promise<ReceivedBody> {
-  const { hash, bodyHash } = options;
   return new Promise((resolve, reject) => {
     // A request aborted while it waited (e.g. for its key) has already emitted 'close'.
     if (source.destroyed) return reject(new Error("the request ended before its body was complete"));
     const chunks: Buffer[] = [];
     let size = 0;
     const onData = (chunk: Buffer) => {
-      hash.update(chunk);
-      bodyHash?.update(chunk);
       chunks.push(chunk);
       size += chunk.length;
     };
     const onEnd = () => {
       cleanup();
-      resolve({
-        size,
-        sha256: hash.digest("hex"),
-        bodySha256: bodyHash?.digest("hex"),
-        content: { kind: "memory", data: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size) },
-        discard: () => undefined,
-      });
+      resolve(inMemory(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), options));
     };
     const onError = (err: Error) => {
       cleanup();

@@ -1,6 +1,7 @@
 import { encodeValue, getData, Runner, TimeoutError, type OutputData } from "@kiln/sdk";
+import { sha256Hex } from "@kiln/sdk/internal";
 import type { Command } from "commander";
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { CommandFailed, isUnreachable, UnreachableError } from "../exit-codes.js";
@@ -119,9 +120,7 @@ async function runnerCheck(globals: GlobalOptions, f: CheckFlags): Promise<StepR
       const blob = await r.service(mod, "blob");
       const sha256 = await r.service(mod, "sha256");
       const big = blob(4 << 20, 9);
-      const local = createHash("sha256")
-        .update(Uint8Array.from({ length: 4 << 20 }, (_, i) => (i * 31 + 9) & 0xff))
-        .digest("hex");
+      const local = sha256Hex(Uint8Array.from({ length: 4 << 20 }, (_, i) => (i * 31 + 9) & 0xff));
       expectEqual(await sha256(big), local, "sha256 of a 4 MiB result passed by reference");
       return "futures as arguments, a 4 MiB result passed by reference";
     });
