@@ -31,8 +31,12 @@ export class BoundedBytes {
     }
     this.truncated += Math.max(0, chunk.length - Math.max(room, 0));
     if (this.tailBytes === 0) return;
-    const joined = Buffer.concat([this.last, chunk]);
-    this.last = joined.subarray(Math.max(0, joined.length - this.tailBytes));
+    // A chunk at least as long as the tail replaces it without copying everything seen so far.
+    if (chunk.length >= this.tailBytes) this.last = Buffer.from(chunk.subarray(chunk.length - this.tailBytes));
+    else {
+      const joined = Buffer.concat([this.last, chunk]);
+      this.last = joined.subarray(Math.max(0, joined.length - this.tailBytes));
+    }
   }
 
   /** The kept beginning, as UTF-8 text. */

@@ -32,19 +32,17 @@ export class UsageError extends Error {
   }
 }
 
-/** A command ran but its outcome is a failure (e.g. some tasks failed); exits with ExitCode.Failed. */
+/**
+ * A command ran but its outcome is a failure: some tasks failed (ExitCode.Failed, the default), a
+ * job timed out (ExitCode.TimedOut), a package could not be uploaded (ExitCode.UploadFailed).
+ */
 export class CommandFailed extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly exitCode: ExitCode = ExitCode.Failed,
+  ) {
     super(message);
     this.name = "CommandFailed";
-  }
-}
-
-/** A job ran past its timeout and was killed; exits with ExitCode.TimedOut. */
-export class JobTimedOut extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "JobTimedOut";
   }
 }
 
@@ -67,17 +65,6 @@ export class UnreachableError extends Error {
     super(`cannot reach ${options.what ?? "the Kiln cluster"}${endpoint ? ` at ${endpoint}` : ""}`, options);
     this.name = "UnreachableError";
     this.flag = options.flag ?? "--endpoint";
-  }
-}
-
-/**
- * A package could not be uploaded to the object cache; exits with ExitCode.UploadFailed.
- * It carries no cause, so a connection error behind it is not mistaken for an unreachable cluster.
- */
-export class UploadFailed extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "UploadFailed";
   }
 }
 
@@ -121,15 +108,7 @@ export function reportError(err: unknown): ExitCode {
   }
   if (err instanceof CommandFailed) {
     process.stderr.write(`error: ${err.message}\n`);
-    return ExitCode.Failed;
-  }
-  if (err instanceof JobTimedOut) {
-    process.stderr.write(`error: ${err.message}\n`);
-    return ExitCode.TimedOut;
-  }
-  if (err instanceof UploadFailed) {
-    process.stderr.write(`error: ${err.message}\n`);
-    return ExitCode.UploadFailed;
+    return err.exitCode;
   }
   if (err instanceof UnreachableError || isUnreachable(err)) {
     const cause = err instanceof UnreachableError ? err.cause : err;

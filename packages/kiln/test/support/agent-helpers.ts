@@ -3,7 +3,7 @@ import { flame, kiln } from "@kiln/sdk/proto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { pingServiceEntry } from "../../src/apps/ping/location.js";
+import { serviceEntry } from "../../src/apps/service-entry.js";
 
 type AppInit = MessageInitShape<typeof flame.ApplicationSpecSchema>;
 
@@ -41,9 +41,9 @@ export function alive(pid: number): boolean {
 
 /** The compiled kiln-ping service, as the control plane registers it (needs `tsc -b` first). */
 export function pingApp(init: AppInit = {}): flame.ApplicationSpec {
-  if (!fs.existsSync(pingServiceEntry()))
-    throw new Error(`${pingServiceEntry()} is missing: build first (npx tsc -b packages/sdk packages/kiln)`);
-  return create(flame.ApplicationSpecSchema, { command: process.execPath, arguments: [pingServiceEntry()], ...init });
+  if (!fs.existsSync(serviceEntry("ping")))
+    throw new Error(`${serviceEntry("ping")} is missing: build first (npx tsc -b packages/sdk packages/kiln)`);
+  return create(flame.ApplicationSpecSchema, { command: process.execPath, arguments: [serviceEntry("ping")], ...init });
 }
 
 /** A TypeScript test service from test/support, run through tsx. */

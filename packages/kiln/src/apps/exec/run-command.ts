@@ -71,7 +71,8 @@ function startFailure(err: NodeJS.ErrnoException, program: string): { exitCode: 
 export function runCommand(spec: CommandSpec): Promise<CommandOutcome> {
   installExitHook();
   const started = performance.now();
-  const stdout = new BoundedBytes(spec.captureBytes, TAIL_BYTES);
+  // Only stderr's tail is quoted (in a failure message).
+  const stdout = new BoundedBytes(spec.captureBytes);
   const stderr = new BoundedBytes(spec.captureBytes, TAIL_BYTES);
   const [program, ...args] = spec.argv;
   return new Promise((resolve) => {

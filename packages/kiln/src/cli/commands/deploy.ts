@@ -1,7 +1,7 @@
 import { Option, type Command } from "commander";
 import { withCache } from "../cache-client.js";
 import { withClient } from "../client.js";
-import { UploadFailed, UsageError } from "../exit-codes.js";
+import { CommandFailed, ExitCode, UsageError } from "../exit-codes.js";
 import { printJson } from "../json.js";
 import { wholeNumber, type GlobalOptions } from "../options.js";
 import { renderFields } from "../table.js";
@@ -100,7 +100,8 @@ Examples:
         withCache(globals, (cache) =>
           deploy(target, options, { client, cache }).catch((err: unknown) => {
             if (err instanceof DetectionError) throw new UsageError(err.message);
-            if (err instanceof UploadError) throw new UploadFailed(err.message);
+            // No cause: a connection error behind a failed upload is not an unreachable cluster.
+            if (err instanceof UploadError) throw new CommandFailed(err.message, ExitCode.UploadFailed);
             throw err;
           }),
         ),

@@ -17,7 +17,7 @@ import * as fs from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { withCache } from "../cache-client.js";
 import { withClient } from "../client.js";
-import { CommandFailed, InterruptedError, JobTimedOut, UsageError } from "../exit-codes.js";
+import { CommandFailed, ExitCode, InterruptedError, UsageError } from "../exit-codes.js";
 import { jobStatusLine, outputReportText, printJobLogs } from "../job-report.js";
 import { wholeNumber, type GlobalOptions } from "../options.js";
 import { abortOnSignal } from "../signals.js";
@@ -168,7 +168,7 @@ export function registerExec(program: Command): void {
           } catch (err) {
             if (err instanceof JobFailedError) {
               show(f.json, session.id, err.taskId, err.result);
-              if (err.result.timedOut) throw new JobTimedOut(err.message);
+              if (err.result.timedOut) throw new CommandFailed(err.message, ExitCode.TimedOut);
               throw new CommandFailed(err.message);
             }
             if (err instanceof TaskFailedError && err.code === ErrorCode.TaskCancelled) {
