@@ -10,6 +10,7 @@ import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { percentile } from "../packages/kiln/src/cli/ping-workload.js";
 
 const CLI = path.resolve("packages/kiln/dist/cli/main.js");
 const PROJECT = path.resolve("bench/runner-project");
@@ -26,8 +27,6 @@ const up = spawn(process.execPath, [CLI, "up", "--data-dir", dataDir, "--port", 
 let upLog = "";
 up.stdout.on("data", (d: Buffer) => (upLog += d));
 up.stderr.on("data", (d: Buffer) => (upLog += d));
-
-const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
 
 async function waitForNode(): Promise<number> {
   const client = await connect({ endpoint });
@@ -61,7 +60,6 @@ try {
       await noop();
       latencies.push(performance.now() - t);
     }
-    latencies.sort((a, b) => a - b);
 
     const started = performance.now();
     await runner.get(Array.from({ length: calls }, () => noop()));
@@ -72,8 +70,8 @@ try {
     );
     console.log(`executors: ${executors} (one node, kiln up defaults)`);
     console.log(
-      `no-op round trip, one call at a time (${sequential} calls): p50 ${percentile(latencies, 0.5).toFixed(2)} ms, ` +
-        `p99 ${percentile(latencies, 0.99).toFixed(2)} ms`,
+      `no-op round trip, one call at a time (${sequential} calls): p50 ${percentile(latencies, 50).toFixed(2)} ms, ` +
+        `p99 ${percentile(latencies, 99).toFixed(2)} ms`,
     );
     console.log(
       `no-op calls, all in flight (${calls} calls): ${Math.round(calls / seconds).toLocaleString("en-US")} calls/s (${seconds.toFixed(2)} s)`,

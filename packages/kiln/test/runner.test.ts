@@ -17,7 +17,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { runCli, startCli, type CliProcess } from "./cli-helpers.js";
+import { closedPort, runCli, startCli, type CliProcess } from "./cli-helpers.js";
 import type * as chattyModule from "./fixtures/runner-project/src/chatty.js";
 import type * as counterModule from "./fixtures/runner-project/src/counter.js";
 import type * as errorsModule from "./fixtures/runner-project/src/errors.js";
@@ -379,6 +379,15 @@ describe("Runner against kiln up", () => {
     );
     const apps = await client.listApplications();
     assert.ok(!apps.some((a) => a.metadata?.name.startsWith("kiln-runner-check-")), "the check cleaned up");
+  });
+
+  it("kiln runner-check on a cluster it cannot reach exits 3 and says so, in text as in JSON", async () => {
+    const nowhere = `http://127.0.0.1:${await closedPort()}`;
+    for (const json of [[], ["--json"]]) {
+      const check = await runCli(["runner-check", ...json, "--endpoint", nowhere, "--cache-endpoint", nowhere]);
+      assert.equal(check.code, 3, check.stdout + check.stderr);
+      assert.match(check.stderr, /cannot reach the Kiln cluster/);
+    }
   });
 
   describe("bad input", { concurrency: true }, () => {

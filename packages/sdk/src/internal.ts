@@ -15,14 +15,9 @@ export { packDirectory, packFile, type PackOptions, type PackedArchive } from ".
 export { processExists } from "./process-exists.js";
 export * from "./runner/protocol.js";
 export { publishPackage } from "./packaging/publish-package.js";
-export {
-  RUNNER_TEMPLATE,
-  RUNNER_LABEL,
-  RUNNER_EXCLUDES,
-  RUNNER_PACKAGE_ENV,
-  checkDependencySpec,
-} from "./runner/runner.js";
+export { RUNNER_TEMPLATE, RUNNER_PACKAGE_ENV, checkDependencySpec } from "./runner/runner.js";
 export * from "./jobs/protocol.js";
 export * from "./jobs/output-spec.js";
 export * from "./jobs/job-rules.js";
 export { sha256Hex, Sha256Counter } from "./digest.js";
+export { withTimeout } from "./with-timeout.js";

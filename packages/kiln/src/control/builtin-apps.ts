@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { RUNNER_TEMPLATE } from "@kiln/sdk/internal";
 import { flame } from "@kiln/sdk/proto";
 import { serviceEntry, type BuiltinService } from "../apps/service-entry.js";
 import { CONCURRENCY_LABEL, type ApplicationRegistry } from "./applications.js";
@@ -19,7 +20,8 @@ const BUILTIN_APPS: readonly BuiltinApp[] = [
     description: "Built-in test service: sleeps and allocates as asked, answers with its host and time taken",
   },
   {
-    name: "kiln-run",
+    // Runner.open copies this one by name.
+    name: RUNNER_TEMPLATE,
     service: "run",
     concurrency: 64,
     description:

@@ -6,13 +6,14 @@ import { connect, type KilnClient } from "../client/client.js";
 import type { ConnectOptions } from "../client/config.js";
 import type { Session } from "../client/session.js";
 import { generateSessionId } from "../client/specs.js";
-import { ErrorCode, FailedPreconditionError, InvalidArgumentError, KilnError, TimeoutError } from "../errors.js";
+import { ErrorCode, FailedPreconditionError, InvalidArgumentError, KilnError } from "../errors.js";
 import { ObjectCache } from "../objects/cache-client.js";
 import type { ObjectRef } from "../objects/object-ref.js";
 import { packDirectory } from "../packaging/pack-directory.js";
 import { publishPackage } from "../packaging/publish-package.js";
 import * as flame from "../protocol/flame.js";
 import { validateName } from "../validation.js";
+import { withTimeout } from "../with-timeout.js";
 import { checkArgs, resolveArgs } from "./call-args.js";
 import { ObjectFuture } from "./object-future.js";
 import { checkProjectDir, findProjectRoot, resolveProjectModule, runsInsideExecutor } from "./project.js";
@@ -23,9 +24,9 @@ import type { CommonServiceOptions, RemoteService, ServiceExport, ServiceOptions
 /** The built-in application every Runner application is copied from. */
 export const RUNNER_TEMPLATE = "kiln-run";
 /** Marks an application registered by a Runner. */
-export const RUNNER_LABEL = "kiln.runner";
+const RUNNER_LABEL = "kiln.runner";
 /** Never packaged: installed or built on the executor, or not code. */
-export const RUNNER_EXCLUDES: readonly string[] = ["node_modules", ".git", "dist"];
+const RUNNER_EXCLUDES: readonly string[] = ["node_modules", ".git", "dist"];
 /** Set by kiln-run to the package URL of the application it serves, so a Runner opened inside a call can reuse it. */
 export const RUNNER_PACKAGE_ENV = "KILN_RUNNER_PACKAGE_URL";
 
@@ -107,12 +108,7 @@ export class Runner implements AsyncDisposable {
   static async open(name: string, options: RunnerOptions = {}): Promise<Runner> {
     validateName("name", name);
     const project = options.project !== undefined ? checkProjectDir(options.project) : findProjectRoot(process.cwd());
-    const cache = ObjectCache.fromConfig({
-      ...(options.cacheEndpoint !== undefined ? { cacheEndpoint: options.cacheEndpoint } : {}),
-      ...(options.cacheToken !== undefined ? { cacheToken: options.cacheToken } : {}),
-      ...(options.context !== undefined ? { context: options.context } : {}),
-      ...(options.configPath !== undefined ? { configPath: options.configPath } : {}),
-    });
+    const cache = ObjectCache.fromConfig(options);
     let client: KilnClient;
     try {
       client = await connect(options);
@@ -224,20 +220,7 @@ export class Runner implements AsyncDisposable {
    */
   async wait(futures: Iterable<ObjectFuture<unknown>>, options: { timeoutMs?: number } = {}): Promise<void> {
     const all = Promise.all([...futures].map((f) => f.wait()));
-    if (options.timeoutMs === undefined) {
-      await all;
-      return;
-    }
-    const timeoutMs = options.timeoutMs;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new TimeoutError("waiting for the calls", timeoutMs)), timeoutMs);
-    });
-    try {
-      await Promise.race([all, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+    await (options.timeoutMs === undefined ? all : withTimeout(all, options.timeoutMs, "waiting for the calls"));
   }
 
   /**

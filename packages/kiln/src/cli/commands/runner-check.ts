@@ -1,5 +1,5 @@
-import { encodeValue, getData, Runner, TimeoutError, type OutputData } from "@kiln/sdk";
-import { sha256Hex } from "@kiln/sdk/internal";
+import { encodeValue, getData, Runner, type OutputData } from "@kiln/sdk";
+import { sha256Hex, withTimeout } from "@kiln/sdk/internal";
 import type { Command } from "commander";
 import { randomBytes } from "node:crypto";
 import * as path from "node:path";
@@ -42,14 +42,6 @@ function expectEqual(actual: unknown, expected: unknown, what: string): void {
     throw new CheckFailed(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
 }
 
-function withTimeout<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new TimeoutError(what, ms)), ms);
-  });
-  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
-}
-
 /**
  * Runs the Runner end to end on the configured cluster, one step after the
  * other, each bounded by the timeout, and always cleans up what it made.
@@ -57,22 +49,27 @@ function withTimeout<T>(work: Promise<T>, ms: number, what: string): Promise<T> 
 async function runnerCheck(globals: GlobalOptions, f: CheckFlags): Promise<StepResult[]> {
   const results: StepResult[] = [];
   const timeoutMs = f.timeout * 1000;
+  const record = (r: StepResult): boolean => {
+    results.push(r);
+    if (!f.json)
+      process.stdout.write(`${r.ok ? "✓" : "✗"} ${r.step.padEnd(22)} ${String(r.ms).padStart(6)} ms  ${r.detail}\n`);
+    return r.ok;
+  };
   const step = async (name: string, work: () => Promise<string>): Promise<boolean> => {
     const started = performance.now();
+    const ms = () => Math.round(performance.now() - started);
     try {
       const detail = await withTimeout(work(), timeoutMs, name);
-      results.push({ step: name, ok: true, ms: Math.round(performance.now() - started), detail });
-      return true;
+      return record({ step: name, ok: true, ms: ms(), detail });
     } catch (err) {
+      // An unreachable cluster is not a failed step: the command reports it (exit code 3).
       if (isUnreachable(err)) throw err;
-      const detail = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-      results.push({ step: name, ok: false, ms: Math.round(performance.now() - started), detail });
-      return false;
-    } finally {
-      if (!f.json) {
-        const r = results.at(-1)!;
-        process.stdout.write(`${r.ok ? "✓" : "✗"} ${r.step.padEnd(22)} ${String(r.ms).padStart(6)} ms  ${r.detail}\n`);
-      }
+      return record({
+        step: name,
+        ok: false,
+        ms: ms(),
+        detail: err instanceof Error ? `${err.name}: ${err.message}` : String(err),
+      });
     }
   };
 
