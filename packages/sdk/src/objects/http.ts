@@ -117,7 +117,7 @@ export class CacheHttp {
       bodyTimeout: options.timeoutMs,
     };
     const connections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
-    this.requests = options.batchRequests ? new RequestBatcher((spec) => this.sendOne(spec), connections) : undefined;
+    this.requests = options.batchRequests ? new RequestBatcher((spec) => this.sendOne(spec)) : undefined;
     this.small = new Pool(options.endpoint, {
       ...timeouts,
       connections,
