@@ -24,6 +24,7 @@ import type * as errorsModule from "./fixtures/runner-project/src/errors.js";
 import type * as mathModule from "./fixtures/runner-project/src/math.js";
 import type * as nestedModule from "./fixtures/runner-project/src/nested.js";
 import type * as depsModule from "./fixtures/runner-project/src/uses-deps.js";
+import type * as legacyModule from "./fixtures/runner-project/src/legacy.cjs";
 import type * as valuesModule from "./fixtures/runner-project/src/values.js";
 
 const FIXTURE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "fixtures/runner-project");
@@ -286,6 +287,11 @@ describe("Runner against kiln up", () => {
       const log = await fs.readFile(path.join(packages, "logs", `${key}.log`), "utf8");
       assert.equal(log.match(/^# .* install /gm)?.length, 1, `npm ran once for ${key}:\n${log}`);
     }
+  });
+
+  it("a CommonJS module's require() finds @kiln/sdk and the project's dependencies", async () => {
+    const greet = await runner.service(runner.module<typeof legacyModule>("src/legacy.cts"), "greetFromCjs");
+    assert.equal(await greet("ada", 42), "hello ada, please: number");
   });
 
   it("a Runner opened inside a call reuses the application and leaves it in place", async () => {

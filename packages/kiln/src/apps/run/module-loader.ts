@@ -1,10 +1,10 @@
 import * as nodeModule from "node:module";
 import * as path from "node:path";
-import { pathToFileURL } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { MessageChannel, type MessagePort } from "node:worker_threads";
 import { register as registerTsxCjs } from "tsx/cjs/api";
 import { register as registerTsxEsm } from "tsx/esm/api";
-import type { ProjectScope, ResolveHookData } from "./resolve-hook.js";
+import { isBare, type ProjectScope, type ResolveHookData } from "./resolve-hook.js";
 
 const HOOK_ANSWER_MS = 10_000;
 
@@ -21,10 +21,15 @@ const HOOK_ANSWER_MS = 10_000;
  */
 export class ModuleLoader {
   private port: MessagePort | undefined;
+  private cjsScope: { appDir: string; depsDir?: string } | undefined;
 
   /** Registers the hooks (once) and points them at this session's project and dependencies. */
   async prepare(o: { appDir: string; depsDir?: string }): Promise<void> {
-    this.port ??= registerHooks();
+    if (!this.port) {
+      this.port = registerHooks();
+      await resolveCommonJsLikeImports(() => this.cjsScope);
+    }
+    this.cjsScope = { appDir: o.appDir + path.sep, ...(o.depsDir ? { depsDir: o.depsDir } : {}) };
     const scope: ProjectScope = {
       appDirURL: pathToFileURL(o.appDir + path.sep).href,
       ...(o.depsDir ? { depsParentURL: pathToFileURL(path.join(o.depsDir, "package.json")).href } : {}),
@@ -79,4 +84,55 @@ function registerHooks(): MessagePort {
   });
   port1.unref();
   return port1;
+}
+
+type ResolveFilename = (
+  request: string,
+  parent: { filename?: string | null } | undefined,
+  ...rest: unknown[]
+) => string;
+
+/** The SDK's entries, and the CommonJS file that stands for each (require-sdk/). */
+const SDK_ENTRIES: Record<string, string> = {
+  "@kiln/sdk": "index.cjs",
+  "@kiln/sdk/internal": "internal.cjs",
+  "@kiln/sdk/proto": "proto.cjs",
+  "@kiln/sdk/service": "service.cjs",
+};
+
+/**
+ * The CommonJS twin of resolve-hook.ts. Node's module hooks do not see the
+ * require() calls of a CommonJS module (before Node 22), so a project's
+ * CommonJS module would find neither `@kiln/sdk` nor the dependencies
+ * installed for its session. Node has no public API for this;
+ * Module._resolveFilename is the seam tsx and module-alias use too. Only
+ * requires from the session's project are redirected.
+ *
+ * The SDK is an ES module graph, which require() cannot load while async
+ * hooks are registered (Node 20), so `@kiln/sdk` resolves to a CommonJS file
+ * that hands out kiln-run's own, already loaded SDK: a project gets the same
+ * SDK whichever way it asks.
+ */
+async function resolveCommonJsLikeImports(
+  scope: () => { appDir: string; depsDir?: string } | undefined,
+): Promise<void> {
+  for (const entry of Object.keys(SDK_ENTRIES))
+    (globalThis as Record<symbol, unknown>)[Symbol.for(`kiln-run:${entry}`)] = await import(entry);
+  const Module = nodeModule.Module as unknown as { _resolveFilename: ResolveFilename };
+  const original = Module._resolveFilename;
+  Module._resolveFilename = function (request, parent, ...rest) {
+    const current = scope();
+    if (current === undefined || parent?.filename?.startsWith(current.appDir) !== true)
+      return original.call(this, request, parent, ...rest);
+    const sdkFile = SDK_ENTRIES[request];
+    if (sdkFile) return fileURLToPath(new URL(`./require-sdk/${sdkFile}`, import.meta.url));
+    if (current.depsDir && isBare(request)) {
+      try {
+        return original.call(this, request, parent, rest[0], { paths: [current.depsDir] });
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== "MODULE_NOT_FOUND") throw err;
+      }
+    }
+    return original.call(this, request, parent, ...rest);
+  };
 }

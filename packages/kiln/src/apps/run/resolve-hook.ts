@@ -52,6 +52,6 @@ export const resolve: ResolveHook = async (specifier, context, nextResolve) => {
 };
 
 /** `lodash`, `@scope/pkg/sub`: not relative, absolute, a URL (`node:fs`) or a package import (`#x`). */
-function isBare(specifier: string): boolean {
+export function isBare(specifier: string): boolean {
   return !/^[./#]/.test(specifier) && !/^[a-zA-Z][a-zA-Z0-9+.-]*:/.test(specifier);
 }
