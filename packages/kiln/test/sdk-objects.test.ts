@@ -639,6 +639,31 @@ describe("sdk objects: trust, validation and failures", () => {
     }
   });
 
+  it("a large upload refused before its body is read gets the server's error, not a broken pipe", async () => {
+    const guarded = await startCacheServer({
+      port: 0,
+      token: "s3cret",
+      maxObjectBytes: 1024 * 1024,
+      storage: { kind: "fs", dir: tempDir("sdk-refused") },
+    });
+    const source = path.join(tempDir("sdk-refused-src"), "big.bin");
+    fs.writeFileSync(source, Buffer.alloc(32 * 1024 * 1024, 1));
+    const wrongToken = new ObjectCache({ endpoint: guarded.endpoint, token: "wrong" });
+    const rightToken = new ObjectCache({ endpoint: guarded.endpoint, token: "s3cret" });
+    try {
+      // Each refusal raced the client's writes; several in a row all have to come back as the server said.
+      for (let i = 0; i < 6; i++) {
+        await rejectsWith(wrongToken.uploadObject("big/s/x", source), UnauthenticatedError, "token");
+        await rejectsWith(rightToken.uploadObject("big/s/x", source), KilnError, "maxObjectBytes");
+      }
+      assert.equal((await rightToken.listObjects("big")).length, 0);
+    } finally {
+      wrongToken.close();
+      rightToken.close();
+      await guarded.close();
+    }
+  });
+
   it("sends the token, and reports a missing one as UNAUTHENTICATED", async () => {
     const guarded = await startCacheServer({
       port: 0,
