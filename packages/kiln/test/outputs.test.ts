@@ -1,4 +1,4 @@
-import { ErrorCode, InvalidArgumentError, KilnError, ObjectCache } from "@kiln/sdk";
+import { ErrorCode, ignoreNotFound, InvalidArgumentError, ObjectCache } from "@kiln/sdk";
 import {
   DEFAULT_LEVELS,
   jobKeys,
@@ -363,13 +363,7 @@ describe("persisting outputs to the object cache", { timeout: 30_000 }, () => {
     jobKeys.output(t.application, t.sessionId, t.taskId, sha256(file));
 
   async function manifestExists(t: PersistTarget): Promise<boolean> {
-    return cache.client!.statObject(manifestKey(t)).then(
-      () => true,
-      (err: unknown) => {
-        if (err instanceof KilnError && err.code === ErrorCode.NotFound) return false;
-        throw err;
-      },
-    );
+    return (await cache.client!.statObject(manifestKey(t)).catch(ignoreNotFound)) !== undefined;
   }
 
   it("writes each matched file with its level, size and sha256, refuses what breaks its level's rules, manifest last", async () => {

@@ -73,6 +73,28 @@ export class KilnError extends Error {
   }
 }
 
+/**
+ * Whether `err` says something does not exist (code NOT_FOUND), whichever
+ * class carries it: a NOT_FOUND from a server arrives as a plain KilnError.
+ *
+ * @example
+ * try { await client.getApplication("demo"); } catch (e) { if (!isNotFound(e)) throw e; }
+ */
+export function isNotFound(err: unknown): err is KilnError {
+  return err instanceof KilnError && err.code === ErrorCode.NotFound;
+}
+
+/**
+ * For `.catch()`: undefined when the thing was not there; any other error is thrown on.
+ *
+ * @example
+ * const stat = await cache.statObject("app/s/k").catch(ignoreNotFound); // ObjectStat | undefined
+ */
+export function ignoreNotFound(err: unknown): undefined {
+  if (isNotFound(err)) return undefined;
+  throw err;
+}
+
 export class NotFoundError extends KilnError {
   constructor(kind: string, id: string) {
     super(ErrorCode.NotFound, `${kind} "${id}" not found`);

@@ -15,7 +15,9 @@ import {
   connect,
   ErrorCode,
   FailedPreconditionError,
+  ignoreNotFound,
   InvalidArgumentError,
+  isNotFound,
   KilnError,
   TaskFailedError,
   type KilnClient,
@@ -283,6 +285,12 @@ describe("client against a control plane", () => {
 
   test("errors carry stable codes: unknown app, duplicate, invalid ids", async () => {
     await assert.rejects(client.getApplication("nope"), assertCode(ErrorCode.NotFound));
+    // A server's NOT_FOUND is a plain KilnError: isNotFound and ignoreNotFound go by the code.
+    assert.equal(await client.getApplication("nope").catch(ignoreNotFound), undefined);
+    assert.ok(isNotFound(await client.getApplication("nope").catch((e: unknown) => e)));
+    const refused = await client.createSession({ application: "" }).catch((e: unknown) => e);
+    assert.ok(refused instanceof KilnError && !isNotFound(refused));
+    await assert.rejects(Promise.reject(refused).catch(ignoreNotFound), (e) => e === refused);
     await assert.rejects(client.createSession({ application: "nope" }), assertCode(ErrorCode.NotFound, "nope"));
     await assert.rejects(
       client.registerApplication("app", { command: "/bin/true" }),

@@ -1,4 +1,4 @@
-import { ErrorCode, KilnError, type ApplicationInit, type KilnClient, type ObjectCache } from "@kiln/sdk";
+import { ignoreNotFound, type ApplicationInit, type KilnClient, type ObjectCache } from "@kiln/sdk";
 import { packDirectory, packFile, publishPackage, type PackedArchive } from "@kiln/sdk/internal";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
@@ -105,13 +105,7 @@ export async function deploy(
       ...(o.maxInstances !== undefined ? { maxInstances: o.maxInstances } : {}),
       ...(o.delayReleaseSeconds !== undefined ? { delayReleaseSeconds: o.delayReleaseSeconds } : {}),
     };
-    const exists = await deps.client.getApplication(o.name).then(
-      () => true,
-      (err: unknown) => {
-        if (err instanceof KilnError && err.code === ErrorCode.NotFound) return false;
-        throw err;
-      },
-    );
+    const exists = (await deps.client.getApplication(o.name).catch(ignoreNotFound)) !== undefined;
     if (exists) await deps.client.updateApplication(o.name, spec);
     else await deps.client.registerApplication(o.name, spec);
     result.application = exists ? "updated" : "registered";

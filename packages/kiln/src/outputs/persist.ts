@@ -1,9 +1,8 @@
 import {
-  ErrorCode,
   FailedPreconditionError,
+  ignoreNotFound,
   InvalidArgumentError,
   isObjectRef,
-  KilnError,
   ObjectRef,
   encodeValue,
   type ObjectCache,
@@ -261,11 +260,6 @@ async function unchangedRef(
 
 async function deleteIfPresent(cache: ObjectCache, key: string): Promise<void> {
   await cache.deleteObjects(key).catch(ignoreNotFound);
-}
-
-function ignoreNotFound(err: unknown): undefined {
-  if (err instanceof KilnError && err.code === ErrorCode.NotFound) return undefined;
-  throw err;
 }
 
 function persisted(file: PlannedFile, ref: ObjectRef): PersistedOutput {

@@ -4,7 +4,14 @@ import * as os from "node:os";
 import * as path from "node:path";
 import type { Session } from "../client/session.js";
 import { outputOf, type TaskUpdate } from "../client/task-update.js";
-import { ErrorCode, FailedPreconditionError, InvalidArgumentError, KilnError, TaskFailedError } from "../errors.js";
+import {
+  ErrorCode,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  KilnError,
+  TaskFailedError,
+  isNotFound,
+} from "../errors.js";
 import type { ObjectCache } from "../objects/cache-client.js";
 import { defaultObjectCache } from "../objects/objects.js";
 import * as flame from "../protocol/flame.js";
@@ -286,7 +293,7 @@ export async function getJobResult(
       result: decodeJobResultValue(await cache.getObject(jobKeys.log(application, session.id, taskId))),
     };
   } catch (err) {
-    if (err instanceof KilnError && err.code === ErrorCode.NotFound) return found;
+    if (isNotFound(err)) return found;
     throw err;
   }
 }
@@ -352,7 +359,7 @@ export async function fetchOutputs(
   try {
     manifest = (await cache.getObject(report.manifest)) as OutputReport;
   } catch (err) {
-    if (err instanceof KilnError && err.code === ErrorCode.NotFound)
+    if (isNotFound(err))
       throw new FailedPreconditionError(`the job's manifest ${report.manifest.key} is gone: nothing to fetch`);
     throw err;
   }

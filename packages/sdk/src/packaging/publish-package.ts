@@ -1,4 +1,4 @@
-import { ErrorCode, KilnError } from "../errors.js";
+import { ErrorCode, ignoreNotFound, KilnError } from "../errors.js";
 import type { ObjectCache } from "../objects/cache-client.js";
 import type { PackedArchive } from "./pack-directory.js";
 
@@ -17,10 +17,7 @@ export async function publishPackage(
   key: string,
   archive: Pick<PackedArchive, "file" | "sha256">,
 ): Promise<boolean> {
-  const existing = await cache.statObject(key).catch((err: unknown) => {
-    if (err instanceof KilnError && err.code === ErrorCode.NotFound) return undefined;
-    throw err;
-  });
+  const existing = await cache.statObject(key).catch(ignoreNotFound);
   if (existing?.sha256 === archive.sha256) return false;
   const ref = await cache.uploadObject(key, archive.file);
   if (ref.sha256 !== archive.sha256)

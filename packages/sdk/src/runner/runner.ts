@@ -6,7 +6,14 @@ import { connect, type KilnClient } from "../client/client.js";
 import type { ConnectOptions } from "../client/config.js";
 import type { Session } from "../client/session.js";
 import { generateSessionId } from "../client/specs.js";
-import { ErrorCode, FailedPreconditionError, InvalidArgumentError, KilnError } from "../errors.js";
+import {
+  ErrorCode,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  KilnError,
+  ignoreNotFound,
+  isNotFound,
+} from "../errors.js";
 import { ObjectCache } from "../objects/cache-client.js";
 import type { ObjectRef } from "../objects/object-ref.js";
 import { packDirectory } from "../packaging/pack-directory.js";
@@ -291,7 +298,7 @@ export class Runner implements AsyncDisposable {
     const failures: unknown[] = [];
     const attempt = (step: () => Promise<unknown>) =>
       step().catch((err: unknown) => {
-        if (!(err instanceof KilnError && err.code === ErrorCode.NotFound)) failures.push(err);
+        if (!isNotFound(err)) failures.push(err);
       });
     await Promise.all(this.#sessions.map((s) => attempt(() => s.close())));
     if (this.registered) {
@@ -326,7 +333,7 @@ async function provideApplication(
   client: KilnClient,
   cache: ObjectCache,
 ): Promise<{ registered: boolean; packaged?: ReadonlySet<string> }> {
-  const existing = await findApplication(client, name);
+  const existing = await client.getApplication(name).catch(ignoreNotFound);
   if (existing) {
     if (!existing.spec?.labels.includes(RUNNER_LABEL))
       throw new FailedPreconditionError(
@@ -334,7 +341,7 @@ async function provideApplication(
       );
     return { registered: false };
   }
-  const template = (await findApplication(client, RUNNER_TEMPLATE))?.spec;
+  const template = (await client.getApplication(RUNNER_TEMPLATE).catch(ignoreNotFound))?.spec;
   if (!template)
     throw new FailedPreconditionError(
       `the cluster has no "${RUNNER_TEMPLATE}" application to copy (is it a Kiln cluster of this version?)`,
@@ -355,15 +362,6 @@ async function provideApplication(
     throw err;
   }
   return { registered: true, ...("files" in pkg ? { packaged: pkg.files } : {}) };
-}
-
-async function findApplication(client: KilnClient, name: string): Promise<flame.Application | undefined> {
-  try {
-    return await client.getApplication(name);
-  } catch (err) {
-    if (err instanceof KilnError && err.code === ErrorCode.NotFound) return undefined;
-    throw err;
-  }
 }
 
 /** Packs the project and uploads it at a content-addressed key; returns its `cache://` URL and files. */

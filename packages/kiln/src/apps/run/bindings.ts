@@ -1,4 +1,4 @@
-import { ErrorCode, KilnError, type ObjectCache } from "@kiln/sdk";
+import { ignoreNotFound, type ObjectCache } from "@kiln/sdk";
 import type { ServiceSpec } from "@kiln/sdk/internal";
 
 type Callable = (...args: unknown[]) => unknown;
@@ -123,10 +123,7 @@ class StatefulState {
   }
 
   private async load(): Promise<void> {
-    const stat = await this.cache.statObject(this.key).catch((err: unknown) => {
-      if (err instanceof KilnError && err.code === ErrorCode.NotFound) return undefined;
-      throw err;
-    });
+    const stat = await this.cache.statObject(this.key).catch(ignoreNotFound);
     if (!stat || stat.version <= this.version) return;
     const state = await this.cache.getObject(this.key);
     if (typeof state !== "object" || state === null) throw new Error(`the saved state at ${this.key} is not an object`);
