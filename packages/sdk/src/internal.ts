@@ -14,7 +14,7 @@ export * from "./objects/batch-format.js";
 export { packDirectory, packFile, type PackOptions, type PackedArchive } from "./packaging/pack-directory.js";
 export { processExists } from "./process-exists.js";
 export * from "./runner/protocol.js";
-export { publishPackage } from "./packaging/publish-package.js";
+export { packageLocation, publishPackage } from "./packaging/publish-package.js";
 export { RUNNER_TEMPLATE, RUNNER_PACKAGE_ENV, checkDependencySpec } from "./runner/runner.js";
 export * from "./jobs/protocol.js";
 export * from "./jobs/output-spec.js";

@@ -1,5 +1,5 @@
 import { ignoreNotFound, type ApplicationInit, type KilnClient, type ObjectCache } from "@kiln/sdk";
-import { packDirectory, packFile, publishPackage, type PackedArchive } from "@kiln/sdk/internal";
+import { packageLocation, packDirectory, packFile, publishPackage, type PackedArchive } from "@kiln/sdk/internal";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
@@ -73,9 +73,7 @@ export async function deploy(
   const workDir = await fsp.mkdtemp(path.join(os.tmpdir(), "kiln-deploy-"));
   try {
     const archive = await packageOf(detected, workDir, o.excludes ?? []);
-    const extension = archive.zip ? ".zip" : ".tar.gz";
-    const key = `${o.name}/pkg/${o.name}-${archive.sha256.slice(0, 16)}${extension}`;
-    const url = `cache://${key}#sha256=${archive.sha256}`;
+    const { key, url } = packageLocation(o.name, archive, archive.zip ? ".zip" : ".tar.gz");
     const result: DeployResult = {
       name: o.name,
       kind: detected.kind,

@@ -96,8 +96,6 @@ export const runnerKeys = {
   state: (app: string, sessionId: string) => `${app}/${sessionId}/state`,
   /** Prefix of objects put with `runner.putObject`. */
   shared: (app: string) => `${app}/shared`,
-  /** The project package, content-addressed. */
-  package: (app: string, sha256: string) => `${app}/pkg/${app}-${sha256.slice(0, 16)}.tar.gz`,
 };
 
 function record(bytes: Uint8Array, what: string): Record<string, unknown> {

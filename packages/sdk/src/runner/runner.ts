@@ -17,7 +17,7 @@ import {
 import { ObjectCache } from "../objects/cache-client.js";
 import type { ObjectRef } from "../objects/object-ref.js";
 import { packDirectory } from "../packaging/pack-directory.js";
-import { publishPackage } from "../packaging/publish-package.js";
+import { packageLocation, publishPackage } from "../packaging/publish-package.js";
 import * as flame from "../protocol/flame.js";
 import { validateName } from "../validation.js";
 import { withTimeout } from "../with-timeout.js";
@@ -376,9 +376,9 @@ async function uploadProject(
     const archive = await packDirectory(project, path.join(workDir, "package.tar.gz"), {
       excludes: [...RUNNER_EXCLUDES, ...excludes],
     });
-    const key = runnerKeys.package(name, archive.sha256);
+    const { key, url } = packageLocation(name, archive);
     await publishPackage(cache, key, archive);
-    return { url: `cache://${key}#sha256=${archive.sha256}`, files: new Set(archive.files) };
+    return { url, files: new Set(archive.files) };
   } finally {
     await fsp.rm(workDir, { recursive: true, force: true });
   }
