@@ -1,6 +1,8 @@
 import { create } from "@bufbuild/protobuf";
 import {
   connect,
+  DEFAULT_LEVELS,
+  encodeValue,
   ErrorCode,
   fetchOutputs,
   getJobResult,
@@ -14,7 +16,7 @@ import {
   type OutputReport,
   type Session,
 } from "@kiln/sdk";
-import { LazyAbort } from "@kiln/sdk/internal";
+import { JOB_FORMAT, LazyAbort } from "@kiln/sdk/internal";
 import { flame } from "@kiln/sdk/proto";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
@@ -175,6 +177,36 @@ describe("jobs: kiln-exec, runJob, kiln exec and kiln outputs", () => {
       assert.match(err.message, /out\/rows\.txt \(nearest pattern: "out\/\*\.csv"/);
     },
   );
+
+  it("kiln-exec itself refuses a job record that skipped the SDK's checks, naming the field", LIMIT, async () => {
+    const valid = {
+      format: JOB_FORMAT,
+      command: ["true"],
+      inputs: [],
+      env: {},
+      timeoutMs: 10_000,
+      outputs: {},
+      levels: DEFAULT_LEVELS,
+    };
+    for (const [record, message] of [
+      [{ ...valid, command: undefined }, /job: needs exactly one of command and script/],
+      [{ ...valid, command: [] }, /job\.command: must be a non-empty array/],
+      [{ ...valid, inputs: "a.txt" }, /job\.inputs: must be an array/],
+      [{ ...valid, timeoutMs: -1 }, /job\.timeoutMs: must be more than 0/],
+      [{ ...valid, format: "other" }, /job\.format: must be/],
+      [[1, 2], /job: is not a job record/],
+    ] as const) {
+      const err = await session.run(encodeValue(record)).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      assert.ok(
+        err instanceof TaskFailedError,
+        `expected TaskFailedError for ${JSON.stringify(record)}, got ${String(err)}`,
+      );
+      assert.match(err.message, message);
+    }
+  });
 
   it("a file matched at two levels is kept at the most restrictive one, and the report says so", LIMIT, async () => {
     const r = await job({

@@ -19,6 +19,7 @@ import { validateJobSpec } from "./job-rules.js";
 import { DEFAULT_LEVELS, validateLevels, validateRelativePath } from "./output-spec.js";
 import {
   decodeJobResult,
+  jobResultOf,
   decodeJobSpec,
   encodeJobSpec,
   JOB_FORMAT,
@@ -290,19 +291,12 @@ export async function getJobResult(
   try {
     return {
       ...found,
-      result: decodeJobResultValue(await cache.getObject(jobKeys.log(application, session.id, taskId))),
+      result: jobResultOf(await cache.getObject(jobKeys.log(application, session.id, taskId))),
     };
   } catch (err) {
     if (isNotFound(err)) return found;
     throw err;
   }
-}
-
-function decodeJobResultValue(value: unknown): JobResult {
-  const rec = value as Partial<JobResult> | null;
-  if (typeof rec !== "object" || rec === null || rec.format !== JOB_FORMAT || typeof rec.report !== "object")
-    throw new InvalidArgumentError("log", "is not a job result");
-  return rec as JobResult;
 }
 
 /**

@@ -41,6 +41,7 @@ export function validateJobSpec(spec: JobSpec): DeclaredOutput[] {
       );
     checkArg("job.script.source", spec.script.source);
   }
+  if (!Array.isArray(spec.inputs)) throw new InvalidArgumentError("job.inputs", "must be an array of { path, … }");
   const paths = new Set<string>();
   spec.inputs.forEach((input, i) => {
     const field = `job.inputs[${i}].path`;

@@ -120,8 +120,7 @@ export const jobKeys = {
   inputPrefix: (app: string, sessionId: string) => `${app}/${sessionId}`,
 };
 
-function record(bytes: Uint8Array, what: string): Record<string, unknown> {
-  const value = decodeValue(bytes);
+function record(value: unknown, what: string): Record<string, unknown> {
   if (typeof value !== "object" || value === null || Array.isArray(value))
     throw new InvalidArgumentError(what, "is not a job record");
   const rec = value as Record<string, unknown>;
@@ -134,24 +133,9 @@ export function encodeJobSpec(spec: JobSpec): Uint8Array {
   return encodeValue(spec, { path: "job" });
 }
 
-/** Checks the record's shape (not the patterns: validate those with the output-spec rules). */
+/** Checks that the bytes are a job record of this format; validateJobSpec (job-rules.ts) checks the rest. */
 export function decodeJobSpec(bytes: Uint8Array): JobSpec {
-  const rec = record(bytes, "job");
-  const hasCommand = rec.command !== undefined;
-  if (hasCommand === (rec.script !== undefined))
-    throw new InvalidArgumentError("job", "needs exactly one of command and script");
-  if (
-    hasCommand &&
-    (!Array.isArray(rec.command) || rec.command.length === 0 || rec.command.some((a) => typeof a !== "string"))
-  )
-    throw new InvalidArgumentError("job.command", "must be a non-empty array of strings");
-  if (!Array.isArray(rec.inputs)) throw new InvalidArgumentError("job.inputs", "must be an array");
-  if (typeof rec.timeoutMs !== "number" || !(rec.timeoutMs > 0))
-    throw new InvalidArgumentError("job.timeoutMs", "must be a positive number");
-  if (typeof rec.outputs !== "object" || rec.outputs === null)
-    throw new InvalidArgumentError("job.outputs", "must be an object");
-  if (!Array.isArray(rec.levels)) throw new InvalidArgumentError("job.levels", "must be an array");
-  return rec as unknown as JobSpec;
+  return record(decodeValue(bytes), "job") as unknown as JobSpec;
 }
 
 export function encodeJobResult(result: JobResult): Uint8Array {
@@ -159,7 +143,12 @@ export function encodeJobResult(result: JobResult): Uint8Array {
 }
 
 export function decodeJobResult(bytes: Uint8Array): JobResult {
-  const rec = record(bytes, "result");
+  return jobResultOf(decodeValue(bytes));
+}
+
+/** A JobResult already decoded (read from the cache with getObject), checked as decodeJobResult checks one. */
+export function jobResultOf(value: unknown): JobResult {
+  const rec = record(value, "result");
   if (typeof rec.report !== "object" || rec.report === null)
     throw new InvalidArgumentError("result.report", "must be an object");
   return rec as unknown as JobResult;
