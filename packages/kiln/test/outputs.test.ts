@@ -2,7 +2,7 @@ import { ErrorCode, ignoreNotFound, InvalidArgumentError, ObjectCache } from "@k
 import {
   DEFAULT_LEVELS,
   jobKeys,
-  MAX_REPORTED_UNMATCHED,
+  MAX_REPORTED_ENTRIES,
   matchesPattern,
   validateLevels,
   validateOutputSpec,
@@ -412,16 +412,33 @@ describe("persisting outputs to the object cache", { timeout: 30_000 }, () => {
     );
   });
 
-  it("lists at most MAX_REPORTED_UNMATCHED unmatched files and counts the rest", async () => {
+  it("lists at most MAX_REPORTED_ENTRIES unmatched files and counts the rest", async () => {
     const stray = Object.fromEntries(
-      Array.from({ length: MAX_REPORTED_UNMATCHED + 5 }, (_, i) => [`stray/f${String(i).padStart(5, "0")}.log`, "x"]),
+      Array.from({ length: MAX_REPORTED_ENTRIES + 5 }, (_, i) => [`stray/f${String(i).padStart(5, "0")}.log`, "x"]),
     );
     const job = await finishedJob({ ...stray, "out/rows.csv": "id\n" }, { highly_sensitive: { rows: "out/rows.csv" } });
     const report = await persistOutputs(job.target, job.match, job.found.refused);
     assert.equal(report.outputs.length, 1);
-    assert.equal(report.unmatchedOutputs.length, MAX_REPORTED_UNMATCHED);
+    assert.equal(report.unmatchedOutputs.length, MAX_REPORTED_ENTRIES);
     assert.equal(report.unmatchedOutputsOmitted, 5);
     assert.equal(report.unmatchedOutputs[0]!.path, "stray/f00000.log");
+  });
+
+  it("lists at most MAX_REPORTED_ENTRIES refused entries and counts the rest", async () => {
+    const job = await finishedJob(
+      { "out/rows.csv": "id\n" },
+      { highly_sensitive: { rows: "out/rows.csv" } },
+      (work) => {
+        fs.mkdirSync(path.join(work, "links"));
+        for (let i = 0; i < MAX_REPORTED_ENTRIES + 3; i++)
+          fs.symlinkSync("/etc/hostname", path.join(work, "links", `l${String(i).padStart(5, "0")}`));
+      },
+    );
+    const report = await persistOutputs(job.target, job.match, job.found.refused);
+    assert.equal(report.outputs.length, 1);
+    assert.equal(report.refused.length, MAX_REPORTED_ENTRIES);
+    assert.equal(report.refusedOmitted, 3);
+    assert.equal(report.refused[0]!.path, "links/l00000");
   });
 
   it("persisting twice gives the same report and rewrites nothing", async () => {

@@ -67,6 +67,7 @@ export function outputReportText(report: JobResult["report"], shown: readonly Pe
   if (report.refused.length > 0) {
     lines.push("Refused (not kept):");
     for (const r of report.refused) lines.push(`  ${r.path}: ${r.reason}`);
+    if (report.refusedOmitted) lines.push(`  … and ${report.refusedOmitted} more`);
   }
   return `${lines.join("\n")}\n`;
 }

@@ -13,7 +13,7 @@ import {
   formatBytes,
   jobKeys,
   matchesPattern,
-  MAX_REPORTED_UNMATCHED,
+  MAX_REPORTED_ENTRIES,
   sha256Hex,
   validateLevels,
   validateRelativePath,
@@ -127,12 +127,15 @@ export async function persistOutputs(
     outputs,
     unmatchedPatterns: match.unmatchedPatterns.map(declaredOutput),
     unmatchedOutputs: match.unmatchedOutputs
-      .slice(0, MAX_REPORTED_UNMATCHED)
+      .slice(0, MAX_REPORTED_ENTRIES)
       .map((u) => (u.hint === undefined ? { path: u.path } : { path: u.path, hint: u.hint })),
-    ...(match.unmatchedOutputs.length > MAX_REPORTED_UNMATCHED
-      ? { unmatchedOutputsOmitted: match.unmatchedOutputs.length - MAX_REPORTED_UNMATCHED }
+    ...(match.unmatchedOutputs.length > MAX_REPORTED_ENTRIES
+      ? { unmatchedOutputsOmitted: match.unmatchedOutputs.length - MAX_REPORTED_ENTRIES }
       : {}),
-    refused: refusals.sort((a, b) => compare(a.path, b.path) || compare(a.reason, b.reason)),
+    refused: refusals
+      .sort((a, b) => compare(a.path, b.path) || compare(a.reason, b.reason))
+      .slice(0, MAX_REPORTED_ENTRIES),
+    ...(refusals.length > MAX_REPORTED_ENTRIES ? { refusedOmitted: refusals.length - MAX_REPORTED_ENTRIES } : {}),
   };
   const bytes = encodeValue(content, { path: "manifest" });
   const manifest =

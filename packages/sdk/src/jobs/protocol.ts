@@ -10,10 +10,11 @@ import type { ObjectRef } from "../objects/object-ref.js";
  */
 
 /**
- * Unmatched files listed in a report: a command that writes 100,000 stray
- * files must not make a result too large to deliver; the rest are counted.
+ * Unmatched files, and refused entries, listed in a report (each list): a
+ * command that writes 100,000 stray files or FIFOs must not make a result
+ * too large to deliver; the rest are counted.
  */
-export const MAX_REPORTED_UNMATCHED = 1000;
+export const MAX_REPORTED_ENTRIES = 1000;
 
 /** Carried by both records; a new layout gets a new tag. */
 export const JOB_FORMAT = "kiln-exec/1";
@@ -81,12 +82,14 @@ export interface OutputReport {
   outputs: PersistedOutput[];
   /** Declared outputs that matched no file: the job fails. */
   unmatchedPatterns: { name: string; level: string; pattern: string }[];
-  /** New files no pattern matched: a hint, not a failure. `hint` names the nearest pattern. At most MAX_REPORTED_UNMATCHED. */
+  /** New files no pattern matched: a hint, not a failure. `hint` names the nearest pattern. At most MAX_REPORTED_ENTRIES. */
   unmatchedOutputs: { path: string; hint?: string }[];
   /** How many more unmatched files there were, beyond those listed (absent when none). */
   unmatchedOutputsOmitted?: number;
-  /** New entries that were not collected, and why (a symlink, a FIFO, a device, over the level's size limit…). */
+  /** New entries that were not collected, and why (a symlink, a FIFO, a device, over the level's size limit…). At most MAX_REPORTED_ENTRIES. */
   refused: { path: string; reason: string }[];
+  /** How many more refused entries there were, beyond those listed (absent when none). */
+  refusedOmitted?: number;
   /** The manifest object, written after every file: present only when the outputs are complete. */
   manifest?: ObjectRef;
 }
