@@ -139,27 +139,3 @@ class StatefulState {
     }
   }
 }
-
-/**
- * Bindings by session id, at most `max` of them (the oldest goes first), so
- * a process that serves many sessions in turn does not keep every instance.
- */
-export class BoundedRegistry<T> {
-  private readonly bindings = new Map<string, T>();
-
-  constructor(private readonly max: number) {}
-
-  set(sessionId: string, value: T): void {
-    this.bindings.delete(sessionId);
-    this.bindings.set(sessionId, value);
-    while (this.bindings.size > this.max) this.bindings.delete(this.bindings.keys().next().value!);
-  }
-
-  get(sessionId: string): T | undefined {
-    return this.bindings.get(sessionId);
-  }
-
-  delete(sessionId: string): void {
-    this.bindings.delete(sessionId);
-  }
-}

@@ -22,13 +22,11 @@ import {
 import * as os from "node:os";
 import { performance } from "node:perf_hooks";
 import { inspect } from "node:util";
-import { Binding, BoundedRegistry } from "./bindings.js";
+import { Binding } from "./bindings.js";
 import { ensureDependencies } from "./dependencies.js";
 import { ModuleLoader } from "./module-loader.js";
 import { OutputCapture } from "./output-capture.js";
 
-/** One per session in practice (an executor's process serves one binding); more only if a host reuses processes. */
-const MAX_BINDINGS = 8;
 const NO_OUTPUT: CapturedOutput = { stdout: "", stderr: "", stdoutTruncated: 0, stderrTruncated: 0 };
 
 /**
@@ -43,10 +41,14 @@ const NO_OUTPUT: CapturedOutput = { stdout: "", stderr: "", stdoutTruncated: 0, 
 export class RunService {
   private readonly loader = new ModuleLoader();
   private readonly capture = new OutputCapture(OUTPUT_CAPTURE_LIMIT);
-  private readonly bindings = new BoundedRegistry<{ binding: Binding; application: string }>(MAX_BINDINGS);
+  /**
+   * The session this process is bound to. An executor's service process
+   * serves one session at a time (enter, its calls, leave), so one binding is
+   * the bound on instances; a new enter replaces it.
+   */
+  private bound: { sessionId: string; binding: Binding; application: string } | undefined;
   private readonly host = os.hostname();
   private cache: ObjectCache | undefined;
-  private current: string | undefined;
 
   handlers(): ServiceHandlers {
     return {
@@ -76,13 +78,11 @@ export class RunService {
       cache: this.objects(),
       key: runnerKeys.state(ctx.application.name, ctx.sessionId),
     });
-    this.bindings.set(ctx.sessionId, { binding, application: ctx.application.name });
-    this.current = ctx.sessionId;
+    this.bound = { sessionId: ctx.sessionId, binding, application: ctx.application.name };
   }
 
   private leave(): void {
-    if (this.current !== undefined) this.bindings.delete(this.current);
-    this.current = undefined;
+    this.bound = undefined;
   }
 
   /** One call; a throw anywhere becomes an error record sent with the failure. */
@@ -90,7 +90,7 @@ export class RunService {
     let output = NO_OUTPUT;
     let durationMs = 0;
     try {
-      const entry = this.bindings.get(task.sessionId);
+      const entry = this.bound?.sessionId === task.sessionId ? this.bound : undefined;
       if (!entry) throw new Error(`session ${task.sessionId} was not entered on this executor`);
       const call = decodeCall(task.input ?? new Uint8Array(0));
       const args = await this.resolveArgs(call.args);
