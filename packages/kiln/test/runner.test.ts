@@ -1,5 +1,6 @@
 import {
   connect,
+  isNotFound,
   isObjectRef,
   ObjectCache,
   ObjectRef,
@@ -299,6 +300,19 @@ describe("Runner against kiln up", () => {
     const addInside = await runner.service(runner.module<typeof nestedModule>("src/nested.ts"), "addInside");
     assert.deepEqual(await addInside("rt", 20, 22), { sum: 42, registered: false });
     assert.equal((await client.getApplication("rt")).spec!.url, before, "the application is unchanged");
+  });
+
+  it("a Runner opened inside a call under a new name runs the same package, then removes only its own", async () => {
+    const outer = (await client.getApplication("rt")).spec?.url ?? assert.fail("rt has no package url");
+    const addInside = await runner.service(runner.module<typeof nestedModule>("src/nested.ts"), "addInside");
+    // Registered from the package the executor runs (nothing packed or uploaded inside the call), closed after.
+    assert.deepEqual(await addInside("rt-inner", 1, 2), { sum: 3, registered: true });
+    await assert.rejects(client.getApplication("rt-inner"), isNotFound);
+    assert.deepEqual(await cache.listObjects("rt-inner"), []);
+    // The outer application and the package both point at are untouched.
+    assert.equal((await client.getApplication("rt")).spec!.url, outer);
+    const packageKey = outer.slice("cache://".length, outer.indexOf("#"));
+    assert.ok((await cache.statObject(packageKey)).size > 0);
   });
 
   it("reuses an existing application, and on close deletes only its own objects", async () => {
