@@ -10,7 +10,14 @@ import {
   type ObjectFuture,
   type RunnerOptions,
 } from "@kiln/sdk";
-import { decodeCall, OUTPUT_CAPTURE_LIMIT, runnerKeys } from "@kiln/sdk/internal";
+import {
+  decodeCall,
+  encodeCall,
+  encodeServiceSpec,
+  OUTPUT_CAPTURE_LIMIT,
+  RUNNER_FORMAT,
+  runnerKeys,
+} from "@kiln/sdk/internal";
 import { flame } from "@kiln/sdk/proto";
 import assert from "node:assert/strict";
 import * as fs from "node:fs/promises";
@@ -475,6 +482,38 @@ describe("Runner against kiln up", () => {
       assert.ok(Date.now() - started < BIND_FAILURE_MS);
       const events = (await client.getSession(call.sessionId)).status!.events;
       assert.ok(events.some((e) => e.code === 1012 && /boom at load/.test(e.message ?? "")));
+    });
+
+    it("a spec that says class for a function export fails the bind, naming both", async () => {
+      // The Runner sends kind "auto"; another client may insist on one, and the executor holds it to that.
+      const session = await client.createSession({
+        application: "rt",
+        commonData: encodeServiceSpec({
+          format: RUNNER_FORMAT,
+          module: "src/math.ts",
+          export: "add",
+          kind: "class",
+          args: [],
+          stateful: false,
+          dependencies: [],
+        }),
+      });
+      try {
+        const input = encodeCall({
+          format: RUNNER_FORMAT,
+          type: "input",
+          service: "src/math.ts#add",
+          method: null,
+          args: [1, 2],
+        });
+        await assert.rejects(session.run(input), (e: unknown) => {
+          assert.ok(e instanceof TaskFailedError);
+          assert.match(e.message, /src\/math\.ts#add is a function, not a class/);
+          return true;
+        });
+      } finally {
+        await session.close();
+      }
     });
 
     it("bad service options are refused before a session is made", async () => {
