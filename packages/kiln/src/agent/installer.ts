@@ -2,7 +2,7 @@ import { kiln, type flame } from "@kiln/sdk/proto";
 import { BindError, errorMessage } from "./bind-error.js";
 import { installBinary } from "./packages/binary-installer.js";
 import { expectedSha256 } from "./packages/digest.js";
-import { packageLayout, prepareLayout, type PackageLayout } from "./packages/layout.js";
+import { packageLayout, prepareLayout, type PackageLayout } from "../package-store/layout.js";
 import { installNode } from "./packages/node-installer.js";
 import { parsePackageUrl } from "./packages/package-url.js";
 import { obtainRelease } from "./packages/releases.js";

@@ -1,6 +1,7 @@
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { exists } from "./layout.js";
+import { exists } from "../../package-store/layout.js";
+import { prependPath } from "../../util/search-path.js";
 
 /**
  * The "binary" installer: makes every file in `<release>/bin` executable
@@ -23,9 +24,4 @@ export async function installBinary(dir: string): Promise<Record<string, string>
   const lib = path.join(dir, "lib");
   if (await exists(lib)) env.LD_LIBRARY_PATH = prependPath([lib], process.env.LD_LIBRARY_PATH);
   return env;
-}
-
-/** `a:b:<rest>`, or `a:b` when rest is empty. */
-export function prependPath(dirs: readonly string[], rest: string | undefined): string {
-  return [...dirs, ...(rest ? [rest] : [])].join(path.delimiter);
 }

@@ -2,7 +2,7 @@ import * as fs from "node:fs";
 import { pipeline } from "node:stream/promises";
 import { Sha256Counter } from "@kiln/sdk/internal";
 import { downloaderFor } from "./downloaders.js";
-import { tempPath } from "./layout.js";
+import { tempPath } from "../../package-store/layout.js";
 import type { PackageUrl } from "./package-url.js";
 
 export interface DownloadOptions {

@@ -2,7 +2,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { extractArchive, packageFormat } from "./archive.js";
 import { downloadPackage, type Downloaded, type DownloadOptions } from "./download-file.js";
-import { exists, renameIntoPlace, tempPath, type PackageLayout } from "./layout.js";
+import { exists, renameIntoPlace, tempPath, type PackageLayout } from "../../package-store/layout.js";
 import type { PackageUrl } from "./package-url.js";
 import { joinFlight } from "./single-flight.js";
 

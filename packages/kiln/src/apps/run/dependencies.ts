@@ -10,8 +10,8 @@ import {
   renameIntoPlace,
   tempPath,
   type PackageLayout,
-} from "../../agent/packages/layout.js";
-import { npmCommand, runLogged, tail } from "../../agent/packages/node-installer.js";
+} from "../../package-store/layout.js";
+import { npmCommand, runLogged, tail } from "../../package-store/npm.js";
 
 /** The SDK is kiln-run's own (see resolve-hook.ts), never installed. */
 const PROVIDED = new Set(["@kiln/sdk"]);

@@ -4,8 +4,10 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 
 /**
- * Where package delivery keeps its files, all under `<workDir>/packages` so
- * every rename between them stays on one filesystem (and so is atomic).
+ * A node's package store: where the agent's package delivery and kiln-run's
+ * per-service dependency installs keep their files, all under
+ * `<workDir>/packages` so every rename between them stays on one filesystem
+ * (and so is atomic), and both share one npm cache.
  */
 export interface PackageLayout {
   root: string;
