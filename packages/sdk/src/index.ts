@@ -89,6 +89,7 @@ export {
   type FetchOutputsOptions,
 } from "./jobs/job-client.js";
 export { DEFAULT_LEVELS, validateOutputSpec, type DeclaredOutput } from "./jobs/output-spec.js";
+export { JOB_APPLICATION } from "./jobs/protocol.js";
 export type {
   JobSpec,
   JobResult,

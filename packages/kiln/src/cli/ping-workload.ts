@@ -1,6 +1,7 @@
 import { TaskFailedError, TimeoutError, type KilnClient, type Session, type SessionOptions } from "@kiln/sdk";
 import type { flame } from "@kiln/sdk/proto";
 import { performance } from "node:perf_hooks";
+import { PING_APPLICATION } from "../apps/ping/ping.js";
 import { InterruptedError } from "./exit-codes.js";
 
 /** What `kiln ping` (and `kiln demo`) submit. */
@@ -144,7 +145,7 @@ function pingInput(o: PingOptions): Uint8Array {
  * console.log(summary.tasksPerSecond);
  */
 export async function runPing(client: KilnClient, o: PingOptions, hooks: PingHooks = {}): Promise<PingResult> {
-  const sessionOptions: SessionOptions = { application: o.application ?? "kiln-ping" };
+  const sessionOptions: SessionOptions = { application: o.application ?? PING_APPLICATION };
   if (o.commonDataBytes !== undefined) sessionOptions.commonData = new Uint8Array(o.commonDataBytes).fill(0x6b);
   if (o.priority !== undefined) sessionOptions.priority = o.priority;
   if (o.resreq !== undefined) sessionOptions.resreq = o.resreq;

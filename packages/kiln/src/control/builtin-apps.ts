@@ -1,6 +1,8 @@
 import { create } from "@bufbuild/protobuf";
+import { JOB_APPLICATION } from "@kiln/sdk";
 import { RUNNER_TEMPLATE } from "@kiln/sdk/internal";
 import { flame } from "@kiln/sdk/proto";
+import { PING_APPLICATION } from "../apps/ping/ping.js";
 import { serviceEntry, type BuiltinService } from "../apps/service-entry.js";
 import { CONCURRENCY_LABEL, type ApplicationRegistry } from "./applications.js";
 
@@ -14,7 +16,7 @@ interface BuiltinApp {
 
 const BUILTIN_APPS: readonly BuiltinApp[] = [
   {
-    name: "kiln-ping",
+    name: PING_APPLICATION,
     service: "ping",
     concurrency: 256,
     description: "Built-in test service: sleeps and allocates as asked, answers with its host and time taken",
@@ -29,7 +31,7 @@ const BUILTIN_APPS: readonly BuiltinApp[] = [
       "functions and classes (it is not meant to be run by itself)",
   },
   {
-    name: "kiln-exec",
+    name: JOB_APPLICATION,
     service: "exec",
     // One command per executor: an executor is one cpu's worth of the node.
     concurrency: 1,

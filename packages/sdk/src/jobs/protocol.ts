@@ -19,6 +19,14 @@ export const MAX_REPORTED_ENTRIES = 1000;
 /** Carried by both records; a new layout gets a new tag. */
 export const JOB_FORMAT = "kiln-exec/1";
 
+/**
+ * The built-in application that runs jobs; a copy registered under another name runs them the same way.
+ *
+ * @example
+ * const session = await client.createSession({ application: JOB_APPLICATION });
+ */
+export const JOB_APPLICATION = "kiln-exec";
+
 /** Interpreters a script may name; each must exist on the executor's PATH. */
 export const SCRIPT_INTERPRETERS = ["sh", "bash", "node", "python"] as const;
 export type ScriptInterpreter = (typeof SCRIPT_INTERPRETERS)[number];

@@ -1,4 +1,5 @@
 import {
+  JOB_APPLICATION,
   ObjectCache,
   TaskFailure,
   type ServiceHandlers,
@@ -10,8 +11,6 @@ import * as os from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import { runJob } from "./run-job.js";
 
-/** The name of the built-in application; a copy registered under another name uses its own (from session enter). */
-export const EXEC_APP = "kiln-exec";
 /** How long leaving a session waits for cancelled jobs to finish stopping and saving their logs. */
 const LEAVE_WAIT_MS = 5_000;
 
@@ -27,7 +26,8 @@ const LEAVE_WAIT_MS = 5_000;
  * await serve(new ExecService().handlers());
  */
 export class ExecService {
-  private application = EXEC_APP;
+  /** Outputs are keyed under it: the built-in name, or a copy's own name (from session enter). */
+  private application = JOB_APPLICATION;
   private cache: ObjectCache | undefined;
   private readonly running = new Set<Promise<unknown>>();
 
@@ -45,7 +45,7 @@ export class ExecService {
   }
 
   private enter(ctx: SessionContextInfo): void {
-    this.application = ctx.application.name || EXEC_APP;
+    this.application = ctx.application.name;
   }
 
   private async leave(): Promise<void> {

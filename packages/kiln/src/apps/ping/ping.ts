@@ -2,6 +2,9 @@ import * as os from "node:os";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 
+/** The built-in application that serves ping (`kiln ping` and `npm run bench` drive it). */
+export const PING_APPLICATION = "kiln-ping";
+
 /** What a kiln-ping task asks for. */
 export interface PingInput {
   durationMs?: number;

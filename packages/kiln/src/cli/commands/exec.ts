@@ -1,4 +1,5 @@
 import {
+  JOB_APPLICATION,
   ErrorCode,
   getJobResult,
   InvalidArgumentError,
@@ -132,7 +133,7 @@ export function registerExec(program: Command): void {
     .option("--input <file[=path]>", "place a local file in the job's working directory (repeatable)", collect, [])
     .option("--env <NAME=VALUE>", "set a variable for the command (repeatable)", collect, [])
     .option("--timeout <s>", "kill the command's process group after this many seconds", wholeNumber(1), 3600)
-    .option("--app <name>", "the application that runs jobs", "kiln-exec")
+    .option("--app <name>", "the application that runs jobs", JOB_APPLICATION)
     .option("--json", "print {session, task, result} as JSON instead of the logs and report", false)
     .addHelpText(
       "after",

@@ -1,6 +1,7 @@
 import type { KilnClient } from "@kiln/sdk";
 import { flame } from "@kiln/sdk/proto";
 import { Option, type Command } from "commander";
+import { PING_APPLICATION } from "../../apps/ping/ping.js";
 import { withClient } from "../client.js";
 import { CommandFailed } from "../exit-codes.js";
 import { formatPayload, taskStateName } from "../format.js";
@@ -101,7 +102,7 @@ export function registerPing(program: Command): void {
   program
     .command("ping")
     .description("run N small tasks through the cluster and report how it went (like flmping)")
-    .option("-a, --application <name>", "application to run", "kiln-ping")
+    .option("-a, --application <name>", "application to run", PING_APPLICATION)
     .addOption(new Option("-t, --tasks <n>", "number of tasks").argParser(wholeNumber(1)).default(10))
     .addOption(new Option("-d, --duration <ms>", "each task sleeps this long").argParser(wholeNumber(0)))
     .addOption(new Option("-m, --memory <bytes>", "each task allocates this much (e.g. 1m)").argParser(byteSize))
