@@ -4,6 +4,7 @@ import {
   DEFAULT_LEVELS,
   encodeValue,
   ErrorCode,
+  FailedPreconditionError,
   fetchOutputs,
   getJobResult,
   JobFailedError,
@@ -229,6 +230,16 @@ describe("jobs: kiln-exec, runJob, kiln exec and kiln outputs", () => {
     assert.equal((await fetchOutputs(r.report, all, { cache })).length, 2);
     assert.equal(await readFile(path.join(all, "out/summary.csv"), "utf8"), "total\n");
     assert.equal(await readFile(path.join(all, "out/rows.csv"), "utf8"), "1,2\n");
+    // An output replaced in the cache since its manifest was written is refused, not fetched.
+    const rows = byPath.get("out/rows.csv")!;
+    await cache.putObject(rows.ref.key, "tampered");
+    const later = path.join(dir, "later");
+    await assert.rejects(fetchOutputs(r.report, later, { cache }), (e: unknown) => {
+      assert.ok(e instanceof FailedPreconditionError, String(e));
+      assert.match(e.message, new RegExp(`object ${rows.ref.key} has changed`));
+      return true;
+    });
+    assert.ok(!fs.existsSync(path.join(later, "out/rows.csv")));
   });
 
   it("a symbolic link pointing outside is refused, not followed, and fails the declared output", LIMIT, async () => {

@@ -406,6 +406,28 @@ describe("sdk objects: files", () => {
     assert.deepEqual(fs.readdirSync(outDir), ["copy.bin"]);
   });
 
+  it("downloadObject with sha256 fetches only that content: a changed object is refused, nothing written", async () => {
+    const source = path.join(files, "pinned.bin");
+    fs.writeFileSync(source, "first");
+    const first = await cache.uploadObject("files/s6/pinned", source);
+    const outDir = path.join(files, "pinned-out");
+    fs.mkdirSync(outDir);
+    await cache.downloadObject(first, path.join(outDir, "a.bin"), { sha256: first.sha256 });
+    assert.equal(fs.readFileSync(path.join(outDir, "a.bin"), "utf8"), "first");
+
+    fs.writeFileSync(source, "second");
+    await cache.uploadObject("files/s6/pinned", source);
+    await rejectsWith(
+      cache.downloadObject(first, path.join(outDir, "b.bin"), { sha256: first.sha256 }),
+      FailedPreconditionError,
+      `has changed: it now has sha256 ${sha256(Buffer.from("second"))}, not ${first.sha256}`,
+    );
+    assert.deepEqual(fs.readdirSync(outDir), ["a.bin"]);
+    // Without the pin, the current content is what a download gets.
+    await cache.downloadObject(first, path.join(outDir, "c.bin"));
+    assert.equal(fs.readFileSync(path.join(outDir, "c.bin"), "utf8"), "second");
+  });
+
   it("downloads an object with deltas as base bytes then delta bytes, verifying the hash chain", async () => {
     const ref = await cache.putObject("files/s2/log", "start");
     const last = await cache.patchObject(ref, "-more");

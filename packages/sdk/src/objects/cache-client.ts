@@ -7,7 +7,7 @@ import { pipeline } from "node:stream/promises";
 import { Transform, type Readable } from "node:stream";
 import { loadCacheConfig, normalizeEndpoint, type CacheConfigOptions } from "../client/config.js";
 import { CODEC_FORMAT_VERSION, decodeValue, encodeValue } from "../codec/index.js";
-import { ErrorCode, InvalidArgumentError, KilnError } from "../errors.js";
+import { ErrorCode, FailedPreconditionError, InvalidArgumentError, KilnError } from "../errors.js";
 import { CacheHttp, readAll, type ResponseHeaders, type WholeResponse } from "./http.js";
 import { validateListPrefix, validateObjectKey, validateObjectPrefix } from "./keys.js";
 import { LocalObjectCache, type CachedObject } from "./local-cache.js";
@@ -248,15 +248,24 @@ export class ObjectCache {
    * Streams an object's bytes (base then deltas) into `file`: written to a
    * temp file beside it, checked against the server's sha256, then renamed
    * into place. On any failure nothing is left at `file` or beside it.
+   * With `sha256`, only that content is accepted: an object that has
+   * changed since is refused (FailedPreconditionError) before anything is written.
    *
    * @example
    * await cache.downloadObject(ref, "/tmp/app.tar.gz");
+   * await cache.downloadObject(ref, "/tmp/exactly.bin", { sha256: ref.sha256 }); // the content the ref names, or an error
    */
-  async downloadObject(target: ObjectTarget, file: string): Promise<void> {
+  async downloadObject(target: ObjectTarget, file: string, options: { sha256?: string } = {}): Promise<void> {
     const key = await this.locate(target);
     const res = await this.http.stream({ method: "GET", path: objectPath(key) });
     const expected = header(res.headers, CacheHeader.sha256);
     const size = Number(header(res.headers, CacheHeader.size));
+    if (options.sha256 !== undefined && expected !== options.sha256) {
+      res.body.destroy();
+      throw new FailedPreconditionError(
+        `object ${key} has changed: it now has sha256 ${expected}, not ${options.sha256}; ${file} was not written`,
+      );
+    }
     const verifier = res.headers[CacheHeader.format] === "parts" ? partsVerifier() : rawVerifier();
     const temp = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(6).toString("hex")}.part`);
     try {

@@ -108,8 +108,8 @@ export async function uploadObject(keyOrPrefix: string, file: string): Promise<O
  * @example
  * await downloadObject(ref, "./input.parquet");
  */
-export async function downloadObject(target: ObjectTarget, file: string): Promise<void> {
-  return defaultObjectCache().downloadObject(target, file);
+export async function downloadObject(target: ObjectTarget, file: string, options?: { sha256?: string }): Promise<void> {
+  return defaultObjectCache().downloadObject(target, file, options);
 }
 
 /**

@@ -43,7 +43,8 @@ export async function placeInputs(root: string, inputs: readonly JobInput[], cac
     if (input.data instanceof Uint8Array && input.ref === undefined) {
       await fsp.writeFile(target, input.data, { flag: "wx" });
     } else if (isObjectRef(input.ref) && input.data === undefined) {
-      await cache.downloadObject(input.ref, target);
+      // The content the job was given, not whatever the key holds by the time it runs.
+      await cache.downloadObject(input.ref, target, { sha256: input.ref.sha256 });
     } else {
       throw new InvalidArgumentError(`job.inputs[${i}]`, "needs exactly one of data (bytes) and ref (an object ref)");
     }
