@@ -123,23 +123,30 @@ describe("jobs: kiln-exec, runJob, kiln exec and kiln outputs", () => {
 
   it("inputs reach the command: small ones inline, large ones through the cache, with their modes", LIMIT, async () => {
     const big = randomBytes(1 << 20);
+    const bigData = randomBytes(1 << 20);
     const local = path.join(dir, "big.bin");
     await writeFile(local, big);
     const r = await job({
       command: ["./check.sh"],
       inputs: [
-        { path: "check.sh", data: "#!/bin/sh\nsha256sum data/big.bin notes.txt\n", mode: 0o755 },
+        { path: "check.sh", data: "#!/bin/sh\nsha256sum data/big.bin data/big-data.bin notes.txt\n", mode: 0o755 },
         { path: "data/big.bin", file: local },
+        { path: "data/big-data.bin", data: bigData },
         { path: "notes.txt", data: "hello" },
       ],
     });
     assert.match(r.stdout, new RegExp(`^${sha256(big)}  data/big.bin$`, "m"));
+    assert.match(r.stdout, new RegExp(`^${sha256(bigData)}  data/big-data.bin$`, "m"));
     assert.match(r.stdout, new RegExp(`^${sha256("hello")}  notes.txt$`, "m"));
     const stored = await cache.listObjects(`kiln-exec/${session.id}`);
-    assert.ok(
-      stored.some((o) => o.size === big.length && o.sha256 === sha256(big)),
-      "the large input went through the cache",
-    );
+    for (const [what, bytes] of [
+      ["file", big],
+      ["data", bigData],
+    ] as const)
+      assert.ok(
+        stored.some((o) => o.size === bytes.length && o.sha256 === sha256(bytes)),
+        `the large ${what} input went through the cache`,
+      );
   });
 
   it("a script runs with its interpreter; a bad pattern is refused before anything is sent", LIMIT, async () => {

@@ -406,6 +406,18 @@ describe("sdk objects: files", () => {
     assert.deepEqual(fs.readdirSync(outDir), ["copy.bin"]);
   });
 
+  it("uploadObject stores bytes in memory as raw bytes, the same object a file with them makes", async () => {
+    const bytes = randomBytes(100_000);
+    const fromBytes = await cache.uploadObject("files/s7/mem", bytes);
+    const source = path.join(files, "mem.bin");
+    fs.writeFileSync(source, bytes);
+    const fromFile = await cache.uploadObject("files/s7/file", source);
+    assert.deepEqual([fromBytes.size, fromBytes.sha256], [fromFile.size, fromFile.sha256]);
+    const target = path.join(files, "mem.copy");
+    await cache.downloadObject(fromBytes, target);
+    assert.ok(fs.readFileSync(target).equals(bytes));
+  });
+
   it("downloadObject with sha256 fetches only that content: a changed object is refused, nothing written", async () => {
     const source = path.join(files, "pinned.bin");
     fs.writeFileSync(source, "first");

@@ -1,6 +1,5 @@
 import type { Stats } from "node:fs";
 import * as fs from "node:fs/promises";
-import * as os from "node:os";
 import * as path from "node:path";
 import type { Session } from "../client/session.js";
 import { outputOf, type TaskUpdate } from "../client/task-update.js";
@@ -160,7 +159,7 @@ async function buildSpec(session: Session, job: JobOptions): Promise<JobSpec> {
     if (bytes && bytes.byteLength <= Math.min(INLINE_FILE_BYTES, inlineBudget)) {
       input.data = bytes;
       inlineBudget -= bytes.byteLength;
-    } else if (bytes) input.ref = await uploadBytes(job.cache ?? defaultObjectCache(), await prefix(), bytes);
+    } else if (bytes) input.ref = await (job.cache ?? defaultObjectCache()).uploadObject(await prefix(), bytes);
     if (mode !== undefined) input.mode = mode;
     spec.inputs.push(input);
   }
@@ -178,18 +177,6 @@ async function localFile(field: string, file: string): Promise<Stats> {
   }
   if (!st.isFile()) throw new InvalidArgumentError(field, `${JSON.stringify(file)} is not a regular file`);
   return st;
-}
-
-/** Uploads bytes as a raw object (the cache client streams files, so they go through a temp file). */
-async function uploadBytes(cache: ObjectCache, prefix: string, bytes: Uint8Array) {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "kiln-job-input-"));
-  try {
-    const file = path.join(dir, "input");
-    await fs.writeFile(file, bytes);
-    return await cache.uploadObject(prefix, file);
-  } finally {
-    await fs.rm(dir, { recursive: true, force: true });
-  }
 }
 
 /** The JobResult a failed task carries, if it carries one. */

@@ -214,14 +214,18 @@ export class ObjectCache {
   }
 
   /**
-   * Streams the file at `file` to a key or prefix as raw bytes (not codec
-   * encoded), hashing while it streams; a reply whose sha256 differs throws.
+   * Stores raw bytes (not codec encoded) at a key or prefix: the file at
+   * `source`, streamed and hashed on the way, or bytes already in memory.
+   * A reply whose sha256 differs throws.
    *
    * @example
    * const ref = await cache.uploadObject("my-app/pkg/app.tar.gz", "dist/app.tar.gz");
+   * const csv = await cache.uploadObject("my-app/s1", new TextEncoder().encode("id,total\n1,2\n"));
    */
-  async uploadObject(keyOrPrefix: string, file: string): Promise<ObjectRef> {
+  async uploadObject(keyOrPrefix: string, source: string | Uint8Array): Promise<ObjectRef> {
     const objectPathname = keyOrPrefixPath(keyOrPrefix);
+    if (typeof source !== "string") return this.putBytes(objectPathname, source);
+    const file = source;
     const input = fs.createReadStream(file, { highWaterMark: FILE_CHUNK_BYTES });
     const opened = await new Promise<fs.Stats>((resolve, reject) => {
       input.once("error", reject);

@@ -93,13 +93,13 @@ export async function deleteObjects(prefixOrKey: string): Promise<number> {
 }
 
 /**
- * Streams a file to a key or prefix, checking the stored sha256.
+ * Stores raw bytes (a file, streamed, or bytes in memory) at a key or prefix, checking the stored sha256.
  *
  * @example
  * const ref = await uploadObject("my-app/data/input.parquet", "./input.parquet");
  */
-export async function uploadObject(keyOrPrefix: string, file: string): Promise<ObjectRef> {
-  return defaultObjectCache().uploadObject(keyOrPrefix, file);
+export async function uploadObject(keyOrPrefix: string, source: string | Uint8Array): Promise<ObjectRef> {
+  return defaultObjectCache().uploadObject(keyOrPrefix, source);
 }
 
 /**
