@@ -53,6 +53,7 @@ export { isObjectRef } from "./objects/object-ref.js";
 export {
   getData,
   GetDataError,
+  DEFAULT_MAX_DEPTH,
   type GetDataErrorKind,
   type GetDataOptions,
   type RunnerData,

@@ -65,7 +65,8 @@ export interface GetDataOptions {
   maxDepth?: number;
 }
 
-const DEFAULT_MAX_DEPTH = 4;
+/** Levels of nested ObjectRefs getData fetches unless told otherwise. */
+export const DEFAULT_MAX_DEPTH = 4;
 
 /**
  * Turns a Runner task's stored input or output (or a Runner session's common

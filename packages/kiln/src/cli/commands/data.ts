@@ -1,4 +1,4 @@
-import { getData, GetDataError, type ObjectCache, type RunnerData } from "@kiln/sdk";
+import { DEFAULT_MAX_DEPTH, getData, GetDataError, type ObjectCache, type RunnerData } from "@kiln/sdk";
 import { flame } from "@kiln/sdk/proto";
 import { inspect } from "node:util";
 import type { Command } from "commander";
@@ -32,7 +32,7 @@ export function registerDataCommand(program: Command): void {
     .argument("<session>", "session id")
     .argument("[task]", "task id; without it, the session's service and a line per task")
     .option("--limit <n>", "tasks listed without a task id", wholeNumber(1), 50)
-    .option("--depth <n>", "levels of object refs fetched from the cache", wholeNumber(0, 16), 4)
+    .option("--depth <n>", "levels of object refs fetched from the cache", wholeNumber(0, 16), DEFAULT_MAX_DEPTH)
     .addOption(outputOption())
     .addHelpText(
       "after",

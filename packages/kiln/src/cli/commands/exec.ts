@@ -1,8 +1,9 @@
 import {
-  JOB_APPLICATION,
+  DEFAULT_JOB_TIMEOUT_MS,
   ErrorCode,
   getJobResult,
   InvalidArgumentError,
+  JOB_APPLICATION,
   JobFailedError,
   runJob,
   TaskFailedError,
@@ -132,7 +133,12 @@ export function registerExec(program: Command): void {
     )
     .option("--input <file[=path]>", "place a local file in the job's working directory (repeatable)", collect, [])
     .option("--env <NAME=VALUE>", "set a variable for the command (repeatable)", collect, [])
-    .option("--timeout <s>", "kill the command's process group after this many seconds", wholeNumber(1), 3600)
+    .option(
+      "--timeout <s>",
+      "kill the command's process group after this many seconds",
+      wholeNumber(1),
+      DEFAULT_JOB_TIMEOUT_MS / 1000,
+    )
     .option("--app <name>", "the application that runs jobs", JOB_APPLICATION)
     .option("--json", "print {session, task, result} as JSON instead of the logs and report", false)
     .addHelpText(
