@@ -1,6 +1,5 @@
 import { PassThrough, type Readable } from "node:stream";
-import type { Socket } from "node:net";
-import { buildConnector, Pool, util, type Dispatcher } from "undici";
+import { Pool, util, type Dispatcher } from "undici";
 import {
   ERROR_CODE_HEADER,
   ErrorCode,
@@ -101,7 +100,6 @@ const NETWORK_CODES = new Set([
 export class CacheHttp {
   readonly endpoint: string;
   private readonly small: Pool;
-  private readonly batcher = new WriteBatcher();
   private readonly requests: RequestBatcher | undefined;
   private readonly streams: Pool;
   private readonly fixedHeaders: Record<string, string>;
@@ -122,7 +120,6 @@ export class CacheHttp {
       ...timeouts,
       connections,
       pipelining: PIPELINING,
-      connect: this.batcher.connector(options.timeoutMs),
     });
     // Transfers get connections of their own (as many as run at once), so a long one never holds up small requests.
     this.streams = new Pool(options.endpoint, timeouts);
@@ -181,7 +178,6 @@ export class CacheHttp {
   }
 
   private sendOne(spec: CacheRequest): Promise<WholeResponse> {
-    this.batcher.cork();
     return new Promise((resolve, reject) => {
       this.small.dispatch(
         {
@@ -192,13 +188,7 @@ export class CacheHttp {
           // Lets undici pipeline writes too; WholeReply makes sure none is ever sent twice.
           idempotent: true,
         },
-        new WholeReply(
-          `${spec.method} ${this.endpoint}${spec.path}`,
-          isResendable(spec),
-          resolve,
-          reject,
-          this.batcher,
-        ),
+        new WholeReply(`${spec.method} ${this.endpoint}${spec.path}`, isResendable(spec), resolve, reject),
       );
     });
   }
@@ -249,44 +239,6 @@ export class CacheHttp {
 }
 
 /**
- * undici writes each request with a socket.write of its own, a syscall
- * apiece. Corking the pool's sockets from the first request (or reply) of
- * a tick to the next tick sends what the tick produced in one write per
- * connection: a third of the write syscalls, and the 10-25% of small
- * operations per second that undici alone lost to the old hand-written
- * pool on loopback (bench:cache).
- */
-class WriteBatcher {
-  private readonly sockets = new Set<Socket>();
-  private corked = false;
-
-  /** undici's own connector, remembering the sockets it opens. */
-  connector(timeoutMs: number): buildConnector.connector {
-    const connect = buildConnector({ timeout: timeoutMs });
-    return (options, callback) =>
-      connect(options, (...result) => {
-        const socket = result[1];
-        if (socket) {
-          this.sockets.add(socket);
-          socket.once("close", () => this.sockets.delete(socket));
-        }
-        callback(...result);
-      });
-  }
-
-  /** Holds back what is written to the sockets until the next tick. */
-  cork(): void {
-    if (this.corked) return;
-    this.corked = true;
-    for (const socket of this.sockets) socket.cork();
-    process.nextTick(() => {
-      this.corked = false;
-      for (const socket of this.sockets) socket.uncork();
-    });
-  }
-}
-
-/**
  * Collects one reply into a buffer. undici sends pipelined requests again
  * when the connection dies under an earlier one; that is harmless for a
  * read but a write may already have been applied, so a write's second
@@ -304,7 +256,6 @@ class WholeReply implements Dispatcher.DispatchHandlers {
     private readonly resendable: boolean,
     private readonly resolve: (res: WholeResponse) => void,
     private readonly reject: (err: Error) => void,
-    private readonly batcher: WriteBatcher,
   ) {}
 
   onConnect(): void {
@@ -319,8 +270,6 @@ class WholeReply implements Dispatcher.DispatchHandlers {
   }
 
   onHeaders(status: number, raw: Buffer[]): boolean {
-    // undici sends queued requests as soon as this reply completes: let them leave together.
-    this.batcher.cork();
     this.status = status;
     this.headers = {};
     for (let i = 0; i + 1 < raw.length; i += 2) {
