@@ -1,3 +1,4 @@
+import { ErrorCode, KilnError } from "@kiln/sdk";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
@@ -59,6 +60,19 @@ describe("fs backend: writes of one event-loop turn share a commit", () => {
     } finally {
       await c.close();
     }
+  });
+
+  it("a write still on its way when the catalog closes is refused, not run on a closed database", async () => {
+    const c = catalog();
+    const early = await body(c, "x");
+    // setBase awaits the body's placement before it commits: close() runs in between.
+    const write = c.setBase("app/s/late", early, (p) => stat("app/s/late", 1, p));
+    await c.close();
+    await assert.rejects(write, (e: unknown) => {
+      assert.ok(e instanceof KilnError && e.code === ErrorCode.Unavailable, String(e));
+      assert.match(e.message, /shutting down/);
+      return true;
+    });
   });
 
   it("a turn whose writes all succeed commits each exactly once", async () => {

@@ -1,4 +1,4 @@
-import { FailedPreconditionError } from "@kiln/sdk";
+import { ErrorCode, FailedPreconditionError, KilnError } from "@kiln/sdk";
 import Database from "better-sqlite3";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -113,6 +113,7 @@ export class FsCatalog implements Catalog {
   private readonly stmts;
   private pending: Pending[] = [];
   private scheduled = false;
+  private closed = false;
   private readonly idleCheckpoint: NodeJS.Timeout;
 
   constructor(options: FsStorageOptions) {
@@ -305,8 +306,11 @@ export class FsCatalog implements Catalog {
   }
 
   async close(): Promise<void> {
-    clearTimeout(this.idleCheckpoint);
     this.flush();
+    // Writes still receiving their bodies reach commit() later, and are refused there.
+    this.closed = true;
+    // After the flush, which re-arms it; closing the database checkpoints anyway.
+    clearTimeout(this.idleCheckpoint);
     this.db.close();
   }
 
@@ -344,6 +348,7 @@ export class FsCatalog implements Catalog {
    * back alone; the others still commit.
    */
   private commit<T>(mutation: () => T): Promise<T> {
+    if (this.closed) return Promise.reject(new KilnError(ErrorCode.Unavailable, "the object cache is shutting down"));
     return new Promise<T>((resolve, reject) => {
       this.pending.push({ mutation, resolve: resolve as (value: unknown) => void, reject });
       if (!this.scheduled) {
