@@ -1,23 +1,14 @@
 import { ErrorCode, KilnError } from "@kiln/sdk";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import * as fs from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
-import { after, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import type { ObjectStat } from "../src/cache/storage/backend.js";
 import { receiveBody } from "../src/cache/storage/body-sink.js";
 import { FsCatalog } from "../src/cache/storage/fs-backend.js";
-
-const dirs: string[] = [];
-after(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
+import { tempDir } from "./support/control-plane.js";
 
 function catalog(): FsCatalog {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-fs-commit-"));
-  dirs.push(dir);
-  return new FsCatalog({ kind: "fs", dir });
+  return new FsCatalog({ kind: "fs", dir: tempDir("fs-commit") });
 }
 
 function body(c: FsCatalog, text: string) {

@@ -47,13 +47,9 @@ type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
 export function cacheRoutes(ctx: RouteContext): Handler {
   const authorized = ctx.token === undefined ? () => true : bearerTokenCheck(ctx.token);
   return (req, res) => {
-    try {
-      if (!authorized(req.headers.authorization))
-        throw new UnauthenticatedError("missing or invalid token (send `authorization: Bearer <token>`)");
-      handle(ctx, req, res);
-    } catch (err) {
-      sendError(req, res, err, ctx.log);
-    }
+    if (authorized(req.headers.authorization)) return handle(ctx, req, res);
+    const refusal = new UnauthenticatedError("missing or invalid token (send `authorization: Bearer <token>`)");
+    sendError(req, res, refusal, ctx.log);
   };
 }
 

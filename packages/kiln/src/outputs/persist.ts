@@ -123,19 +123,17 @@ export async function persistOutputs(
   }
   outputs.sort((a, b) => compare(a.path, b.path));
 
+  const unmatched = capped(match.unmatchedOutputs);
+  const notCollected = capped(refusals.sort((a, b) => compare(a.path, b.path) || compare(a.reason, b.reason)));
   const content: OutputReport = {
     outputs,
     unmatchedPatterns: match.unmatchedPatterns.map(declaredOutput),
-    unmatchedOutputs: match.unmatchedOutputs
-      .slice(0, MAX_REPORTED_ENTRIES)
-      .map((u) => (u.hint === undefined ? { path: u.path } : { path: u.path, hint: u.hint })),
-    ...(match.unmatchedOutputs.length > MAX_REPORTED_ENTRIES
-      ? { unmatchedOutputsOmitted: match.unmatchedOutputs.length - MAX_REPORTED_ENTRIES }
-      : {}),
-    refused: refusals
-      .sort((a, b) => compare(a.path, b.path) || compare(a.reason, b.reason))
-      .slice(0, MAX_REPORTED_ENTRIES),
-    ...(refusals.length > MAX_REPORTED_ENTRIES ? { refusedOmitted: refusals.length - MAX_REPORTED_ENTRIES } : {}),
+    unmatchedOutputs: unmatched.listed.map((u) =>
+      u.hint === undefined ? { path: u.path } : { path: u.path, hint: u.hint },
+    ),
+    ...(unmatched.omitted ? { unmatchedOutputsOmitted: unmatched.omitted } : {}),
+    refused: notCollected.listed,
+    ...(notCollected.omitted ? { refusedOmitted: notCollected.omitted } : {}),
   };
   const bytes = encodeValue(content, { path: "manifest" });
   const manifest =
@@ -263,6 +261,11 @@ async function unchangedRef(
 
 async function deleteIfPresent(cache: ObjectCache, key: string): Promise<void> {
   await cache.deleteObjects(key).catch(ignoreNotFound);
+}
+
+/** A report's list as it is reported: its first MAX_REPORTED_ENTRIES, and how many more there were (0 when none). */
+function capped<T>(list: readonly T[]): { listed: T[]; omitted: number } {
+  return { listed: list.slice(0, MAX_REPORTED_ENTRIES), omitted: Math.max(0, list.length - MAX_REPORTED_ENTRIES) };
 }
 
 function persisted(file: PlannedFile, ref: ObjectRef): PersistedOutput {

@@ -14,10 +14,11 @@ import { RequestBatcher } from "./request-batcher.js";
 
 /**
  * The object cache's HTTP/1.1 client, on an undici connection pool. Small
- * requests (values, stats, lists) made in the same event-loop turn go as one
- * batch, pipelined on a few keep-alive connections; streamed uploads and downloads take a connection of their
- * own. Every request has an inactivity timeout, network failures become
- * UNAVAILABLE and the cache's error bodies are turned back into KilnErrors.
+ * requests (values, stats, lists) made in the same event-loop turn go in
+ * batches, pipelined on a few keep-alive connections; streamed uploads and
+ * downloads take a connection of their own. Every request has an inactivity
+ * timeout, network failures become UNAVAILABLE and the cache's error bodies
+ * are turned back into KilnErrors.
  */
 
 export type Method = "GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE";
@@ -114,11 +115,10 @@ export class CacheHttp {
       headersTimeout: options.timeoutMs,
       bodyTimeout: options.timeoutMs,
     };
-    const connections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     this.requests = options.batchRequests ? new RequestBatcher((spec) => this.sendOne(spec)) : undefined;
     this.small = new Pool(options.endpoint, {
       ...timeouts,
-      connections,
+      connections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
       pipelining: PIPELINING,
     });
     // Transfers get connections of their own (as many as run at once), so a long one never holds up small requests.
