@@ -10,7 +10,7 @@ import { after, before, describe, test } from "node:test";
 import { startAgent, type Agent } from "../src/agent/agent.js";
 import { listenHttp2, type Listener } from "../src/net/http-server.js";
 import { requireToken } from "../src/net/interceptors.js";
-import { AsyncQueue } from "../src/util/async-queue.js";
+import { AsyncQueue } from "@kiln/sdk/internal";
 import { alive, bindMessage, fixtureApp, pingApp, task, text, waitFor } from "./support/agent-helpers.js";
 
 const { ExecutorEvent } = kiln;

@@ -15,7 +15,7 @@ import {
 } from "@kiln/sdk/internal";
 import { randomBytes } from "node:crypto";
 import type * as http from "node:http";
-import { bearerTokenCheck } from "./auth.js";
+import { bearerTokenCheck } from "../net/auth.js";
 import { BufferedRequest, BufferedResponse, type RouteRequest, type RouteResponse } from "./exchange.js";
 import { MethodNotAllowedError, sendError } from "./http-errors.js";
 import { sendObject } from "./read-response.js";

@@ -1,7 +1,7 @@
 import { InvalidArgumentError } from "@kiln/sdk";
 import * as http from "node:http";
 import type * as net from "node:net";
-import { isLoopbackHost } from "./auth.js";
+import { isLoopbackHost } from "../net/auth.js";
 import { cacheRoutes, type RouteContext } from "./routes.js";
 import type { Catalog } from "./storage/backend.js";
 import { DEFAULT_DURABILITY, FsCatalog, type FsStorageOptions } from "./storage/fs-backend.js";

@@ -1,9 +1,11 @@
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { InvalidArgumentError } from "@kiln/sdk";
+import { StreamRoutes } from "@kiln/sdk/internal";
 import { flame, kiln } from "@kiln/sdk/proto";
 import * as path from "node:path";
+import { bearerTokenCheck, isLoopbackHost } from "../net/auth.js";
 import { listenHttp1, listenHttp2 } from "../net/http-server.js";
-import { requireToken, translateErrors } from "../net/interceptors.js";
+import { requireToken, tokenRefusal, translateErrors } from "../net/interceptors.js";
 import { agentService } from "./api/agent-service.js";
 import { frontendService, type FrontendDeps } from "./api/frontend-service.js";
 import { kilnFrontendService } from "./api/kiln-frontend-service.js";
@@ -28,8 +30,6 @@ export interface ControlPlane {
   close(): Promise<void>;
 }
 
-const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
-
 /**
  * Starts the control plane: loads the store, registers built-in apps, and
  * serves flame.v1.Frontend, kiln.v1.Frontend and kiln.v1.Agent: gRPC and
@@ -42,7 +42,7 @@ const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
  */
 export async function startControlPlane(options: ControlPlaneOptions): Promise<ControlPlane> {
   const config = resolveConfig(options);
-  if (!LOOPBACK.test(config.host) && !config.token)
+  if (!isLoopbackHost(config.host) && !config.token)
     throw new InvalidArgumentError(
       "host",
       `listening on ${config.host} (beyond loopback) requires a token (--token or KILN_TOKEN)`,
@@ -82,17 +82,30 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   orchestrator.start();
 
   const deps: FrontendDeps = { apps, sessions, orchestrator, hub, commit };
+  const flameFrontend = frontendService(deps);
+  const kilnFrontend = kilnFrontendService(deps);
+  const agent = agentService(orchestrator, config.log);
+  // Batches of tasks can be large; each task's input is checked against maxTaskBytes with a clear error.
+  const readMaxBytes = Math.max(256 * 1024 * 1024, config.maxTaskBytes * 4);
   const handler = connectNodeAdapter({
     routes: (router) => {
-      router.service(flame.Frontend, frontendService(deps));
-      router.service(kiln.Frontend, kilnFrontendService(deps));
-      router.service(kiln.Agent, agentService(orchestrator, config.log));
+      router.service(flame.Frontend, flameFrontend);
+      router.service(kiln.Frontend, kilnFrontend);
+      router.service(kiln.Agent, agent);
     },
     interceptors: [...(config.token ? [requireToken(config.token)] : []), translateErrors()],
-    // Batches of tasks can be large; each task's input is checked against maxTaskBytes with a clear error.
-    readMaxBytes: Math.max(256 * 1024 * 1024, config.maxTaskBytes * 4),
+    readMaxBytes,
   });
-  const server = await listenHttp2(config.host, config.port, handler);
+  // gRPC streams (agents, task submission, watches) skip Connect's per-message pipeline; see StreamRoutes.
+  const tokenMatches = config.token ? bearerTokenCheck(config.token) : undefined;
+  const streams = new StreamRoutes({
+    readMaxBytes,
+    ...(tokenMatches ? { authorize: (h) => (tokenMatches(h.authorization) ? undefined : tokenRefusal()) } : {}),
+  })
+    .add(flame.Frontend, flameFrontend)
+    .add(kiln.Frontend, kilnFrontend)
+    .add(kiln.Agent, agent);
+  const server = await listenHttp2(config.host, config.port, streams.handler(handler));
   const http1 = await listenHttp1(config.host, config.httpPort ?? (config.port === 0 ? 0 : server.port + 1), handler);
   const shownHost = config.host.includes(":")
     ? `[${config.host}]`

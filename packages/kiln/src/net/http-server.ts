@@ -19,7 +19,11 @@ export interface Listener {
  * first bytes were sniffed cannot be handed to it without a slow JS stream
  * wrapper (measured at a third of the request rate).
  */
-export async function listenHttp2(host: string, port: number, handler: Handler): Promise<Listener> {
+export async function listenHttp2(
+  host: string,
+  port: number,
+  handler: (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
+): Promise<Listener> {
   const server = http2.createServer({}, handler);
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (s) => {

@@ -1,16 +1,19 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { toConnectError } from "@kiln/sdk/internal";
-import { timingSafeEqual } from "node:crypto";
+import { bearerTokenCheck } from "./auth.js";
 
 /** Rejects every request of every API without the cluster token. */
 export function requireToken(token: string): Interceptor {
-  const expected = Buffer.from(`Bearer ${token}`);
+  const tokenMatches = bearerTokenCheck(token);
   return (next) => async (req) => {
-    const given = Buffer.from(req.header.get("authorization") ?? "");
-    if (given.length !== expected.length || !timingSafeEqual(given, expected))
-      throw new ConnectError("missing or invalid token (send `authorization: Bearer <token>`)", Code.Unauthenticated);
+    if (!tokenMatches(req.header.get("authorization") ?? undefined)) throw tokenRefusal();
     return next(req);
   };
+}
+
+/** The error a request without the cluster token gets, on every API. */
+export function tokenRefusal(): ConnectError {
+  return new ConnectError("missing or invalid token (send `authorization: Bearer <token>`)", Code.Unauthenticated);
 }
 
 /** Turns Kiln's typed errors thrown by handlers into gRPC statuses, including errors raised mid-stream. */

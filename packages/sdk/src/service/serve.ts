@@ -6,6 +6,7 @@ import * as kiln from "../protocol/kiln.js";
 import type { ServiceHandlers } from "./handlers.js";
 import { flameInstance, kilnInstance } from "./instance-services.js";
 import { removeStaleSocket, resolveSocketPath } from "./socket-path.js";
+import { StreamRoutes } from "../transport/stream-server.js";
 import { processExists } from "../process-exists.js";
 
 export interface ServeOptions {
@@ -28,6 +29,8 @@ export interface ServiceHandle {
 }
 
 const AGENT_CHECK_MS = 1_000;
+// As much as the agent accepts back (createUnixSocketTransport): it only bounds a broken peer.
+const READ_MAX_BYTES = 1024 * 1024 * 1024;
 
 /**
  * Serves a service's handlers on a Unix socket, both as flame.v1.Instance
@@ -41,14 +44,19 @@ const AGENT_CHECK_MS = 1_000;
 export async function serve(handlers: ServiceHandlers, options: ServeOptions = {}): Promise<ServiceHandle> {
   const socketPath = resolveSocketPath(options.socketPath);
   await removeStaleSocket(socketPath);
+  const flameImpl = flameInstance(handlers);
+  const kilnImpl = kilnInstance(handlers);
+  const streams = new StreamRoutes({ readMaxBytes: READ_MAX_BYTES }).add(kiln.Instance, kilnImpl);
   const server = http2.createServer(
     {},
-    connectNodeAdapter({
-      routes: (router) => {
-        router.service(flame.Instance, flameInstance(handlers));
-        router.service(kiln.Instance, kilnInstance(handlers));
-      },
-    }),
+    streams.handler(
+      connectNodeAdapter({
+        routes: (router) => {
+          router.service(flame.Instance, flameImpl);
+          router.service(kiln.Instance, kilnImpl);
+        },
+      }),
+    ),
   );
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (session) => {

@@ -7,7 +7,7 @@ import { toExecutorMessage, toNodeMessage } from "../cluster-state.js";
 import type { Orchestrator } from "../orchestrator.js";
 import type { SessionRegistry } from "../sessions.js";
 import type { GroupCommit } from "../store/group-commit.js";
-import { untilAborted } from "../../util/async-queue.js";
+import { untilAborted } from "@kiln/sdk/internal";
 import type { WatchHub } from "../watch-hub.js";
 import { toSessionMessage, toTaskMessage } from "./messages.js";
 

@@ -1,8 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { toKilnError } from "@kiln/sdk/internal";
+import { AsyncQueue, toKilnError, untilAborted } from "@kiln/sdk/internal";
 import { flame, kiln } from "@kiln/sdk/proto";
-import { AsyncQueue, untilAborted } from "../../util/async-queue.js";
 import type { FrontendDeps } from "./frontend-service.js";
 
 /** kiln.v1.Frontend: batch task creation (unary or streamed), one watch stream per session, cancel. */

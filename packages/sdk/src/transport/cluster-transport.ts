@@ -1,6 +1,7 @@
 import * as net from "node:net";
 import type { Interceptor, Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { streamCaller } from "./stream-call.js";
 
 /** Header carrying the cluster token on every request. */
 export const TOKEN_HEADER = "authorization";
@@ -24,17 +25,22 @@ export interface TransportOptions {
 // control plane's CPU, not bandwidth, limits throughput, and profiles showed zlib on every hop.
 const NO_COMPRESSION: [] = [];
 
+function bearer(token: string): string {
+  return `Bearer ${token}`;
+}
+
 function tokenInterceptor(token: string): Interceptor {
   return (next) => (req) => {
-    req.header.set(TOKEN_HEADER, `Bearer ${token}`);
+    req.header.set(TOKEN_HEADER, bearer(token));
     return next(req);
   };
 }
 
 /**
  * A gRPC (HTTP/2) transport to a Kiln or Flame endpoint. One HTTP/2
- * connection carries every call and stream. Call `close()` to let the
- * process exit.
+ * connection carries every call and stream: unary calls go through
+ * Connect's gRPC transport, streams through `streamCaller`. Call `close()`
+ * to let the process exit.
  */
 export function createClusterTransport(options: TransportOptions): { transport: Transport; close(): void } {
   const url = new URL(options.endpoint);
@@ -44,27 +50,34 @@ export function createClusterTransport(options: TransportOptions): { transport: 
     ...(options.pingIntervalMs !== undefined ? { pingIntervalMs: options.pingIntervalMs } : {}),
     ...(options.pingTimeoutMs !== undefined ? { pingTimeoutMs: options.pingTimeoutMs } : {}),
   });
-  const transport = createGrpcTransport({
+  const readMaxBytes = options.readMaxBytes ?? 256 * 1024 * 1024;
+  const grpc = createGrpcTransport({
     baseUrl,
     sessionManager,
-    readMaxBytes: options.readMaxBytes ?? 256 * 1024 * 1024,
-    writeMaxBytes: options.readMaxBytes ?? 256 * 1024 * 1024,
+    readMaxBytes,
+    writeMaxBytes: readMaxBytes,
     acceptCompression: NO_COMPRESSION,
     interceptors: options.token ? [tokenInterceptor(options.token)] : [],
   });
-  return { transport, close: () => sessionManager.abort() };
+  const stream = streamCaller(sessionManager, {
+    readMaxBytes,
+    ...(options.token ? { header: { [TOKEN_HEADER]: bearer(options.token) } } : {}),
+  });
+  return { transport: { unary: grpc.unary.bind(grpc), stream }, close: () => sessionManager.abort() };
 }
 
 /** A gRPC transport over a Unix socket (how an agent reaches a service process). */
 export function createUnixSocketTransport(socketPath: string): { transport: Transport; close(): void } {
   const baseUrl = "http://localhost";
   const sessionManager = new Http2SessionManager(baseUrl, {}, { createConnection: () => net.connect(socketPath) });
-  const transport = createGrpcTransport({
+  const readMaxBytes = 1024 * 1024 * 1024;
+  const grpc = createGrpcTransport({
     baseUrl,
     sessionManager,
-    readMaxBytes: 1024 * 1024 * 1024,
-    writeMaxBytes: 1024 * 1024 * 1024,
+    readMaxBytes,
+    writeMaxBytes: readMaxBytes,
     acceptCompression: NO_COMPRESSION,
   });
-  return { transport, close: () => sessionManager.abort() };
+  const stream = streamCaller(sessionManager, { readMaxBytes });
+  return { transport: { unary: grpc.unary.bind(grpc), stream }, close: () => sessionManager.abort() };
 }

@@ -16,6 +16,11 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
     return this.done;
   }
 
+  /** Items pushed and not yet handed out. */
+  get size(): number {
+    return this.items.length - this.head;
+  }
+
   push(item: T): void {
     if (this.done) return;
     const resolve = this.waiting;
