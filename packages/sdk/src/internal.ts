@@ -6,6 +6,7 @@ export { validateName, parseResreq, parseBytes, formatResreq, formatBytes, type 
 export { toConnectError, toKilnError, ERROR_CODE_HEADER } from "./errors.js";
 export { createClusterTransport, createUnixSocketTransport, TOKEN_HEADER } from "./transport/cluster-transport.js";
 export { StreamRoutes, type StreamServerOptions } from "./transport/stream-server.js";
+export { translateErrors } from "./transport/translate-errors.js";
 export { AsyncQueue, untilAborted } from "./async-queue.js";
 export { BatchQueue } from "./service/batch-queue.js";
 export { LazyAbort } from "./service/lazy-abort.js";

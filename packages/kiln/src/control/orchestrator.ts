@@ -310,13 +310,22 @@ export class Orchestrator {
 
   // ---- scheduling ----
 
+  /**
+   * Plans a cycle once this turn's messages are on the wire. Node sends
+   * HTTP/2 frames from a native immediate that runs before the next turn's
+   * JS immediates but after those queued in this one, so a cycle queued
+   * beside the writes would hold back the dispatches and watch updates it
+   * follows; queued from the next turn it runs after they are sent.
+   */
   requestCycle(): void {
     if (this.cycleScheduled) return;
     this.cycleScheduled = true;
-    setImmediate(() => {
-      this.cycleScheduled = false;
-      this.cycle();
-    });
+    setImmediate(() =>
+      setImmediate(() => {
+        this.cycleScheduled = false;
+        this.cycle();
+      }),
+    );
   }
 
   private onTick(): void {

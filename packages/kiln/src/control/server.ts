@@ -1,11 +1,11 @@
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { InvalidArgumentError } from "@kiln/sdk";
-import { StreamRoutes } from "@kiln/sdk/internal";
+import { StreamRoutes, translateErrors } from "@kiln/sdk/internal";
 import { flame, kiln } from "@kiln/sdk/proto";
 import * as path from "node:path";
 import { bearerTokenCheck, isLoopbackHost } from "../net/auth.js";
 import { listenHttp1, listenHttp2 } from "../net/http-server.js";
-import { requireToken, tokenRefusal, translateErrors } from "../net/interceptors.js";
+import { requireToken, tokenRefusal } from "../net/interceptors.js";
 import { agentService } from "./api/agent-service.js";
 import { frontendService, type FrontendDeps } from "./api/frontend-service.js";
 import { kilnFrontendService } from "./api/kiln-frontend-service.js";

@@ -1,5 +1,4 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { toConnectError } from "@kiln/sdk/internal";
 import { bearerTokenCheck } from "./auth.js";
 
 /** Rejects every request of every API without the cluster token. */
@@ -14,27 +13,4 @@ export function requireToken(token: string): Interceptor {
 /** The error a request without the cluster token gets, on every API. */
 export function tokenRefusal(): ConnectError {
   return new ConnectError("missing or invalid token (send `authorization: Bearer <token>`)", Code.Unauthenticated);
-}
-
-/** Turns Kiln's typed errors thrown by handlers into gRPC statuses, including errors raised mid-stream. */
-export function translateErrors(): Interceptor {
-  return (next) => async (req) => {
-    try {
-      const res = await next(req);
-      if (!res.stream) return res;
-      const source = res.message;
-      return {
-        ...res,
-        message: (async function* () {
-          try {
-            yield* source;
-          } catch (err) {
-            throw toConnectError(err);
-          }
-        })(),
-      };
-    } catch (err) {
-      throw toConnectError(err);
-    }
-  };
 }

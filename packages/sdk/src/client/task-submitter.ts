@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { ErrorCode, KilnError, TimeoutError } from "../errors.js";
 import * as kiln from "../protocol/kiln.js";
-import { BatchQueue } from "../service/batch-queue.js";
+import { AsyncQueue } from "../async-queue.js";
 import type { ClientContext, Stoppable } from "./context.js";
 
 export interface CreatedTasks {
@@ -23,7 +23,9 @@ interface Pending {
 
 /** One open SubmitTasks stream: requests go out in order and responses settle them in the same order. */
 class SubmitStream {
-  private readonly requests = new BatchQueue<kiln.CreateTasksRequest>();
+  // Not a BatchQueue: each request is its own message anyway (its session's batch of the turn), and
+  // waiting for the end of the turn would hold a lone call's request back by an event-loop iteration.
+  private readonly requests = new AsyncQueue<kiln.CreateTasksRequest>();
   private readonly pending: Pending[] = [];
   private readonly abort = new AbortController();
   private idleTimer: NodeJS.Timeout | undefined;
@@ -55,13 +57,9 @@ class SubmitStream {
     this.fail(reason);
   }
 
-  private async *messages(): AsyncGenerator<kiln.CreateTasksRequest> {
-    for await (const batch of this.requests) yield* batch;
-  }
-
   private async read(): Promise<void> {
     try {
-      for await (const response of this.ctx.kiln.submitTasks(this.messages(), { signal: this.abort.signal })) {
+      for await (const response of this.ctx.kiln.submitTasks(this.requests, { signal: this.abort.signal })) {
         const waiter = this.pending.shift();
         if (!waiter) throw new KilnError(ErrorCode.Internal, "SubmitTasks answered a request that was never sent");
         this.armDeadline();

@@ -74,9 +74,12 @@ interface TaskRow {
 export class SqliteStore {
   private readonly db: Database.Database;
   private readonly stmts;
+  // Made once: better-sqlite3 builds a new wrapper on every db.transaction() call, a fifth of a lone commit.
+  private readonly inTransaction: (fn: () => unknown) => unknown;
 
   private constructor(db: Database.Database) {
     this.db = db;
+    this.inTransaction = db.transaction((fn: () => unknown) => fn());
     this.stmts = {
       putApplication: db.prepare(
         "INSERT INTO applications (name, spec, state, creation_time) VALUES (?, ?, ?, ?) " +
@@ -106,6 +109,10 @@ export class SqliteStore {
   static open(file: string, durability: Durability = "normal"): SqliteStore {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     const db = new Database(file);
+    // The control plane is the file's only user: exclusive locking keeps the WAL index in the
+    // process's memory instead of a shared-memory file with a lock call per transaction (-7 µs of
+    // ~37 µs per lone commit), and stops a second control plane from sharing the data dir.
+    db.pragma("locking_mode = EXCLUSIVE");
     db.pragma("journal_mode = WAL");
     // NORMAL in WAL mode survives a process kill (-9); FULL also survives power loss.
     db.pragma(`synchronous = ${durability === "full" ? "FULL" : "NORMAL"}`);
@@ -115,7 +122,7 @@ export class SqliteStore {
   }
 
   transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+    return this.inTransaction(fn) as T;
   }
 
   putApplication(app: StoredApplication): void {
