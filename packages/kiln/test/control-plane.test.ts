@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { FailedPreconditionError } from "@kiln/sdk";
 import { createClusterTransport, ERROR_CODE_HEADER } from "@kiln/sdk/internal";
 import { flame, kiln } from "@kiln/sdk/proto";
 import assert from "node:assert/strict";
@@ -353,6 +354,22 @@ describe("control plane: store", () => {
       assert.equal(next.metadata?.id, "3001", "ids continue after a restart");
     } finally {
       await b.close();
+    }
+  });
+
+  it("refuses a second control plane on a data dir in use, and lets the first go on", async () => {
+    const dataDir = tempDir("shared");
+    const a = await startTestControlPlane({ dataDir });
+    try {
+      await assert.rejects(startControlPlane({ dataDir, port: 0, log: () => {} }), (err: unknown) => {
+        assert.ok(err instanceof FailedPreconditionError, String(err));
+        assert.match(err.message, /kiln\.db is in use by another control plane/);
+        return true;
+      });
+      await a.frontend.registerApplication({ name: "still-mine", application: appSpec({}) });
+      assert.equal((await a.frontend.getApplication({ name: "still-mine" })).metadata?.name, "still-mine");
+    } finally {
+      await a.close();
     }
   });
 });

@@ -1,3 +1,4 @@
+import { FailedPreconditionError } from "@kiln/sdk";
 import Database from "better-sqlite3";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -105,19 +106,32 @@ export class SqliteStore {
     };
   }
 
-  /** Opens (creating if needed) the store at `file` and runs pending migrations. */
+  /**
+   * Opens (creating if needed) the store at `file` and runs pending migrations.
+   * Throws FailedPreconditionError when another control plane holds the file.
+   */
   static open(file: string, durability: Durability = "normal"): SqliteStore {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     const db = new Database(file);
-    // The control plane is the file's only user: exclusive locking keeps the WAL index in the
-    // process's memory instead of a shared-memory file with a lock call per transaction (-7 µs of
-    // ~37 µs per lone commit), and stops a second control plane from sharing the data dir.
-    db.pragma("locking_mode = EXCLUSIVE");
-    db.pragma("journal_mode = WAL");
-    // NORMAL in WAL mode survives a process kill (-9); FULL also survives power loss.
-    db.pragma(`synchronous = ${durability === "full" ? "FULL" : "NORMAL"}`);
-    db.pragma("busy_timeout = 5000");
-    migrate(db);
+    try {
+      // Only at start can the file be busy: a control plane restarting waits for the old one to let go.
+      db.pragma("busy_timeout = 5000");
+      // The control plane is the file's only user: exclusive locking keeps the WAL index in the
+      // process's memory instead of a shared-memory file with a lock call per transaction (-7 µs of
+      // ~37 µs per lone commit), and stops a second control plane from sharing the data dir.
+      db.pragma("locking_mode = EXCLUSIVE");
+      db.pragma("journal_mode = WAL");
+      // NORMAL in WAL mode survives a process kill (-9); FULL also survives power loss.
+      db.pragma(`synchronous = ${durability === "full" ? "FULL" : "NORMAL"}`);
+      migrate(db);
+    } catch (err) {
+      db.close();
+      if ((err as { code?: string }).code === "SQLITE_BUSY")
+        throw new FailedPreconditionError(
+          `${file} is in use by another control plane (one data dir serves one control plane)`,
+        );
+      throw err;
+    }
     return new SqliteStore(db);
   }
 
