@@ -3,6 +3,7 @@ import Database from "better-sqlite3";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { BodyTarget, Catalog, ObjectStat, Segment, SegmentBytes, StoredObject } from "./backend.js";
+import { IdleCheckpoints, openOwnedDatabase } from "../../util/sqlite-file.js";
 import { BlobFiles } from "./blob-files.js";
 import type { ReceivedBody } from "./body-sink.js";
 
@@ -18,17 +19,6 @@ export interface FsStorageOptions {
 
 /** Like the control plane's default: survives a crash of the process, not of the machine (see docs/cache-api.md). */
 export const DEFAULT_DURABILITY = "normal";
-
-/**
- * SQLite checkpoints its WAL into the database every 1000 pages by default,
- * inside whichever commit crosses the line, and that checkpoint fsyncs twice:
- * under a stream of small puts the server stood still for it every few
- * thousand writes. The cache checkpoints when writes pause instead, and lets
- * SQLite do it mid-stream only once the WAL reaches this many pages (64 MiB).
- */
-const WAL_CHECKPOINT_PAGES = 16_384;
-/** Writes that pause this long count as a pause (see WAL_CHECKPOINT_PAGES). */
-const IDLE_CHECKPOINT_MS = 200;
 
 /** Bodies up to this size live inside the database: one commit instead of a file, a rename and their syscalls. */
 export const INLINE_LIMIT = 64 * 1024;
@@ -114,16 +104,15 @@ export class FsCatalog implements Catalog {
   private pending: Pending[] = [];
   private scheduled = false;
   private closed = false;
-  private readonly idleCheckpoint: NodeJS.Timeout;
+  private readonly checkpoints: IdleCheckpoints;
 
   constructor(options: FsStorageOptions) {
     fs.mkdirSync(options.dir, { recursive: true });
     this.sync = (options.durability ?? DEFAULT_DURABILITY) === "full";
     // The database lock comes first: only its owner may clean tmp/ and blobs/.
-    this.db = openDatabase(path.join(options.dir, "cache.db"));
+    this.db = openOwnedDatabase(path.join(options.dir, "cache.db"), "another cache server", 0);
     try {
       this.db.pragma(`synchronous = ${this.sync ? "FULL" : "NORMAL"}`);
-      this.db.pragma(`wal_autocheckpoint = ${WAL_CHECKPOINT_PAGES}`);
       const found = this.db.pragma("user_version", { simple: true }) as number;
       if (found > SCHEMA_VERSION)
         throw new Error(`${options.dir}/cache.db has schema ${found}; this kiln knows up to ${SCHEMA_VERSION}`);
@@ -182,7 +171,7 @@ export class FsCatalog implements Catalog {
       rollbackSavepoint: db.prepare("ROLLBACK TO write"),
     };
     this.files.removeOrphans(new Set(this.stmts.referenced.all().map((r) => r.file)));
-    this.idleCheckpoint = setTimeout(() => this.checkpoint(), IDLE_CHECKPOINT_MS).unref();
+    this.checkpoints = new IdleCheckpoints(this.db);
   }
 
   bodyTarget(): BodyTarget {
@@ -310,7 +299,7 @@ export class FsCatalog implements Catalog {
     // Writes still receiving their bodies reach commit() later, and are refused there.
     this.closed = true;
     // After the flush, which re-arms it; closing the database checkpoints anyway.
-    clearTimeout(this.idleCheckpoint);
+    this.checkpoints.stop();
     this.db.close();
   }
 
@@ -377,16 +366,8 @@ export class FsCatalog implements Catalog {
         return;
       }
     }
-    this.idleCheckpoint.refresh();
+    this.checkpoints.wrote();
     batch.forEach((p, i) => (outcomes[i]!.ok ? p.resolve(outcomes[i]!.value) : p.reject(outcomes[i]!.value)));
-  }
-
-  private checkpoint(): void {
-    try {
-      this.db.pragma("wal_checkpoint(PASSIVE)");
-    } catch {
-      // A disk fault: the next commit meets it too and reports it to its writer; the WAL keeps every write.
-    }
   }
 
   private isolated(p: Pending): Outcome {
@@ -408,20 +389,6 @@ export class FsCatalog implements Catalog {
  * fail at start, and spares every read the shared-memory lock calls that WAL
  * mode otherwise makes (measured: a third of a small read's cost).
  */
-function openDatabase(file: string): Database.Database {
-  const db = new Database(file, { timeout: 0 });
-  try {
-    db.pragma("locking_mode = EXCLUSIVE");
-    db.pragma("journal_mode = WAL");
-    return db;
-  } catch (err) {
-    db.close();
-    if ((err as { code?: string }).code === "SQLITE_BUSY")
-      throw new FailedPreconditionError(`${file} is in use by another cache server`);
-    throw err;
-  }
-}
-
 function toStat(row: StatRow): ObjectStat {
   return {
     key: row.key,
