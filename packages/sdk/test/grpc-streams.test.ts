@@ -1,4 +1,4 @@
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type ServiceImpl, type Transport } from "@connectrpc/connect";
 import {
   connectNodeAdapter,
@@ -150,6 +150,9 @@ async function collect(
   return updates;
 }
 
+const encodeWatch = (sessionId: string) =>
+  toBinary(kiln.WatchSessionRequestSchema, create(kiln.WatchSessionRequestSchema, { sessionId }));
+
 const expectedEcho = (n: number) => Array.from({ length: n }, (_, i) => `input ${i}`);
 
 describe("gRPC streams (StreamRoutes and the SDK's stream client)", () => {
@@ -271,6 +274,38 @@ describe("gRPC streams (StreamRoutes and the SDK's stream client)", () => {
     } finally {
       t.close();
     }
+  });
+
+  test("a raw gRPC request gets a status for a passed deadline and for a message cut short", async () => {
+    const server = await startServer({ fastPath: true });
+    /** One request with the given body, half-closed at once; resolves the trailers' grpc-status. */
+    const rawCall = (body: Buffer, headers: http2.OutgoingHttpHeaders) =>
+      within(
+        new Promise<string | undefined>((resolve, reject) => {
+          const session = http2.connect(server.endpoint);
+          session.on("error", reject);
+          const req = session.request({
+            ":method": "POST",
+            ":path": "/kiln.v1.Frontend/WatchSession",
+            "content-type": "application/grpc",
+            te: "trailers",
+            ...headers,
+          });
+          req.on("trailers", (t) => resolve(t["grpc-status"] as string | undefined));
+          req.on("close", () => {
+            resolve(undefined);
+            session.close();
+          });
+          req.on("data", () => undefined);
+          req.end(body);
+        }),
+        10_000,
+        "raw call",
+      );
+    const message = Buffer.from(encodeWatch("silent"));
+    const framed = Buffer.concat([Buffer.from([0, 0, 0, 0, message.length]), message]);
+    assert.equal(await rawCall(framed, { "grpc-timeout": "100m" }), String(Code.DeadlineExceeded));
+    assert.equal(await rawCall(framed.subarray(0, framed.length - 1), {}), String(Code.InvalidArgument));
   });
 
   test("a reader slower than the server still gets every message, in order", async () => {

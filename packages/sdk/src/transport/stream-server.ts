@@ -133,8 +133,9 @@ class ServerStream {
         const message = isMessage(m, method.output) ? m : create(method.output, m);
         if (!res.write(encodeEnvelope(0, toBinary(method.output, message)))) await drained(res);
       }
-      // A request the server could not read ends the call with that error, even if the handler ended quietly.
-      this.end(ctx, this.abort.signal.aborted ? ConnectError.from(this.abort.signal.reason) : undefined);
+      // A request the server could not read, or a passed deadline, ends the call with that error even
+      // when the handler ended quietly (the context's signal carries both).
+      this.end(ctx, ctx.signal.aborted ? ConnectError.from(ctx.signal.reason) : undefined);
     } catch (err) {
       this.end(ctx, toConnectError(err));
     } finally {
