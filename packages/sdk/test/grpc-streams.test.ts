@@ -1,4 +1,4 @@
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type DescService, type Message } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type ServiceImpl, type Transport } from "@connectrpc/connect";
 import {
   connectNodeAdapter,
@@ -6,6 +6,7 @@ import {
   createGrpcTransport,
   Http2SessionManager,
 } from "@connectrpc/connect-node";
+import * as grpc from "@grpc/grpc-js";
 import assert from "node:assert/strict";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
@@ -173,6 +174,74 @@ describe("gRPC streams (StreamRoutes and the SDK's stream client)", () => {
         }
       }
       assert.equal(server.seen.calls, 6);
+    }
+  });
+
+  test("grpc-js, a gRPC stack of its own, gets bidi and server streams, statuses and metadata", async () => {
+    const server = await startServer({ fastPath: true });
+    const methods = (service: DescService, names: string[]) =>
+      Object.fromEntries(
+        names.map((name) => {
+          const m = service.methods.find((x) => x.name === name)!;
+          return [
+            name,
+            {
+              path: `/${service.typeName}/${name}`,
+              requestStream: m.methodKind === "bidi_streaming",
+              responseStream: true,
+              requestSerialize: (v: Message) => Buffer.from(toBinary(m.input, v)),
+              requestDeserialize: (b: Buffer) => fromBinary(m.input, b),
+              responseSerialize: (v: Message) => Buffer.from(toBinary(m.output, v)),
+              responseDeserialize: (b: Buffer) => fromBinary(m.output, b),
+            },
+          ];
+        }),
+      ) as grpc.ServiceDefinition;
+    const address = server.endpoint.replace("http://", "");
+    const Instance = grpc.makeGenericClientConstructor(methods(kiln.Instance, ["Invoke"]), "Instance");
+    const Frontend = grpc.makeGenericClientConstructor(methods(kiln.Frontend, ["WatchSession"]), "Frontend");
+    const instance = new Instance(address, grpc.credentials.createInsecure());
+    const frontend = new Frontend(address, grpc.credentials.createInsecure());
+    try {
+      const echoed = await within(
+        new Promise<string[]>((resolve, reject) => {
+          const call = (instance as unknown as Record<string, () => grpc.ClientDuplexStream<Message, Message>>)
+            .Invoke!();
+          const out: string[] = [];
+          call.on("data", (r: kiln.InvokeResponse) => out.push(...r.outcomes.map((o) => o.taskId)));
+          call.on("end", () => resolve(out));
+          call.on("error", reject);
+          for (let i = 0; i < 20; i++)
+            call.write(create(kiln.InvokeRequestSchema, { tasks: [{ taskId: String(i), sessionId: "s" }] }));
+          call.end();
+        }),
+        10_000,
+        "grpc-js Invoke",
+      );
+      assert.deepEqual(
+        echoed,
+        Array.from({ length: 20 }, (_, i) => String(i)),
+      );
+      const watch = (sessionId: string) =>
+        within(
+          new Promise<{ ids: string[]; error?: grpc.ServiceError }>((resolve) => {
+            const call = (frontend as unknown as Record<string, (m: Message) => grpc.ClientReadableStream<Message>>)
+              .WatchSession!(create(kiln.WatchSessionRequestSchema, { sessionId }));
+            const ids: string[] = [];
+            call.on("data", (m: kiln.WatchSessionResponse) => ids.push(...m.updates.map((u) => u.taskId)));
+            call.on("end", () => resolve({ ids }));
+            call.on("error", (error: grpc.ServiceError) => resolve({ ids, error }));
+          }),
+          10_000,
+          "grpc-js WatchSession",
+        );
+      assert.deepEqual((await watch("3")).ids, ["1", "2", "3"]);
+      const { error } = await watch("missing");
+      assert.equal(error?.code, grpc.status.NOT_FOUND);
+      assert.deepEqual(error?.metadata.get("kiln-error-code"), [ErrorCode.NotFound]);
+    } finally {
+      instance.close();
+      frontend.close();
     }
   });
 
