@@ -14,7 +14,7 @@ import { after, describe, test } from "node:test";
 import { ErrorCode, NotFoundError, toKilnError } from "../src/errors.js";
 import { createClusterTransport, translateErrors } from "../src/internal.js";
 import { flame, kiln } from "../src/proto.js";
-import { EnvelopeReader } from "../src/transport/envelope-reader.js";
+import { EnvelopeReader } from "../src/transport/envelopes.js";
 import { StreamRoutes } from "../src/transport/stream-server.js";
 import { within } from "./support/within.js";
 

@@ -6,6 +6,7 @@ import * as kiln from "../protocol/kiln.js";
 import type { ServiceHandlers } from "./handlers.js";
 import { flameInstance, kilnInstance } from "./instance-services.js";
 import { removeStaleSocket, resolveSocketPath } from "./socket-path.js";
+import { INSTANCE_READ_MAX_BYTES } from "../transport/cluster-transport.js";
 import { StreamRoutes } from "../transport/stream-server.js";
 import { processExists } from "../process-exists.js";
 
@@ -29,8 +30,6 @@ export interface ServiceHandle {
 }
 
 const AGENT_CHECK_MS = 1_000;
-// As much as the agent accepts back (createUnixSocketTransport): it only bounds a broken peer.
-const READ_MAX_BYTES = 1024 * 1024 * 1024;
 
 /**
  * Serves a service's handlers on a Unix socket, both as flame.v1.Instance
@@ -46,7 +45,7 @@ export async function serve(handlers: ServiceHandlers, options: ServeOptions = {
   await removeStaleSocket(socketPath);
   const flameImpl = flameInstance(handlers);
   const kilnImpl = kilnInstance(handlers);
-  const streams = new StreamRoutes({ readMaxBytes: READ_MAX_BYTES }).add(kiln.Instance, kilnImpl);
+  const streams = new StreamRoutes({ readMaxBytes: INSTANCE_READ_MAX_BYTES }).add(kiln.Instance, kilnImpl);
   const server = http2.createServer(
     {},
     streams.handler(

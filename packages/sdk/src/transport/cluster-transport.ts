@@ -50,34 +50,37 @@ export function createClusterTransport(options: TransportOptions): { transport: 
     ...(options.pingIntervalMs !== undefined ? { pingIntervalMs: options.pingIntervalMs } : {}),
     ...(options.pingTimeoutMs !== undefined ? { pingTimeoutMs: options.pingTimeoutMs } : {}),
   });
-  const readMaxBytes = options.readMaxBytes ?? 256 * 1024 * 1024;
-  const grpc = createGrpcTransport({
-    baseUrl,
-    sessionManager,
-    readMaxBytes,
-    writeMaxBytes: readMaxBytes,
-    acceptCompression: NO_COMPRESSION,
-    interceptors: options.token ? [tokenInterceptor(options.token)] : [],
-  });
-  const stream = streamCaller(sessionManager, {
-    readMaxBytes,
-    ...(options.token ? { header: { [TOKEN_HEADER]: bearer(options.token) } } : {}),
-  });
-  return { transport: { unary: grpc.unary.bind(grpc), stream }, close: () => sessionManager.abort() };
+  return overSessions(sessionManager, baseUrl, options.readMaxBytes ?? 256 * 1024 * 1024, options.token);
 }
+
+/** Largest message either end of the agent ↔ service socket accepts: it only bounds a broken peer. */
+export const INSTANCE_READ_MAX_BYTES = 1024 * 1024 * 1024;
 
 /** A gRPC transport over a Unix socket (how an agent reaches a service process). */
 export function createUnixSocketTransport(socketPath: string): { transport: Transport; close(): void } {
   const baseUrl = "http://localhost";
   const sessionManager = new Http2SessionManager(baseUrl, {}, { createConnection: () => net.connect(socketPath) });
-  const readMaxBytes = 1024 * 1024 * 1024;
+  return overSessions(sessionManager, baseUrl, INSTANCE_READ_MAX_BYTES);
+}
+
+/** Unary calls through Connect's gRPC transport and streams through `streamCaller`, on one set of connections. */
+function overSessions(
+  sessionManager: Http2SessionManager,
+  baseUrl: string,
+  readMaxBytes: number,
+  token?: string,
+): { transport: Transport; close(): void } {
   const grpc = createGrpcTransport({
     baseUrl,
     sessionManager,
     readMaxBytes,
     writeMaxBytes: readMaxBytes,
     acceptCompression: NO_COMPRESSION,
+    interceptors: token ? [tokenInterceptor(token)] : [],
   });
-  const stream = streamCaller(sessionManager, { readMaxBytes });
+  const stream = streamCaller(sessionManager, {
+    readMaxBytes,
+    ...(token ? { header: { [TOKEN_HEADER]: bearer(token) } } : {}),
+  });
   return { transport: { unary: grpc.unary.bind(grpc), stream }, close: () => sessionManager.abort() };
 }

@@ -1,19 +1,15 @@
 import {
-  create,
   fromBinary,
-  isMessage,
-  toBinary,
   type DescMessage,
   type DescMethodStreaming,
   type MessageInitShape,
   type MessageShape,
 } from "@bufbuild/protobuf";
 import { Code, ConnectError, type StreamResponse, type Transport } from "@connectrpc/connect";
-import { encodeEnvelope } from "@connectrpc/connect/protocol";
 import { codeFromHttpStatus, findTrailerError } from "@connectrpc/connect/protocol-grpc";
 import type { Http2SessionManager } from "@connectrpc/connect-node";
 import * as http2 from "node:http2";
-import { EnvelopeReader } from "./envelope-reader.js";
+import { envelope, EnvelopeReader } from "./envelopes.js";
 import { GRPC_CONTENT_TYPE, isGrpcContentType, webHeaders } from "./grpc-headers.js";
 import { drained, Inbox } from "./inbox.js";
 
@@ -132,8 +128,7 @@ class StreamCall<I extends DescMessage, O extends DescMessage> {
     try {
       for await (const m of input) {
         if (this.done) return;
-        const message = isMessage(m, schema) ? m : create(schema, m);
-        if (!h2.write(encodeEnvelope(0, toBinary(schema, message)))) await drained(h2);
+        if (!h2.write(envelope(schema, m))) await drained(h2);
       }
       if (!this.done) h2.end();
     } catch (err) {

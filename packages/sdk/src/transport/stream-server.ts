@@ -1,8 +1,5 @@
 import {
-  create,
   fromBinary,
-  isMessage,
-  toBinary,
   type DescMessage,
   type DescMethodStreaming,
   type DescService,
@@ -10,11 +7,10 @@ import {
   type MessageShape,
 } from "@bufbuild/protobuf";
 import { Code, ConnectError, createHandlerContext, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { encodeEnvelope } from "@connectrpc/connect/protocol";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import type * as http2 from "node:http2";
 import { toConnectError } from "../errors.js";
-import { EnvelopeReader } from "./envelope-reader.js";
+import { envelope, EnvelopeReader } from "./envelopes.js";
 import { isGrpcContentType, webHeaders } from "./grpc-headers.js";
 import { drained, Inbox } from "./inbox.js";
 
@@ -130,8 +126,7 @@ class ServerStream {
           : this.route.impl(this.input, ctx);
       for await (const m of output) {
         if (this.abort.signal.aborted) break;
-        const message = isMessage(m, method.output) ? m : create(method.output, m);
-        if (!res.write(encodeEnvelope(0, toBinary(method.output, message)))) await drained(res);
+        if (!res.write(envelope(method.output, m))) await drained(res);
       }
       // A request the server could not read, or a passed deadline, ends the call with that error even
       // when the handler ended quietly (the context's signal carries both).

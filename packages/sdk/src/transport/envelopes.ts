@@ -1,8 +1,21 @@
+import { create, isMessage, toBinary, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { encodeEnvelope } from "@connectrpc/connect/protocol";
 
 /** The five-byte prefix of every gRPC message: a flags byte and a big-endian length. */
 const PREFIX_BYTES = 5;
 const FLAG_COMPRESSED = 0b1;
+
+/**
+ * One message as it goes on a gRPC stream: uncompressed, behind its prefix.
+ * Handlers and callers may give a message or just its fields.
+ *
+ * @example
+ * stream.write(envelope(kiln.InvokeRequestSchema, { tasks }));
+ */
+export function envelope<S extends DescMessage>(schema: S, message: MessageInitShape<S>): Uint8Array {
+  return encodeEnvelope(0, toBinary(schema, isMessage(message, schema) ? message : create(schema, message)));
+}
 
 /**
  * Splits the bytes of a gRPC stream into its messages, however the chunks
