@@ -1,7 +1,7 @@
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["**/dist/**", "**/node_modules/**", "packages/sdk/src/gen/**"] },
+  { ignores: ["**/dist/**", "**/node_modules/**", "packages/protocol/src/gen/**"] },
   ...tseslint.configs.recommended,
   {
     rules: {

@@ -14,7 +14,8 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { pathToFileURL } from "node:url";
-import { ObjectCache, type ObjectRef } from "@kiln/sdk";
+import { ObjectCache } from "@kiln/sdk";
+import { type ObjectRef } from "@kiln/protocol";
 
 const SMALL_OPS = Number(process.env.BENCH_SMALL_OPS ?? 50_000);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 64);

@@ -15,8 +15,7 @@ import { randomBytes } from "node:crypto";
 import * as os from "node:os";
 import { isDeepStrictEqual } from "node:util";
 import * as v8 from "node:v8";
-import { decodeValue, encodeValue } from "../packages/sdk/src/codec/index.js";
-import { ObjectRef, type ObjectRefInit } from "../packages/sdk/src/objects/object-ref.js";
+import { decodeValue, encodeValue, ObjectRef, type ObjectRefInit } from "@kiln/protocol";
 
 interface Candidate {
   name: string;

@@ -1,6 +1,6 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { connect, type KilnClient } from "@kiln/sdk";
-import { flame, kiln } from "@kiln/sdk/proto";
+import { flame, kiln } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -514,7 +514,7 @@ describe("through a real agent and control plane", () => {
   const workDir = path.join(root, "agent");
   const tsxLoader = import.meta.resolve("tsx");
   const serveModule = pathToFileURL(
-    path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../sdk/src/service/serve.ts"),
+    path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../service/src/serve.ts"),
   ).href;
   const servicePackage = (version: string) =>
     tarGzFiles({

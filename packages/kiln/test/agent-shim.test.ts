@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { flame, kiln } from "@kiln/sdk/proto";
+import { flame, kiln } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";

@@ -1,7 +1,7 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { kiln } from "@kiln/sdk/proto";
+import { kiln } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -10,7 +10,7 @@ import { after, before, describe, test } from "node:test";
 import { startAgent, type Agent } from "../src/agent/agent.js";
 import { listenHttp2, type Listener } from "../src/net/http-server.js";
 import { requireToken } from "../src/net/interceptors.js";
-import { AsyncQueue } from "@kiln/sdk/internal";
+import { AsyncQueue } from "@kiln/protocol";
 import { alive, bindMessage, fixtureApp, pingApp, task, text, waitFor } from "./support/agent-helpers.js";
 
 const { ExecutorEvent } = kiln;

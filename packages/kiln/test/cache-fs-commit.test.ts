@@ -1,4 +1,4 @@
-import { ErrorCode, KilnError } from "@kiln/sdk";
+import { ErrorCode, KilnError } from "@kiln/protocol";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { describe, it } from "node:test";

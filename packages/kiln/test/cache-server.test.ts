@@ -3,11 +3,10 @@ import {
   decodeBatchResponse,
   decodeParts,
   encodeBatchRequest,
-  ERROR_CODE_HEADER,
   SEND_ALONE,
   type SubRequest,
-} from "@kiln/sdk/internal";
-import { encodeValue } from "@kiln/sdk";
+} from "@kiln/protocol/cache";
+import { ERROR_CODE_HEADER, encodeValue } from "@kiln/protocol";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as net from "node:net";

@@ -7,10 +7,12 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { runCli, startCli, type CliProcess } from "./cli-helpers.js";
 
-// The deployed services import the SDK by file URL, so they need no registry to install.
-const SDK = pathToFileURL(path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../sdk/dist/index.js")).href;
+// The deployed services import the service runtime by file URL, so they need no registry to install.
+const SERVICE_RUNTIME = pathToFileURL(
+  path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../service/dist/index.js"),
+).href;
 const serviceSource = (version: string) =>
-  `import { serve } from ${JSON.stringify(SDK)};\n` +
+  `import { serve } from ${JSON.stringify(SERVICE_RUNTIME)};\n` +
   `await serve({ onTaskInvoke: (t) => [${JSON.stringify(version)}, new TextDecoder().decode(t.input), ` +
   `process.env.KILN_CACHE_ENDPOINT].join("|") });\n`;
 

@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { flame } from "@kiln/sdk/proto";
+import { flame } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { executorTable, nodeTable, sessionTable } from "../src/cli/commands/list.js";

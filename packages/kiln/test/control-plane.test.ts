@@ -1,8 +1,8 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { FailedPreconditionError } from "@kiln/sdk";
-import { createClusterTransport, ERROR_CODE_HEADER } from "@kiln/sdk/internal";
-import { flame, kiln } from "@kiln/sdk/proto";
+import { FailedPreconditionError, ERROR_CODE_HEADER } from "@kiln/protocol";
+import { createClusterTransport } from "@kiln/protocol/transport";
+import { flame, kiln } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import * as net from "node:net";
 import { after, before, describe, it } from "node:test";

@@ -1,5 +1,5 @@
 import { connect, type KilnClient } from "@kiln/sdk";
-import { flame } from "@kiln/sdk/proto";
+import { flame } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import * as os from "node:os";
 import { after, before, describe, it } from "node:test";

@@ -1,5 +1,5 @@
 import { connect, type KilnClient, type Session } from "@kiln/sdk";
-import { flame } from "@kiln/sdk/proto";
+import { flame } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { tempDir } from "./support/control-plane.js";

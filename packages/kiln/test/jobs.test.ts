@@ -1,24 +1,20 @@
 import { create } from "@bufbuild/protobuf";
 import {
   connect,
-  DEFAULT_LEVELS,
-  encodeValue,
-  ErrorCode,
-  FailedPreconditionError,
   fetchOutputs,
   getJobResult,
   JobFailedError,
   ObjectCache,
   runJob,
-  serve,
-  TaskFailedError,
   type JobOptions,
   type KilnClient,
-  type OutputReport,
   type Session,
 } from "@kiln/sdk";
-import { JOB_FORMAT, LazyAbort } from "@kiln/sdk/internal";
-import { flame } from "@kiln/sdk/proto";
+import { DEFAULT_LEVELS, type OutputReport, JOB_FORMAT } from "@kiln/protocol/jobs";
+import { encodeValue, ErrorCode, FailedPreconditionError, TaskFailedError } from "@kiln/protocol";
+import { serve } from "@kiln/service";
+import { LazyAbort } from "@kiln/protocol/transport";
+import { flame } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";

@@ -1,4 +1,5 @@
-import { ErrorCode, ignoreNotFound, InvalidArgumentError, ObjectCache } from "@kiln/sdk";
+import { ErrorCode, ignoreNotFound, InvalidArgumentError } from "@kiln/protocol";
+import { ObjectCache } from "@kiln/sdk";
 import {
   DEFAULT_LEVELS,
   jobKeys,
@@ -9,7 +10,7 @@ import {
   validateRelativePath,
   type OutputLevel,
   type OutputSpec,
-} from "@kiln/sdk/internal";
+} from "@kiln/protocol/jobs";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";

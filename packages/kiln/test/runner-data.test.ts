@@ -1,14 +1,6 @@
-import {
-  encodeValue,
-  ErrorCode,
-  getData,
-  GetDataError,
-  ObjectCache,
-  ObjectRef,
-  type InputData,
-  type OutputData,
-} from "@kiln/sdk";
-import { encodeCall, encodeOutput, encodeServiceSpec, RUNNER_FORMAT, type OutputRecord } from "@kiln/sdk/internal";
+import { encodeValue, ErrorCode, ObjectRef } from "@kiln/protocol";
+import { getData, GetDataError, ObjectCache, type InputData, type OutputData } from "@kiln/sdk";
+import { encodeCall, encodeOutput, encodeServiceSpec, RUNNER_FORMAT, type OutputRecord } from "@kiln/protocol/runner";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import * as http from "node:http";

@@ -1,15 +1,5 @@
-import {
-  connect,
-  isNotFound,
-  isObjectRef,
-  ObjectCache,
-  ObjectRef,
-  Runner,
-  TaskFailedError,
-  type KilnClient,
-  type ObjectFuture,
-  type RunnerOptions,
-} from "@kiln/sdk";
+import { connect, ObjectCache, Runner, type KilnClient, type ObjectFuture, type RunnerOptions } from "@kiln/sdk";
+import { isNotFound, isObjectRef, ObjectRef, TaskFailedError } from "@kiln/protocol";
 import {
   decodeCall,
   encodeCall,
@@ -17,8 +7,8 @@ import {
   OUTPUT_CAPTURE_LIMIT,
   RUNNER_FORMAT,
   runnerKeys,
-} from "@kiln/sdk/internal";
-import { flame } from "@kiln/sdk/proto";
+} from "@kiln/protocol/runner";
+import { flame } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";

@@ -3,33 +3,35 @@ import {
   defaultObjectCache,
   deleteObjects,
   downloadObject,
-  ErrorCode,
-  FailedPreconditionError,
   getObject,
-  InvalidArgumentError,
-  KilnError,
   listObjects,
   loadCacheConfig,
-  NotFoundError,
   ObjectCache,
-  ObjectRef,
   patchObject,
   putObject,
   statObject,
-  TimeoutError,
-  UnauthenticatedError,
   updateObject,
   uploadObject,
+} from "@kiln/sdk";
+import {
+  ErrorCode,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  KilnError,
+  NotFoundError,
+  ObjectRef,
+  TimeoutError,
+  UnauthenticatedError,
   decodeObjectRef,
   encodeObjectRef,
-} from "@kiln/sdk";
+} from "@kiln/protocol";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { decodeBatchRequest, encodeBatchResponse } from "@kiln/sdk/internal";
+import { decodeBatchRequest, encodeBatchResponse } from "@kiln/protocol/cache";
 import { startCacheServer } from "../src/cache/server.js";
 import { PackageServer, SilentServer } from "./support/agent-packages-fixtures.js";
 import { tempDir } from "./support/control-plane.js";

@@ -1,5 +1,37 @@
-export * from "./errors.js";
-export { parseResreq, formatResreq, type Resources } from "./validation.js";
+/**
+ * The Kiln client SDK: connect to a cluster, run tasks in sessions, use the
+ * object cache, run your own TypeScript remotely (Runner), run commands as
+ * jobs. The errors, the codec and ObjectRef come from `@kiln/protocol` and
+ * are re-exported here, so a client needs only this package; a service
+ * imports `@kiln/service`.
+ */
+export {
+  ErrorCode,
+  KilnError,
+  NotFoundError,
+  AlreadyExistsError,
+  InvalidArgumentError,
+  FailedPreconditionError,
+  UnauthenticatedError,
+  TimeoutError,
+  TaskFailedError,
+  isNotFound,
+  ignoreNotFound,
+  toKilnError,
+  parseResreq,
+  formatResreq,
+  type Resources,
+  ObjectRef,
+  isObjectRef,
+  encodeObjectRef,
+  decodeObjectRef,
+  type ObjectRefInit,
+  encodeValue,
+  decodeValue,
+  CodecError,
+  CODEC_FORMAT_VERSION,
+  type EncodeOptions,
+} from "@kiln/protocol";
 export { connect, KilnClient } from "./client/client.js";
 export {
   loadConfig,
@@ -11,15 +43,6 @@ export {
 export { Session } from "./client/session.js";
 export type { ApplicationInit, SessionOptions } from "./client/specs.js";
 export type { TaskUpdate } from "./client/task-update.js";
-export {
-  serve,
-  TaskFailure,
-  type ServeOptions,
-  type ServiceHandle,
-  type ServiceHandlers,
-  type SessionContextInfo,
-  type TaskContextInfo,
-} from "./service/index.js";
 export {
   loadCacheConfig,
   DEFAULT_CACHE_ENDPOINT,
@@ -47,9 +70,6 @@ export {
   configureObjects,
 } from "./objects/objects.js";
 export { defaultMerge, type MergeFunction } from "./objects/merge.js";
-export { ObjectRef, encodeObjectRef, decodeObjectRef, type ObjectRefInit } from "./objects/object-ref.js";
-export { encodeValue, decodeValue, CodecError, CODEC_FORMAT_VERSION, type EncodeOptions } from "./codec/index.js";
-export { isObjectRef } from "./objects/object-ref.js";
 export {
   getData,
   GetDataError,
@@ -75,7 +95,7 @@ export type {
   CommonServiceOptions,
   ClassServiceOptions,
 } from "./runner/types.js";
-export type { CapturedOutput } from "./runner/protocol.js";
+export type { CapturedOutput } from "@kiln/protocol/runner";
 export {
   runJob,
   getJobResult,
@@ -89,14 +109,18 @@ export {
   type JobTaskResult,
   type FetchOutputsOptions,
 } from "./jobs/job-client.js";
-export { DEFAULT_LEVELS, validateOutputSpec, type DeclaredOutput } from "./jobs/output-spec.js";
-export { JOB_APPLICATION } from "./jobs/protocol.js";
-export type {
-  JobSpec,
-  JobResult,
-  OutputReport,
-  PersistedOutput,
-  OutputSpec,
-  OutputLevel,
-  ScriptInterpreter,
-} from "./jobs/protocol.js";
+export {
+  DEFAULT_LEVELS,
+  validateOutputSpec,
+  JOB_APPLICATION,
+  type DeclaredOutput,
+  type JobSpec,
+  type JobResult,
+  type OutputReport,
+  type PersistedOutput,
+  type OutputSpec,
+  type OutputLevel,
+  type ScriptInterpreter,
+} from "@kiln/protocol/jobs";
+export { packDirectory, packFile, type PackOptions, type PackedArchive } from "./packaging/pack-directory.js";
+export { packageLocation, publishPackage } from "./packaging/publish-package.js";

@@ -23,9 +23,9 @@ import {
   type KilnClient,
   type TaskUpdate,
 } from "../src/index.js";
-import { createClusterTransport } from "../src/internal.js";
-import { flame, kiln } from "../src/proto.js";
-import { within } from "./support/within.js";
+import { createClusterTransport } from "@kiln/protocol/transport";
+import { flame, kiln } from "@kiln/protocol/proto";
+import { within } from "../../../test/support/within.js";
 
 const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

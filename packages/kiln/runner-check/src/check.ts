@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 // Imported by package name: the executor must provide the SDK without anything being published.
-import { encodeValue } from "@kiln/sdk";
+import { encodeValue } from "@kiln/protocol";
 
 export function square(n: number): number {
   return n * n;

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
-import { InvalidArgumentError } from "@kiln/sdk";
-import { kiln } from "@kiln/sdk/proto";
+import { InvalidArgumentError } from "@kiln/protocol";
+import { kiln } from "@kiln/protocol/proto";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";

@@ -1,4 +1,4 @@
-import { kiln } from "@kiln/sdk/proto";
+import { kiln } from "@kiln/protocol/proto";
 
 /** A bind that failed in a known phase; `code` is reported as the BIND_FAILED code. */
 export class BindError extends Error {

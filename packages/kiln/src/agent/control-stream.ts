@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createClusterTransport } from "@kiln/sdk/internal";
-import { kiln } from "@kiln/sdk/proto";
+import { createClusterTransport } from "@kiln/protocol/transport";
+import { kiln } from "@kiln/protocol/proto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { errorMessage } from "./bind-error.js";
 import type { Outbox } from "./outbox.js";

@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
-import { LazyAbort, validateName } from "@kiln/sdk/internal";
-import { flame, kiln } from "@kiln/sdk/proto";
+import { LazyAbort } from "@kiln/protocol/transport";
+import { validateName } from "@kiln/protocol";
+import { flame, kiln } from "@kiln/protocol/proto";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";

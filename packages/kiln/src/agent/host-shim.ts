@@ -1,6 +1,6 @@
 import { signalProcessGroup } from "../util/process-group.js";
-import { acceptsConnections } from "@kiln/sdk/internal";
-import { kiln, type flame } from "@kiln/sdk/proto";
+import { acceptsConnections } from "@kiln/protocol/transport";
+import { kiln, type flame } from "@kiln/protocol/proto";
 import { spawn, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";

@@ -1,4 +1,4 @@
-import { kiln, type flame } from "@kiln/sdk/proto";
+import { kiln, type flame } from "@kiln/protocol/proto";
 import { BindError, errorMessage } from "./bind-error.js";
 import { installBinary } from "./packages/binary-installer.js";
 import { expectedSha256 } from "./packages/digest.js";

@@ -1,6 +1,6 @@
 import { createClient, type Client } from "@connectrpc/connect";
-import { createUnixSocketTransport, type LazyAbort } from "@kiln/sdk/internal";
-import { flame } from "@kiln/sdk/proto";
+import { createUnixSocketTransport, type LazyAbort } from "@kiln/protocol/transport";
+import { flame } from "@kiln/protocol/proto";
 import { InvokeStream } from "./invoke-stream.js";
 
 /**

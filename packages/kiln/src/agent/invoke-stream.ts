@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
-import { BatchQueue, type LazyAbort } from "@kiln/sdk/internal";
-import { flame, kiln } from "@kiln/sdk/proto";
+import { BatchQueue, type LazyAbort } from "@kiln/protocol/transport";
+import { flame, kiln } from "@kiln/protocol/proto";
 
 // Tasks per InvokeRequest: big enough to batch, small enough to keep messages small.
 const MAX_TASKS_PER_REQUEST = 512;

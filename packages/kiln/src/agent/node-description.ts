@@ -1,7 +1,6 @@
 import { create } from "@bufbuild/protobuf";
-import { InvalidArgumentError } from "@kiln/sdk";
-import { validateName } from "@kiln/sdk/internal";
-import { kiln } from "@kiln/sdk/proto";
+import { InvalidArgumentError, validateName } from "@kiln/protocol";
+import { kiln } from "@kiln/protocol/proto";
 import * as os from "node:os";
 
 export interface NodeCapacityOptions {

@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { kiln } from "@kiln/sdk/proto";
+import { kiln } from "@kiln/protocol/proto";
 
 /** Completions per message at most; more in one event-loop turn go out as several messages. */
 export const MAX_COMPLETIONS_PER_MESSAGE = 512;

@@ -1,5 +1,4 @@
-import { ErrorCode, InvalidArgumentError, KilnError } from "@kiln/sdk";
-import { ERROR_CODE_HEADER } from "@kiln/sdk/internal";
+import { ErrorCode, InvalidArgumentError, KilnError, ERROR_CODE_HEADER } from "@kiln/protocol";
 import type * as http from "node:http";
 import type { RouteRequest, RouteResponse } from "./exchange.js";
 import { ObjectTooLargeError } from "./storage/errors.js";

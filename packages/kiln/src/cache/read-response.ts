@@ -1,5 +1,5 @@
-import { InvalidArgumentError } from "@kiln/sdk";
-import { CacheHeader, encodePartHeader, PART_HEADER_BYTES, PARTS_CONTENT_TYPE } from "@kiln/sdk/internal";
+import { InvalidArgumentError } from "@kiln/protocol";
+import { CacheHeader, encodePartHeader, PART_HEADER_BYTES, PARTS_CONTENT_TYPE } from "@kiln/protocol/cache";
 import type * as http from "node:http";
 import type { RouteRequest, RouteResponse } from "./exchange.js";
 import { pipeline } from "node:stream/promises";

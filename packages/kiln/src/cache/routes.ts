@@ -1,4 +1,11 @@
-import { InvalidArgumentError, NotFoundError, UnauthenticatedError } from "@kiln/sdk";
+import {
+  InvalidArgumentError,
+  NotFoundError,
+  UnauthenticatedError,
+  validateListPrefix,
+  validateObjectKey,
+  validateObjectPrefix,
+} from "@kiln/protocol";
 import {
   BATCH_CONTENT_TYPE,
   BATCH_PATH,
@@ -8,11 +15,8 @@ import {
   MAX_BATCH_REQUEST_BYTES,
   MAX_BATCHED_RESPONSE_BYTES,
   SEND_ALONE,
-  validateListPrefix,
-  validateObjectKey,
-  validateObjectPrefix,
   type SubResponse,
-} from "@kiln/sdk/internal";
+} from "@kiln/protocol/cache";
 import { randomBytes } from "node:crypto";
 import type * as http from "node:http";
 import { bearerTokenCheck } from "../net/auth.js";

@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from "@kiln/sdk";
+import { InvalidArgumentError } from "@kiln/protocol";
 import * as http from "node:http";
 import type * as net from "node:net";
 import { isLoopbackHost } from "../net/auth.js";

@@ -1,5 +1,5 @@
 import type { ApplicationInit } from "@kiln/sdk";
-import { validateName } from "@kiln/sdk/internal";
+import { validateName } from "@kiln/protocol";
 import { parseAllDocuments } from "yaml";
 import { UsageError } from "./exit-codes.js";
 

@@ -1,4 +1,5 @@
-import { InvalidArgumentError, loadCacheConfig, ObjectCache, type ResolvedCacheConfig } from "@kiln/sdk";
+import { InvalidArgumentError } from "@kiln/protocol";
+import { loadCacheConfig, ObjectCache, type ResolvedCacheConfig } from "@kiln/sdk";
 import { isUnreachable, UnreachableError, UsageError } from "./exit-codes.js";
 import type { GlobalOptions } from "./options.js";
 

@@ -1,4 +1,5 @@
-import { connect, InvalidArgumentError, type KilnClient } from "@kiln/sdk";
+import { connect, type KilnClient } from "@kiln/sdk";
+import { InvalidArgumentError } from "@kiln/protocol";
 import { isUnreachable, UnreachableError, UsageError } from "./exit-codes.js";
 import type { GlobalOptions } from "./options.js";
 

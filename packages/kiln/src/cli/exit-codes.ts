@@ -1,4 +1,4 @@
-import { ErrorCode, KilnError, toKilnError } from "@kiln/sdk";
+import { ErrorCode, KilnError, toKilnError } from "@kiln/protocol";
 
 /**
  * The exit status of every `kiln` command. Scripts rely on these; they never change meaning.

@@ -1,5 +1,5 @@
-import { formatResreq } from "@kiln/sdk";
-import { flame } from "@kiln/sdk/proto";
+import { formatResreq } from "@kiln/protocol";
+import { flame } from "@kiln/protocol/proto";
 
 const pad = (n: number, width = 2): string => String(n).padStart(width, "0");
 

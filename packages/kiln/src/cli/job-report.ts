@@ -1,4 +1,4 @@
-import type { JobResult, PersistedOutput } from "@kiln/sdk";
+import type { JobResult, PersistedOutput } from "@kiln/protocol/jobs";
 import { renderTable } from "./table.js";
 
 const SHA_SHOWN = 12;

@@ -1,4 +1,4 @@
-import { parseBytes, parseResreq } from "@kiln/sdk/internal";
+import { parseBytes, parseResreq } from "@kiln/protocol";
 import { InvalidArgumentError, Option } from "commander";
 
 /** Largest priority or instance count the API carries (uint32). */

@@ -1,5 +1,6 @@
-import { TaskFailedError, TimeoutError, type KilnClient, type Session, type SessionOptions } from "@kiln/sdk";
-import type { flame } from "@kiln/sdk/proto";
+import { TaskFailedError, TimeoutError } from "@kiln/protocol";
+import { type KilnClient, type Session, type SessionOptions } from "@kiln/sdk";
+import type { flame } from "@kiln/protocol/proto";
 import { performance } from "node:perf_hooks";
 import { PING_APPLICATION } from "../apps/ping/ping.js";
 import { InterruptedError } from "./exit-codes.js";

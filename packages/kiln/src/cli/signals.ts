@@ -1,4 +1,4 @@
-import { InvalidArgumentError, KilnError } from "@kiln/sdk";
+import { InvalidArgumentError, KilnError } from "@kiln/protocol";
 import { CommandFailed, UsageError } from "./exit-codes.js";
 
 /** Anything `kiln up/server/agent` starts. */

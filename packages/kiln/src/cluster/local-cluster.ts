@@ -1,6 +1,6 @@
 import { createClient } from "@connectrpc/connect";
-import { createClusterTransport } from "@kiln/sdk/internal";
-import { flame } from "@kiln/sdk/proto";
+import { createClusterTransport } from "@kiln/protocol/transport";
+import { flame } from "@kiln/protocol/proto";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
-import { kiln } from "@kiln/sdk/proto";
-import { AsyncQueue } from "@kiln/sdk/internal";
+import { kiln } from "@kiln/protocol/proto";
+import { AsyncQueue } from "@kiln/protocol";
 
 /**
  * The control plane's end of one agent's stream. Task assignments made in

@@ -1,7 +1,12 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "@kiln/sdk";
-import { validateName } from "@kiln/sdk/internal";
-import { flame } from "@kiln/sdk/proto";
+import {
+  AlreadyExistsError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  validateName,
+} from "@kiln/protocol";
+import { flame } from "@kiln/protocol/proto";
 import AjvModule from "ajv";
 import * as path from "node:path";
 import type { GroupCommit } from "./store/group-commit.js";

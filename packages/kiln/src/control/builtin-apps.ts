@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
-import { JOB_APPLICATION } from "@kiln/sdk";
-import { RUNNER_TEMPLATE } from "@kiln/sdk/internal";
-import { flame } from "@kiln/sdk/proto";
+import { JOB_APPLICATION } from "@kiln/protocol/jobs";
+import { RUNNER_TEMPLATE } from "@kiln/protocol/runner";
+import { flame } from "@kiln/protocol/proto";
 import { PING_APPLICATION } from "../apps/ping/ping.js";
 import { serviceEntry, type BuiltinService } from "../apps/service-entry.js";
 import { CONCURRENCY_LABEL, type ApplicationRegistry } from "./applications.js";

@@ -1,5 +1,5 @@
-import type { Resources } from "@kiln/sdk/internal";
-import { flame } from "@kiln/sdk/proto";
+import type { Resources } from "@kiln/protocol";
+import { flame } from "@kiln/protocol/proto";
 import { randomBytes } from "node:crypto";
 import type { AgentConnection } from "./agent-connection.js";
 import type { TaskRecord } from "./sessions.js";

@@ -1,4 +1,4 @@
-import { parseResreq, type Resources } from "@kiln/sdk/internal";
+import { parseResreq, type Resources } from "@kiln/protocol";
 
 export interface ControlPlaneOptions {
   /** Directory holding the SQLite file. */

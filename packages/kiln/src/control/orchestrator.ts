@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { flame, kiln } from "@kiln/sdk/proto";
+import { flame, kiln } from "@kiln/protocol/proto";
 import type { ApplicationRegistry } from "./applications.js";
 import type { AgentConnection } from "./agent-connection.js";
 import { ClusterState, newExecutorId, type ExecutorRecord, type NodeRecord } from "./cluster-state.js";

@@ -1,4 +1,4 @@
-import type { Resources } from "@kiln/sdk/internal";
+import type { Resources } from "@kiln/protocol";
 
 /** What the scheduler needs to know about a session with (possible) demand. */
 export interface DemandInput {

@@ -1,7 +1,7 @@
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { InvalidArgumentError } from "@kiln/sdk";
-import { StreamRoutes, translateErrors } from "@kiln/sdk/internal";
-import { flame, kiln } from "@kiln/sdk/proto";
+import { InvalidArgumentError } from "@kiln/protocol";
+import { StreamRoutes, translateErrors } from "@kiln/protocol/transport";
+import { flame, kiln } from "@kiln/protocol/proto";
 import * as path from "node:path";
 import { bearerTokenCheck, isLoopbackHost } from "../net/auth.js";
 import { listenHttp1, listenHttp2 } from "../net/http-server.js";

@@ -1,7 +1,13 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "@kiln/sdk";
-import { validateName, type Resources } from "@kiln/sdk/internal";
-import { flame } from "@kiln/sdk/proto";
+import {
+  AlreadyExistsError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  validateName,
+  type Resources,
+} from "@kiln/protocol";
+import { flame } from "@kiln/protocol/proto";
 import { randomInt } from "node:crypto";
 import type { ApplicationRegistry } from "./applications.js";
 import type { GroupCommit } from "./store/group-commit.js";

@@ -1,6 +1,6 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { flame, kiln } from "@kiln/sdk/proto";
-import { AsyncQueue } from "@kiln/sdk/internal";
+import { flame, kiln } from "@kiln/protocol/proto";
+import { AsyncQueue } from "@kiln/protocol";
 import { isTerminal, type SessionRecord, type TaskRecord } from "./sessions.js";
 
 interface SessionWatcher {

@@ -1,5 +1,14 @@
-import { ignoreNotFound, type ApplicationInit, type KilnClient, type ObjectCache } from "@kiln/sdk";
-import { packageLocation, packDirectory, packFile, publishPackage, type PackedArchive } from "@kiln/sdk/internal";
+import { ignoreNotFound } from "@kiln/protocol";
+import {
+  type ApplicationInit,
+  type KilnClient,
+  type ObjectCache,
+  packageLocation,
+  packDirectory,
+  packFile,
+  publishPackage,
+  type PackedArchive,
+} from "@kiln/sdk";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";

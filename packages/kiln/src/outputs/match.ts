@@ -1,4 +1,4 @@
-import { matchesPattern, type DeclaredOutput } from "@kiln/sdk/internal";
+import { matchesPattern, type DeclaredOutput } from "@kiln/protocol/jobs";
 
 /**
  * Which new files are which declared outputs: string matching only, no file

@@ -5,23 +5,22 @@ import {
   isObjectRef,
   ObjectRef,
   encodeValue,
-  type ObjectCache,
-  type ObjectStat,
-} from "@kiln/sdk";
+  formatBytes,
+  sha256Hex,
+} from "@kiln/protocol";
+import { type ObjectCache, type ObjectStat } from "@kiln/sdk";
 import {
   fileExtension,
-  formatBytes,
   jobKeys,
   matchesPattern,
   MAX_REPORTED_ENTRIES,
-  sha256Hex,
   validateLevels,
   validateRelativePath,
   type DeclaredOutput,
   type OutputLevel,
   type OutputReport,
   type PersistedOutput,
-} from "@kiln/sdk/internal";
+} from "@kiln/protocol/jobs";
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
 import * as fsp from "node:fs/promises";

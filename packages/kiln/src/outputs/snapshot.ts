@@ -1,4 +1,4 @@
-import { RESERVED_DIRS } from "@kiln/sdk/internal";
+import { RESERVED_DIRS } from "@kiln/protocol/jobs";
 import type { Stats } from "node:fs";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";

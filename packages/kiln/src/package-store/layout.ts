@@ -1,4 +1,4 @@
-import { processExists } from "@kiln/sdk/internal";
+import { processExists } from "@kiln/protocol";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";

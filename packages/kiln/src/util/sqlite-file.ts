@@ -1,4 +1,4 @@
-import { FailedPreconditionError } from "@kiln/sdk";
+import { FailedPreconditionError } from "@kiln/protocol";
 import Database from "better-sqlite3";
 
 /**

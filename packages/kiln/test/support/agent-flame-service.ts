@@ -2,7 +2,7 @@
 // (no kiln.v1.Instance/Invoke), the way a Flame SDK service does.
 import { create } from "@bufbuild/protobuf";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { flame } from "@kiln/sdk/proto";
+import { flame } from "@kiln/protocol/proto";
 import * as http2 from "node:http2";
 
 const socketPath = process.env.FLAME_INSTANCE_ENDPOINT!;

@@ -1,5 +1,5 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { flame, kiln } from "@kiln/sdk/proto";
+import { flame, kiln } from "@kiln/protocol/proto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";

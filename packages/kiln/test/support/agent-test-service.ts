@@ -1,7 +1,7 @@
 // A service for the agent tests, built on the SDK's serve(). Task inputs are
 // commands ("pid", "env:NAME", "sleep:MS", "crash", ...); TEST_SERVICE_MODE
 // changes how the session hooks behave.
-import { serve } from "@kiln/sdk";
+import { serve } from "@kiln/service";
 import { setTimeout as sleep } from "node:timers/promises";
 
 const mode = process.env.TEST_SERVICE_MODE ?? "";

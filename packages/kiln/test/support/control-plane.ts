@@ -1,6 +1,6 @@
 import { createClient, type Client } from "@connectrpc/connect";
-import { createClusterTransport } from "@kiln/sdk/internal";
-import { flame, kiln } from "@kiln/sdk/proto";
+import { createClusterTransport } from "@kiln/protocol/transport";
+import { flame, kiln } from "@kiln/protocol/proto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";

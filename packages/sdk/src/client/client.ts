@@ -1,9 +1,7 @@
 import { createClient } from "@connectrpc/connect";
-import { KilnError, ErrorCode, NotFoundError } from "../errors.js";
-import * as flame from "../protocol/flame.js";
-import * as kiln from "../protocol/kiln.js";
-import { createClusterTransport } from "../transport/cluster-transport.js";
-import { validateName } from "../validation.js";
+import { KilnError, ErrorCode, NotFoundError, validateName } from "@kiln/protocol";
+import { flame, kiln } from "@kiln/protocol/proto";
+import { createClusterTransport } from "@kiln/protocol/transport";
 import { loadConfig, type ConnectOptions } from "./config.js";
 import { bindContext, ClientContext } from "./context.js";
 import { Session } from "./session.js";

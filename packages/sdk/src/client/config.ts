@@ -2,7 +2,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parse as parseYaml } from "yaml";
-import { InvalidArgumentError } from "../errors.js";
+import { InvalidArgumentError } from "@kiln/protocol";
 
 /** Where a client connects when nothing says otherwise. */
 export const DEFAULT_ENDPOINT = "http://127.0.0.1:7420";

@@ -1,7 +1,6 @@
 import type { CallOptions, Client } from "@connectrpc/connect";
-import { ErrorCode, KilnError, toKilnError } from "../errors.js";
-import type { Frontend as FlameFrontend } from "../protocol/flame.js";
-import type { Frontend as KilnFrontend } from "../protocol/kiln.js";
+import { ErrorCode, KilnError, toKilnError } from "@kiln/protocol";
+import type { flame as flameProto, kiln as kilnProto } from "@kiln/protocol/proto";
 import { TaskSubmitter } from "./task-submitter.js";
 
 /** Something that holds a stream open and must stop when the client closes. */
@@ -20,8 +19,8 @@ export class ClientContext {
   readonly submitter = new TaskSubmitter(this);
 
   constructor(
-    readonly flame: Client<typeof FlameFrontend>,
-    readonly kiln: Client<typeof KilnFrontend>,
+    readonly flame: Client<typeof flameProto.Frontend>,
+    readonly kiln: Client<typeof kilnProto.Frontend>,
     /** Options for unary calls (their time bound). */
     readonly unary: CallOptions,
   ) {}

@@ -1,5 +1,5 @@
-import { ErrorCode, FailedPreconditionError, KilnError, TimeoutError } from "../errors.js";
-import type * as kiln from "../protocol/kiln.js";
+import { ErrorCode, FailedPreconditionError, KilnError, TimeoutError } from "@kiln/protocol";
+import type { kiln } from "@kiln/protocol/proto";
 import type { ClientContext, Stoppable } from "./context.js";
 import { isTerminal, toTaskUpdate, type TaskUpdate } from "./task-update.js";
 

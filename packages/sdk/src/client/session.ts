@@ -1,5 +1,5 @@
-import { ErrorCode, TimeoutError } from "../errors.js";
-import type * as flame from "../protocol/flame.js";
+import { ErrorCode, TimeoutError } from "@kiln/protocol";
+import type { flame } from "@kiln/protocol/proto";
 import type { KilnClient } from "./client.js";
 import { contextOf, type ClientContext } from "./context.js";
 import { chunk, DEFAULT_BATCH_LIMITS } from "./task-batcher.js";

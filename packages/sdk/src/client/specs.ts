@@ -1,8 +1,7 @@
 import { create, isMessage } from "@bufbuild/protobuf";
 import { randomInt } from "node:crypto";
-import { InvalidArgumentError } from "../errors.js";
-import * as flame from "../protocol/flame.js";
-import { parseResreq, validateName } from "../validation.js";
+import { InvalidArgumentError, parseResreq, validateName } from "@kiln/protocol";
+import { flame } from "@kiln/protocol/proto";
 
 /** The friendly form of flame.ApplicationSpec. */
 export interface ApplicationInit {

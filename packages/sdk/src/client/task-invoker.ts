@@ -1,4 +1,4 @@
-import { ErrorCode, KilnError } from "../errors.js";
+import { ErrorCode, KilnError } from "@kiln/protocol";
 import type { ClientContext } from "./context.js";
 import { SessionWatch, type TaskWaiter, type WatchTimings } from "./session-watch.js";
 import { Batcher, DEFAULT_BATCH_LIMITS, type BatchLimits } from "./task-batcher.js";

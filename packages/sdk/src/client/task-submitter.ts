@@ -1,7 +1,6 @@
 import { create } from "@bufbuild/protobuf";
-import { ErrorCode, KilnError, TimeoutError } from "../errors.js";
-import * as kiln from "../protocol/kiln.js";
-import { AsyncQueue } from "../async-queue.js";
+import { ErrorCode, KilnError, TimeoutError, AsyncQueue } from "@kiln/protocol";
+import { kiln } from "@kiln/protocol/proto";
 import type { ClientContext, Stoppable } from "./context.js";
 
 export interface CreatedTasks {

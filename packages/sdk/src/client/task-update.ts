@@ -1,6 +1,6 @@
-import * as flame from "../protocol/flame.js";
-import type * as kiln from "../protocol/kiln.js";
-import { TaskFailedError } from "../errors.js";
+import { flame } from "@kiln/protocol/proto";
+import type { kiln } from "@kiln/protocol/proto";
+import { TaskFailedError } from "@kiln/protocol";
 
 /** One state change of one task, as seen by a watcher. */
 export interface TaskUpdate {

@@ -10,13 +10,15 @@ import {
   KilnError,
   TaskFailedError,
   isNotFound,
-} from "../errors.js";
+} from "@kiln/protocol";
 import type { ObjectCache } from "../objects/cache-client.js";
 import { defaultObjectCache } from "../objects/objects.js";
-import * as flame from "../protocol/flame.js";
-import { validateJobSpec } from "./job-rules.js";
-import { DEFAULT_LEVELS, validateLevels, validateRelativePath } from "./output-spec.js";
+import { flame } from "@kiln/protocol/proto";
 import {
+  validateJobSpec,
+  DEFAULT_LEVELS,
+  validateLevels,
+  validateRelativePath,
   decodeJobResult,
   jobResultOf,
   decodeJobSpec,
@@ -31,7 +33,7 @@ import {
   type OutputSpec,
   type PersistedOutput,
   type ScriptInterpreter,
-} from "./protocol.js";
+} from "@kiln/protocol/jobs";
 
 /** One file placed in the job's working directory before its command runs. */
 export interface JobInputFile {

@@ -1,4 +1,19 @@
-import { Sha256Counter, sha256Hex } from "../digest.js";
+import {
+  Sha256Counter,
+  sha256Hex,
+  CODEC_FORMAT_VERSION,
+  decodeValue,
+  encodeValue,
+  ErrorCode,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  KilnError,
+  validateListPrefix,
+  validateObjectKey,
+  validateObjectPrefix,
+  ObjectRef,
+  type ObjectRefInit,
+} from "@kiln/protocol";
 import { createHash, randomBytes, type Hash } from "node:crypto";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
@@ -6,14 +21,11 @@ import * as path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Transform, type Readable } from "node:stream";
 import { loadCacheConfig, normalizeEndpoint, type CacheConfigOptions } from "../client/config.js";
-import { CODEC_FORMAT_VERSION, decodeValue, encodeValue } from "../codec/index.js";
-import { ErrorCode, FailedPreconditionError, InvalidArgumentError, KilnError } from "../errors.js";
-import { CacheHttp, readAll, type ResponseHeaders, type WholeResponse } from "./http.js";
-import { validateListPrefix, validateObjectKey, validateObjectPrefix } from "./keys.js";
+import type { WholeResponse } from "./cache-request.js";
+import { CacheHttp, readAll, type ResponseHeaders } from "./http.js";
 import { LocalObjectCache, type CachedObject } from "./local-cache.js";
 import { defaultMerge, type MergeFunction } from "./merge.js";
-import { ObjectRef, type ObjectRefInit } from "./object-ref.js";
-import { CacheHeader, chainSha256, decodeParts, PartsDecoder } from "./parts.js";
+import { CacheHeader, chainSha256, decodeParts, PartsDecoder } from "@kiln/protocol/cache";
 
 export interface ObjectCacheOptions {
   /** The cache's `http://host:port`. Refs naming any other endpoint are refused. */

@@ -9,7 +9,8 @@ import {
   NotFoundError,
   TimeoutError,
   UnauthenticatedError,
-} from "../errors.js";
+} from "@kiln/protocol";
+import { isResendable, type CacheRequest, type Method, type WholeResponse } from "./cache-request.js";
 import { RequestBatcher } from "./request-batcher.js";
 
 /**
@@ -20,18 +21,6 @@ import { RequestBatcher } from "./request-batcher.js";
  * timeout, network failures become UNAVAILABLE and the cache's error bodies
  * are turned back into KilnErrors.
  */
-
-export type Method = "GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE";
-
-export interface CacheRequest {
-  method: Method;
-  /** Path and query, already safe to send (keys are validated before they get here). */
-  path: string;
-  headers?: Record<string, string>;
-  body?: Uint8Array;
-  /** Safe to send again when its connection dies before the answer, like a GET (a batch of reads). */
-  resendable?: boolean;
-}
 
 export interface StreamRequest {
   method: Method;
@@ -51,13 +40,6 @@ export interface CacheHttpOptions {
   maxConnections?: number;
   /** Gather each turn's small requests into batches (RequestBatcher). */
   batchRequests: boolean;
-}
-
-/** A reply read whole; header names are lower case, repeated headers joined with ", ". */
-export interface WholeResponse {
-  status: number;
-  headers: Record<string, string>;
-  body: Buffer;
 }
 
 /** Header names are lower case; a repeated header is an array. */
@@ -294,10 +276,6 @@ class WholeReply implements Dispatcher.DispatchHandlers {
   onError(err: Error): void {
     this.reject(err);
   }
-}
-
-export function isResendable(spec: { method: Method; resendable?: boolean }): boolean {
-  return spec.method === "GET" || spec.method === "HEAD" || spec.resendable === true;
 }
 
 function isConnectionLost(err: unknown): boolean {

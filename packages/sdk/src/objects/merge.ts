@@ -1,4 +1,4 @@
-import { FailedPreconditionError } from "../errors.js";
+import { FailedPreconditionError } from "@kiln/protocol";
 
 /** Combines a decoded base with its decoded deltas, oldest first. */
 export type MergeFunction<T> = (base: T, deltas: unknown[]) => T;

@@ -5,7 +5,7 @@ import {
   type ObjectStat,
   type ObjectTarget,
 } from "./cache-client.js";
-import type { ObjectRef } from "./object-ref.js";
+import type { ObjectRef } from "@kiln/protocol";
 
 /**
  * Module-level object functions, bound to one ObjectCache built on first use

@@ -5,8 +5,8 @@ import {
   encodeBatchRequest,
   MAX_BATCH_ITEMS,
   SEND_ALONE,
-} from "./batch-format.js";
-import { isResendable, type CacheRequest, type WholeResponse } from "./http.js";
+} from "@kiln/protocol/cache";
+import { isResendable, type CacheRequest, type WholeResponse } from "./cache-request.js";
 
 /** Requests with bodies up to this size are batched; larger ones gain nothing from it. */
 const MAX_BATCHED_BODY_BYTES = 64 * 1024;

@@ -3,8 +3,7 @@ import * as path from "node:path";
 import { pipeline } from "node:stream/promises";
 import ignore, { type Ignore } from "ignore";
 import { create as createTar } from "tar";
-import { Sha256Counter } from "../digest.js";
-import { InvalidArgumentError } from "../errors.js";
+import { Sha256Counter, InvalidArgumentError } from "@kiln/protocol";
 
 /** What to leave out of a package and how to read the project's own ignore rules. */
 export interface PackOptions {

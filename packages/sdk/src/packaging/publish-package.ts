@@ -1,4 +1,4 @@
-import { ErrorCode, ignoreNotFound, KilnError } from "../errors.js";
+import { ErrorCode, ignoreNotFound, KilnError } from "@kiln/protocol";
 import type { ObjectCache } from "../objects/cache-client.js";
 import type { PackedArchive } from "./pack-directory.js";
 

@@ -1,7 +1,6 @@
-import { encodeValue } from "../codec/index.js";
-import { isObjectRef, type ObjectRef } from "../objects/object-ref.js";
+import { encodeValue, isObjectRef, type ObjectRef } from "@kiln/protocol";
 import { ObjectFuture } from "./object-future.js";
-import { INLINE_LIMIT } from "./protocol.js";
+import { INLINE_LIMIT } from "@kiln/protocol/runner";
 
 /** One argument, checked: sent as it is, put to the cache first (large, already encoded), or taken from another call. */
 export type ArgSlot = { inline: unknown } | { large: Uint8Array } | { future: ObjectFuture<unknown> };

@@ -1,7 +1,5 @@
-import { CodecError, decodeValue } from "../codec/index.js";
-import { ErrorCode, KilnError } from "../errors.js";
+import { CodecError, decodeValue, ErrorCode, KilnError, isObjectRef, type ObjectRef } from "@kiln/protocol";
 import type { ObjectCache } from "../objects/cache-client.js";
-import { isObjectRef, type ObjectRef } from "../objects/object-ref.js";
 import { defaultObjectCache } from "../objects/objects.js";
 import {
   decodeCall,
@@ -10,7 +8,7 @@ import {
   RUNNER_FORMAT,
   type CapturedOutput,
   type ServiceSpec,
-} from "./protocol.js";
+} from "@kiln/protocol/runner";
 
 /** Why getData failed: bytes that are no codec value, a value that is no Runner record, or a fetch from the cache. */
 export type GetDataErrorKind = "decode" | "format" | "cache";

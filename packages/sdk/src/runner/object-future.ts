@@ -1,6 +1,6 @@
 import type { ObjectCache } from "../objects/cache-client.js";
-import type { ObjectRef } from "../objects/object-ref.js";
-import { runnerKeys, type CapturedOutput, type OutputRecord } from "./protocol.js";
+import type { ObjectRef } from "@kiln/protocol";
+import { runnerKeys, type CapturedOutput, type OutputRecord } from "@kiln/protocol/runner";
 
 /** How a call ended: its output record (also for a remote throw, absent when nothing ran), and the error when it failed. */
 export type CallOutcome = { ok: true; record: OutputRecord } | { ok: false; record?: OutputRecord; error: Error };

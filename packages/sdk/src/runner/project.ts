@@ -1,7 +1,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { InvalidArgumentError } from "../errors.js";
+import { InvalidArgumentError } from "@kiln/protocol";
 
 /**
  * The project a Runner packages: the nearest directory at or above `from`

@@ -1,9 +1,16 @@
 import type { Session } from "../client/session.js";
 import { outputOf, type TaskUpdate } from "../client/task-update.js";
-import * as flame from "../protocol/flame.js";
+import { flame } from "@kiln/protocol/proto";
 import { checkArgs, resolveArgs, type ArgSlot } from "./call-args.js";
 import { ObjectFuture, type CallOutcome, type FutureContext } from "./object-future.js";
-import { decodeOutput, encodeCall, INLINE_LIMIT, RUNNER_FORMAT, runnerKeys, type OutputRecord } from "./protocol.js";
+import {
+  decodeOutput,
+  encodeCall,
+  INLINE_LIMIT,
+  RUNNER_FORMAT,
+  runnerKeys,
+  type OutputRecord,
+} from "@kiln/protocol/runner";
 
 /** One service: the session its calls go to, and what its tasks say they call. */
 export interface ServiceBinding extends FutureContext {

@@ -13,29 +13,32 @@ import {
   KilnError,
   ignoreNotFound,
   isNotFound,
-} from "../errors.js";
+  validateName,
+  withTimeout,
+} from "@kiln/protocol";
 import { ObjectCache } from "../objects/cache-client.js";
-import type { ObjectRef } from "../objects/object-ref.js";
+import type { ObjectRef } from "@kiln/protocol";
 import { packDirectory } from "../packaging/pack-directory.js";
 import { packageLocation, publishPackage } from "../packaging/publish-package.js";
-import * as flame from "../protocol/flame.js";
-import { validateName } from "../validation.js";
-import { withTimeout } from "../with-timeout.js";
+import { flame } from "@kiln/protocol/proto";
 import { checkArgs, resolveArgs } from "./call-args.js";
 import { ObjectFuture } from "./object-future.js";
 import { checkProjectDir, findProjectRoot, resolveProjectModule, runsInsideExecutor } from "./project.js";
-import { encodeServiceSpec, RUNNER_FORMAT, runnerKeys } from "./protocol.js";
+import {
+  checkDependencySpec,
+  encodeServiceSpec,
+  RUNNER_FORMAT,
+  RUNNER_PACKAGE_ENV,
+  RUNNER_TEMPLATE,
+  runnerKeys,
+} from "@kiln/protocol/runner";
 import { remoteProxy, type ServiceBinding } from "./remote-call.js";
 import type { CommonServiceOptions, RemoteService, ServiceExport, ServiceOptionsArg } from "./types.js";
 
-/** The built-in application every Runner application is copied from. */
-export const RUNNER_TEMPLATE = "kiln-run";
 /** Marks an application registered by a Runner. */
 const RUNNER_LABEL = "kiln.runner";
 /** Never packaged: installed or built on the executor, or not code. */
 const RUNNER_EXCLUDES: readonly string[] = ["node_modules", ".git", "dist"];
-/** Set by kiln-run to the package URL of the application it serves, so a Runner opened inside a call can reuse it. */
-export const RUNNER_PACKAGE_ENV = "KILN_RUNNER_PACKAGE_URL";
 
 /** How to open a Runner: the project, and how to reach the cluster and its object cache. */
 export interface RunnerOptions extends ConnectOptions {
@@ -394,21 +397,4 @@ function checkServiceOptions(o: AnyServiceOptions): AnyServiceOptions {
     o.dependencies.forEach((d, i) => checkDependencySpec(d, `dependencies[${i}]`));
   }
   return o;
-}
-
-/**
- * An npm package spec such as `lodash@4.17.21` or `lodash@>=4 <5`; never an
- * npm option (a leading "-") or several lines, since it becomes one argument of npm.
- *
- * @example
- * checkDependencySpec("left-pad@^1.3.0", "dependencies[0]");
- */
-export function checkDependencySpec(spec: unknown, field: string): string {
-  if (typeof spec !== "string" || spec === "") throw new InvalidArgumentError(field, "must be an npm package spec");
-  if (spec.startsWith("-") || /[\r\n\0]/.test(spec))
-    throw new InvalidArgumentError(
-      field,
-      `"${spec}" must be one npm package spec (e.g. lodash@4.17.21), not an option`,
-    );
-  return spec;
 }

@@ -1,5 +1,5 @@
 import type { SessionOptions } from "../client/specs.js";
-import type { ObjectRef } from "../objects/object-ref.js";
+import type { ObjectRef } from "@kiln/protocol";
 import type { ObjectFuture } from "./object-future.js";
 
 /**

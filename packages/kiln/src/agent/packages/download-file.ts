@@ -1,6 +1,6 @@
 import * as fs from "node:fs";
 import { pipeline } from "node:stream/promises";
-import { Sha256Counter } from "@kiln/sdk/internal";
+import { Sha256Counter } from "@kiln/protocol";
 import { downloaderFor } from "./downloaders.js";
 import { tempPath } from "../../package-store/layout.js";
 import type { PackageUrl } from "./package-url.js";

@@ -1,4 +1,4 @@
-import { validateName } from "@kiln/sdk/internal";
+import { validateName } from "@kiln/protocol";
 import * as fs from "node:fs";
 import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";

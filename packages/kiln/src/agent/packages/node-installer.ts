@@ -1,4 +1,4 @@
-import { sha256Hex } from "@kiln/sdk/internal";
+import { sha256Hex } from "@kiln/protocol";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { exists, renameIntoPlace, tempPath, type PackageLayout } from "../../package-store/layout.js";

@@ -1,4 +1,4 @@
-import type { JobSpec, ScriptInterpreter } from "@kiln/sdk/internal";
+import type { JobSpec, ScriptInterpreter } from "@kiln/protocol/jobs";
 import { constants } from "node:fs";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";

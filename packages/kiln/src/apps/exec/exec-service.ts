@@ -1,12 +1,13 @@
 import {
   JOB_APPLICATION,
-  ObjectCache,
-  TaskFailure,
-  type ServiceHandlers,
-  type SessionContextInfo,
-  type TaskContextInfo,
-} from "@kiln/sdk";
-import { decodeJobSpec, encodeJobResult, jobKeys, validateJobSpec, type JobResult } from "@kiln/sdk/internal";
+  decodeJobSpec,
+  encodeJobResult,
+  jobKeys,
+  validateJobSpec,
+  type JobResult,
+} from "@kiln/protocol/jobs";
+import { ObjectCache } from "@kiln/sdk";
+import { TaskFailure, type ServiceHandlers, type SessionContextInfo, type TaskContextInfo } from "@kiln/service";
 import * as os from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import { runJob } from "./run-job.js";

@@ -6,7 +6,7 @@ import {
   type JobResult,
   type JobSpec,
   type OutputReport,
-} from "@kiln/sdk/internal";
+} from "@kiln/protocol/jobs";
 import * as fsp from "node:fs/promises";
 import { matchOutputs } from "../../outputs/match.js";
 import { persistOutputs } from "../../outputs/persist.js";

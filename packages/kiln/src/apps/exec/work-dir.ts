@@ -1,6 +1,6 @@
-import { isObjectRef, type ObjectCache } from "@kiln/sdk";
-import { InvalidArgumentError } from "@kiln/sdk";
-import { RESERVED_DIRS, type JobInput } from "@kiln/sdk/internal";
+import { isObjectRef, InvalidArgumentError } from "@kiln/protocol";
+import { type ObjectCache } from "@kiln/sdk";
+import { RESERVED_DIRS, type JobInput } from "@kiln/protocol/jobs";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // kiln-ping: the built-in test service. The agent starts it with the socket in
 // KILN_INSTANCE_ENDPOINT; each task sleeps/allocates as asked and answers JSON.
-import { serve } from "@kiln/sdk/service";
+import { serve } from "@kiln/service";
 import { parsePingInput, ping } from "./ping.js";
 
 await serve({

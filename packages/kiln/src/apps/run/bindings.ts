@@ -1,5 +1,6 @@
-import { ignoreNotFound, type ObjectCache } from "@kiln/sdk";
-import type { ServiceSpec } from "@kiln/sdk/internal";
+import { ignoreNotFound } from "@kiln/protocol";
+import { type ObjectCache } from "@kiln/sdk";
+import type { ServiceSpec } from "@kiln/protocol/runner";
 
 type Callable = (...args: unknown[]) => unknown;
 type Constructor = new (...args: unknown[]) => object;

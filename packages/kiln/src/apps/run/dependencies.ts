@@ -1,4 +1,5 @@
-import { checkDependencySpec, processExists, sha256Hex } from "@kiln/sdk/internal";
+import { checkDependencySpec } from "@kiln/protocol/runner";
+import { processExists, sha256Hex } from "@kiln/protocol";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -12,9 +13,8 @@ import {
   type PackageLayout,
 } from "../../package-store/layout.js";
 import { npmCommand, runLogged, tail } from "../../package-store/npm.js";
+import { isProvided } from "./resolve-hook.js";
 
-/** The SDK is kiln-run's own (see resolve-hook.ts), never installed. */
-const PROVIDED = new Set(["@kiln/sdk"]);
 const LOCKFILES = ["npm-shrinkwrap.json", "package-lock.json"];
 // Under the agent's 60 s bound on OnSessionEnter, so the failure names npm rather than a timeout.
 export const INSTALL_TIMEOUT_MS = 50_000;
@@ -32,7 +32,7 @@ interface LockEntry {
 
 /**
  * The npm specs a session needs: the project's own dependencies (package.json,
- * at the lockfile's versions when there is one, except `@kiln/sdk`) and the
+ * at the lockfile's versions when there is one, except the Kiln packages kiln-run provides) and the
  * service's `dependencies`, sorted and without duplicates. Relative `file:`
  * specs are made absolute against the project.
  *
@@ -43,7 +43,7 @@ export async function dependencySpecs(appDir: string, extra: readonly string[]):
   const manifest = await readJson<Manifest>(path.join(appDir, "package.json"), "package.json");
   const lock = await readLockfile(appDir);
   const specs = Object.entries(manifest?.dependencies ?? {})
-    .filter(([name]) => !PROVIDED.has(name))
+    .filter(([name]) => !isProvided(name))
     .map(([name, range]) => {
       const locked = lock[`node_modules/${name}`];
       const pinned = locked?.version && PINNED_VERSION.test(locked.version) && (locked.name ?? name) === name;

@@ -10,7 +10,7 @@ const HOOK_ANSWER_MS = 10_000;
 
 /**
  * Loads modules of the user's project: TypeScript through tsx (no build
- * step), `@kiln/sdk` resolved to kiln-run's own SDK, bare imports from the
+ * step), the Kiln packages resolved to kiln-run's own, bare imports from the
  * dependencies installed for the session. Hooks are registered on first use;
  * each session then tells them where its project and dependencies are.
  *
@@ -74,9 +74,9 @@ function describeError(err: unknown): string {
 function registerHooks(): MessagePort {
   registerTsxEsm();
   registerTsxCjs();
-  // Registered after tsx, so it runs first and sees `@kiln/sdk` before anything else does.
+  // Registered after tsx, so it runs first and sees the Kiln packages before anything else does.
   const { port1, port2 } = new MessageChannel();
-  const data: ResolveHookData = { sdkParentURL: import.meta.url, port: port2 };
+  const data: ResolveHookData = { providedParentURL: import.meta.url, port: port2 };
   nodeModule.register(new URL("./resolve-hook.js", import.meta.url), {
     parentURL: import.meta.url,
     data,
@@ -92,31 +92,31 @@ type ResolveFilename = (
   ...rest: unknown[]
 ) => string;
 
-/** The SDK's entries, and the CommonJS file that stands for each (require-sdk/). */
-const SDK_ENTRIES: Record<string, string> = {
-  "@kiln/sdk": "index.cjs",
-  "@kiln/sdk/internal": "internal.cjs",
-  "@kiln/sdk/proto": "proto.cjs",
-  "@kiln/sdk/service": "service.cjs",
+/** The entries a project's CommonJS module may require(), and the file that stands for each (require-provided/). */
+const REQUIRE_STAND_INS: Record<string, string> = {
+  "@kiln/sdk": "sdk.cjs",
+  "@kiln/service": "service.cjs",
+  "@kiln/protocol": "protocol.cjs",
+  "@kiln/protocol/proto": "protocol-proto.cjs",
 };
 
 /**
  * The CommonJS twin of resolve-hook.ts. Node's module hooks do not see the
  * require() calls of a CommonJS module (before Node 22), so a project's
- * CommonJS module would find neither `@kiln/sdk` nor the dependencies
+ * CommonJS module would find neither the Kiln packages nor the dependencies
  * installed for its session. Node has no public API for this;
  * Module._resolveFilename is the seam tsx and module-alias use too. Only
  * requires from the session's project are redirected.
  *
- * The SDK is an ES module graph, which require() cannot load while async
- * hooks are registered (Node 20), so `@kiln/sdk` resolves to a CommonJS file
- * that hands out kiln-run's own, already loaded SDK: a project gets the same
- * SDK whichever way it asks.
+ * The Kiln packages are ES module graphs, which require() cannot load while
+ * async hooks are registered (Node 20), so each entry resolves to a CommonJS
+ * file that hands out kiln-run's own, already loaded copy: a project gets the
+ * same module whichever way it asks.
  */
 async function resolveCommonJsLikeImports(
   scope: () => { appDir: string; depsDir?: string } | undefined,
 ): Promise<void> {
-  for (const entry of Object.keys(SDK_ENTRIES))
+  for (const entry of Object.keys(REQUIRE_STAND_INS))
     (globalThis as Record<symbol, unknown>)[Symbol.for(`kiln-run:${entry}`)] = await import(entry);
   const Module = nodeModule.Module as unknown as { _resolveFilename: ResolveFilename };
   const original = Module._resolveFilename;
@@ -124,8 +124,8 @@ async function resolveCommonJsLikeImports(
     const current = scope();
     if (current === undefined || parent?.filename?.startsWith(current.appDir) !== true)
       return original.call(this, request, parent, ...rest);
-    const sdkFile = SDK_ENTRIES[request];
-    if (sdkFile) return fileURLToPath(new URL(`./require-sdk/${sdkFile}`, import.meta.url));
+    const standIn = REQUIRE_STAND_INS[request];
+    if (standIn) return fileURLToPath(new URL(`./require-provided/${standIn}`, import.meta.url));
     if (current.depsDir && isBare(request)) {
       try {
         return original.call(this, request, parent, rest[0], { paths: [current.depsDir] });

@@ -1,4 +1,4 @@
-import type { CapturedOutput } from "@kiln/sdk/internal";
+import type { CapturedOutput } from "@kiln/protocol/runner";
 import { AsyncLocalStorage } from "node:async_hooks";
 import { BoundedBytes } from "../bounded-bytes.js";
 

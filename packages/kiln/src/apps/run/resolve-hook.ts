@@ -2,10 +2,17 @@
 import type { InitializeHook, ResolveHook } from "node:module";
 import type { MessagePort } from "node:worker_threads";
 
+/** The packages kiln-run provides to every project, from its own install: never installed per session. */
+export const PROVIDED_PACKAGES: readonly string[] = ["@kiln/sdk", "@kiln/service", "@kiln/protocol"];
+/** Whether `specifier` names one of the PROVIDED_PACKAGES or a subpath of one. */
+export function isProvided(specifier: string): boolean {
+  return PROVIDED_PACKAGES.some((name) => specifier === name || specifier.startsWith(`${name}/`));
+}
+
 /** Given once, at registration. */
 export interface ResolveHookData {
-  /** A URL inside kiln-run: `@kiln/sdk` is resolved as if imported from there. */
-  sdkParentURL: string;
+  /** A URL inside kiln-run: the provided packages are resolved as if imported from there. */
+  providedParentURL: string;
   /** Receives the ProjectScope of each session; each message is acknowledged with "ok". */
   port: MessagePort;
 }
@@ -18,11 +25,11 @@ export interface ProjectScope {
   depsParentURL?: string;
 }
 
-let sdkParentURL = "";
+let providedParentURL = "";
 let scope: ProjectScope | undefined;
 
 export const initialize: InitializeHook<ResolveHookData> = (data) => {
-  sdkParentURL = data.sdkParentURL;
+  providedParentURL = data.providedParentURL;
   data.port.on("message", (message: ProjectScope) => {
     scope = message;
     data.port.postMessage("ok");
@@ -31,15 +38,14 @@ export const initialize: InitializeHook<ResolveHookData> = (data) => {
 };
 
 /**
- * `@kiln/sdk` (and its subpaths), from anywhere, is kiln-run's own SDK: a
- * project that imports the SDK runs without installing or publishing it,
+ * The Kiln packages (and their subpaths), from anywhere, are kiln-run's own:
+ * a project that imports the SDK runs without installing or publishing it,
  * and its ObjectRefs and errors are the executor's. A bare import from the
  * project's files is looked up first in the dependencies kiln-run installed
  * for the session, then as Node would.
  */
 export const resolve: ResolveHook = async (specifier, context, nextResolve) => {
-  if (specifier === "@kiln/sdk" || specifier.startsWith("@kiln/sdk/"))
-    return nextResolve(specifier, { ...context, parentURL: sdkParentURL });
+  if (isProvided(specifier)) return nextResolve(specifier, { ...context, parentURL: providedParentURL });
   const current = scope;
   if (current?.depsParentURL && isBare(specifier) && context.parentURL?.startsWith(current.appDirURL)) {
     try {

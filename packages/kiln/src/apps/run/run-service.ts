@@ -1,14 +1,8 @@
+import { encodeValue, isObjectRef } from "@kiln/protocol";
+import { ObjectCache } from "@kiln/sdk";
+import { TaskFailure, type ServiceHandlers, type SessionContextInfo, type TaskContextInfo } from "@kiln/service";
 import {
-  encodeValue,
-  isObjectRef,
-  ObjectCache,
-  TaskFailure,
   type CapturedOutput,
-  type ServiceHandlers,
-  type SessionContextInfo,
-  type TaskContextInfo,
-} from "@kiln/sdk";
-import {
   decodeCall,
   decodeServiceSpec,
   encodeOutput,
@@ -18,7 +12,7 @@ import {
   RUNNER_PACKAGE_ENV,
   runnerKeys,
   type OutputRecord,
-} from "@kiln/sdk/internal";
+} from "@kiln/protocol/runner";
 import * as os from "node:os";
 import { performance } from "node:perf_hooks";
 import { inspect } from "node:util";

@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from "@kiln/sdk";
+import { InvalidArgumentError } from "@kiln/protocol";
 import type { Hash } from "node:crypto";
 import * as fs from "node:fs";
 import { Readable, Writable } from "node:stream";

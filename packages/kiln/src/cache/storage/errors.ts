@@ -1,4 +1,4 @@
-import { ErrorCode, KilnError } from "@kiln/sdk";
+import { ErrorCode, KilnError } from "@kiln/protocol";
 
 /** A body larger than the server's maxObjectBytes (HTTP 413). */
 export class ObjectTooLargeError extends KilnError {

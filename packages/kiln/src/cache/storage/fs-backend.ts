@@ -1,4 +1,4 @@
-import { ErrorCode, KilnError } from "@kiln/sdk";
+import { ErrorCode, KilnError } from "@kiln/protocol";
 import Database from "better-sqlite3";
 import * as fs from "node:fs";
 import * as path from "node:path";

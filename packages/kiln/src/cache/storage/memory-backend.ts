@@ -1,4 +1,4 @@
-import { formatBytes } from "@kiln/sdk/internal";
+import { formatBytes } from "@kiln/protocol";
 import * as fs from "node:fs";
 import type { BodyTarget, Catalog, ObjectStat, Segment, StoredObject } from "./backend.js";
 import { BlobFiles } from "./blob-files.js";

@@ -1,5 +1,5 @@
-import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "@kiln/sdk";
-import { chainSha256 } from "@kiln/sdk/internal";
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "@kiln/protocol";
+import { chainSha256 } from "@kiln/protocol/cache";
 import { createHash } from "node:crypto";
 import type { Catalog, ObjectStat, Segment, StoredObject } from "./backend.js";
 import { receiveBody, type ReceivedBody } from "./body-sink.js";

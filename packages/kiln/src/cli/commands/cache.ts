@@ -1,4 +1,4 @@
-import { formatBytes } from "@kiln/sdk/internal";
+import { formatBytes } from "@kiln/protocol";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";

@@ -1,5 +1,5 @@
 import { DEFAULT_MAX_DEPTH, getData, GetDataError, type ObjectCache, type RunnerData } from "@kiln/sdk";
-import { flame } from "@kiln/sdk/proto";
+import { flame } from "@kiln/protocol/proto";
 import { inspect } from "node:util";
 import type { Command } from "commander";
 import { withCache } from "../cache-client.js";

@@ -1,19 +1,15 @@
 import {
   DEFAULT_JOB_TIMEOUT_MS,
-  ErrorCode,
   getJobResult,
-  InvalidArgumentError,
-  JOB_APPLICATION,
   JobFailedError,
   runJob,
-  TaskFailedError,
   validateJob,
   type JobInputFile,
   type JobOptions,
-  type JobResult,
-  type OutputSpec,
   type Session,
 } from "@kiln/sdk";
+import { ErrorCode, InvalidArgumentError, TaskFailedError } from "@kiln/protocol";
+import { JOB_APPLICATION, type JobResult, type OutputSpec } from "@kiln/protocol/jobs";
 import type { Command } from "commander";
 import * as fs from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";

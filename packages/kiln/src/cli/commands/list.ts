@@ -1,4 +1,4 @@
-import { flame } from "@kiln/sdk/proto";
+import { flame } from "@kiln/protocol/proto";
 import type { Command } from "commander";
 import { withClient } from "../client.js";
 import { UsageError } from "../exit-codes.js";

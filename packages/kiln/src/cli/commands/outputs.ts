@@ -1,5 +1,5 @@
 import { fetchOutputs, getJobResult, outputsForLevel } from "@kiln/sdk";
-import { flame } from "@kiln/sdk/proto";
+import { flame } from "@kiln/protocol/proto";
 import type { Command } from "commander";
 import * as path from "node:path";
 import { withCache } from "../cache-client.js";

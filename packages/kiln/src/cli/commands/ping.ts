@@ -1,5 +1,5 @@
 import type { KilnClient } from "@kiln/sdk";
-import { flame } from "@kiln/sdk/proto";
+import { flame } from "@kiln/protocol/proto";
 import { Option, type Command } from "commander";
 import { PING_APPLICATION } from "../../apps/ping/ping.js";
 import { withClient } from "../client.js";

@@ -1,5 +1,5 @@
-import { encodeValue, getData, Runner, type OutputData } from "@kiln/sdk";
-import { sha256Hex, withTimeout } from "@kiln/sdk/internal";
+import { encodeValue, sha256Hex, withTimeout } from "@kiln/protocol";
+import { getData, Runner, type OutputData } from "@kiln/sdk";
 import type { Command } from "commander";
 import { randomBytes } from "node:crypto";
 import * as path from "node:path";

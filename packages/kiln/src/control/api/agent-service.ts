@@ -1,5 +1,5 @@
 import type { ServiceImpl } from "@connectrpc/connect";
-import { kiln } from "@kiln/sdk/proto";
+import { kiln } from "@kiln/protocol/proto";
 import { AgentConnection } from "../agent-connection.js";
 import type { Orchestrator } from "../orchestrator.js";
 

@@ -1,13 +1,12 @@
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { NotFoundError } from "@kiln/sdk";
-import { flame } from "@kiln/sdk/proto";
+import { NotFoundError, untilAborted } from "@kiln/protocol";
+import { flame } from "@kiln/protocol/proto";
 import { toApplicationMessage, type ApplicationRegistry } from "../applications.js";
 import { toExecutorMessage, toNodeMessage } from "../cluster-state.js";
 import type { Orchestrator } from "../orchestrator.js";
 import type { SessionRegistry } from "../sessions.js";
 import type { GroupCommit } from "../store/group-commit.js";
-import { untilAborted } from "@kiln/sdk/internal";
 import type { WatchHub } from "../watch-hub.js";
 import { toSessionMessage, toTaskMessage } from "./messages.js";
 

@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { AsyncQueue, toKilnError, untilAborted } from "@kiln/sdk/internal";
-import { flame, kiln } from "@kiln/sdk/proto";
+import { AsyncQueue, toKilnError, untilAborted } from "@kiln/protocol";
+import { flame, kiln } from "@kiln/protocol/proto";
 import type { FrontendDeps } from "./frontend-service.js";
 
 /** kiln.v1.Frontend: batch task creation (unary or streamed), one watch stream per session, cancel. */

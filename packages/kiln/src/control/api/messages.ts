@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { flame } from "@kiln/sdk/proto";
+import { flame } from "@kiln/protocol/proto";
 import type { StoredEvent } from "../store/sqlite-store.js";
 import type { SessionRecord, TaskRecord } from "../sessions.js";
 
