@@ -25,12 +25,9 @@ function tail(lines: string[], title: string): string {
   return lines.length === 0 ? "" : `\n${title}:\n${lines.map((l) => `  ${l}\n`).join("")}`;
 }
 
-/** When run as `node .../main.js` (e.g. from npm start) rather than an installed `kiln`, says how to type `kiln`. */
+/** In a checkout (where npm start runs it) `kiln` is not on the PATH: the next steps say how to type it. */
 function invokedAs(): string {
-  const script = process.argv[1] ?? "";
-  if (path.basename(script) !== "main.js") return "";
-  const relative = path.relative(process.cwd(), script);
-  return ` (here \`kiln\` is \`node ${relative.startsWith("..") ? script : relative}\`)`;
+  return existsSync(path.join(process.cwd(), "node_modules", ".bin", "kiln")) ? " (here `kiln` is `npx kiln`)" : "";
 }
 
 async function demo(f: DemoFlags): Promise<void> {
