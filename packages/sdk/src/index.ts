@@ -1,5 +1,5 @@
 export * from "./errors.js";
-export { parseResreq, formatResreq, type Resources } from "./validation.js";
+export { parseResreq, formatResreq, type Resources, type ResourceRequest } from "./validation.js";
 export { connect, KilnClient } from "./client/client.js";
 export {
   loadConfig,

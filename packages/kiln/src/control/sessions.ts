@@ -379,12 +379,18 @@ export class SessionRegistry {
         "session.min_instances",
         `${spec.minInstances} must not exceed max_instances ${maxInstances}`,
       );
+    // A resource the request leaves unset takes the default; one set to 0 stays 0.
+    const d = this.limits.defaultResreq;
     const r = spec.resreq;
-    if (r && r.cpu === 0n && r.memory === 0n && r.gpu === 0) {
+    const resreq = {
+      cpu: r?.cpu ?? BigInt(d.cpu),
+      memory: r?.memory ?? BigInt(d.memory),
+      gpu: r?.gpu ?? d.gpu,
+    };
+    if (resreq.cpu === 0n && resreq.memory === 0n && resreq.gpu === 0) {
       throw new InvalidArgumentError("session.resreq", "must request some cpu, memory or gpu (or be omitted)");
     }
-    if (r && r.gpu < 0) throw new InvalidArgumentError("session.resreq.gpu", "must not be negative");
-    const d = this.limits.defaultResreq;
+    if (resreq.gpu < 0) throw new InvalidArgumentError("session.resreq.gpu", "must not be negative");
     return create(flame.SessionSpecSchema, {
       application: spec.application,
       ...(spec.commonData !== undefined ? { commonData: spec.commonData } : {}),
@@ -392,7 +398,7 @@ export class SessionRegistry {
       ...(maxInstances !== undefined ? { maxInstances } : {}),
       batchSize: 1,
       priority: spec.priority,
-      resreq: r ?? { cpu: BigInt(d.cpu), memory: BigInt(d.memory), gpu: d.gpu },
+      resreq,
     });
   }
 
@@ -413,12 +419,11 @@ export class SessionRegistry {
     completionTime: number | undefined,
     events: StoredEvent[],
   ): SessionRecord {
-    const r = spec.resreq!;
     return {
       id,
       application: spec.application,
       spec,
-      resreq: { cpu: Number(r.cpu), memory: Number(r.memory), gpu: r.gpu },
+      resreq: resourcesOf(spec),
       state,
       creationTime,
       ...(completionTime !== undefined ? { completionTime } : {}),
@@ -470,8 +475,17 @@ function specMismatch(a: flame.SessionSpec, b: flame.SessionSpec): string | unde
   if (a.minInstances !== b.minInstances) return "min_instances";
   if (a.maxInstances !== b.maxInstances) return "max_instances";
   if (a.priority !== b.priority) return "priority";
-  const ra = a.resreq!;
-  const rb = b.resreq!;
+  const ra = resourcesOf(a);
+  const rb = resourcesOf(b);
   if (ra.cpu !== rb.cpu || ra.memory !== rb.memory || ra.gpu !== rb.gpu) return "resreq";
   return undefined;
+}
+
+/**
+ * A resolved spec's resources. Every field is set once resolved; one missing was
+ * stored as 0 before requests had presence (proto3 leaves zeros off the wire).
+ */
+function resourcesOf(spec: flame.SessionSpec): Resources {
+  const r = spec.resreq;
+  return { cpu: Number(r?.cpu ?? 0n), memory: Number(r?.memory ?? 0n), gpu: r?.gpu ?? 0 };
 }
