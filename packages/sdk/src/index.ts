@@ -1,6 +1,6 @@
 export * from "./errors.js";
 export { parseResreq, formatResreq, type Resources, type ResourceRequest } from "./validation.js";
-export { connect, KilnClient } from "./client/client.js";
+export { connect, KilnClient, type SessionsChange } from "./client/client.js";
 export {
   loadConfig,
   DEFAULT_ENDPOINT,

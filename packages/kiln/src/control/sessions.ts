@@ -36,12 +36,17 @@ export interface SessionRecord {
   /** Bind failures in a row, and when the scheduler may try again. */
   bindFailures: number;
   nextBindAt: number;
+  /** No connected node could hold one of its executors when last judged (see fit.ts). */
+  unfittable: boolean;
 }
 
-/** Who hears about task changes (watch streams) and new work (the dispatcher). */
+/** Who hears about task and session changes (watch streams) and new work (the dispatcher). */
 export interface SessionObserver {
   taskChanged(session: SessionRecord, task: TaskRecord): void;
+  /** Created, or got an event. */
+  sessionChanged(session: SessionRecord): void;
   sessionEnded(session: SessionRecord): void;
+  sessionDeleted(session: SessionRecord): void;
   workAdded(session: SessionRecord): void;
 }
 
@@ -147,6 +152,7 @@ export class SessionRegistry {
     const record = this.newRecord(sessionId, resolved, SessionState.Open, Date.now(), undefined, []);
     this.sessions.set(sessionId, record);
     this.persistSession(record);
+    this.observer?.sessionChanged(record);
     return record;
   }
 
@@ -193,6 +199,7 @@ export class SessionRegistry {
     if (s.state === SessionState.Open) this.close(id);
     this.sessions.delete(id);
     this.commit.write((store) => store.deleteSession(id));
+    this.observer?.sessionDeleted(s);
     return s;
   }
 
@@ -200,6 +207,7 @@ export class SessionRegistry {
     const event: StoredEvent = { code, message, time: Date.now() };
     const seq = s.events.push(event);
     this.commit.write((store) => store.addSessionEvent(s.id, seq, event));
+    this.observer?.sessionChanged(s);
   }
 
   /** Appends tasks to an open session; returns the first new id (the rest follow consecutively). */
@@ -433,6 +441,7 @@ export class SessionRegistry {
       events,
       bindFailures: 0,
       nextBindAt: 0,
+      unfittable: false,
     };
   }
 

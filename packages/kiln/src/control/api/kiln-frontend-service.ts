@@ -4,9 +4,9 @@ import { AsyncQueue, toKilnError, untilAborted } from "@kiln/sdk/internal";
 import { flame, kiln } from "@kiln/sdk/proto";
 import type { FrontendDeps } from "./frontend-service.js";
 
-/** kiln.v1.Frontend: batch task creation (unary or streamed), one watch stream per session, cancel. */
+/** kiln.v1.Frontend: batch task creation (unary or streamed), one watch stream per session, cancel, the sessions feed. */
 export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Frontend> {
-  const { sessions, orchestrator, hub, commit } = d;
+  const { sessions, orchestrator, hub, feed, commit } = d;
 
   /** Creates the tasks at once (an async function runs up to its first await) and settles after their commit. */
   const createTasks = async (req: kiln.CreateTasksRequest) => {
@@ -52,6 +52,12 @@ export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Fr
       orchestrator.cancelRunning(wereRunning);
       await commit.flushed();
       return create(kiln.CancelTasksResponseSchema, { cancelled });
+    },
+    async *watchSessions(req, ctx) {
+      const ids = req.sessionIds.length > 0 ? new Set(req.sessionIds) : undefined;
+      const matching = ids ? [...ids].map((id) => sessions.require(id)) : sessions.list();
+      const queue = feed.watch(matching, { ids, events: req.events, omitTaskChanges: req.omitTaskChanges });
+      yield* untilAborted(queue, ctx.signal, () => feed.unwatch(queue));
     },
   };
 }
