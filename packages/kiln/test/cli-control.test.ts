@@ -244,6 +244,9 @@ describe("everyday control from the CLI", () => {
     } finally {
       await watch.stop();
     }
+    const finished = await kiln("list", "-t", "-s", session.id, "-w");
+    assert.equal(finished.code, 0, "a watch of a finished session shows it once and ends, on an idle cluster too");
+    assert.equal(finished.stdout.trimEnd().split("\n").length, 5, finished.stdout);
   });
 
   it("-r gpu=1 keeps the default cpu and memory, and kiln ping says at once that no node can run it", async () => {
