@@ -39,6 +39,7 @@ describe("kiln against a running cluster", () => {
     assert.equal(lines.length, 1, r.stdout);
     const summary = JSON.parse(lines[0]!) as Record<string, unknown>;
     assert.deepEqual(Object.keys(summary).sort(), [
+      "cancelled",
       "durationMs",
       "failed",
       "latencyMs",
@@ -50,6 +51,7 @@ describe("kiln against a running cluster", () => {
     assert.equal(summary.tasks, 200);
     assert.equal(summary.succeeded, 200);
     assert.equal(summary.failed, 0);
+    assert.equal(summary.cancelled, 0);
     assert.ok((summary.tasksPerSecond as number) > 0);
     const latency = summary.latencyMs as { p50: number; p99: number };
     assert.ok(latency.p50 > 0 && latency.p99 >= latency.p50, JSON.stringify(latency));
@@ -105,11 +107,14 @@ describe("kiln against a running cluster", () => {
     assert.equal(sessions.code, 0, sessions.stderr);
     assert.match(
       sessions.stdout,
-      /^ID\s+State\s+App\s+Resources\s+Priority\s+Pending\s+Running\s+Succeed\s+Failed\s+Created$/m,
+      /^ID\s+State\s+App\s+Resources\s+Priority\s+Pending\s+Running\s+Succeed\s+Failed\s+Cancelled\s+Created$/m,
     );
     const row = sessions.stdout.split("\n").find((l) => l.startsWith(`${pingSession} `));
     assert.ok(row, sessions.stdout);
-    assert.match(row, /^\S+\s+Closed\s+kiln-ping\s+cpu=\d+,mem=\S+,gpu=\d+\s+0\s+0\s+0\s+200\s+0\s+\d\d:\d\d:\d\d$/);
+    assert.match(
+      row,
+      /^\S+\s+Closed\s+kiln-ping\s+cpu=\d+,mem=\S+,gpu=\d+\s+0\s+0\s+0\s+200\s+0\s+0\s+\d\d:\d\d:\d\d$/,
+    );
 
     const apps = await kiln("list", "-a");
     assert.match(apps.stdout, /^Name\s+State\s+Shim\s+Tags\s+Created\s+Command$/m);

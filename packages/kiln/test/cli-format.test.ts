@@ -2,7 +2,16 @@ import { create } from "@bufbuild/protobuf";
 import { flame } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { executorTable, nodeTable, sessionTable } from "../src/cli/commands/list.js";
+import {
+  executorTable,
+  filterSessions,
+  nodeTable,
+  sessionTable,
+  type SessionFilter,
+} from "../src/cli/commands/list.js";
+import { UsageError } from "../src/cli/exit-codes.js";
+import { parseStates, SESSION_STATES, TASK_STATES } from "../src/cli/state-filter.js";
+import { filterTaskRows, taskRow, taskRowsJson, taskTable } from "../src/cli/task-list.js";
 import { pingSummaryText } from "../src/cli/commands/ping.js";
 import { formatEvent, formatMemory, formatPayload } from "../src/cli/format.js";
 import { percentile, summarize } from "../src/cli/ping-workload.js";
@@ -14,7 +23,7 @@ function session(id: string, state: flame.SessionState, created: number): flame.
   return create(flame.SessionSchema, {
     metadata: { id, name: id },
     spec: { application: "kiln-ping", priority: 3, resreq: { cpu: 1n, memory: GiB, gpu: 0 } },
-    status: { state, creationTime: BigInt(created), pending: 1, running: 2, succeed: 3, failed: 4 },
+    status: { state, creationTime: BigInt(created), pending: 1, running: 2, succeed: 3, failed: 4, cancelled: 5 },
   });
 }
 
@@ -36,7 +45,7 @@ describe("tables", () => {
     assert.equal(out, "Name       State\nkiln-ping  Enabled\na\n");
   });
 
-  it("lists sessions with Flame's columns, open sessions first", () => {
+  it("lists sessions with Flame's columns and Cancelled, open sessions first", () => {
     const rows = cells(
       sessionTable([
         session("closed-old", flame.SessionState.Closed, 1_000),
@@ -54,14 +63,83 @@ describe("tables", () => {
       "Running",
       "Succeed",
       "Failed",
+      "Cancelled",
       "Created",
     ]);
     assert.deepEqual(
       rows.slice(1).map((r) => r[0]),
       ["open-old", "open-new", "closed-old"],
     );
-    assert.deepEqual(rows[1]!.slice(1, 9), ["Open", "kiln-ping", "cpu=1,mem=1Gi,gpu=0", "3", "1", "2", "3", "4"]);
-    assert.match(rows[1]![9]!, /^\d\d:\d\d:\d\d$/);
+    assert.deepEqual(rows[1]!.slice(1, 10), ["Open", "kiln-ping", "cpu=1,mem=1Gi,gpu=0", "3", "1", "2", "3", "4", "5"]);
+    assert.match(rows[1]![10]!, /^\d\d:\d\d:\d\d$/);
+  });
+
+  it("filters sessions by state and application, then keeps the first --limit in list order", () => {
+    const other = create(flame.SessionSchema, {
+      metadata: { id: "other-app" },
+      spec: { application: "echo" },
+      status: { state: flame.SessionState.Open, creationTime: 500n },
+    });
+    const all = [
+      session("closed-old", flame.SessionState.Closed, 1_000),
+      session("open-new", flame.SessionState.Open, 3_000),
+      session("open-old", flame.SessionState.Open, 2_000),
+      other,
+    ];
+    const ids = (f: SessionFilter) => filterSessions(all, f).map((s) => s.metadata?.id);
+    assert.deepEqual(ids({}), ["other-app", "open-old", "open-new", "closed-old"]);
+    assert.deepEqual(ids({ states: new Set([flame.SessionState.Closed]) }), ["closed-old"]);
+    assert.deepEqual(ids({ app: "kiln-ping" }), ["open-old", "open-new", "closed-old"]);
+    assert.deepEqual(ids({ app: "kiln-ping", states: new Set([flame.SessionState.Open]), limit: 1 }), ["open-old"]);
+  });
+
+  it("parses --state as Flame's names, several at once, and names the allowed ones for a bad one", () => {
+    assert.deepEqual(
+      [...parseStates("failed, Cancelled", TASK_STATES, "task")],
+      [flame.TaskState.Failed, flame.TaskState.Cancelled],
+    );
+    assert.deepEqual([...parseStates("open", SESSION_STATES, "session")], [flame.SessionState.Open]);
+    assert.throws(
+      () => parseStates("done", TASK_STATES, "task"),
+      (err: Error) =>
+        err instanceof UsageError &&
+        err.message === '--state: "done" is not a task state (allowed: pending, running, succeed, failed, cancelled)',
+    );
+    assert.throws(() => parseStates("running", SESSION_STATES, "session"), /allowed: open, closed/);
+    assert.throws(() => parseStates("constructor", TASK_STATES, "task"), /not a task state/);
+  });
+
+  it("lists tasks with their last change and, once failed or cancelled, why", () => {
+    const task = (id: string, state: flame.TaskState, message: string) =>
+      create(flame.TaskSchema, {
+        metadata: { id },
+        spec: { sessionId: "s-1" },
+        status: { state, creationTime: 1_000n, events: [{ code: state, message, creationTime: 2_000n }] },
+      });
+    const rows = [
+      taskRow(task("1", flame.TaskState.Succeed, "completed on vm")),
+      taskRow(task("2", flame.TaskState.Cancelled, "cancelled by request")),
+      taskRow(task("3", flame.TaskState.Failed, "boom")),
+    ];
+    assert.deepEqual(rows[0], { session: "s-1", task: "1", state: flame.TaskState.Succeed, time: 2_000 });
+    const table = cells(taskTable(rows, false));
+    assert.deepEqual(table[0], ["Task", "State", "Updated", "Message"]);
+    assert.deepEqual(
+      table.slice(1).map((r) => [r[0], r[1], r[3]]),
+      [
+        ["1", "Succeed", undefined],
+        ["2", "Cancelled", "cancelled by request"],
+        ["3", "Failed", "boom"],
+      ],
+    );
+    assert.deepEqual(cells(taskTable(rows, true))[0], ["Session", "Task", "State", "Updated", "Message"]);
+    const kept = filterTaskRows(rows, {
+      states: new Set([flame.TaskState.Failed, flame.TaskState.Cancelled]),
+      limit: 1,
+    });
+    assert.deepEqual(taskRowsJson(kept), {
+      tasks: [{ session: "s-1", task: "2", state: "Cancelled", time: 2_000, message: "cancelled by request" }],
+    });
   });
 
   it("lists executors and nodes with Flame's columns", () => {
@@ -133,21 +211,23 @@ describe("ping summary", () => {
     assert.equal(percentile([], 50), 0);
   });
 
-  it("summarizes counts, throughput and latency", () => {
-    const s = summarize("s-1", 4, 1, 2000, [10, 20, 30, 40]);
+  it("summarizes counts, throughput and latency; cancelled tasks count apart and not in throughput", () => {
+    const s = summarize("s-1", 5, { succeeded: 3, failed: 1, cancelled: 1 }, 2000, [10, 20, 30, 40]);
     assert.deepEqual(s, {
       session: "s-1",
-      tasks: 4,
+      tasks: 5,
       succeeded: 3,
       failed: 1,
+      cancelled: 1,
       durationMs: 2000,
       tasksPerSecond: 2,
       latencyMs: { p50: 20, p99: 40 },
     });
     const text = pingSummaryText(s);
     assert.match(text, /^Duration:\s+2\.00 s$/m);
-    assert.match(text, /^Succeeded:\s+3\/4$/m);
+    assert.match(text, /^Succeeded:\s+3\/5$/m);
     assert.match(text, /^Failed:\s+1$/m);
+    assert.match(text, /^Cancelled:\s+1$/m);
     assert.match(text, /^Throughput:\s+2\.00 tasks\/s$/m);
     assert.match(text, /^Latency:\s+p50 20 ms, p99 40 ms$/m);
   });

@@ -132,6 +132,35 @@ describe("control plane: sessions and tasks", () => {
     assert.equal(s.status?.state, flame.SessionState.Open);
   });
 
+  it("fills only the resources a request leaves out with the cluster default", async () => {
+    const resreq = (r: { cpu?: bigint; memory?: bigint; gpu?: number }) => create(flame.ResourceRequirementSchema, r);
+    const gpuOnly = await t.frontend.createSession({
+      sessionId: "",
+      session: sessionSpec({ resreq: resreq({ gpu: 1 }) }),
+    });
+    assert.deepEqual(
+      [gpuOnly.spec?.resreq?.cpu, gpuOnly.spec?.resreq?.memory, gpuOnly.spec?.resreq?.gpu],
+      [1n, 2n * 1024n ** 3n, 1],
+    );
+    const zeroCpu = await t.frontend.createSession({
+      sessionId: "",
+      session: sessionSpec({ resreq: resreq({ cpu: 0n, gpu: 1 }) }),
+    });
+    assert.deepEqual(
+      [zeroCpu.spec?.resreq?.cpu, zeroCpu.spec?.resreq?.memory, zeroCpu.spec?.resreq?.gpu],
+      [0n, 2n * 1024n ** 3n, 1],
+      "an explicit 0 stays 0",
+    );
+    await rejects(
+      t.frontend.createSession({
+        sessionId: "",
+        session: sessionSpec({ resreq: resreq({ cpu: 0n, memory: 0n }) }),
+      }),
+      Code.InvalidArgument,
+      "session.resreq",
+    );
+  });
+
   it("rejects min > max, an unknown application, a bad id and a duplicate", async () => {
     await rejects(
       t.frontend.createSession({ sessionId: "mm", session: sessionSpec({ minInstances: 5, maxInstances: 2 }) }),

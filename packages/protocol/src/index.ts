@@ -9,7 +9,15 @@
  * `@kiln/protocol/jobs` and `@kiln/protocol/cache`.
  */
 export * from "./errors.js";
-export { validateName, parseResreq, parseBytes, formatResreq, formatBytes, type Resources } from "./validation.js";
+export {
+  validateName,
+  parseResreq,
+  parseBytes,
+  formatResreq,
+  formatBytes,
+  type Resources,
+  type ResourceRequest,
+} from "./validation.js";
 export {
   encodeValue,
   decodeValue,

@@ -36,15 +36,20 @@ export function parseBytes(field: string, text: string): number {
   return Math.round(value);
 }
 
+/** A resource request as typed: a resource left out takes the cluster default. */
+export type ResourceRequest = Partial<Resources>;
+
 /**
  * Parses a resource request such as `cpu=1,mem=2g,gpu=0`. Keys: cpu, mem
- * (or memory), gpu; each at most once; sizes use binary units.
+ * (or memory), gpu; each at most once; sizes use binary units. Only the keys
+ * given are set, so the cluster default fills the rest (`gpu=1` keeps the
+ * default cpu and memory).
  *
  * @example
- * parseResreq("cpu=2,mem=1g") // { cpu: 2, memory: 1073741824, gpu: 0 }
+ * parseResreq("cpu=2,mem=1g") // { cpu: 2, memory: 1073741824 }
  */
-export function parseResreq(text: string, field = "resreq"): Resources {
-  const out: Resources = { cpu: 0, memory: 0, gpu: 0 };
+export function parseResreq(text: string, field = "resreq"): ResourceRequest {
+  const out: ResourceRequest = {};
   const seen = new Set<string>();
   if (text.trim() === "") throw new InvalidArgumentError(field, "must not be empty (example: cpu=1,mem=2g,gpu=0)");
   for (const part of text.split(",")) {

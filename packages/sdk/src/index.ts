@@ -21,6 +21,7 @@ export {
   parseResreq,
   formatResreq,
   type Resources,
+  type ResourceRequest,
   ObjectRef,
   isObjectRef,
   encodeObjectRef,
@@ -32,7 +33,7 @@ export {
   CODEC_FORMAT_VERSION,
   type EncodeOptions,
 } from "@kiln/protocol";
-export { connect, KilnClient } from "./client/client.js";
+export { connect, KilnClient, type SessionsChange } from "./client/client.js";
 export {
   loadConfig,
   DEFAULT_ENDPOINT,

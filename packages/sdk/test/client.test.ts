@@ -111,7 +111,15 @@ describe("conversions", () => {
     assert.equal(spec.minInstances, 1);
     assert.equal(spec.maxInstances, 4);
     assert.equal(spec.priority, 7);
-    assert.deepEqual([spec.resreq?.cpu, spec.resreq?.memory, spec.resreq?.gpu], [2n, 1024n ** 3n, 0]);
+    assert.deepEqual([spec.resreq?.cpu, spec.resreq?.memory, spec.resreq?.gpu], [2n, 1024n ** 3n, undefined]);
+    const gpuOnly = toSessionSpec({ application: "app", resreq: "gpu=1" }).resreq;
+    assert.deepEqual(
+      [gpuOnly?.cpu, gpuOnly?.memory, gpuOnly?.gpu],
+      [undefined, undefined, 1],
+      "resources left out stay unset, so the cluster default fills them",
+    );
+    const explicitZero = toSessionSpec({ application: "app", resreq: "cpu=0,gpu=1" }).resreq;
+    assert.equal(explicitZero?.cpu, 0n, "an explicit 0 is sent as 0");
     const objectForm = toSessionSpec({ application: "app", resreq: { cpu: 1, memory: 512, gpu: 1 } });
     assert.deepEqual([objectForm.resreq?.cpu, objectForm.resreq?.memory, objectForm.resreq?.gpu], [1n, 512n, 1]);
     const bare = toSessionSpec({ application: "app" });

@@ -53,12 +53,12 @@ export function formatMemory(bytes: number | bigint): string {
 
 /** A node's resources, `cpu=2,mem=23.5Gi,gpu=0` (memory rounded for reading). */
 export function formatCapacity(r: flame.ResourceRequirement): string {
-  return `cpu=${r.cpu},mem=${formatMemory(r.memory)},gpu=${r.gpu}`;
+  return `cpu=${r.cpu ?? 0n},mem=${formatMemory(r.memory ?? 0n)},gpu=${r.gpu ?? 0}`;
 }
 
 /** `cpu=1,mem=1Gi,gpu=0`, or `-` when the session carries no request. */
 export function formatResources(r: flame.ResourceRequirement | undefined): string {
-  return r ? formatResreq(r) : "-";
+  return r ? formatResreq({ cpu: r.cpu ?? 0n, memory: r.memory ?? 0n, gpu: r.gpu ?? 0 }) : "-";
 }
 
 export const sessionStateName = (s: flame.SessionState): string => flame.SessionState[s] ?? String(s);

@@ -15,3 +15,8 @@ export function messageJson<Desc extends DescMessage>(schema: Desc, init: Messag
 export function printJson(value: JsonValue | Record<string, JsonValue>): void {
   process.stdout.write(JSON.stringify(value, null, 2) + "\n");
 }
+
+/** One JSON value on one line (`-w -o json` prints one per state). */
+export function jsonLine(value: JsonValue | Record<string, JsonValue>): string {
+  return JSON.stringify(value) + "\n";
+}

@@ -1,9 +1,10 @@
-import { TaskFailedError, TimeoutError } from "@kiln/protocol";
+import { ErrorCode, TaskFailedError, TimeoutError, withTimeout } from "@kiln/protocol";
 import { type KilnClient, type Session, type SessionOptions } from "@kiln/sdk";
 import type { flame } from "@kiln/protocol/proto";
 import { performance } from "node:perf_hooks";
 import { PING_APPLICATION } from "../apps/ping/ping.js";
-import { InterruptedError } from "./exit-codes.js";
+import { SessionEvent } from "../control/event-codes.js";
+import { CommandFailed, InterruptedError } from "./exit-codes.js";
 
 /** What `kiln ping` (and `kiln demo`) submit. */
 export interface PingOptions {
@@ -20,7 +21,10 @@ export interface PingOptions {
   resreq?: string;
   /** Also return every task (for the per-task table), read before the session closes. */
   collectTasks?: boolean;
-  /** Aborting stops waiting, closes the session (cancelling what is left) and throws InterruptedError. */
+  /**
+   * Aborting cancels the tasks still pending or running (running ones in their service), counts
+   * them as they end, closes the session and returns with `interrupted` set.
+   */
   signal?: AbortSignal;
   /**
    * Gives up (closing the session, throwing TimeoutError) when no task has finished for this long,
@@ -30,6 +34,11 @@ export interface PingOptions {
 }
 
 export const DEFAULT_STALL_TIMEOUT_MS = 60_000;
+/** After Ctrl-C, how long to wait for the cancelled tasks to be reported before giving the summary without them. */
+const CANCELLED_REPORT_TIMEOUT_MS = 10_000;
+
+/** How a task ended. */
+export type TaskOutcome = "succeeded" | "failed" | "cancelled";
 
 /** The numbers `kiln ping -o json` prints; the benchmark harness parses them. */
 export interface PingSummary {
@@ -37,22 +46,27 @@ export interface PingSummary {
   tasks: number;
   succeeded: number;
   failed: number;
+  /** Cancelled before they finished (Ctrl-C, `kiln cancel`, the session closed). */
+  cancelled: number;
   /** First submission to last completion (session creation excluded, as in flmping). */
   durationMs: number;
+  /** Tasks that ran to an end (succeeded or failed) per second of `durationMs`. */
   tasksPerSecond: number;
-  /** Per task, submission to completion. */
+  /** Per task that ran to an end, submission to completion. */
   latencyMs: { p50: number; p99: number };
 }
 
 export interface PingHooks {
   onSessionCreated?(sessionId: string, elapsedMs: number): void;
-  onTaskDone?(failed: boolean): void;
+  onTaskDone?(outcome: TaskOutcome): void;
 }
 
 export interface PingResult {
   summary: PingSummary;
   /** Present when `collectTasks` was set. */
   tasks?: flame.Task[];
+  /** `signal` aborted: the tasks still unfinished then were cancelled. */
+  interrupted: boolean;
 }
 
 /**
@@ -70,28 +84,29 @@ export function percentile(values: readonly number[], p: number): number {
 
 const round = (n: number, digits: number): number => Number(n.toFixed(digits));
 
-/** Builds the summary from per-task latencies and the wall-clock duration. */
+/** Builds the summary from the outcome counts, per-task latencies and the wall-clock duration. */
 export function summarize(
   session: string,
   tasks: number,
-  failed: number,
+  outcomes: Record<TaskOutcome, number>,
   durationMs: number,
   latencies: readonly number[],
 ): PingSummary {
+  const ran = outcomes.succeeded + outcomes.failed;
   return {
     session,
     tasks,
-    succeeded: tasks - failed,
-    failed,
+    ...outcomes,
     durationMs: round(durationMs, 1),
-    tasksPerSecond: durationMs > 0 ? round((tasks / durationMs) * 1000, 2) : 0,
+    tasksPerSecond: durationMs > 0 ? round((ran / durationMs) * 1000, 2) : 0,
     latencyMs: { p50: round(percentile(latencies, 50), 1), p99: round(percentile(latencies, 99), 1) },
   };
 }
 
 /**
  * Stops a wait that can no longer succeed: rejects with InterruptedError when `signal`
- * aborts, and with TimeoutError when `progress()` was not called for `stallMs`.
+ * aborts, with TimeoutError when `progress()` was not called for `stallMs`, and with
+ * whatever `stop()` is given.
  */
 class WaitGuard {
   private lastProgress = performance.now();
@@ -102,15 +117,22 @@ class WaitGuard {
     private readonly sessionId: string,
     private readonly stallMs: number,
     private readonly signal: AbortSignal | undefined,
-  ) {}
+  ) {
+    // stop() may come once nobody waits any more; that is not an unhandled rejection.
+    this.stopped.catch(() => undefined);
+  }
 
   progress(): void {
     this.lastProgress = performance.now();
   }
 
+  /** Ends the wait with `err`. */
+  stop(err: Error): void {
+    this.fail(err);
+  }
+
   async wait(work: Promise<unknown>): Promise<void> {
-    const interrupt = () =>
-      this.fail(new InterruptedError(`session ${this.sessionId} was closed, its remaining tasks cancelled`));
+    const interrupt = () => this.fail(new InterruptedError(`session ${this.sessionId} was interrupted`));
     if (this.signal?.aborted) interrupt();
     this.signal?.addEventListener("abort", interrupt, { once: true });
     const watchdog = setInterval(() => this.checkStall(), Math.min(this.stallMs, 1000));
@@ -129,6 +151,35 @@ class WaitGuard {
   }
 }
 
+/**
+ * Stops `guard` with a CommandFailed as soon as the control plane records that no
+ * connected node can run the session, instead of waiting for the stall timeout.
+ * Follows only the session's events, on the sessions feed; returns its stopper.
+ */
+function stopWhenUnschedulable(client: KilnClient, sessionId: string, guard: WaitGuard): () => void {
+  const done = new AbortController();
+  void (async () => {
+    const changes = client.watchSessions({
+      sessionIds: [sessionId],
+      events: true,
+      omitTaskChanges: true,
+      signal: done.signal,
+    });
+    for await (const { sessions } of changes) {
+      const event = sessions[0]?.status?.events.find((e) => e.code === SessionEvent.Unschedulable);
+      if (event)
+        return guard.stop(
+          new CommandFailed(
+            `${event.message} (session ${sessionId}, event ${event.code}); kiln ping closed the session`,
+          ),
+        );
+    }
+  })().catch(() => {
+    // A cluster without the sessions feed: the stall timeout still ends the wait.
+  });
+  return () => done.abort();
+}
+
 function pingInput(o: PingOptions): Uint8Array {
   const input: { durationMs?: number; memoryBytes?: number } = {};
   if (o.durationMs !== undefined) input.durationMs = o.durationMs;
@@ -138,8 +189,9 @@ function pingInput(o: PingOptions): Uint8Array {
 
 /**
  * Creates a session, submits `tasks` ping tasks at once (the SDK batches them), waits for
- * all of them, and closes the session. Task failures are counted, not thrown; anything
- * else (e.g. the cluster going away) is thrown after every task settled.
+ * all of them, and closes the session. Task failures and cancellations are counted, not
+ * thrown; anything else (e.g. the cluster going away, no node able to run the session)
+ * is thrown once the session's unfinished tasks were cancelled.
  *
  * @example
  * const { summary } = await runPing(client, { tasks: 100 });
@@ -156,48 +208,72 @@ export async function runPing(client: KilnClient, o: PingOptions, hooks: PingHoo
   hooks.onSessionCreated?.(session.id, performance.now() - createStart);
   let result: PingResult;
   try {
-    result = await submitAndWait(session, o, hooks);
+    result = await submitAndWait(client, session, o, hooks);
   } catch (err) {
     // The session may be unreachable too; the first error is the one worth reporting.
-    await session.close().catch(() => {});
+    await stop(session).catch(() => {});
     throw err;
   }
   await session.close();
   return result;
 }
 
-async function submitAndWait(session: Session, o: PingOptions, hooks: PingHooks): Promise<PingResult> {
+/** Cancels what is still pending or running (running tasks in their service) and closes the session. */
+async function stop(session: Session): Promise<void> {
+  await session.cancel();
+  await session.close();
+}
+
+async function submitAndWait(
+  client: KilnClient,
+  session: Session,
+  o: PingOptions,
+  hooks: PingHooks,
+): Promise<PingResult> {
   const input = pingInput(o);
   const latencies: number[] = [];
-  let failed = 0;
+  const outcomes: Record<TaskOutcome, number> = { succeeded: 0, failed: 0, cancelled: 0 };
   let unexpected: unknown;
   const guard = new WaitGuard(session.id, o.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS, o.signal);
+  const ended = (outcome: TaskOutcome, submitted: number) => {
+    outcomes[outcome]++;
+    if (outcome !== "cancelled") latencies.push(performance.now() - submitted);
+    guard.progress();
+    hooks.onTaskDone?.(outcome);
+  };
   const start = performance.now();
   const settled = Array.from({ length: o.tasks }, () => {
     const submitted = performance.now();
     return session.run(input).then(
-      () => {
-        latencies.push(performance.now() - submitted);
-        guard.progress();
-        hooks.onTaskDone?.(false);
-      },
+      () => ended("succeeded", submitted),
       (err: unknown) => {
-        if (!(err instanceof TaskFailedError)) {
-          unexpected ??= err;
-          return;
-        }
-        failed++;
-        latencies.push(performance.now() - submitted);
-        guard.progress();
-        hooks.onTaskDone?.(true);
+        if (!(err instanceof TaskFailedError)) unexpected ??= err;
+        else ended(err.code === ErrorCode.TaskCancelled ? "cancelled" : "failed", submitted);
       },
     );
   });
-  await guard.wait(Promise.all(settled));
+  const all = Promise.all(settled);
+  const stopWatching = stopWhenUnschedulable(client, session.id, guard);
+  let interrupted = false;
+  try {
+    await guard.wait(all);
+  } catch (err) {
+    if (!(err instanceof InterruptedError)) throw err;
+    interrupted = true;
+    await stop(session);
+    // Every task is finished now; their updates are on the way. A task refused by the closed session was never created.
+    await withTimeout(all, CANCELLED_REPORT_TIMEOUT_MS, "the cancelled tasks' updates").catch(() => {});
+    unexpected = undefined;
+  } finally {
+    stopWatching();
+  }
   const durationMs = performance.now() - start;
   if (unexpected !== undefined) throw unexpected;
 
-  const result: PingResult = { summary: summarize(session.id, o.tasks, failed, durationMs, latencies) };
+  const result: PingResult = {
+    summary: summarize(session.id, o.tasks, outcomes, durationMs, latencies),
+    interrupted,
+  };
   if (o.collectTasks) {
     result.tasks = [];
     for await (const task of session.listTasks()) result.tasks.push(task);

@@ -22,7 +22,7 @@ export interface ControlPlaneOptions {
   bindRetryLimit?: number;
   /** Largest task input or common data accepted, bytes. Default 16 MiB. */
   maxTaskBytes?: number;
-  /** Resources given to sessions that ask for none. Default cpu=1,mem=1g. */
+  /** Resources given to sessions that ask for none (or leave one out). Default cpu=1,mem=1g,gpu=0. */
   defaultResreq?: string;
   /** Scheduling tick for timers (delay release, backoff). Default 100 ms. */
   scheduleIntervalMs?: number;
@@ -50,6 +50,7 @@ export interface ControlPlaneConfig {
 }
 
 export const DEFAULT_PORT = 7420;
+const BUILTIN_RESREQ: Resources = { cpu: 1, memory: 2 ** 30, gpu: 0 };
 
 export function resolveConfig(o: ControlPlaneOptions): ControlPlaneConfig {
   return {
@@ -64,7 +65,11 @@ export function resolveConfig(o: ControlPlaneOptions): ControlPlaneConfig {
     retries: o.retries ?? 3,
     bindRetryLimit: o.bindRetryLimit ?? 5,
     maxTaskBytes: o.maxTaskBytes ?? 16 * 1024 * 1024,
-    defaultResreq: parseResreq(o.defaultResreq ?? "cpu=1,mem=1g", "defaultResreq"),
+    // A resource left out of --default-resreq keeps the built-in default.
+    defaultResreq: {
+      ...BUILTIN_RESREQ,
+      ...(o.defaultResreq === undefined ? {} : parseResreq(o.defaultResreq, "defaultResreq")),
+    },
     scheduleIntervalMs: o.scheduleIntervalMs ?? 100,
     durability: o.durability ?? "normal",
     log: o.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)),

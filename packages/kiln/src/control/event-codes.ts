@@ -9,6 +9,10 @@ export const SessionEvent = {
   BindRetryLimit: 1002,
   ProcessExited: 1020,
   ExecutorLost: 1021,
+  /** No connected node could hold one of the session's executors, even empty; its tasks wait. */
+  Unschedulable: 1030,
+  /** After Unschedulable: a node that can hold one is connected now. */
+  Schedulable: 1031,
 } as const;
 
 /** Session event code for an agent's BindFailure code (10, 11, 12). */

@@ -5,6 +5,7 @@ import type { AgentConnection } from "./agent-connection.js";
 import { ClusterState, newExecutorId, type ExecutorRecord, type NodeRecord } from "./cluster-state.js";
 import type { ControlPlaneConfig } from "./config.js";
 import { bindFailureEvent, SessionEvent } from "./event-codes.js";
+import { whyNoNodeFits } from "./fit.js";
 import { planCycle, type DemandInput, type NodeInput } from "./scheduler.js";
 import type { RunningTask, SessionRecord, SessionRegistry } from "./sessions.js";
 
@@ -379,10 +380,34 @@ export class Orchestrator {
         total: { ...n.capacity, slots: n.maxExecutors },
       });
     }
+    for (const d of demands) if (d.desired > 0 && d.allocated === 0) this.judgeFit(this.sessions.get(d.id)!, nodes);
     const plan = planCycle(demands, nodes);
     for (const { sessionId, node } of plan.binds)
       this.bind(this.sessions.get(sessionId)!, this.cluster.nodes.get(node)!);
     for (const [sessionId, count] of plan.reclaim) this.reclaim(sessionId, count);
+  }
+
+  /**
+   * Tells a session's watchers (an event) when no connected node could ever
+   * hold one of its executors, and again once one could. Judged against the
+   * nodes connected now, at every cycle the session waits for executors, so
+   * a big enough node that joins later is seen at once. With no node at all
+   * nothing is judged: an agent may still be starting.
+   */
+  private judgeFit(s: SessionRecord, nodes: readonly NodeInput[]): void {
+    if (nodes.length === 0) return;
+    const why = whyNoNodeFits(s.resreq, nodes);
+    if (why !== undefined && !s.unfittable) {
+      s.unfittable = true;
+      this.sessions.addEvent(
+        s,
+        SessionEvent.Unschedulable,
+        `no node can run this session: ${why}; its tasks wait until a node that fits joins`,
+      );
+    } else if (why === undefined && s.unfittable) {
+      s.unfittable = false;
+      this.sessions.addEvent(s, SessionEvent.Schedulable, "a node that fits this session has joined");
+    }
   }
 
   private bind(s: SessionRecord, node: NodeRecord): void {

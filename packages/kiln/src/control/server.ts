@@ -15,6 +15,7 @@ import { registerBuiltinApps } from "./builtin-apps.js";
 import { resolveConfig, type ControlPlaneOptions } from "./config.js";
 import { Orchestrator } from "./orchestrator.js";
 import { SessionRegistry } from "./sessions.js";
+import { SessionsFeed } from "./sessions-feed.js";
 import { GroupCommit } from "./store/group-commit.js";
 import { SqliteStore } from "./store/sqlite-store.js";
 import { WatchHub } from "./watch-hub.js";
@@ -64,24 +65,30 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   commit.flushNow();
 
   const hub = new WatchHub(toTaskMessage);
+  const feed = new SessionsFeed();
   const orchestrator = new Orchestrator(config, sessions, apps);
   sessions.observer = {
     taskChanged: (s, t) => {
       hub.taskChanged(s, t);
+      feed.taskChanged(s);
       // Watchers hear of changes after a commit; a dispatch (Running) writes nothing, so ask for one.
       commit.flushSoon();
     },
+    sessionChanged: (s) => feed.sessionChanged(s),
     sessionEnded: (s) => {
       hub.sessionEnded(s);
+      feed.sessionChanged(s);
       orchestrator.sessionEnded(s);
     },
+    sessionDeleted: (s) => feed.sessionDeleted(s),
     workAdded: (s) => orchestrator.workAdded(s),
   };
   commit.onCommit(() => orchestrator.dispatchDirty());
   commit.onCommit(() => hub.flush());
+  commit.onCommit(() => feed.flush());
   orchestrator.start();
 
-  const deps: FrontendDeps = { apps, sessions, orchestrator, hub, commit };
+  const deps: FrontendDeps = { apps, sessions, orchestrator, hub, feed, commit };
   const flameFrontend = frontendService(deps);
   const kilnFrontend = kilnFrontendService(deps);
   const agent = agentService(orchestrator, config.log);

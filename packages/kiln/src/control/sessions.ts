@@ -42,12 +42,17 @@ export interface SessionRecord {
   /** Bind failures in a row, and when the scheduler may try again. */
   bindFailures: number;
   nextBindAt: number;
+  /** No connected node could hold one of its executors when last judged (see fit.ts). */
+  unfittable: boolean;
 }
 
-/** Who hears about task changes (watch streams) and new work (the dispatcher). */
+/** Who hears about task and session changes (watch streams) and new work (the dispatcher). */
 export interface SessionObserver {
   taskChanged(session: SessionRecord, task: TaskRecord): void;
+  /** Created, or got an event. */
+  sessionChanged(session: SessionRecord): void;
   sessionEnded(session: SessionRecord): void;
+  sessionDeleted(session: SessionRecord): void;
   workAdded(session: SessionRecord): void;
 }
 
@@ -153,6 +158,7 @@ export class SessionRegistry {
     const record = this.newRecord(sessionId, resolved, SessionState.Open, Date.now(), undefined, []);
     this.sessions.set(sessionId, record);
     this.persistSession(record);
+    this.observer?.sessionChanged(record);
     return record;
   }
 
@@ -199,6 +205,7 @@ export class SessionRegistry {
     if (s.state === SessionState.Open) this.close(id);
     this.sessions.delete(id);
     this.commit.write((store) => store.deleteSession(id));
+    this.observer?.sessionDeleted(s);
     return s;
   }
 
@@ -206,6 +213,7 @@ export class SessionRegistry {
     const event: StoredEvent = { code, message, time: Date.now() };
     const seq = s.events.push(event);
     this.commit.write((store) => store.addSessionEvent(s.id, seq, event));
+    this.observer?.sessionChanged(s);
   }
 
   /** Appends tasks to an open session; returns the first new id (the rest follow consecutively). */
@@ -385,12 +393,18 @@ export class SessionRegistry {
         "session.min_instances",
         `${spec.minInstances} must not exceed max_instances ${maxInstances}`,
       );
+    // A resource the request leaves unset takes the default; one set to 0 stays 0.
+    const d = this.limits.defaultResreq;
     const r = spec.resreq;
-    if (r && r.cpu === 0n && r.memory === 0n && r.gpu === 0) {
+    const resreq = {
+      cpu: r?.cpu ?? BigInt(d.cpu),
+      memory: r?.memory ?? BigInt(d.memory),
+      gpu: r?.gpu ?? d.gpu,
+    };
+    if (resreq.cpu === 0n && resreq.memory === 0n && resreq.gpu === 0) {
       throw new InvalidArgumentError("session.resreq", "must request some cpu, memory or gpu (or be omitted)");
     }
-    if (r && r.gpu < 0) throw new InvalidArgumentError("session.resreq.gpu", "must not be negative");
-    const d = this.limits.defaultResreq;
+    if (resreq.gpu < 0) throw new InvalidArgumentError("session.resreq.gpu", "must not be negative");
     return create(flame.SessionSpecSchema, {
       application: spec.application,
       ...(spec.commonData !== undefined ? { commonData: spec.commonData } : {}),
@@ -398,7 +412,7 @@ export class SessionRegistry {
       ...(maxInstances !== undefined ? { maxInstances } : {}),
       batchSize: 1,
       priority: spec.priority,
-      resreq: r ?? { cpu: BigInt(d.cpu), memory: BigInt(d.memory), gpu: d.gpu },
+      resreq,
     });
   }
 
@@ -419,12 +433,11 @@ export class SessionRegistry {
     completionTime: number | undefined,
     events: StoredEvent[],
   ): SessionRecord {
-    const r = spec.resreq!;
     return {
       id,
       application: spec.application,
       spec,
-      resreq: { cpu: Number(r.cpu), memory: Number(r.memory), gpu: r.gpu },
+      resreq: resourcesOf(spec),
       state,
       creationTime,
       ...(completionTime !== undefined ? { completionTime } : {}),
@@ -434,6 +447,7 @@ export class SessionRegistry {
       events,
       bindFailures: 0,
       nextBindAt: 0,
+      unfittable: false,
     };
   }
 
@@ -476,8 +490,17 @@ function specMismatch(a: flame.SessionSpec, b: flame.SessionSpec): string | unde
   if (a.minInstances !== b.minInstances) return "min_instances";
   if (a.maxInstances !== b.maxInstances) return "max_instances";
   if (a.priority !== b.priority) return "priority";
-  const ra = a.resreq!;
-  const rb = b.resreq!;
+  const ra = resourcesOf(a);
+  const rb = resourcesOf(b);
   if (ra.cpu !== rb.cpu || ra.memory !== rb.memory || ra.gpu !== rb.gpu) return "resreq";
   return undefined;
+}
+
+/**
+ * A resolved spec's resources. Every field is set once resolved; one missing was
+ * stored as 0 before requests had presence (proto3 leaves zeros off the wire).
+ */
+function resourcesOf(spec: flame.SessionSpec): Resources {
+  const r = spec.resreq;
+  return { cpu: Number(r?.cpu ?? 0n), memory: Number(r?.memory ?? 0n), gpu: r?.gpu ?? 0 };
 }

@@ -171,6 +171,36 @@ export class KilnClient {
   }
 
   /**
+   * Session changes as they are committed (kiln.v1 WatchSessions): first
+   * every session that exists (or those in `sessionIds`, each of which must
+   * exist), then, one batch per commit, the sessions that changed (task
+   * counts, state, events) and the ids of deleted ones. With `events`, each
+   * session's `status.events` holds only the events new since the last batch
+   * that carried it. Ends quietly when `signal` aborts.
+   *
+   * @example
+   * for await (const { sessions } of client.watchSessions({ signal })) for (const s of sessions) show(s);
+   */
+  async *watchSessions(
+    options: { sessionIds?: string[]; events?: boolean; omitTaskChanges?: boolean; signal?: AbortSignal } = {},
+  ): AsyncIterable<SessionsChange> {
+    const ctx = this.ctx;
+    ctx.ensureOpen();
+    const request = {
+      sessionIds: options.sessionIds ?? [],
+      events: options.events ?? false,
+      omitTaskChanges: options.omitTaskChanges ?? false,
+    };
+    try {
+      for await (const msg of ctx.kiln.watchSessions(request, options.signal ? { signal: options.signal } : {}))
+        yield { sessions: msg.sessions, deleted: msg.deletedSessionIds };
+    } catch (e) {
+      if (options.signal?.aborted && !ctx.closed) return;
+      throw ctx.toError(e);
+    }
+  }
+
+  /**
    * Closes a session; its pending tasks are cancelled.
    *
    * @example
@@ -232,6 +262,12 @@ export class KilnClient {
     this.ctx.close();
     this.closeTransport();
   }
+}
+
+/** One batch of `watchSessions`: deletions apply before the sessions listed. */
+export interface SessionsChange {
+  sessions: flame.Session[];
+  deleted: string[];
 }
 
 /** Flame reports some failures in a Result instead of a status. */

@@ -118,22 +118,29 @@ export class Session {
   }
 
   /**
-   * Each state change of one task, ending at its terminal state.
-   * Throws TimeoutError when `timeoutMs` passes first.
+   * Each state change of one task, ending at its terminal state, or quietly
+   * when `signal` aborts. Throws TimeoutError when `timeoutMs` passes first.
    *
    * @example
    * for await (const t of session.watchTask("1", { timeoutMs: 60_000 })) console.log(t.status?.state);
    */
-  async *watchTask(taskId: string, options: { timeoutMs?: number } = {}): AsyncIterable<flame.Task> {
+  async *watchTask(
+    taskId: string,
+    options: { timeoutMs?: number; signal?: AbortSignal } = {},
+  ): AsyncIterable<flame.Task> {
     const ctx = this.ctx;
     ctx.ensureOpen();
-    const callOptions = options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs };
+    const callOptions = {
+      ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+      ...(options.signal ? { signal: options.signal } : {}),
+    };
     try {
       for await (const task of ctx.flame.watchTask({ taskId, sessionId: this.id }, callOptions)) {
         yield task;
         if (task.status && isTerminal(task.status.state)) return;
       }
     } catch (e) {
+      if (options.signal?.aborted && !ctx.closed) return;
       const error = ctx.toError(e);
       if (error.code === ErrorCode.DeadlineExceeded && options.timeoutMs !== undefined)
         throw new TimeoutError(`watching task ${this.id}/${taskId}`, options.timeoutMs);
@@ -143,8 +150,9 @@ export class Session {
 
   /**
    * Task state changes of the whole session as they arrive, in batches
-   * (kiln.v1 WatchSession). Ends once the session is closed and all its
-   * tasks are terminal, or quietly when `signal` aborts.
+   * (kiln.v1 WatchSession). With `snapshot`, the first batch is the current
+   * state of every task, even when there is none. Ends once the session is
+   * closed and all its tasks are terminal, or quietly when `signal` aborts.
    *
    * @example
    * for await (const updates of session.watch({ snapshot: true, omitOutput: true })) progress(updates.length);
@@ -161,7 +169,8 @@ export class Session {
     };
     try {
       for await (const msg of ctx.kiln.watchSession(request, options.signal ? { signal: options.signal } : {})) {
-        if (msg.updates.length > 0) yield msg.updates.map((u) => toTaskUpdate(this.id, u));
+        if (msg.updates.length > 0 || (msg.ready && request.snapshot))
+          yield msg.updates.map((u) => toTaskUpdate(this.id, u));
         if (msg.sessionClosed) return;
       }
     } catch (e) {

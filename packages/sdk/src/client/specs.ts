@@ -1,6 +1,6 @@
 import { create, isMessage } from "@bufbuild/protobuf";
 import { randomInt } from "node:crypto";
-import { InvalidArgumentError, parseResreq, validateName } from "@kiln/protocol";
+import { InvalidArgumentError, parseResreq, validateName, type ResourceRequest } from "@kiln/protocol";
 import { flame } from "@kiln/protocol/proto";
 
 /** The friendly form of flame.ApplicationSpec. */
@@ -35,8 +35,8 @@ export interface SessionOptions {
   maxInstances?: number;
   /** Higher first. */
   priority?: number;
-  /** `cpu=1,mem=2g,gpu=0`, or cores and bytes. Absent: the cluster default. */
-  resreq?: string | { cpu: number; memory: number; gpu?: number };
+  /** `cpu=1,mem=2g,gpu=0`, or cores and bytes. Absent (or a resource left out of it): the cluster default. */
+  resreq?: string | ResourceRequest;
 }
 
 const UINT32_MAX = 2 ** 32 - 1;
@@ -105,11 +105,12 @@ export function toSessionSpec(options: SessionOptions): flame.SessionSpec {
 
 function toResourceRequirement(resreq: NonNullable<SessionOptions["resreq"]>): flame.ResourceRequirement {
   const r = typeof resreq === "string" ? parseResreq(resreq) : resreq;
-  return create(flame.ResourceRequirementSchema, {
-    cpu: BigInt(wholeNumber("resreq.cpu", r.cpu, Number.MAX_SAFE_INTEGER)),
-    memory: BigInt(wholeNumber("resreq.memory", r.memory, Number.MAX_SAFE_INTEGER)),
-    gpu: wholeNumber("resreq.gpu", r.gpu ?? 0, 2 ** 31 - 1),
-  });
+  // A resource left unset stays unset on the wire, so the server's default fills it.
+  const out = create(flame.ResourceRequirementSchema);
+  if (r.cpu !== undefined) out.cpu = BigInt(wholeNumber("resreq.cpu", r.cpu, Number.MAX_SAFE_INTEGER));
+  if (r.memory !== undefined) out.memory = BigInt(wholeNumber("resreq.memory", r.memory, Number.MAX_SAFE_INTEGER));
+  if (r.gpu !== undefined) out.gpu = wholeNumber("resreq.gpu", r.gpu, 2 ** 31 - 1);
+  return out;
 }
 
 function optionalUint32(field: string, value: number | undefined): number | undefined {

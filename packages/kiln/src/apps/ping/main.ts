@@ -5,5 +5,5 @@ import { serve } from "@kiln/service";
 import { parsePingInput, ping } from "./ping.js";
 
 await serve({
-  onTaskInvoke: async ({ input }) => JSON.stringify(await ping(parsePingInput(input))),
+  onTaskInvoke: async (task) => JSON.stringify(await ping(parsePingInput(task.input), task)),
 });

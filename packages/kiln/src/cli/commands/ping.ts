@@ -3,7 +3,7 @@ import { flame } from "@kiln/protocol/proto";
 import { Option, type Command } from "commander";
 import { PING_APPLICATION } from "../../apps/ping/ping.js";
 import { withClient } from "../client.js";
-import { CommandFailed } from "../exit-codes.js";
+import { CommandFailed, InterruptedError } from "../exit-codes.js";
 import { formatPayload, taskStateName } from "../format.js";
 import { byteSize, outputOption, resreqText, UINT32_MAX, wholeNumber, type GlobalOptions } from "../options.js";
 import { abortOnSignal } from "../signals.js";
@@ -20,7 +20,7 @@ export interface PingDisplay {
 }
 
 /**
- * The summary block: Duration, Succeeded x/y, Failed, Throughput, latency p50/p99.
+ * The summary block: Duration, Succeeded x/y, Failed, Cancelled, Throughput, latency p50/p99.
  *
  * @example
  * pingSummaryText(summary) // "Duration:    1.2 s\nSucceeded:   10/10\n..."
@@ -31,6 +31,7 @@ export function pingSummaryText(s: PingSummary): string {
     ["Duration", duration],
     ["Succeeded", `${s.succeeded}/${s.tasks}`],
     ["Failed", String(s.failed)],
+    ["Cancelled", String(s.cancelled)],
     ["Throughput", `${s.tasksPerSecond.toFixed(2)} tasks/s`],
     ["Latency", `p50 ${s.latencyMs.p50} ms, p99 ${s.latencyMs.p99} ms`],
   ]);
@@ -54,14 +55,15 @@ export function pingTaskTable(tasks: readonly flame.Task[]): string {
 /**
  * Runs the ping workload and prints what `kiln ping` prints: the session line, a live
  * progress bar on a terminal, then the per-task table or the summary (or JSON).
- * Throws CommandFailed when any task failed, after printing.
+ * After printing, throws InterruptedError when `o.signal` stopped it (its unfinished
+ * tasks were cancelled), else CommandFailed when any task failed or was cancelled.
  *
  * @example
  * await pingAndReport(client, { tasks: 100 }, { view: "summary", progress: process.stdout.isTTY });
  */
 export async function pingAndReport(client: KilnClient, o: PingOptions, display: PingDisplay): Promise<PingSummary> {
   let progress = createTaskProgress(o.tasks, false);
-  const { summary, tasks } = await runPing(
+  const { summary, tasks, interrupted } = await runPing(
     client,
     { ...o, collectTasks: display.view === "table" },
     {
@@ -69,7 +71,7 @@ export async function pingAndReport(client: KilnClient, o: PingOptions, display:
         if (display.view !== "json") process.stdout.write(`Session ${id} was created in ${Math.round(ms)} ms.\n`);
         progress = createTaskProgress(o.tasks, display.progress);
       },
-      onTaskDone: (failed) => progress.tick(failed),
+      onTaskDone: (outcome) => progress.tick(outcome),
     },
   ).finally(() => progress.stop());
 
@@ -80,7 +82,18 @@ export async function pingAndReport(client: KilnClient, o: PingOptions, display:
       pingTaskTable(tasks ?? []) +
         `\n${summary.succeeded}/${summary.tasks} tasks succeeded in ${summary.durationMs} ms.\n`,
     );
-  if (summary.failed > 0) throw new CommandFailed(`${summary.failed} of ${summary.tasks} tasks failed`);
+  if (interrupted)
+    throw new InterruptedError(
+      `session ${summary.session} was closed; ${summary.cancelled} unfinished tasks were cancelled`,
+    );
+  const { failed, cancelled, tasks: total } = summary;
+  const unsuccessful = [
+    ...(failed > 0 ? [`${failed} of ${total} tasks failed`] : []),
+    ...(cancelled > 0
+      ? [failed > 0 ? `${cancelled} were cancelled` : `${cancelled} of ${total} tasks were cancelled`]
+      : []),
+  ];
+  if (unsuccessful.length > 0) throw new CommandFailed(unsuccessful.join(" and "));
   return summary;
 }
 
@@ -122,7 +135,8 @@ export function registerPing(program: Command): void {
       "after",
       "\nThe summary: Duration (first submission to last completion), Succeeded, Failed, Throughput,\n" +
         "and per-task latency p50/p99 (submission to completion). -o json prints it as one object:\n" +
-        '  {"session","tasks","succeeded","failed","durationMs","tasksPerSecond","latencyMs":{"p50","p99"}}\n' +
+        '  {"session","tasks","succeeded","failed","cancelled","durationMs","tasksPerSecond","latencyMs":{"p50","p99"}}\n' +
+        "Ctrl-C cancels the tasks still pending or running, prints what finished, closes the session (exit 130).\n" +
         "\nExamples:\n  kiln ping\n  kiln ping -p -t 30000\n  kiln ping -t 100 -d 50 -o json\n",
     )
     .action((f: PingFlags, cmd: Command) =>

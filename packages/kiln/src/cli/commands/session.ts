@@ -1,7 +1,8 @@
 import type { SessionOptions } from "@kiln/sdk";
 import { Option, type Command } from "commander";
 import { withClient } from "../client.js";
-import { resreqText, UINT32_MAX, wholeNumber, type GlobalOptions } from "../options.js";
+import { printJson } from "../json.js";
+import { outputOption, resreqText, UINT32_MAX, wholeNumber, type GlobalOptions } from "../options.js";
 
 interface CreateOptions {
   application: string;
@@ -22,7 +23,13 @@ function sessionOptions(o: CreateOptions): SessionOptions {
   return options;
 }
 
-/** Adds `kiln create`, `kiln close` and `kiln delete`. */
+interface CancelOptions {
+  session: string;
+  task?: string[];
+  output: "table" | "json";
+}
+
+/** Adds `kiln create`, `kiln cancel`, `kiln close` and `kiln delete`. */
 export function registerSessionCommands(program: Command): void {
   program
     .command("create")
@@ -42,6 +49,30 @@ export function registerSessionCommands(program: Command): void {
       withClient(cmd.optsWithGlobals<GlobalOptions>(), async (client) => {
         const session = await client.createSession(sessionOptions(options));
         process.stdout.write(`Session ${session.id} was created.\n`);
+      }),
+    );
+
+  program
+    .command("cancel")
+    .description("cancel a session's pending and running tasks (all of them, or those given with -t)")
+    .requiredOption("-s, --session <id>", "the session whose tasks to cancel")
+    .option("-t, --task <ids...>", "only these tasks (default: every unfinished task)")
+    .addOption(outputOption())
+    .addHelpText(
+      "after",
+      "\nRunning tasks are stopped in their service (it is told to cancel them) and end Cancelled;\n" +
+        "tasks that had already finished are left as they are and not counted. The session stays open.\n" +
+        '-o json prints {"session": ID, "cancelled": N}.\n' +
+        "\nExamples:\n  kiln cancel -s kiln-ping-3kq9x2\n  kiln cancel -s kiln-ping-3kq9x2 -t 4 5\n",
+    )
+    .action((options: CancelOptions, cmd: Command) =>
+      withClient(cmd.optsWithGlobals<GlobalOptions>(), async (client) => {
+        const cancelled = await client.session(options.session).cancel(options.task ?? []);
+        if (options.output === "json") printJson({ session: options.session, cancelled });
+        else
+          process.stdout.write(
+            `Cancelled ${cancelled} ${cancelled === 1 ? "task" : "tasks"} in session ${options.session}.\n`,
+          );
       }),
     );
 

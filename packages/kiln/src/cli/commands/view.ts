@@ -1,8 +1,9 @@
 import { toJson } from "@bufbuild/protobuf";
+import type { KilnClient } from "@kiln/sdk";
 import { flame } from "@kiln/protocol/proto";
 import type { Command } from "commander";
 import { withClient } from "../client.js";
-import { UsageError } from "../exit-codes.js";
+import { CommandFailed, UsageError } from "../exit-codes.js";
 import {
   applicationStateName,
   formatCapacity,
@@ -15,9 +16,10 @@ import {
   shimName,
   taskStateName,
 } from "../format.js";
-import { printJson } from "../json.js";
+import { jsonLine, printJson } from "../json.js";
 import { outputOption, type GlobalOptions } from "../options.js";
 import { renderFields } from "../table.js";
+import { runWatch } from "../watch-display.js";
 
 const orDash = (text: string | undefined): string => (text === undefined || text === "" ? "-" : text);
 
@@ -121,7 +123,41 @@ interface ViewOptions {
   session?: string;
   task?: string;
   node?: string;
+  watch?: boolean;
   output: "table" | "json";
+}
+
+/** A session is done changing once it is closed and none of its tasks still runs. */
+function finished(s: flame.Session): boolean {
+  return s.status?.state === flame.SessionState.Closed && !s.status.pending && !s.status.running;
+}
+
+/** `kiln view -s ID -w`: the session view again at each change, from the sessions feed, until it is done. */
+function watchSession(client: KilnClient, sessionId: string, json: boolean): Promise<void> {
+  return runWatch(json, async (display, signal) => {
+    // The feed sends each event once; the view shows them all.
+    let events: flame.Event[] = [];
+    for await (const change of client.watchSessions({ sessionIds: [sessionId], events: true, signal })) {
+      if (change.deleted.includes(sessionId)) throw new CommandFailed(`session ${sessionId} was deleted`);
+      const session = change.sessions.find((s) => s.metadata?.id === sessionId);
+      if (!session?.status) continue;
+      events = [...events, ...session.status.events];
+      session.status.events = events;
+      display.show(() =>
+        json ? jsonLine({ session: toJson(flame.SessionSchema, session) }) : sessionView(session) + "\n",
+      );
+      if (finished(session)) return;
+    }
+  });
+}
+
+/** `kiln view -s ID -t TASK -w`: the task view again at each state change, until it has finished. */
+async function watchTask(client: KilnClient, sessionId: string, taskId: string, json: boolean): Promise<void> {
+  const application = (await client.getSession(sessionId)).spec?.application ?? "";
+  await runWatch(json, async (display, signal) => {
+    for await (const task of client.session(sessionId).watchTask(taskId, { signal }))
+      display.show(() => (json ? jsonLine(toJson(flame.TaskSchema, task)) : taskView(task, application) + "\n"));
+  });
 }
 
 async function view(options: ViewOptions, globals: GlobalOptions): Promise<void> {
@@ -130,9 +166,13 @@ async function view(options: ViewOptions, globals: GlobalOptions): Promise<void>
   const chosen = [options.application, options.session, options.node].filter((v) => v !== undefined).length;
   if (chosen !== 1)
     throw new UsageError("kiln view needs exactly one of -a NAME, -s ID, -n NAME (see kiln view --help)");
+  if (options.watch && options.session === undefined)
+    throw new UsageError("-w watches a session or a task: kiln view -s ID -w, kiln view -s ID -t TASK -w");
   const json = options.output === "json";
   await withClient(globals, async (client) => {
-    if (options.application !== undefined) {
+    if (options.watch && options.task !== undefined) await watchTask(client, options.session!, options.task, json);
+    else if (options.watch) await watchSession(client, options.session!, json);
+    else if (options.application !== undefined) {
       const app = await client.getApplication(options.application);
       if (json) printJson(toJson(flame.ApplicationSchema$, app));
       else process.stdout.write(applicationView(app));
@@ -171,11 +211,16 @@ export function registerView(program: Command): void {
     .option("-s, --session <id>", "the session to show")
     .option("-t, --task <id>", "with -s: the task of that session to show")
     .option("-n, --node <name>", "the node to show")
+    .option("-w, --watch", "with -s: show it again at each change, until it is done (or Ctrl-C)")
     .addOption(outputOption())
     .addHelpText(
       "after",
       "\nExamples:\n  kiln view -a kiln-ping\n  kiln view -s kiln-ping-3kq9x2\n  kiln view -s kiln-ping-3kq9x2 -t 1\n" +
-        "  kiln view -s kiln-ping-3kq9x2 -o json   # adds every task\n",
+        "  kiln view -s kiln-ping-3kq9x2 -o json   # adds every task\n" +
+        "  kiln view -s kiln-ping-3kq9x2 -w        # until the session is closed and its tasks are done\n" +
+        "\n-w redraws on a terminal and prints each new state after the last one otherwise (-o json: one line per\n" +
+        "state, the session without its task list). It ends, exit 0, when a session is closed with no task left\n" +
+        "running, when a task has finished, or at Ctrl-C.\n",
     )
     .action((options: ViewOptions, cmd: Command) => view(options, cmd.optsWithGlobals<GlobalOptions>()));
 }

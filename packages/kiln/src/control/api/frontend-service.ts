@@ -6,6 +6,7 @@ import { toApplicationMessage, type ApplicationRegistry } from "../applications.
 import { toExecutorMessage, toNodeMessage } from "../cluster-state.js";
 import type { Orchestrator } from "../orchestrator.js";
 import type { SessionRegistry } from "../sessions.js";
+import type { SessionsFeed } from "../sessions-feed.js";
 import type { GroupCommit } from "../store/group-commit.js";
 import type { WatchHub } from "../watch-hub.js";
 import { toSessionMessage, toTaskMessage } from "./messages.js";
@@ -15,6 +16,7 @@ export interface FrontendDeps {
   sessions: SessionRegistry;
   orchestrator: Orchestrator;
   hub: WatchHub;
+  feed: SessionsFeed;
   commit: GroupCommit;
 }
 
@@ -87,7 +89,7 @@ export function frontendService(d: FrontendDeps): ServiceImpl<typeof flame.Front
       return toSessionMessage(sessions.require(req.sessionId));
     },
     listSession() {
-      return create(flame.SessionListSchema, { sessions: sessions.list().map(toSessionMessage) });
+      return create(flame.SessionListSchema, { sessions: sessions.list().map((s) => toSessionMessage(s)) });
     },
     async createTask(req) {
       const sessionId = req.task?.sessionId ?? "";

@@ -4,9 +4,9 @@ import { AsyncQueue, toKilnError, untilAborted } from "@kiln/protocol";
 import { flame, kiln } from "@kiln/protocol/proto";
 import type { FrontendDeps } from "./frontend-service.js";
 
-/** kiln.v1.Frontend: batch task creation (unary or streamed), one watch stream per session, cancel. */
+/** kiln.v1.Frontend: batch task creation (unary or streamed), one watch stream per session, cancel, the sessions feed. */
 export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Frontend> {
-  const { sessions, orchestrator, hub, commit } = d;
+  const { sessions, orchestrator, hub, feed, commit } = d;
 
   /** Creates the tasks at once (an async function runs up to its first await) and settles after their commit. */
   const createTasks = async (req: kiln.CreateTasksRequest) => {
@@ -44,7 +44,11 @@ export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Fr
     async *watchSession(req, ctx) {
       const s = sessions.require(req.sessionId);
       const queue = hub.watchSession(s, { snapshot: req.snapshot, omitOutput: req.omitOutput });
-      if (s.state === flame.SessionState.Closed) hub.sessionEnded(s);
+      if (s.state === flame.SessionState.Closed) {
+        hub.sessionEnded(s);
+        // The hub ends streams at a commit; on an idle cluster none may come without asking.
+        commit.flushSoon();
+      }
       yield* untilAborted(queue, ctx.signal, () => hub.unwatchSession(s.id, queue));
     },
     async cancelTasks(req) {
@@ -52,6 +56,12 @@ export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Fr
       orchestrator.cancelRunning(wereRunning);
       await commit.flushed();
       return create(kiln.CancelTasksResponseSchema, { cancelled });
+    },
+    async *watchSessions(req, ctx) {
+      const ids = req.sessionIds.length > 0 ? new Set(req.sessionIds) : undefined;
+      const matching = ids ? [...ids].map((id) => sessions.require(id)) : sessions.list();
+      const queue = feed.watch(matching, { ids, events: req.events, omitTaskChanges: req.omitTaskChanges });
+      yield* untilAborted(queue, ctx.signal, () => feed.unwatch(queue));
     },
   };
 }

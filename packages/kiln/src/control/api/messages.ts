@@ -13,7 +13,8 @@ function toEvents(events: readonly StoredEvent[]): flame.Event[] {
   );
 }
 
-export function toSessionMessage(s: SessionRecord): flame.Session {
+/** A session as the API shows it; `events` replaces its full event list (a watch sends only the new ones). */
+export function toSessionMessage(s: SessionRecord, events: readonly StoredEvent[] = s.events): flame.Session {
   return create(flame.SessionSchema, {
     metadata: { id: s.id, name: s.id },
     spec: s.spec,
@@ -22,7 +23,7 @@ export function toSessionMessage(s: SessionRecord): flame.Session {
       creationTime: BigInt(s.creationTime),
       ...(s.completionTime !== undefined ? { completionTime: BigInt(s.completionTime) } : {}),
       ...s.counts,
-      events: toEvents(s.events),
+      events: toEvents(events),
     },
   });
 }

@@ -8,7 +8,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { TaskState } from "../../flame/v1/types_pb.js";
+import type { Session, TaskState } from "../../flame/v1/types_pb.js";
 import { file_flame_v1_types } from "../../flame/v1/types_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
 export const file_kiln_v1_frontend: GenFile =
   /*@__PURE__*/
   fileDesc(
-    "ChZraWxuL3YxL2Zyb250ZW5kLnByb3RvEgdraWxuLnYxIjgKEkNyZWF0ZVRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmlucHV0cxgCIAMoDCI7ChNDcmVhdGVUYXNrc1Jlc3BvbnNlEhUKDWZpcnN0X3Rhc2tfaWQYASABKAQSDQoFY291bnQYAiABKA0ibwoTU3VibWl0VGFza3NSZXNwb25zZRIVCg1maXJzdF90YXNrX2lkGAEgASgEEg0KBWNvdW50GAIgASgNEigKBWVycm9yGAMgASgLMhQua2lsbi52MS5TdWJtaXRFcnJvckgAiAEBQggKBl9lcnJvciIsCgtTdWJtaXRFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiUAoTV2F0Y2hTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHNuYXBzaG90GAIgASgIEhMKC29taXRfb3V0cHV0GAMgASgIIpEBCgpUYXNrVXBkYXRlEg8KB3Rhc2tfaWQYASABKAkSIgoFc3RhdGUYAiABKA4yEy5mbGFtZS52MS5UYXNrU3RhdGUSDAoEdGltZRgDIAEoAxITCgZvdXRwdXQYBCABKAxIAIgBARIUCgdtZXNzYWdlGAUgASgJSAGIAQFCCQoHX291dHB1dEIKCghfbWVzc2FnZSJjChRXYXRjaFNlc3Npb25SZXNwb25zZRINCgVyZWFkeRgBIAEoCBIkCgd1cGRhdGVzGAIgAygLMhMua2lsbi52MS5UYXNrVXBkYXRlEhYKDnNlc3Npb25fY2xvc2VkGAMgASgIIjoKEkNhbmNlbFRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHRhc2tfaWRzGAIgAygJIigKE0NhbmNlbFRhc2tzUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgNMrsCCghGcm9udGVuZBJICgtDcmVhdGVUYXNrcxIbLmtpbG4udjEuQ3JlYXRlVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DcmVhdGVUYXNrc1Jlc3BvbnNlEkwKC1N1Ym1pdFRhc2tzEhsua2lsbi52MS5DcmVhdGVUYXNrc1JlcXVlc3QaHC5raWxuLnYxLlN1Ym1pdFRhc2tzUmVzcG9uc2UoATABEk0KDFdhdGNoU2Vzc2lvbhIcLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVxdWVzdBodLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVzcG9uc2UwARJICgtDYW5jZWxUYXNrcxIbLmtpbG4udjEuQ2FuY2VsVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DYW5jZWxUYXNrc1Jlc3BvbnNlYgZwcm90bzM",
+    "ChZraWxuL3YxL2Zyb250ZW5kLnByb3RvEgdraWxuLnYxIjgKEkNyZWF0ZVRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmlucHV0cxgCIAMoDCI7ChNDcmVhdGVUYXNrc1Jlc3BvbnNlEhUKDWZpcnN0X3Rhc2tfaWQYASABKAQSDQoFY291bnQYAiABKA0ibwoTU3VibWl0VGFza3NSZXNwb25zZRIVCg1maXJzdF90YXNrX2lkGAEgASgEEg0KBWNvdW50GAIgASgNEigKBWVycm9yGAMgASgLMhQua2lsbi52MS5TdWJtaXRFcnJvckgAiAEBQggKBl9lcnJvciIsCgtTdWJtaXRFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiUAoTV2F0Y2hTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHNuYXBzaG90GAIgASgIEhMKC29taXRfb3V0cHV0GAMgASgIIpEBCgpUYXNrVXBkYXRlEg8KB3Rhc2tfaWQYASABKAkSIgoFc3RhdGUYAiABKA4yEy5mbGFtZS52MS5UYXNrU3RhdGUSDAoEdGltZRgDIAEoAxITCgZvdXRwdXQYBCABKAxIAIgBARIUCgdtZXNzYWdlGAUgASgJSAGIAQFCCQoHX291dHB1dEIKCghfbWVzc2FnZSJjChRXYXRjaFNlc3Npb25SZXNwb25zZRINCgVyZWFkeRgBIAEoCBIkCgd1cGRhdGVzGAIgAygLMhMua2lsbi52MS5UYXNrVXBkYXRlEhYKDnNlc3Npb25fY2xvc2VkGAMgASgIIjoKEkNhbmNlbFRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHRhc2tfaWRzGAIgAygJIigKE0NhbmNlbFRhc2tzUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgNIlYKFFdhdGNoU2Vzc2lvbnNSZXF1ZXN0EhMKC3Nlc3Npb25faWRzGAEgAygJEg4KBmV2ZW50cxgCIAEoCBIZChFvbWl0X3Rhc2tfY2hhbmdlcxgDIAEoCCJoChVXYXRjaFNlc3Npb25zUmVzcG9uc2USDQoFcmVhZHkYASABKAgSIwoIc2Vzc2lvbnMYAiADKAsyES5mbGFtZS52MS5TZXNzaW9uEhsKE2RlbGV0ZWRfc2Vzc2lvbl9pZHMYAyADKAkyjQMKCEZyb250ZW5kEkgKC0NyZWF0ZVRhc2tzEhsua2lsbi52MS5DcmVhdGVUYXNrc1JlcXVlc3QaHC5raWxuLnYxLkNyZWF0ZVRhc2tzUmVzcG9uc2USTAoLU3VibWl0VGFza3MSGy5raWxuLnYxLkNyZWF0ZVRhc2tzUmVxdWVzdBocLmtpbG4udjEuU3VibWl0VGFza3NSZXNwb25zZSgBMAESTQoMV2F0Y2hTZXNzaW9uEhwua2lsbi52MS5XYXRjaFNlc3Npb25SZXF1ZXN0Gh0ua2lsbi52MS5XYXRjaFNlc3Npb25SZXNwb25zZTABEkgKC0NhbmNlbFRhc2tzEhsua2lsbi52MS5DYW5jZWxUYXNrc1JlcXVlc3QaHC5raWxuLnYxLkNhbmNlbFRhc2tzUmVzcG9uc2USUAoNV2F0Y2hTZXNzaW9ucxIdLmtpbG4udjEuV2F0Y2hTZXNzaW9uc1JlcXVlc3QaHi5raWxuLnYxLldhdGNoU2Vzc2lvbnNSZXNwb25zZTABYgZwcm90bzM",
     [file_flame_v1_types],
   );
 
@@ -251,6 +251,8 @@ export const CancelTasksRequestSchema: GenMessage<CancelTasksRequest> =
  */
 export type CancelTasksResponse = Message<"kiln.v1.CancelTasksResponse"> & {
   /**
+   * Tasks that were pending or running; ones already finished are not counted.
+   *
    * @generated from field: uint32 cancelled = 1;
    */
   cancelled: number;
@@ -263,6 +265,72 @@ export type CancelTasksResponse = Message<"kiln.v1.CancelTasksResponse"> & {
 export const CancelTasksResponseSchema: GenMessage<CancelTasksResponse> =
   /*@__PURE__*/
   messageDesc(file_kiln_v1_frontend, 8);
+
+/**
+ * @generated from message kiln.v1.WatchSessionsRequest
+ */
+export type WatchSessionsRequest = Message<"kiln.v1.WatchSessionsRequest"> & {
+  /**
+   * Only these sessions (each must exist); empty: every session, including
+   * ones created later.
+   *
+   * @generated from field: repeated string session_ids = 1;
+   */
+  sessionIds: string[];
+
+  /**
+   * Send session events: each session in a message then carries in
+   * status.events the events recorded since the previous message about it
+   * (all of them the first time). Without it status.events is empty.
+   *
+   * @generated from field: bool events = 2;
+   */
+  events: boolean;
+
+  /**
+   * Send a session only when it is created, changes state, gets an event or
+   * is deleted, not at each task change (for clients that follow events).
+   *
+   * @generated from field: bool omit_task_changes = 3;
+   */
+  omitTaskChanges: boolean;
+};
+
+/**
+ * Describes the message kiln.v1.WatchSessionsRequest.
+ * Use `create(WatchSessionsRequestSchema)` to create a new message.
+ */
+export const WatchSessionsRequestSchema: GenMessage<WatchSessionsRequest> =
+  /*@__PURE__*/
+  messageDesc(file_kiln_v1_frontend, 9);
+
+/**
+ * @generated from message kiln.v1.WatchSessionsResponse
+ */
+export type WatchSessionsResponse = Message<"kiln.v1.WatchSessionsResponse"> & {
+  /**
+   * @generated from field: bool ready = 1;
+   */
+  ready: boolean;
+
+  /**
+   * @generated from field: repeated flame.v1.Session sessions = 2;
+   */
+  sessions: Session[];
+
+  /**
+   * @generated from field: repeated string deleted_session_ids = 3;
+   */
+  deletedSessionIds: string[];
+};
+
+/**
+ * Describes the message kiln.v1.WatchSessionsResponse.
+ * Use `create(WatchSessionsResponseSchema)` to create a new message.
+ */
+export const WatchSessionsResponseSchema: GenMessage<WatchSessionsResponse> =
+  /*@__PURE__*/
+  messageDesc(file_kiln_v1_frontend, 10);
 
 /**
  * @generated from service kiln.v1.Frontend
@@ -306,7 +374,8 @@ export const Frontend: GenService<{
     output: typeof WatchSessionResponseSchema;
   };
   /**
-   * Cancels pending or running tasks of an open session.
+   * Cancels pending or running tasks of a session (a closed session may still
+   * have running ones). A running task is cancelled in its service too.
    *
    * @generated from rpc kiln.v1.Frontend.CancelTasks
    */
@@ -314,5 +383,19 @@ export const Frontend: GenService<{
     methodKind: "unary";
     input: typeof CancelTasksRequestSchema;
     output: typeof CancelTasksResponseSchema;
+  };
+  /**
+   * Streams changes to sessions, for clients that follow many sessions (or a
+   * session's state and events rather than its tasks). The first message has
+   * `ready` set and the sessions that exist; after it each message carries
+   * the sessions that changed since the previous one (created, task counts,
+   * state, events) and the ids of deleted ones, one message per commit.
+   *
+   * @generated from rpc kiln.v1.Frontend.WatchSessions
+   */
+  watchSessions: {
+    methodKind: "server_streaming";
+    input: typeof WatchSessionsRequestSchema;
+    output: typeof WatchSessionsResponseSchema;
   };
 }> = /*@__PURE__*/ serviceDesc(file_kiln_v1_frontend, 0);
