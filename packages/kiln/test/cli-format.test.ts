@@ -13,7 +13,8 @@ import { UsageError } from "../src/cli/exit-codes.js";
 import { parseStates, SESSION_STATES, TASK_STATES } from "../src/cli/state-filter.js";
 import { filterTaskRows, taskRow, taskRowsJson, taskTable } from "../src/cli/task-list.js";
 import { pingSummaryText } from "../src/cli/commands/ping.js";
-import { formatEvent, formatMemory, formatPayload } from "../src/cli/format.js";
+import { formatMemory } from "@kiln/protocol";
+import { formatEvent, formatPayload } from "../src/cli/format.js";
 import { percentile, summarize } from "../src/cli/ping-workload.js";
 import { renderTable } from "../src/cli/table.js";
 

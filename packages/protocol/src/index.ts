@@ -15,6 +15,7 @@ export {
   parseBytes,
   formatResreq,
   formatBytes,
+  formatMemory,
   type Resources,
   type ResourceRequest,
 } from "./validation.js";

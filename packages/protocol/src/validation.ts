@@ -84,16 +84,34 @@ export function formatResreq(r: { cpu: number | bigint; memory: number | bigint;
   return `cpu=${r.cpu},mem=${formatBytes(Number(r.memory))},gpu=${r.gpu}`;
 }
 
+const BINARY_UNITS = [
+  ["Pi", 2 ** 50],
+  ["Ti", 2 ** 40],
+  ["Gi", 2 ** 30],
+  ["Mi", 2 ** 20],
+  ["Ki", 2 ** 10],
+] as const;
+
 /** Formats a byte count with the largest exact binary unit (`1Gi`, `512Mi`, `1536Ki`). */
 export function formatBytes(bytes: number): string {
-  for (const [suffix, size] of [
-    ["Pi", 2 ** 50],
-    ["Ti", 2 ** 40],
-    ["Gi", 2 ** 30],
-    ["Mi", 2 ** 20],
-    ["Ki", 2 ** 10],
-  ] as const) {
+  for (const [suffix, size] of BINARY_UNITS) {
     if (bytes >= size && bytes % size === 0) return `${bytes / size}${suffix}`;
   }
   return String(bytes);
+}
+
+/**
+ * A machine's memory for people: exact binary units when they fit, else one decimal.
+ *
+ * @example
+ * formatMemory(8 * 2 ** 30)       // "8Gi"
+ * formatMemory(25_275_805_696)    // "23.5Gi"
+ */
+export function formatMemory(bytes: number | bigint): string {
+  const n = Number(bytes);
+  for (const [suffix, size] of BINARY_UNITS) {
+    if (n < size) continue;
+    return n % size === 0 ? `${n / size}${suffix}` : `${(n / size).toFixed(1)}${suffix}`;
+  }
+  return String(n);
 }

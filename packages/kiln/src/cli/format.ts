@@ -1,4 +1,4 @@
-import { formatResreq } from "@kiln/protocol";
+import { formatMemory, formatResreq } from "@kiln/protocol";
 import { flame } from "@kiln/protocol/proto";
 
 const pad = (n: number, width = 2): string => String(n).padStart(width, "0");
@@ -25,30 +25,6 @@ export function formatEvent(e: Pick<flame.Event, "code" | "message" | "creationT
   const d = new Date(Number(e.creationTime));
   const message = e.message ? `${e.message} ` : "";
   return `${formatClock(e.creationTime)}.${pad(d.getMilliseconds(), 3)}: ${message}(${e.code})`;
-}
-
-const BINARY_UNITS = [
-  ["Pi", 2 ** 50],
-  ["Ti", 2 ** 40],
-  ["Gi", 2 ** 30],
-  ["Mi", 2 ** 20],
-  ["Ki", 2 ** 10],
-] as const;
-
-/**
- * A machine's memory for people: exact binary units when they fit, else one decimal.
- *
- * @example
- * formatMemory(8 * 2 ** 30)       // "8Gi"
- * formatMemory(25_275_805_696)    // "23.5Gi"
- */
-export function formatMemory(bytes: number | bigint): string {
-  const n = Number(bytes);
-  for (const [suffix, size] of BINARY_UNITS) {
-    if (n < size) continue;
-    return n % size === 0 ? `${n / size}${suffix}` : `${(n / size).toFixed(1)}${suffix}`;
-  }
-  return String(n);
 }
 
 /** A node's resources, `cpu=2,mem=23.5Gi,gpu=0` (memory rounded for reading). */

@@ -1,5 +1,4 @@
-import type { Resources } from "@kiln/protocol";
-import { formatMemory } from "../cli/format.js";
+import { formatMemory, type Resources } from "@kiln/protocol";
 
 /** A node as the fit check sees it: its whole capacity, as if nothing ran on it. */
 export interface NodeCapacity {

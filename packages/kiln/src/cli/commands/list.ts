@@ -1,3 +1,4 @@
+import { formatMemory } from "@kiln/protocol";
 import type { KilnClient } from "@kiln/sdk";
 import { flame } from "@kiln/protocol/proto";
 import { Option, type Command } from "commander";
@@ -7,7 +8,6 @@ import {
   applicationStateName,
   executorStateName,
   formatClock,
-  formatMemory,
   formatResources,
   nodeStateName,
   sessionStateName,
