@@ -152,6 +152,27 @@ describe("kiln against a running cluster", () => {
     assert.match(node.stdout, /^Status:\s+Ready$/m);
   });
 
+  it("a malformed context in the config file breaks only the commands that use it", async () => {
+    const config = path.join(dir, "config.yaml");
+    await writeFile(
+      config,
+      "current-context: broken\ncontexts:\n" +
+        "  - name: broken\n    cluster: { endpoint: 'localhost:7420' }\n" +
+        `  - name: good\n    cluster: { endpoint: ${endpoint} }\n`,
+    );
+    const broken = await runCli(["list", "-a", "--config", config]);
+    assert.equal(broken.code, 2, broken.stderr);
+    assert.match(broken.stderr, /^error: contexts\[0\]\.cluster\.endpoint: "localhost:7420" must start with http/);
+    assert.ok(broken.stderr.includes(`(in ${config})`), broken.stderr);
+
+    const otherContext = await runCli(["list", "-a", "--config", config, "--context", "good"]);
+    assert.equal(otherContext.code, 0, otherContext.stderr);
+    assert.match(otherContext.stdout, /^kiln-ping\s/m);
+    const explicitEndpoint = await kiln("list", "-a", "--config", config);
+    assert.equal(explicitEndpoint.code, 0, explicitEndpoint.stderr);
+    assert.match(explicitEndpoint.stdout, /^kiln-ping\s/m);
+  });
+
   it("create, close and delete a session", async () => {
     const created = await kiln("create", "-a", "kiln-ping", "-p", "5", "-r", "cpu=1,mem=256m", "--id", "cli-e2e-1");
     assert.equal(created.code, 0, created.stderr);
@@ -203,17 +224,31 @@ describe("kiln against a running cluster", () => {
     assert.doesNotMatch((await kiln("list", "-a")).stdout, /cli-e2e-/);
   });
 
-  it("register with a bad document registers none of the file's applications", async () => {
+  it("register and update with bad documents report every problem and change nothing", async () => {
     const file = path.join(dir, "bad.yaml");
     await writeFile(
       file,
       "metadata: { name: cli-e2e-good }\nspec: { command: /bin/true }\n---\n" +
-        "metadata: { name: cli-e2e-bad }\nspec: { max_instances: many }\n",
+        "metadata: { name: cli-e2e-bad }\nspec: { max_instances: many, working_directory: relative/dir }\n---\n" +
+        "metadata: { name: cli-e2e-bad2 }\nspec: { shim: docker }\n",
     );
     const r = await kiln("register", "-f", file);
     assert.equal(r.code, 2, r.stderr);
-    assert.match(r.stderr, /document 2: spec\.max_instances: must be a whole number/);
+    assert.equal(r.stdout, "");
+    assert.equal(
+      r.stderr,
+      `error: ${file} has 3 problems; nothing was registered:\n` +
+        '  document 2: spec.working_directory: must be an absolute path (got "relative/dir")\n' +
+        '  document 2: spec.max_instances: must be a whole number, 0 or more (got string "many")\n' +
+        '  document 3: spec.shim: must be Host or Wasm (got "docker")\n',
+    );
     assert.doesNotMatch((await kiln("list", "-a")).stdout, /cli-e2e-good/);
+
+    // A relative working_directory alone is caught by the CLI too (the server would refuse it with exit 1).
+    await writeFile(file, "metadata: { name: cli-e2e-good }\nspec: { working_directory: srv }\n");
+    const relative = await kiln("update", "-f", file);
+    assert.equal(relative.code, 2, relative.stderr);
+    assert.match(relative.stderr, /^error: .*bad\.yaml: document 1: spec\.working_directory: must be an absolute path/);
   });
 
   it("API errors print the message and the Kiln code, exit 1", async () => {

@@ -100,6 +100,16 @@ describe("usage errors exit 2 without touching the cluster", () => {
     ["a task without its session", ["view", "-t", "1"], /-t TASK needs the session too/],
     ["close without a session", ["close"], /required option '-s, --session <id>'/],
     [
+      "an explicit --config that does not exist",
+      ["list", "-a", "--config", "/nonexistent/kiln.yaml"],
+      /^error: --config: no config file at \/nonexistent\/kiln\.yaml \(INVALID_ARGUMENT\)$/m,
+    ],
+    [
+      "an explicit --config that does not exist, for the object cache",
+      ["cache", "ls", "demo", "--config", "/nonexistent/kiln.yaml"],
+      /^error: --config: no config file at \/nonexistent\/kiln\.yaml \(INVALID_ARGUMENT\)$/m,
+    ],
+    [
       "register of a missing file",
       ["register", "-f", "/nonexistent/apps.yaml"],
       /cannot read \/nonexistent\/apps\.yaml/,
@@ -112,6 +122,16 @@ describe("usage errors exit 2 without touching the cluster", () => {
       assert.match(r.stderr, message);
     });
   }
+
+  it("a KILN_CONFIG that names no file (the default ~/.kiln/config.yaml may be missing)", () => {
+    const r = spawnSync(process.execPath, [CLI, "list", "-n", "--endpoint", endpoint], {
+      env: { ...CLI_ENV, KILN_CONFIG: path.join(dir, "typo.yaml") },
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    assert.equal(r.status, 2, r.stderr);
+    assert.equal(r.stderr, `error: KILN_CONFIG: no config file at ${path.join(dir, "typo.yaml")} (INVALID_ARGUMENT)\n`);
+  });
 
   it("agent without an endpoint", async () => {
     const r = await runCli(["agent"]);

@@ -27,6 +27,9 @@ import { createClusterTransport } from "../src/internal.js";
 import { flame, kiln } from "../src/proto.js";
 import { within } from "./support/within.js";
 
+/** An empty config file, so the user's own ~/.kiln/config.yaml stays out of the tests. */
+const EMPTY_CONFIG = "/dev/null";
+
 const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -228,7 +231,7 @@ describe("client against a server that stops answering SubmitTasks", () => {
     );
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    const client = await connect({ endpoint, requestTimeoutMs: 300, configPath: "/nonexistent/config.yaml" });
+    const client = await connect({ endpoint, requestTimeoutMs: 300, configPath: EMPTY_CONFIG });
     try {
       const session = client.session("silent");
       const first = session.run("a");
@@ -250,7 +253,7 @@ describe("client against a control plane", () => {
   before(async () => {
     dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-sdk-client-"));
     cp = await startControlPlane({ dataDir, port: 0, log: () => undefined });
-    client = await connect({ endpoint: cp.endpoint, configPath: path.join(dataDir, "no-config.yaml") });
+    client = await connect({ endpoint: cp.endpoint, configPath: EMPTY_CONFIG });
     await client.registerApplication("app", { command: "/bin/true", description: "test app", maxInstances: 4 });
   });
 

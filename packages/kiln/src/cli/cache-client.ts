@@ -1,6 +1,6 @@
 import { InvalidArgumentError, loadCacheConfig, ObjectCache, type ResolvedCacheConfig } from "@kiln/sdk";
 import { isUnreachable, UnreachableError, UsageError } from "./exit-codes.js";
-import type { GlobalOptions } from "./options.js";
+import { settingUsageError, type GlobalOptions } from "./options.js";
 
 /**
  * The object cache the global options point at: --cache-endpoint, else
@@ -16,7 +16,7 @@ export function resolveCacheConfig(globals: GlobalOptions): ResolvedCacheConfig 
       ...(globals.config ? { configPath: globals.config } : {}),
     });
   } catch (err) {
-    throw err instanceof InvalidArgumentError ? new UsageError(`${err.message} (${err.code})`) : err;
+    throw err instanceof InvalidArgumentError ? settingUsageError(err) : err;
   }
 }
 

@@ -1,6 +1,6 @@
 import { connect, InvalidArgumentError, type KilnClient } from "@kiln/sdk";
-import { isUnreachable, UnreachableError, UsageError } from "./exit-codes.js";
-import type { GlobalOptions } from "./options.js";
+import { isUnreachable, UnreachableError } from "./exit-codes.js";
+import { settingUsageError, type GlobalOptions } from "./options.js";
 
 /**
  * Connects with the global options, runs `fn`, and always closes the client.
@@ -19,7 +19,7 @@ export async function withClient<T>(globals: GlobalOptions, fn: (client: KilnCli
       configPath: globals.config,
     }).catch((err: unknown) => {
       // connect() only reads options, env and the config file: its failures are the user's input.
-      throw err instanceof InvalidArgumentError ? new UsageError(`${err.message} (${err.code})`) : err;
+      throw err instanceof InvalidArgumentError ? settingUsageError(err) : err;
     });
     return await fn(client);
   } catch (err) {

@@ -1,5 +1,7 @@
+import type { InvalidArgumentError as SettingError } from "@kiln/sdk";
 import { parseBytes, parseResreq } from "@kiln/sdk/internal";
 import { InvalidArgumentError, Option } from "commander";
+import { UsageError } from "./exit-codes.js";
 
 /** Largest priority or instance count the API carries (uint32). */
 export const UINT32_MAX = 2 ** 32 - 1;
@@ -11,6 +13,27 @@ export interface GlobalOptions {
   token?: string;
   context?: string;
   config?: string;
+}
+
+/** The SDK's names for the settings the global options carry, and the flag each is typed as. */
+const SETTING_FLAGS: Record<string, string> = {
+  configPath: "--config",
+  endpoint: "--endpoint",
+  cacheEndpoint: "--cache-endpoint",
+  context: "--context",
+};
+
+/**
+ * A bad connection setting (from the flags, env or the config file) as the usage error it is,
+ * naming the flag where the SDK names its option (`configPath: …` → `--config: …`).
+ *
+ * @example
+ * connect(...).catch((e) => { throw e instanceof InvalidArgumentError ? settingUsageError(e) : e; });
+ */
+export function settingUsageError(err: SettingError): UsageError {
+  const flag = SETTING_FLAGS[err.field];
+  const message = flag ? `${flag}${err.message.slice(err.field.length)}` : err.message;
+  return new UsageError(`${message} (${err.code})`);
 }
 
 /**
