@@ -5,6 +5,12 @@ import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { runCli, startCli, type CliProcess } from "./cli-helpers.js";
 
+/** An event as `-o json` prints it. */
+interface Event {
+  code?: number;
+  message?: string;
+}
+
 // One `kiln up` for the whole file: starting a cluster is the slow part.
 describe("kiln against a running cluster", () => {
   let dir: string;
@@ -142,9 +148,14 @@ describe("kiln against a running cluster", () => {
     assert.match(task.stdout, /^Output:\s+\S/m);
     assert.match(task.stdout, /^  \d\d:\d\d:\d\d\.\d{3}: .* \(\d+\)$/m);
 
+    assert.match(task.stdout, /^  \d\d:\d\d:\d\d\.\d{3}: created \(0\)$/m);
+    assert.doesNotMatch(task.stdout, /: \(\d+\)$/m, "no event without a message");
+
     const json = await kiln("view", "-s", pingSession, "-o", "json");
-    const parsed = JSON.parse(json.stdout) as { session: unknown; tasks: unknown[] };
+    const parsed = JSON.parse(json.stdout) as { session: unknown; tasks: { status: { events: Event[] } }[] };
     assert.equal(parsed.tasks.length, 200);
+    for (const t of parsed.tasks)
+      for (const e of t.status.events) assert.ok(e.message?.trim(), `an event without a message: ${JSON.stringify(t)}`);
 
     const nodeName = (await kiln("list", "-n")).stdout.split("\n")[1]!.split(/\s+/)[0]!;
     const node = await kiln("view", "-n", nodeName);

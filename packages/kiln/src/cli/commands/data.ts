@@ -4,7 +4,7 @@ import { inspect } from "node:util";
 import type { Command } from "commander";
 import { withCache } from "../cache-client.js";
 import { withClient } from "../client.js";
-import { taskStateName } from "../format.js";
+import { lastEventText, taskStateName } from "../format.js";
 import { outputOption, wholeNumber, type GlobalOptions } from "../options.js";
 
 interface DataFlags {
@@ -94,7 +94,7 @@ async function readParts(
   // Why a task failed is its last event (the Flame schema has no message field).
   const state = task.status?.state;
   const failed = state === flame.TaskState.Failed || state === flame.TaskState.Cancelled;
-  const message = failed ? task.status?.events.at(-1)?.message : undefined;
+  const message = failed ? lastEventText(task) : undefined;
   return { ...(input ? { input } : {}), ...(output ? { output } : {}), ...(message ? { message } : {}) };
 }
 

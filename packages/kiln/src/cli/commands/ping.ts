@@ -4,7 +4,7 @@ import { Option, type Command } from "commander";
 import { PING_APPLICATION } from "../../apps/ping/ping.js";
 import { withClient } from "../client.js";
 import { CommandFailed } from "../exit-codes.js";
-import { formatPayload, taskStateName } from "../format.js";
+import { formatPayload, lastEventText, taskStateName } from "../format.js";
 import { byteSize, outputOption, resreqText, UINT32_MAX, wholeNumber, type GlobalOptions } from "../options.js";
 import { abortOnSignal } from "../signals.js";
 import { DEFAULT_STALL_TIMEOUT_MS, runPing, type PingOptions, type PingSummary } from "../ping-workload.js";
@@ -45,7 +45,7 @@ export function pingTaskTable(tasks: readonly flame.Task[]): string {
       const output =
         state === flame.TaskState.Succeed
           ? formatPayload(t.spec?.output)
-          : (t.status?.events.at(-1)?.message ?? formatPayload(t.spec?.output));
+          : (lastEventText(t) ?? formatPayload(t.spec?.output));
       return [t.metadata?.id ?? "", taskStateName(state), output.replace(/\s*\n\s*/g, " ")];
     }),
   );
