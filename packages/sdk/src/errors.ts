@@ -124,9 +124,25 @@ export class FailedPreconditionError extends KilnError {
 }
 
 export class UnauthenticatedError extends KilnError {
-  constructor(message = "missing or invalid token") {
-    super(ErrorCode.Unauthenticated, message);
+  constructor(message = "missing or invalid token", options?: { cause?: unknown }) {
+    super(ErrorCode.Unauthenticated, message, options);
   }
+}
+
+/**
+ * What a client sees when a server refused its token: which server, and where a token comes from.
+ * `server` is "the cluster" or "the object cache"; `cause` is the server's own refusal.
+ *
+ * @example
+ * tokenRefusedError("the cluster", "http://10.0.0.5:7420").message
+ * // "the cluster at http://10.0.0.5:7420 refused the token (missing or invalid): set KILN_TOKEN, …"
+ */
+export function tokenRefusedError(server: string, endpoint: string, cause?: unknown): UnauthenticatedError {
+  return new UnauthenticatedError(
+    `${server} at ${endpoint} refused the token (missing or invalid): set KILN_TOKEN or pass a token ` +
+      `(connect({ token }), ObjectCache({ token })), or give the config context a token`,
+    { cause },
+  );
 }
 
 export class TimeoutError extends KilnError {

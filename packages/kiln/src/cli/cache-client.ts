@@ -1,5 +1,5 @@
 import { InvalidArgumentError, loadCacheConfig, ObjectCache, type ResolvedCacheConfig } from "@kiln/sdk";
-import { isUnreachable, UnreachableError, UsageError } from "./exit-codes.js";
+import { isTokenRefused, isUnreachable, TokenRefusedError, UnreachableError, UsageError } from "./exit-codes.js";
 import { settingUsageError, type GlobalOptions } from "./options.js";
 
 /**
@@ -22,7 +22,8 @@ export function resolveCacheConfig(globals: GlobalOptions): ResolvedCacheConfig 
 
 /**
  * Opens the configured object cache, runs `fn`, and always closes it. A
- * "cannot reach" failure comes out as an UnreachableError naming the cache.
+ * "cannot reach" failure comes out as an UnreachableError naming the cache, a refused token as a
+ * TokenRefusedError.
  *
  * @example
  * await withCache(cmd.optsWithGlobals(), (cache) => cache.listObjects("my-app"));
@@ -36,6 +37,7 @@ export async function withCache<T>(globals: GlobalOptions, fn: (cache: ObjectCac
   } catch (err) {
     if (isUnreachable(err))
       throw new UnreachableError(cacheEndpoint, { cause: err, what: "the object cache", flag: "--cache-endpoint" });
+    if (isTokenRefused(err)) throw new TokenRefusedError("the object cache", cacheEndpoint, { cause: err });
     // A key or prefix that breaks the rules is a mistake in what was typed, wherever it was caught.
     if (err instanceof InvalidArgumentError) throw new UsageError(`${err.message} (${err.code})`);
     throw err;

@@ -1,10 +1,11 @@
 import { connect, InvalidArgumentError, type KilnClient } from "@kiln/sdk";
-import { isUnreachable, UnreachableError } from "./exit-codes.js";
+import { isTokenRefused, isUnreachable, TokenRefusedError, UnreachableError } from "./exit-codes.js";
 import { settingUsageError, type GlobalOptions } from "./options.js";
 
 /**
  * Connects with the global options, runs `fn`, and always closes the client.
- * Any "cannot reach" failure comes out as an UnreachableError naming the endpoint.
+ * Any "cannot reach" failure comes out as an UnreachableError naming the endpoint, a refused
+ * token as a TokenRefusedError saying where the token comes from.
  *
  * @example
  * await withClient(cmd.optsWithGlobals(), (client) => client.listApplications());
@@ -23,9 +24,10 @@ export async function withClient<T>(globals: GlobalOptions, fn: (client: KilnCli
     });
     return await fn(client);
   } catch (err) {
-    // An UnreachableError from inside (the object cache) already names what could not be reached.
-    if (isUnreachable(err) && !(err instanceof UnreachableError))
-      throw new UnreachableError(client?.endpoint ?? globals.endpoint, { cause: err });
+    // An UnreachableError or TokenRefusedError from inside (the object cache) already names its server.
+    const endpoint = client?.endpoint ?? globals.endpoint;
+    if (isUnreachable(err) && !(err instanceof UnreachableError)) throw new UnreachableError(endpoint, { cause: err });
+    if (isTokenRefused(err) && endpoint) throw new TokenRefusedError("the cluster", endpoint, { cause: err });
     throw err;
   } finally {
     client?.close();

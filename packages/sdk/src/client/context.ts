@@ -1,5 +1,5 @@
 import type { CallOptions, Client } from "@connectrpc/connect";
-import { ErrorCode, KilnError, toKilnError } from "../errors.js";
+import { ErrorCode, KilnError, tokenRefusedError, toKilnError } from "../errors.js";
 import type { Frontend as FlameFrontend } from "../protocol/flame.js";
 import type { Frontend as KilnFrontend } from "../protocol/kiln.js";
 import { TaskSubmitter } from "./task-submitter.js";
@@ -24,6 +24,8 @@ export class ClientContext {
     readonly kiln: Client<typeof KilnFrontend>,
     /** Options for unary calls (their time bound). */
     readonly unary: CallOptions,
+    /** The cluster's endpoint, named in errors that are about where the client points. */
+    private readonly endpoint: string,
   ) {}
 
   /** Set once the client is closed: the error every later call fails with. */
@@ -41,7 +43,9 @@ export class ClientContext {
 
   /** Any failure as a KilnError; after close, every failure is the close itself. */
   toError(err: unknown): KilnError {
-    return this.closedReason ?? toKilnError(err);
+    if (this.closedReason) return this.closedReason;
+    const error = toKilnError(err);
+    return error.code === ErrorCode.Unauthenticated ? tokenRefusedError("the cluster", this.endpoint, error) : error;
   }
 
   /** Runs one RPC with errors mapped to KilnError. */

@@ -8,6 +8,7 @@ import {
   KilnError,
   NotFoundError,
   TimeoutError,
+  tokenRefusedError,
   UnauthenticatedError,
 } from "../errors.js";
 import { RequestBatcher } from "./request-batcher.js";
@@ -234,7 +235,8 @@ export class CacheHttp {
     const code = isErrorCode(sent) ? sent : codeForStatus(status);
     const message =
       typeof body.message === "string" ? body.message : `object cache at ${this.endpoint} answered HTTP ${status}`;
-    return errorFor(code, message, typeof body.field === "string" ? body.field : undefined);
+    const error = errorFor(code, message, typeof body.field === "string" ? body.field : undefined);
+    return code === ErrorCode.Unauthenticated ? tokenRefusedError("the object cache", this.endpoint, error) : error;
   }
 }
 
