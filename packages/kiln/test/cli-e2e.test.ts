@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { runCli, startCli, type CliProcess } from "./cli-helpers.js";
+import { HAS_SCRIPT, runCli, runCliInTerminal, startCli, type CliProcess } from "./cli-helpers.js";
 
 /** An event as `-o json` prints it. */
 interface Event {
@@ -79,11 +79,30 @@ describe("kiln against a running cluster", () => {
   it("ping -p prints the summary block", async () => {
     const r = await kiln("ping", "-p", "-t", "20");
     assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /tasks \|/, "no progress bar on a pipe");
     assert.match(r.stdout, /^Succeeded:\s+20\/20$/m);
     assert.match(r.stdout, /^Failed:\s+0$/m);
     assert.match(r.stdout, /^Throughput:\s+[\d.]+ tasks\/s$/m);
     assert.match(r.stdout, /^Latency:\s+p50 [\d.]+ ms, p99 [\d.]+ ms$/m);
   });
+
+  it(
+    `ping draws a progress bar on a terminal, with -p too${HAS_SCRIPT ? "" : " (skipped: no script(1) to make a terminal)"}`,
+    {
+      skip: !HAS_SCRIPT,
+    },
+    async () => {
+      for (const perf of [["-p"], []]) {
+        const r = await runCliInTerminal(["ping", ...perf, "-t", "20", "--endpoint", endpoint], 60_000);
+        assert.equal(r.code, 0, r.stdout);
+        assert.match(r.stdout, /100% \| 20\/20 tasks \| 0 failed/, r.stdout);
+        assert.match(r.stdout, perf.length ? /^Succeeded:\s+20\/20\r?$/m : /^20\/20 tasks succeeded in /m);
+      }
+      const json = await runCliInTerminal(["ping", "-o", "json", "-t", "5", "--endpoint", endpoint], 60_000);
+      assert.equal(json.code, 0, json.stdout);
+      assert.doesNotMatch(json.stdout, /tasks \|/, "-o json stays one JSON line, even on a terminal");
+    },
+  );
 
   it("ping exits 1 when tasks fail, showing each failure", async () => {
     // kiln-ping refuses allocations above 4 GiB, so every task fails in the service.

@@ -138,7 +138,8 @@ export function registerPing(program: Command): void {
         if (f.priority !== undefined) options.priority = f.priority;
         if (f.resreq !== undefined) options.resreq = f.resreq;
         const view = f.output === "json" ? "json" : f.perf ? "summary" : "table";
-        const progress = view === "table" && process.stdout.isTTY === true;
+        // On a terminal only: piped output (and -o json above all) stays clean for whatever reads it.
+        const progress = view !== "json" && process.stdout.isTTY === true;
         await abortOnSignal((signal) => pingAndReport(client, { ...options, signal }, { view, progress }));
       }),
     );
