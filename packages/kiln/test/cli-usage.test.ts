@@ -33,6 +33,7 @@ const COMMAND_OPTIONS: Record<string, string[]> = {
   register: ["-f, --file"],
   update: ["-f, --file"],
   unregister: ["-a, --application"],
+  completion: [],
   ping: [
     "-a, --application",
     "-t, --tasks",
