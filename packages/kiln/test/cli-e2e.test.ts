@@ -281,6 +281,32 @@ describe("kiln against a running cluster", () => {
     assert.match(relative.stderr, /^error: .*bad\.yaml: document 1: spec\.working_directory: must be an absolute path/);
   });
 
+  it("Flame's spellings work: update -a, create --app, ping -P, deploy --application", async () => {
+    const file = path.join(dir, "flame.yaml");
+    await writeFile(file, "metadata: { name: cli-e2e-flame }\nspec: { command: /bin/true, description: one }\n");
+    assert.equal((await kiln("register", "-f", file)).code, 0);
+    await writeFile(file, "metadata: { name: cli-e2e-flame }\nspec: { command: /bin/true, description: two }\n");
+    const updated = await kiln("update", "-a", file);
+    assert.equal(updated.code, 0, updated.stderr);
+    assert.match((await kiln("view", "-a", "cli-e2e-flame")).stdout, /^Description:\s+two$/m);
+    assert.equal((await kiln("unregister", "-a", "cli-e2e-flame")).code, 0);
+
+    const created = await kiln("create", "--app", "kiln-ping", "--id", "cli-e2e-flame-1");
+    assert.equal(created.code, 0, created.stderr);
+    assert.equal((await kiln("close", "-s", "cli-e2e-flame-1")).code, 0);
+
+    const ping = await kiln("ping", "-P", "7", "-t", "2", "-o", "json");
+    assert.equal(ping.code, 0, ping.stderr);
+    const session = (JSON.parse(ping.stdout) as { session: string }).session;
+    assert.match((await kiln("view", "-s", session)).stdout, /^Priority:\s+7$/m);
+
+    const exe = path.join(dir, "flame-svc.sh");
+    await writeFile(exe, "#!/bin/sh\nexec cat\n", { mode: 0o755 });
+    const deployed = await kiln("deploy", "--name", "cli-e2e-flame", "--application", exe, "--dry-run", "-o", "json");
+    assert.equal(deployed.code, 0, deployed.stderr);
+    assert.equal((JSON.parse(deployed.stdout) as { kind: string }).kind, "executable");
+  });
+
   it("API errors print the message and the Kiln code, exit 1", async () => {
     const r = await kiln("view", "-a", "no-such-app");
     assert.equal(r.code, 1);

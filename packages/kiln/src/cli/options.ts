@@ -37,6 +37,25 @@ export function settingUsageError(err: SettingError): UsageError {
 }
 
 /**
+ * The value of something Kiln and Flame's flmctl spell differently (`kiln update -f FILE`, flmctl's
+ * `update -a FILE`): exactly one of the two spellings must be given.
+ *
+ * @example
+ * const file = eitherSpelling(["-f", options.file], ["-a", options.application]);
+ */
+export function eitherSpelling(kiln: [name: string, value?: string], flame: [name: string, value?: string]): string {
+  const [kilnName, kilnValue] = kiln;
+  const [flameName, flameValue] = flame;
+  if (kilnValue !== undefined && flameValue !== undefined)
+    throw new UsageError(
+      `${kilnName} and ${flameName} say the same thing (${flameName} is flmctl's spelling): give one`,
+    );
+  const value = kilnValue ?? flameValue;
+  if (value === undefined) throw new UsageError(`${kilnName} is required (or flmctl's spelling, ${flameName})`);
+  return value;
+}
+
+/**
  * A commander parser for whole numbers in [min, max]; a bad value is a usage error.
  *
  * @example

@@ -4,7 +4,7 @@ import type { Command } from "commander";
 import { ApplicationFileError, parseApplicationFile, type ApplicationDocument } from "../app-file.js";
 import { withClient } from "../client.js";
 import { UsageError } from "../exit-codes.js";
-import type { GlobalOptions } from "../options.js";
+import { eitherSpelling, type GlobalOptions } from "../options.js";
 
 /** Reads and checks every document before the caller touches the cluster; `done` says what did not happen on a problem. */
 async function readApplicationFile(file: string, done: string): Promise<ApplicationDocument[]> {
@@ -71,13 +71,19 @@ const FILE_COMMANDS: FileCommand[] = [
 /** Adds `kiln register`, `kiln update` and `kiln unregister`. */
 export function registerApplicationCommands(program: Command): void {
   for (const spec of FILE_COMMANDS) {
-    program
-      .command(spec.name)
-      .description(spec.description)
-      .requiredOption("-f, --file <path>", "application file (YAML, one or more documents)")
+    const command = program.command(spec.name).description(spec.description);
+    const fileHelp = "application file (YAML, one or more documents)";
+    // flmctl spells it `update -a app.yaml`; register is `-f` in both.
+    if (spec.name === "update")
+      command
+        .option("-f, --file <path>", fileHelp)
+        .option("-a, --application <path>", "the same as -f (flmctl's spelling)");
+    else command.requiredOption("-f, --file <path>", fileHelp);
+    command
       .addHelpText("after", FILE_HELP)
-      .action(async (options: { file: string }, cmd: Command) => {
-        const apps = await readApplicationFile(options.file, spec.done);
+      .action(async (options: { file?: string; application?: string }, cmd: Command) => {
+        const file = eitherSpelling(["-f", options.file], ["-a", options.application]);
+        const apps = await readApplicationFile(file, spec.done);
         await withClient(cmd.optsWithGlobals<GlobalOptions>(), async (client) => {
           for (const app of apps) {
             await spec.apply(client, app);

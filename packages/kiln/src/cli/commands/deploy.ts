@@ -3,11 +3,13 @@ import { withCache } from "../cache-client.js";
 import { withClient } from "../client.js";
 import { CommandFailed, ExitCode, isTokenRefused, isUnreachable, UsageError } from "../exit-codes.js";
 import { printJson } from "../json.js";
-import { wholeNumber, type GlobalOptions } from "../options.js";
+import { eitherSpelling, wholeNumber, type GlobalOptions } from "../options.js";
 import { renderFields } from "../table.js";
 
 interface DeployFlags {
   name: string;
+  /** flmctl's spelling of the <path> argument. */
+  application?: string;
   command?: string;
   argument?: string[];
   installer?: "node" | "binary";
@@ -40,8 +42,9 @@ export function registerDeploy(program: Command): void {
   program
     .command("deploy")
     .description("package a directory, archive or executable, upload it to the object cache and register it")
-    .argument("<path>", "a Node project or other directory, a .tar.gz/.tgz/.zip archive, or an executable")
+    .argument("[path]", "a Node project or other directory, a .tar.gz/.tgz/.zip archive, or an executable")
     .requiredOption("--name <app>", "application name")
+    .option("--application <path>", "the same as <path> (flmctl deploy's spelling)")
     .option("--command <command>", "what to run (default: detected; see below)")
     .option("--argument <arg>", "an argument of the command (repeat for more)", collect)
     .addOption(new Option("--installer <kind>", "how the agent installs the package").choices(["node", "binary"]))
@@ -78,7 +81,8 @@ Examples:
   kiln deploy ./app.tar.gz --name app --command node --argument '\${KILN_APP_DIR}/main.js' --dry-run
 `,
     )
-    .action(async (target: string, f: DeployFlags, cmd: Command) => {
+    .action(async (pathArgument: string | undefined, f: DeployFlags, cmd: Command) => {
+      const target = eitherSpelling(["<path>", pathArgument], ["--application", f.application]);
       const globals = cmd.optsWithGlobals<GlobalOptions>();
       const { deploy, UploadError } = await import("../../deploy/deploy.js");
       const { DetectionError } = await import("../../deploy/detect.js");

@@ -108,7 +108,9 @@ export function registerPing(program: Command): void {
     .addOption(new Option("-m, --memory <bytes>", "each task allocates this much (e.g. 1m)").argParser(byteSize))
     .addOption(new Option("-c, --common-data <bytes>", "size of the session's common data").argParser(byteSize))
     .option("-p, --perf", "print the summary only (no per-task table)")
-    .addOption(new Option("--priority <n>", "session priority").argParser(wholeNumber(0, UINT32_MAX)))
+    .addOption(
+      new Option("-P, --priority <n>", "session priority (-P as in flmping)").argParser(wholeNumber(0, UINT32_MAX)),
+    )
     .addOption(
       new Option("-r, --resreq <resources>", "resources per executor, e.g. cpu=1,mem=1g").argParser(resreqText),
     )
