@@ -204,12 +204,10 @@ describe("loadConfig", () => {
     const file = writeConfig(
       "one-bad.yaml",
       [
-        "current-context: bad",
+        "current-context: listy",
         "contexts:",
         "  - name: good",
         "    cluster: { endpoint: http://10.0.0.1:7420, token: good-secret }",
-        "  - name: bad",
-        "    cluster: { endpoint: 'localhost:7420', token: bad-secret }",
         "  - name: listy",
         "    cluster: [1]",
         "  - name: numeric-token",
@@ -222,15 +220,15 @@ describe("loadConfig", () => {
     );
     const load = (o: { context?: string; endpoint?: string; env?: Record<string, string> } = {}) =>
       loadConfig({ env: o.env ?? {}, configPath: file, ...o });
-    // The broken current context is what a plain command uses: it fails, naming the field.
-    assertInvalid(() => load(), "contexts[1].cluster.endpoint", file);
-    assertInvalid(() => loadCacheConfig({ env: {}, configPath: file }), "contexts[1].cluster.endpoint");
+    // The broken current context is what a plain call uses: it fails, naming the field.
+    assertInvalid(() => load(), "contexts[1].cluster", file);
+    assertInvalid(() => loadCacheConfig({ env: {}, configPath: file }), "contexts[1].cluster");
     // Another context works.
     assert.deepEqual(
       [load({ context: "good" }).endpoint, load({ context: "good" }).token],
       ["http://10.0.0.1:7420", "good-secret"],
     );
-    // An endpoint given explicitly does not use the current context, so it works too (and gets no token from it).
+    // An endpoint given explicitly does not use the current context, so that works too.
     const explicit = load({ endpoint: "http://127.0.0.1:9000" });
     assert.deepEqual(
       [explicit.endpoint, explicit.token, explicit.context],
@@ -238,12 +236,42 @@ describe("loadConfig", () => {
     );
     assert.equal(load({ env: { KILN_ENDPOINT: "http://127.0.0.1:9000" } }).endpoint, "http://127.0.0.1:9000");
     // Naming a broken context is still an error, even with an endpoint.
-    assertInvalid(() => load({ context: "bad", endpoint: "http://127.0.0.1:9000" }), "contexts[1].cluster.endpoint");
-    assertInvalid(() => load({ context: "listy" }), "contexts[2].cluster");
-    assertInvalid(() => load({ context: "numeric-token" }), "contexts[3].cluster.token");
-    assertInvalid(() => load({ context: "twice" }), "contexts[5].name", "given twice");
+    assertInvalid(() => load({ context: "listy", endpoint: "http://127.0.0.1:9000" }), "contexts[1].cluster");
+    assertInvalid(() => load({ context: "numeric-token" }), "contexts[2].cluster.token");
+    assertInvalid(() => load({ context: "twice" }), "contexts[4].name", "given twice");
     // A context without a name cannot be chosen; an unknown name says what is wrong with it.
-    assertInvalid(() => load({ context: "other" }), "context", "contexts[6].name: is required");
+    assertInvalid(() => load({ context: "other" }), "context", "contexts[5].name: is required");
+  });
+
+  test("a bad endpoint fails only what connects to it: a Flame config's grpcs:// cache still reaches the cluster", () => {
+    const file = writeConfig(
+      "flame-style.yaml",
+      [
+        "current-context: flame",
+        "contexts:",
+        "  - name: flame",
+        "    cluster: { endpoint: 'http://10.0.0.2:8080', tls: { ca_file: /etc/flame/ca.crt } }",
+        "    cache: { endpoint: 'grpcs://flame-object-cache:9090' }",
+        "  - name: bad-cluster",
+        "    cluster: { endpoint: 'localhost:7420' }",
+        "    cache: { endpoint: 'http://10.0.0.3:7422' }",
+        "",
+      ].join("\n"),
+    );
+    assert.equal(loadConfig({ env: {}, configPath: file }).endpoint, "http://10.0.0.2:8080");
+    assertInvalid(() => loadCacheConfig({ env: {}, configPath: file }), "contexts[0].cache.endpoint", "grpcs://");
+    assert.equal(
+      loadCacheConfig({ env: {}, configPath: file, cacheEndpoint: "http://127.0.0.1:7422" }).cacheEndpoint,
+      "http://127.0.0.1:7422",
+    );
+    assertInvalid(
+      () => loadConfig({ env: {}, configPath: file, context: "bad-cluster" }),
+      "contexts[1].cluster.endpoint",
+    );
+    assert.equal(
+      loadCacheConfig({ env: {}, configPath: file, context: "bad-cluster" }).cacheEndpoint,
+      "http://10.0.0.3:7422",
+    );
   });
 
   test("bad endpoints from options or env name where they came from", () => {

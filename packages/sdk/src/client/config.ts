@@ -67,9 +67,11 @@ export interface ResolvedCacheConfig {
 
 interface ContextEntry {
   name: string;
-  endpoint?: string;
+  /** The cluster endpoint, or why it is unusable: only what connects to the cluster fails then. */
+  endpoint?: string | InvalidArgumentError;
   token?: string;
-  cacheEndpoint?: string;
+  /** The cache endpoint, or why it is unusable (a Flame config's grpc:// cache, say): only cache users fail. */
+  cacheEndpoint?: string | InvalidArgumentError;
 }
 
 /** A context entry that breaks a rule: it fails only the commands that use it. */
@@ -108,8 +110,8 @@ export function loadConfig(options: LoadConfigOptions = {}): ResolvedConfig {
     ? [options.endpoint, "endpoint", "options"]
     : envEndpoint
       ? [envEndpoint, env.KILN_ENDPOINT ? "KILN_ENDPOINT" : "FLAME_ENDPOINT", "env"]
-      : context?.endpoint
-        ? [context.endpoint, "", "config"]
+      : context?.endpoint !== undefined
+        ? [checked(context.endpoint), "", "config"]
         : [DEFAULT_ENDPOINT, "endpoint", "default"];
   // Context endpoints were checked while reading the file, with their own field names.
   const endpoint = source === "config" ? rawEndpoint : normalizeEndpoint(field, rawEndpoint);
@@ -147,8 +149,8 @@ export function loadCacheConfig(options: CacheConfigOptions = {}): ResolvedCache
     ? [options.cacheEndpoint, "cacheEndpoint", "options"]
     : envEndpoint
       ? [envEndpoint, env.KILN_CACHE_ENDPOINT ? "KILN_CACHE_ENDPOINT" : "FLAME_CACHE_ENDPOINT", "env"]
-      : context?.cacheEndpoint
-        ? [context.cacheEndpoint, "", "config"]
+      : context?.cacheEndpoint !== undefined
+        ? [checked(context.cacheEndpoint), "", "config"]
         : [DEFAULT_CACHE_ENDPOINT, "cacheEndpoint", "default"];
   const cacheEndpoint = source === "config" ? rawEndpoint : normalizeEndpoint(field, rawEndpoint);
   const contextToken = context?.cacheEndpoint === cacheEndpoint ? context.token : undefined;
@@ -270,11 +272,25 @@ function parseContext(
   if (!isRecord(cache)) return fail(`${at}.cache`, "must be a mapping with endpoint");
   const cacheEndpoint = optionalString(cache.endpoint, `${at}.cache.endpoint`, fail);
   const entry: ContextEntry = { name };
-  if (endpoint !== undefined) entry.endpoint = normalizeEndpoint(`${at}.cluster.endpoint`, endpoint, where);
+  if (endpoint !== undefined) entry.endpoint = endpointOrError(`${at}.cluster.endpoint`, endpoint, where);
   if (token) entry.token = token;
-  if (cacheEndpoint !== undefined)
-    entry.cacheEndpoint = normalizeEndpoint(`${at}.cache.endpoint`, cacheEndpoint, where);
+  if (cacheEndpoint !== undefined) entry.cacheEndpoint = endpointOrError(`${at}.cache.endpoint`, cacheEndpoint, where);
   return entry;
+}
+
+function endpointOrError(field: string, text: string, where: string): string | InvalidArgumentError {
+  try {
+    return normalizeEndpoint(field, text, where);
+  } catch (e) {
+    if (e instanceof InvalidArgumentError) return e;
+    throw e;
+  }
+}
+
+/** A context's endpoint where it is the one to use: its error, kept from reading the file, is thrown now. */
+function checked(endpoint: string | InvalidArgumentError): string {
+  if (endpoint instanceof InvalidArgumentError) throw endpoint;
+  return endpoint;
 }
 
 function selectContext(
