@@ -537,7 +537,7 @@ describe("client against a control plane", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-sdk-restart-"));
     let server = await startControlPlane({ dataDir: dir, port: 0, log: () => undefined });
     const port = server.port;
-    const c = await connect({ endpoint: server.endpoint, configPath: path.join(dir, "no-config.yaml") });
+    const c = await connect({ endpoint: server.endpoint, configPath: EMPTY_CONFIG });
     try {
       await c.registerApplication("app", { command: "/bin/true" });
       const session = await c.createSession({ application: "app", id: "survivor" });
@@ -557,7 +557,7 @@ describe("client against a control plane", () => {
   });
 
   test("closing the client rejects pending run() calls and later calls", async () => {
-    const c = await connect({ endpoint: cp.endpoint, configPath: path.join(dataDir, "no-config.yaml") });
+    const c = await connect({ endpoint: cp.endpoint, configPath: EMPTY_CONFIG });
     const session = await c.createSession({ application: "app", id: "client-closed" });
     const pending = session.run("x");
     await waitForPending(c, session.id, 1);
