@@ -40,6 +40,12 @@ describe("a cluster that requires a token (kiln up --token)", () => {
     }
   });
 
+  it("a command that uses both names the one that refused: kiln data's cluster call", async () => {
+    const r = await runCli(["data", "s-1", "--endpoint", endpoint, "--cache-endpoint", cacheEndpoint]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.stderr, `error: the cluster at ${endpoint} ${HINT} (UNAUTHENTICATED)\n`);
+  });
+
   it("the object cache's refusal names the object cache (kiln cache, kiln deploy)", async () => {
     const ls = await runCli(["cache", "ls", "demo", "--cache-endpoint", cacheEndpoint]);
     assert.equal(ls.code, 1, ls.stderr);

@@ -282,5 +282,7 @@ describe("kiln data", () => {
     assert.match(missing.stderr, /NOT_FOUND/);
     const down = await runCli(["data", "data-1", "--endpoint", "http://127.0.0.1:1"]);
     assert.equal(down.code, 3);
+    // The cluster is what could not be reached, not the object cache kiln data also uses.
+    assert.match(down.stderr, /^error: cannot reach the Kiln cluster at http:\/\/127\.0\.0\.1:1\b.* --endpoint\./);
   });
 });

@@ -61,6 +61,11 @@ export const ERROR_CODE_HEADER = "kiln-error-code";
  */
 export class KilnError extends Error {
   readonly code: ErrorCode;
+  /**
+   * The server the error came from (it answered so, or could not be reached), when a client knows:
+   * a cluster's or an object cache's endpoint. Tells a cluster's UNAVAILABLE from its cache's.
+   */
+  endpoint?: string;
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.code = code;
@@ -138,11 +143,13 @@ export class UnauthenticatedError extends KilnError {
  * // "the cluster at http://10.0.0.5:7420 refused the token (missing or invalid): set KILN_TOKEN, …"
  */
 export function tokenRefusedError(server: string, endpoint: string, cause?: unknown): UnauthenticatedError {
-  return new UnauthenticatedError(
+  const error = new UnauthenticatedError(
     `${server} at ${endpoint} refused the token (missing or invalid): set KILN_TOKEN or pass a token ` +
       `(connect({ token }), ObjectCache({ token })), or give the config context a token`,
     { cause },
   );
+  error.endpoint = endpoint;
+  return error;
 }
 
 export class TimeoutError extends KilnError {

@@ -35,8 +35,9 @@ function isRecord(v: Json | undefined): v is { [key: string]: Json } {
 
 /**
  * Reads one document's fields. A mistake is recorded (naming the document and the field) and
- * reading goes on, so one pass finds every problem in the file; a field with a mistake reads as
- * undefined.
+ * reading goes on, so one pass finds every problem in the file. A field with a mistake reads as
+ * undefined or is left out; such partial values never leave the parser, which throws when any
+ * problem was recorded.
  */
 class DocumentReader {
   constructor(
@@ -65,8 +66,7 @@ class DocumentReader {
   strings(field: string, v: Json | undefined): string[] | undefined {
     if (v === undefined || v === null) return undefined;
     if (!Array.isArray(v)) return this.fail(field, `must be a list of strings (got ${describe(v)})`);
-    const items = v.map((item, i) => this.scalar(`${field}[${i}]`, item));
-    return items.every((item) => item !== undefined) ? items : undefined;
+    return v.flatMap((item, i) => this.scalar(`${field}[${i}]`, item) ?? []);
   }
 
   count(field: string, v: Json | undefined): number | undefined {
@@ -86,33 +86,28 @@ class DocumentReader {
   environments(field: string, v: Json | undefined): Record<string, string> | undefined {
     if (v === undefined || v === null) return undefined;
     const out: Record<string, string> = {};
-    let ok = true;
-    const put = (name: string, value: string | undefined): void => {
-      if (value === undefined) ok = false;
-      else out[name] = value;
-    };
     if (isRecord(v)) {
-      for (const [name, value] of Object.entries(v)) put(name, this.scalar(`${field}.${name}`, value));
-      return ok ? out : undefined;
+      for (const [name, value] of Object.entries(v)) out[name] = this.scalar(`${field}.${name}`, value) ?? "";
+      return out;
     }
     if (!Array.isArray(v))
       return this.fail(field, `must be a map of NAME: value or a list of {name, value} (got ${describe(v)})`);
     v.forEach((item, i) => {
       if (!isRecord(item)) {
-        ok = false;
         this.fail(`${field}[${i}]`, `must be {name, value} (got ${describe(item)})`);
         return;
       }
       const name = this.string(`${field}[${i}].name`, item.name);
+      // A name that is not a string was reported just now.
+      if (name === undefined && item.name !== undefined && item.name !== null) return;
       if (!name) {
-        ok = false;
-        if (item.name === undefined || item.name === null || item.name === "")
-          this.fail(`${field}[${i}].name`, "is required");
+        this.fail(`${field}[${i}].name`, "is required");
         return;
       }
-      put(name, item.value === undefined || item.value === null ? "" : this.scalar(`${field}[${i}].value`, item.value));
+      out[name] =
+        item.value === undefined || item.value === null ? "" : (this.scalar(`${field}[${i}].value`, item.value) ?? "");
     });
-    return ok ? out : undefined;
+    return out;
   }
 
   shim(field: string, v: Json | undefined): "host" | "wasm" | undefined {
@@ -174,6 +169,7 @@ function toInit(doc: Json, r: DocumentReader): ApplicationDocument | undefined {
 function applicationName(metadata: Json | undefined, r: DocumentReader): string | undefined {
   if (!isRecord(metadata)) return r.fail("metadata.name", "is required");
   const name = r.string("metadata.name", metadata.name);
+  // A name that is not a string was reported just now.
   if (name === undefined && metadata.name !== undefined && metadata.name !== null) return undefined;
   if (!name) return r.fail("metadata.name", "is required");
   try {

@@ -1,4 +1,4 @@
-import { InvalidArgumentError, loadCacheConfig, ObjectCache, type ResolvedCacheConfig } from "@kiln/sdk";
+import { InvalidArgumentError, KilnError, loadCacheConfig, ObjectCache, type ResolvedCacheConfig } from "@kiln/sdk";
 import { isTokenRefused, isUnreachable, TokenRefusedError, UnreachableError, UsageError } from "./exit-codes.js";
 import { settingUsageError, type GlobalOptions } from "./options.js";
 
@@ -35,9 +35,12 @@ export async function withCache<T>(globals: GlobalOptions, fn: (cache: ObjectCac
   try {
     return await fn(cache);
   } catch (err) {
-    if (isUnreachable(err))
+    // Only the cache's own failures: the cluster's pass on to withClient, which names the cluster.
+    const fromCache = err instanceof KilnError && err.endpoint === cacheEndpoint;
+    if (fromCache && isUnreachable(err))
       throw new UnreachableError(cacheEndpoint, { cause: err, what: "the object cache", flag: "--cache-endpoint" });
-    if (isTokenRefused(err)) throw new TokenRefusedError("the object cache", cacheEndpoint, { cause: err });
+    if (fromCache && isTokenRefused(err))
+      throw new TokenRefusedError("the object cache", cacheEndpoint, { cause: err });
     // A key or prefix that breaks the rules is a mistake in what was typed, wherever it was caught.
     if (err instanceof InvalidArgumentError) throw new UsageError(`${err.message} (${err.code})`);
     throw err;

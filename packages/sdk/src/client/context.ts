@@ -45,7 +45,9 @@ export class ClientContext {
   toError(err: unknown): KilnError {
     if (this.closedReason) return this.closedReason;
     const error = toKilnError(err);
-    return error.code === ErrorCode.Unauthenticated ? tokenRefusedError("the cluster", this.endpoint, error) : error;
+    if (error.code === ErrorCode.Unauthenticated) return tokenRefusedError("the cluster", this.endpoint, error);
+    error.endpoint ??= this.endpoint;
+    return error;
   }
 
   /** Runs one RPC with errors mapped to KilnError. */

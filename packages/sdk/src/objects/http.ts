@@ -206,12 +206,20 @@ export class CacheHttp {
     if (!(err instanceof Error)) return new Error(String(err));
     if (err instanceof KilnError) return err;
     const code = (err as NodeJS.ErrnoException).code ?? "";
-    if (TIMEOUT_CODES.has(code)) return new TimeoutError(`${spec.method} ${this.endpoint}${spec.path}`, this.timeoutMs);
-    if (NETWORK_CODES.has(code) || code.startsWith("HPE_"))
-      return new KilnError(ErrorCode.Unavailable, `object cache at ${this.endpoint} is unavailable: ${err.message}`, {
-        cause: err,
-      });
-    return err;
+    let failure: KilnError;
+    if (TIMEOUT_CODES.has(code))
+      failure = new TimeoutError(`${spec.method} ${this.endpoint}${spec.path}`, this.timeoutMs);
+    else if (NETWORK_CODES.has(code) || code.startsWith("HPE_"))
+      failure = new KilnError(
+        ErrorCode.Unavailable,
+        `object cache at ${this.endpoint} is unavailable: ${err.message}`,
+        {
+          cause: err,
+        },
+      );
+    else return err;
+    failure.endpoint = this.endpoint;
+    return failure;
   }
 
   /** `body` as a stream whose errors went through `failure`; destroying it aborts the download. */
@@ -236,7 +244,9 @@ export class CacheHttp {
     const message =
       typeof body.message === "string" ? body.message : `object cache at ${this.endpoint} answered HTTP ${status}`;
     const error = errorFor(code, message, typeof body.field === "string" ? body.field : undefined);
-    return code === ErrorCode.Unauthenticated ? tokenRefusedError("the object cache", this.endpoint, error) : error;
+    if (code === ErrorCode.Unauthenticated) return tokenRefusedError("the object cache", this.endpoint, error);
+    error.endpoint = this.endpoint;
+    return error;
   }
 }
 
