@@ -1,6 +1,8 @@
 import { connect, type KilnClient } from "@kiln/sdk";
 import assert from "node:assert/strict";
 import * as fs from "node:fs/promises";
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -151,12 +153,37 @@ describe("kiln deploy and kiln cache against kiln up", () => {
     assert.equal(refused.code, 1, refused.stderr);
     assert.match(refused.stderr, /working_directory/);
 
-    const upload = await runCli(
+    const unreachable = await runCli(
       ["deploy", project, "--name", "api-app", "--endpoint", endpoint, "--cache-endpoint", "http://127.0.0.1:1"],
       30_000,
     );
-    assert.equal(upload.code, 4, upload.stderr);
-    assert.match(upload.stderr, /cannot upload the package to http:\/\/127\.0\.0\.1:1/);
+    assert.equal(unreachable.code, 3, unreachable.stderr);
+    assert.match(
+      unreachable.stderr,
+      /^error: cannot reach the object cache at http:\/\/127\.0\.0\.1:1\b.*--cache-endpoint/,
+    );
+
+    // A cache that answers but cannot keep the package (507, as a full cache does).
+    const full = http.createServer((req, res) => {
+      req.resume();
+      req.once("end", () => {
+        const [status, code] = req.method === "PUT" ? [507, "RESOURCE_EXHAUSTED"] : [404, "NOT_FOUND"];
+        res.writeHead(status, { "content-type": "application/json" });
+        res.end(JSON.stringify({ code, message: status === 507 ? "the cache is full" : "not found" }));
+      });
+    });
+    await new Promise<void>((resolve) => full.listen(0, "127.0.0.1", resolve));
+    try {
+      const fullCache = `http://127.0.0.1:${(full.address() as AddressInfo).port}`;
+      const upload = await runCli(
+        ["deploy", project, "--name", "api-app", "--endpoint", endpoint, "--cache-endpoint", fullCache],
+        30_000,
+      );
+      assert.equal(upload.code, 4, upload.stderr);
+      assert.match(upload.stderr, new RegExp(`^error: cannot upload the package to ${fullCache}: the cache is full`));
+    } finally {
+      await new Promise((resolve) => full.close(resolve));
+    }
     assert.equal((await kiln("view", "-a", "api-app")).code, 1, "nothing was registered");
   });
 

@@ -3,7 +3,13 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { runCli, startCli, type CliProcess } from "./cli-helpers.js";
+import { HAS_SCRIPT, runCli, runCliInTerminal, startCli, type CliProcess } from "./cli-helpers.js";
+
+/** An event as `-o json` prints it. */
+interface Event {
+  code?: number;
+  message?: string;
+}
 
 // One `kiln up` for the whole file: starting a cluster is the slow part.
 describe("kiln against a running cluster", () => {
@@ -75,11 +81,30 @@ describe("kiln against a running cluster", () => {
   it("ping -p prints the summary block", async () => {
     const r = await kiln("ping", "-p", "-t", "20");
     assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /tasks \|/, "no progress bar on a pipe");
     assert.match(r.stdout, /^Succeeded:\s+20\/20$/m);
     assert.match(r.stdout, /^Failed:\s+0$/m);
     assert.match(r.stdout, /^Throughput:\s+[\d.]+ tasks\/s$/m);
     assert.match(r.stdout, /^Latency:\s+p50 [\d.]+ ms, p99 [\d.]+ ms$/m);
   });
+
+  it(
+    `ping draws a progress bar on a terminal, with -p too${HAS_SCRIPT ? "" : " (skipped: no script(1) to make a terminal)"}`,
+    {
+      skip: !HAS_SCRIPT,
+    },
+    async () => {
+      for (const perf of [["-p"], []]) {
+        const r = await runCliInTerminal(["ping", ...perf, "-t", "20", "--endpoint", endpoint], 60_000);
+        assert.equal(r.code, 0, r.stdout);
+        assert.match(r.stdout, /100% \| 20\/20 tasks \| 0 failed/, r.stdout);
+        assert.match(r.stdout, perf.length ? /^Succeeded:\s+20\/20\r?$/m : /^20\/20 tasks succeeded in /m);
+      }
+      const json = await runCliInTerminal(["ping", "-o", "json", "-t", "5", "--endpoint", endpoint], 60_000);
+      assert.equal(json.code, 0, json.stdout);
+      assert.doesNotMatch(json.stdout, /tasks \|/, "-o json stays one JSON line, even on a terminal");
+    },
+  );
 
   it("ping exits 1 when tasks fail, showing each failure", async () => {
     // kiln-ping refuses allocations above 4 GiB, so every task fails in the service.
@@ -147,14 +172,40 @@ describe("kiln against a running cluster", () => {
     assert.match(task.stdout, /^Output:\s+\S/m);
     assert.match(task.stdout, /^  \d\d:\d\d:\d\d\.\d{3}: .* \(\d+\)$/m);
 
+    assert.match(task.stdout, /^  \d\d:\d\d:\d\d\.\d{3}: created \(0\)$/m);
+    assert.doesNotMatch(task.stdout, /: \(\d+\)$/m, "no event without a message");
+
     const json = await kiln("view", "-s", pingSession, "-o", "json");
-    const parsed = JSON.parse(json.stdout) as { session: unknown; tasks: unknown[] };
+    const parsed = JSON.parse(json.stdout) as { session: unknown; tasks: { status: { events: Event[] } }[] };
     assert.equal(parsed.tasks.length, 200);
+    for (const t of parsed.tasks)
+      for (const e of t.status.events) assert.ok(e.message?.trim(), `an event without a message: ${JSON.stringify(t)}`);
 
     const nodeName = (await kiln("list", "-n")).stdout.split("\n")[1]!.split(/\s+/)[0]!;
     const node = await kiln("view", "-n", nodeName);
     assert.equal(node.code, 0, node.stderr);
     assert.match(node.stdout, /^Status:\s+Ready$/m);
+  });
+
+  it("a malformed context in the config file breaks only the commands that use it", async () => {
+    const config = path.join(dir, "config.yaml");
+    await writeFile(
+      config,
+      "current-context: broken\ncontexts:\n" +
+        "  - name: broken\n    cluster: { endpoint: 'localhost:7420' }\n" +
+        `  - name: good\n    cluster: { endpoint: ${endpoint} }\n`,
+    );
+    const broken = await runCli(["list", "-a", "--config", config]);
+    assert.equal(broken.code, 2, broken.stderr);
+    assert.match(broken.stderr, /^error: contexts\[0\]\.cluster\.endpoint: "localhost:7420" must start with http/);
+    assert.ok(broken.stderr.includes(`(in ${config})`), broken.stderr);
+
+    const otherContext = await runCli(["list", "-a", "--config", config, "--context", "good"]);
+    assert.equal(otherContext.code, 0, otherContext.stderr);
+    assert.match(otherContext.stdout, /^kiln-ping\s/m);
+    const explicitEndpoint = await kiln("list", "-a", "--config", config);
+    assert.equal(explicitEndpoint.code, 0, explicitEndpoint.stderr);
+    assert.match(explicitEndpoint.stdout, /^kiln-ping\s/m);
   });
 
   it("create, close and delete a session", async () => {
@@ -208,17 +259,57 @@ describe("kiln against a running cluster", () => {
     assert.doesNotMatch((await kiln("list", "-a")).stdout, /cli-e2e-/);
   });
 
-  it("register with a bad document registers none of the file's applications", async () => {
+  it("register and update with bad documents report every problem and change nothing", async () => {
     const file = path.join(dir, "bad.yaml");
     await writeFile(
       file,
       "metadata: { name: cli-e2e-good }\nspec: { command: /bin/true }\n---\n" +
-        "metadata: { name: cli-e2e-bad }\nspec: { max_instances: many }\n",
+        "metadata: { name: cli-e2e-bad }\nspec: { max_instances: many, working_directory: relative/dir }\n---\n" +
+        "metadata: { name: cli-e2e-bad2 }\nspec: { shim: docker }\n",
     );
     const r = await kiln("register", "-f", file);
     assert.equal(r.code, 2, r.stderr);
-    assert.match(r.stderr, /document 2: spec\.max_instances: must be a whole number/);
+    assert.equal(r.stdout, "");
+    assert.equal(
+      r.stderr,
+      `error: ${file} has 3 problems; nothing was registered:\n` +
+        '  document 2: spec.working_directory: must be an absolute path (got "relative/dir")\n' +
+        '  document 2: spec.max_instances: must be a whole number, 0 or more (got string "many")\n' +
+        '  document 3: spec.shim: must be Host or Wasm (got "docker")\n',
+    );
     assert.doesNotMatch((await kiln("list", "-a")).stdout, /cli-e2e-good/);
+
+    // A relative working_directory alone is caught by the CLI too (the server would refuse it with exit 1).
+    await writeFile(file, "metadata: { name: cli-e2e-good }\nspec: { working_directory: srv }\n");
+    const relative = await kiln("update", "-f", file);
+    assert.equal(relative.code, 2, relative.stderr);
+    assert.match(relative.stderr, /^error: .*bad\.yaml: document 1: spec\.working_directory: must be an absolute path/);
+  });
+
+  it("Flame's spellings work: update -a, create --app, ping -P, deploy --application", async () => {
+    const file = path.join(dir, "flame.yaml");
+    await writeFile(file, "metadata: { name: cli-e2e-flame }\nspec: { command: /bin/true, description: one }\n");
+    assert.equal((await kiln("register", "-f", file)).code, 0);
+    await writeFile(file, "metadata: { name: cli-e2e-flame }\nspec: { command: /bin/true, description: two }\n");
+    const updated = await kiln("update", "-a", file);
+    assert.equal(updated.code, 0, updated.stderr);
+    assert.match((await kiln("view", "-a", "cli-e2e-flame")).stdout, /^Description:\s+two$/m);
+    assert.equal((await kiln("unregister", "-a", "cli-e2e-flame")).code, 0);
+
+    const created = await kiln("create", "--app", "kiln-ping", "--id", "cli-e2e-flame-1");
+    assert.equal(created.code, 0, created.stderr);
+    assert.equal((await kiln("close", "-s", "cli-e2e-flame-1")).code, 0);
+
+    const ping = await kiln("ping", "-P", "7", "-t", "2", "-o", "json");
+    assert.equal(ping.code, 0, ping.stderr);
+    const session = (JSON.parse(ping.stdout) as { session: string }).session;
+    assert.match((await kiln("view", "-s", session)).stdout, /^Priority:\s+7$/m);
+
+    const exe = path.join(dir, "flame-svc.sh");
+    await writeFile(exe, "#!/bin/sh\nexec cat\n", { mode: 0o755 });
+    const deployed = await kiln("deploy", "--name", "cli-e2e-flame", "--application", exe, "--dry-run", "-o", "json");
+    assert.equal(deployed.code, 0, deployed.stderr);
+    assert.equal((JSON.parse(deployed.stdout) as { kind: string }).kind, "executable");
   });
 
   it("API errors print the message and the Kiln code, exit 1", async () => {

@@ -198,7 +198,12 @@ describe("payloads and events", () => {
       formatEvent({ code: 2, message: "succeeded", creationTime: BigInt(at) }),
       "03:04:05.067: succeeded (2)",
     );
-    assert.equal(formatEvent({ code: 0, creationTime: BigInt(at) }), "03:04:05.067: (0)");
+    // A server that sends no message (Flame, an older Kiln) still gets a readable line.
+    assert.equal(formatEvent({ code: 0, creationTime: BigInt(at) }), "03:04:05.067: pending (0)");
+    assert.equal(
+      formatEvent({ code: 1020, message: "", creationTime: BigInt(at) }),
+      "03:04:05.067: a service process exited; its executor restarts it (1020)",
+    );
   });
 });
 

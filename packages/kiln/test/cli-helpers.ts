@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -24,15 +24,32 @@ export interface CliResult {
 
 /** Runs `kiln ...args` to completion (killed after `timeoutMs`). */
 export function runCli(args: readonly string[], timeoutMs = 30_000): Promise<CliResult> {
+  return runToEnd(process.execPath, [CLI, ...args], `kiln ${args.join(" ")}`, timeoutMs);
+}
+
+/** Whether script(1) is here to give a command a terminal (util-linux has it; a minimal image may not). */
+export const HAS_SCRIPT = spawnSync("script", ["--version"]).status === 0;
+
+/**
+ * Runs `kiln ...args` with a terminal as its stdout (a pseudo-terminal made by script(1)), to see
+ * what a person at a terminal sees; the output has the terminal's line ends (\r\n) and escapes.
+ */
+export function runCliInTerminal(args: readonly string[], timeoutMs = 30_000): Promise<CliResult> {
+  const quote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+  const command = [process.execPath, CLI, ...args].map(quote).join(" ");
+  return runToEnd("script", ["-qec", command, "/dev/null"], `kiln ${args.join(" ")} (in a terminal)`, timeoutMs);
+}
+
+function runToEnd(file: string, args: readonly string[], what: string, timeoutMs: number): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: CLI_ENV, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(file, args, { env: CLI_ENV, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
     child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
-      reject(new Error(`kiln ${args.join(" ")} did not finish within ${timeoutMs} ms\n${stdout}\n${stderr}`));
+      reject(new Error(`${what} did not finish within ${timeoutMs} ms\n${stdout}\n${stderr}`));
     }, timeoutMs);
     child.on("error", reject);
     child.on("close", (code) => {

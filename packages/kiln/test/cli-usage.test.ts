@@ -22,7 +22,7 @@ const COMMAND_OPTIONS: Record<string, string[]> = {
   ],
   agent: ["--name", "--executors", "--work-dir"],
   cache: ["--host", "--port", "--storage", "--data-dir", "--max-memory", "--max-spill", "--advertise"],
-  deploy: ["--name", "--command", "--installer", "--exclude", "--dry-run", "-o, --output"],
+  deploy: ["--name", "--application", "--command", "--installer", "--exclude", "--dry-run", "-o, --output"],
   data: ["--limit", "--depth", "-o, --output"],
   demo: ["--tasks", "--executors"],
   list: [
@@ -38,13 +38,14 @@ const COMMAND_OPTIONS: Record<string, string[]> = {
     "-o, --output",
   ],
   view: ["-a, --application", "-s, --session", "-t, --task", "-n, --node", "-w, --watch", "-o, --output"],
-  create: ["-a, --application", "-p, --priority", "-r, --resreq", "--min", "--max", "--id"],
+  create: ["-a, --application", "--app", "-p, --priority", "-r, --resreq", "--min", "--max", "--id"],
   cancel: ["-s, --session", "-t, --task", "-o, --output"],
   close: ["-s, --session"],
   delete: ["-s, --session"],
   register: ["-f, --file"],
-  update: ["-f, --file"],
+  update: ["-f, --file", "-a, --application"],
   unregister: ["-a, --application"],
+  completion: [],
   ping: [
     "-a, --application",
     "-t, --tasks",
@@ -52,7 +53,7 @@ const COMMAND_OPTIONS: Record<string, string[]> = {
     "-m, --memory",
     "-c, --common-data",
     "-p, --perf",
-    "--priority",
+    "-P, --priority",
     "-r, --resreq",
     "-o, --output",
   ],
@@ -125,9 +126,26 @@ describe("usage errors exit 2 without touching the cluster", () => {
     ["a task count that is not a number", ["ping", "-t", "ten"], /"ten" is not a whole number/],
     ["a zero task count", ["ping", "-t", "0"], /must be from 1/],
     ["a bad resource request", ["create", "-a", "x", "-r", "cpu=lots"], /resreq\.cpu: "lots" must be a whole number/],
-    ["create without an application", ["create"], /required option '-a, --application <name>' not specified/],
+    ["create without an application", ["create"], /^error: -a is required \(or flmctl's spelling, --app\)$/m],
+    ["create with -a and --app", ["create", "-a", "x", "--app", "y"], /-a and --app say the same thing/],
+    ["update without a file", ["update"], /^error: -f is required \(or flmctl's spelling, -a\)$/m],
+    [
+      "deploy without a path",
+      ["deploy", "--name", "x"],
+      /^error: <path> is required \(or flmctl's spelling, --application\)$/m,
+    ],
     ["a task without its session", ["view", "-t", "1"], /-t TASK needs the session too/],
     ["close without a session", ["close"], /required option '-s, --session <id>'/],
+    [
+      "an explicit --config that does not exist",
+      ["list", "-a", "--config", "/nonexistent/kiln.yaml"],
+      /^error: --config: no config file at \/nonexistent\/kiln\.yaml \(INVALID_ARGUMENT\)$/m,
+    ],
+    [
+      "an explicit --config that does not exist, for the object cache",
+      ["cache", "ls", "demo", "--config", "/nonexistent/kiln.yaml"],
+      /^error: --config: no config file at \/nonexistent\/kiln\.yaml \(INVALID_ARGUMENT\)$/m,
+    ],
     [
       "register of a missing file",
       ["register", "-f", "/nonexistent/apps.yaml"],
@@ -141,6 +159,16 @@ describe("usage errors exit 2 without touching the cluster", () => {
       assert.match(r.stderr, message);
     });
   }
+
+  it("a KILN_CONFIG that names no file (the default ~/.kiln/config.yaml may be missing)", () => {
+    const r = spawnSync(process.execPath, [CLI, "list", "-n", "--endpoint", endpoint], {
+      env: { ...CLI_ENV, KILN_CONFIG: path.join(dir, "typo.yaml") },
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    assert.equal(r.status, 2, r.stderr);
+    assert.equal(r.stderr, `error: KILN_CONFIG: no config file at ${path.join(dir, "typo.yaml")} (INVALID_ARGUMENT)\n`);
+  });
 
   it("agent without an endpoint", async () => {
     const r = await runCli(["agent"]);

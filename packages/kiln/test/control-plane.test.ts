@@ -216,6 +216,7 @@ describe("control plane: sessions and tasks", () => {
     assert.equal(task.status?.state, flame.TaskState.Pending);
     const ev = task.status!.events[0]!;
     assert.equal(ev.code, flame.TaskState.Pending);
+    assert.equal(ev.message, "created", "every event has a message, the creation too");
     assert.ok(Math.abs(Number(ev.creationTime) - Date.now()) < 60_000, "creation_time is Unix ms");
     const listed: string[] = [];
     for await (const x of t.frontend.listTask({ sessionId: "tasks" })) listed.push(x.metadata!.id);

@@ -243,11 +243,38 @@ describe("kiln data", () => {
     assert.deepEqual(parsed.input.args, [{ weights: [0.5, 0.25] }, 3]);
   });
 
+  it("says a session that is not a Runner session is not one, and what to use instead (exit 2)", async () => {
+    await cp.frontend.createSession({ sessionId: "ping-1", session: { application: "kiln-ping" } });
+    await cp.frontend.createTask({ task: { sessionId: "ping-1", input: new TextEncoder().encode("{}") } });
+    const hint = "kiln data shows the calls of Runner sessions; see this one's tasks with kiln view -s ping-1\n";
+    for (const args of [["ping-1"], ["ping-1", "1"], ["ping-1", "1", "-o", "json"]]) {
+      const r = await kilnData(args);
+      assert.equal(r.code, 2, r.stderr);
+      assert.equal(r.stdout, "");
+      assert.equal(
+        r.stderr,
+        "error: session ping-1 (application kiln-ping) is not a Runner session: it has no common data, " +
+          `where a Runner session names its service. ${hint}`,
+      );
+    }
+    // Common data that is not a Runner service (kiln ping -c gives such bytes).
+    const commonData = new Uint8Array(16).fill(0x6b);
+    await cp.frontend.createSession({ sessionId: "ping-2", session: { application: "kiln-ping", commonData } });
+    const bytes = await kilnData(["ping-2"]);
+    assert.equal(bytes.code, 2, bytes.stderr);
+    assert.match(
+      bytes.stderr,
+      /^error: session ping-2 \(application kiln-ping\) is not a Runner session: its common data is not a Runner service \(decode error: /,
+    );
+  });
+
   it("exits 1 with NOT_FOUND for a missing task and 3 for an unreachable cluster", async () => {
     const missing = await kilnData(["data-1", "99"]);
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /NOT_FOUND/);
     const down = await runCli(["data", "data-1", "--endpoint", "http://127.0.0.1:1"]);
     assert.equal(down.code, 3);
+    // The cluster is what could not be reached, not the object cache kiln data also uses.
+    assert.match(down.stderr, /^error: cannot reach the Kiln cluster at http:\/\/127\.0\.0\.1:1\b.* --endpoint\./);
   });
 });

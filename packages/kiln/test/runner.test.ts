@@ -64,7 +64,10 @@ describe("Runner against kiln up", () => {
     await fs.writeFile(path.join(shoutDir, "index.js"), "export const shout = (s) => `${s.toUpperCase()}!`;\n");
     up = startCli(["up", "--data-dir", path.join(dir, "data"), "--port", "0", "--executors", "6"]);
     const m = await up.waitFor(/Kiln is up at (http:\/\/\S+)\n\s+object cache: (http:\/\/\S+)/, 40_000);
-    options = { project, endpoint: m[1]!, cacheEndpoint: m[2]!, configPath: path.join(dir, "no-config.yaml") };
+    // An empty config file: the user's own ~/.kiln/config.yaml stays out of the test.
+    const configPath = path.join(dir, "empty-config.yaml");
+    await fs.writeFile(configPath, "");
+    options = { project, endpoint: m[1]!, cacheEndpoint: m[2]!, configPath };
     client = await connect({ endpoint: m[1]!, configPath: options.configPath! });
     cache = new ObjectCache({ endpoint: m[2]! });
     runner = await Runner.open("rt", options);

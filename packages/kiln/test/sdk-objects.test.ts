@@ -723,8 +723,12 @@ describe("sdk objects: trust, validation and failures", () => {
 describe("sdk objects: configuration and the module-level functions", () => {
   let server: CacheServer;
   let dir: string;
+  /** Stands for "no config": a named config file must exist. */
+  let emptyConfig: string;
   before(async () => {
     dir = tempDir("sdk-config");
+    emptyConfig = path.join(dir, "empty-config.yaml");
+    fs.writeFileSync(emptyConfig, "");
     server = await startCacheServer({ port: 0, storage: { kind: "fs", dir: tempDir("sdk-config-store") } });
   });
   after(async () => {
@@ -788,14 +792,14 @@ describe("sdk objects: configuration and the module-level functions", () => {
       (e: unknown) => e instanceof InvalidArgumentError && e.field === "contexts[0].cache.endpoint",
     );
     assert.throws(
-      () => loadCacheConfig({ env: { KILN_CACHE_ENDPOINT: "ftp://x" }, configPath: path.join(dir, "absent.yaml") }),
+      () => loadCacheConfig({ env: { KILN_CACHE_ENDPOINT: "ftp://x" }, configPath: emptyConfig }),
       (e: unknown) => e instanceof InvalidArgumentError && e.field === "KILN_CACHE_ENDPOINT",
     );
   });
 
   it("the module-level functions use the cache named by KILN_CACHE_ENDPOINT", async () => {
     process.env.KILN_CACHE_ENDPOINT = server.endpoint;
-    process.env.KILN_CONFIG = path.join(dir, "absent.yaml");
+    process.env.KILN_CONFIG = emptyConfig;
     assert.equal(defaultObjectCache().endpoint, server.endpoint);
 
     let ref = await putObject("mod/s", ["a"]);

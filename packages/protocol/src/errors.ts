@@ -61,6 +61,11 @@ export const ERROR_CODE_HEADER = "kiln-error-code";
  */
 export class KilnError extends Error {
   readonly code: ErrorCode;
+  /**
+   * The server the error came from (it answered so, or could not be reached), when a client knows:
+   * a cluster's or an object cache's endpoint. Tells a cluster's UNAVAILABLE from its cache's.
+   */
+  endpoint?: string;
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.code = code;
@@ -124,9 +129,27 @@ export class FailedPreconditionError extends KilnError {
 }
 
 export class UnauthenticatedError extends KilnError {
-  constructor(message = "missing or invalid token") {
-    super(ErrorCode.Unauthenticated, message);
+  constructor(message = "missing or invalid token", options?: { cause?: unknown }) {
+    super(ErrorCode.Unauthenticated, message, options);
   }
+}
+
+/**
+ * What a client sees when a server refused its token: which server, and where a token comes from.
+ * `server` is "the cluster" or "the object cache"; `cause` is the server's own refusal.
+ *
+ * @example
+ * tokenRefusedError("the cluster", "http://10.0.0.5:7420").message
+ * // "the cluster at http://10.0.0.5:7420 refused the token (missing or invalid): set KILN_TOKEN, …"
+ */
+export function tokenRefusedError(server: string, endpoint: string, cause?: unknown): UnauthenticatedError {
+  const error = new UnauthenticatedError(
+    `${server} at ${endpoint} refused the token (missing or invalid): set KILN_TOKEN or pass a token ` +
+      `(connect({ token }), ObjectCache({ token })), or give the config context a token`,
+    { cause },
+  );
+  error.endpoint = endpoint;
+  return error;
 }
 
 export class TimeoutError extends KilnError {

@@ -27,6 +27,9 @@ import { createClusterTransport } from "@kiln/protocol/transport";
 import { flame, kiln } from "@kiln/protocol/proto";
 import { within } from "../../../test/support/within.js";
 
+/** An empty config file, so the user's own ~/.kiln/config.yaml stays out of the tests. */
+const EMPTY_CONFIG = "/dev/null";
+
 const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -236,7 +239,7 @@ describe("client against a server that stops answering SubmitTasks", () => {
     );
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    const client = await connect({ endpoint, requestTimeoutMs: 300, configPath: "/nonexistent/config.yaml" });
+    const client = await connect({ endpoint, requestTimeoutMs: 300, configPath: EMPTY_CONFIG });
     try {
       const session = client.session("silent");
       const first = session.run("a");
@@ -258,7 +261,7 @@ describe("client against a control plane", () => {
   before(async () => {
     dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-sdk-client-"));
     cp = await startControlPlane({ dataDir, port: 0, log: () => undefined });
-    client = await connect({ endpoint: cp.endpoint, configPath: path.join(dataDir, "no-config.yaml") });
+    client = await connect({ endpoint: cp.endpoint, configPath: EMPTY_CONFIG });
     await client.registerApplication("app", { command: "/bin/true", description: "test app", maxInstances: 4 });
   });
 
@@ -542,7 +545,7 @@ describe("client against a control plane", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-sdk-restart-"));
     let server = await startControlPlane({ dataDir: dir, port: 0, log: () => undefined });
     const port = server.port;
-    const c = await connect({ endpoint: server.endpoint, configPath: path.join(dir, "no-config.yaml") });
+    const c = await connect({ endpoint: server.endpoint, configPath: EMPTY_CONFIG });
     try {
       await c.registerApplication("app", { command: "/bin/true" });
       const session = await c.createSession({ application: "app", id: "survivor" });
@@ -562,7 +565,7 @@ describe("client against a control plane", () => {
   });
 
   test("closing the client rejects pending run() calls and later calls", async () => {
-    const c = await connect({ endpoint: cp.endpoint, configPath: path.join(dataDir, "no-config.yaml") });
+    const c = await connect({ endpoint: cp.endpoint, configPath: EMPTY_CONFIG });
     const session = await c.createSession({ application: "app", id: "client-closed" });
     const pending = session.run("x");
     await waitForPending(c, session.id, 1);

@@ -3,13 +3,24 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { connect, DEFAULT_ENDPOINT, ErrorCode, InvalidArgumentError, loadConfig } from "../src/index.js";
+import {
+  connect,
+  DEFAULT_ENDPOINT,
+  ErrorCode,
+  InvalidArgumentError,
+  loadCacheConfig,
+  loadConfig,
+} from "../src/index.js";
 
 let dir: string;
 let configPath: string;
+/** A config file with no contexts: keeps the user's own ~/.kiln/config.yaml out of a test. */
+let emptyConfig: string;
 
 before(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-sdk-config-"));
+  emptyConfig = path.join(dir, "empty.yaml");
+  fs.writeFileSync(emptyConfig, "");
   configPath = path.join(dir, "config.yaml");
   fs.writeFileSync(
     configPath,
@@ -45,14 +56,47 @@ function assertInvalid(fn: () => unknown, field: string, messagePart?: string): 
   });
 }
 
+/** Runs `fn` with HOME (where the default ~/.kiln/config.yaml is looked for) set to `home`. */
+function withHome<T>(home: string, fn: () => T): T {
+  const saved = process.env.HOME;
+  process.env.HOME = home;
+  try {
+    return fn();
+  } finally {
+    if (saved === undefined) delete process.env.HOME;
+    else process.env.HOME = saved;
+  }
+}
+
 describe("loadConfig", () => {
-  test("falls back to the default endpoint when nothing is configured and the file is missing", () => {
-    const c = loadConfig({ env: {}, configPath: path.join(dir, "absent.yaml") });
+  test("falls back to the default endpoint when nothing is configured and ~/.kiln/config.yaml is missing", () => {
+    const c = withHome(path.join(dir, "no-home"), () => loadConfig({ env: {} }));
     assert.equal(c.endpoint, DEFAULT_ENDPOINT);
     assert.equal(c.source, "default");
     assert.equal(c.token, undefined);
     assert.equal(c.context, undefined);
+    assert.equal(c.configPath, path.join(dir, "no-home", ".kiln", "config.yaml"));
     assert.equal(c.configFound, false);
+  });
+
+  test("reads ~/.kiln/config.yaml when no file is named", () => {
+    const home = path.join(dir, "home");
+    fs.mkdirSync(path.join(home, ".kiln"), { recursive: true });
+    fs.copyFileSync(configPath, path.join(home, ".kiln", "config.yaml"));
+    const c = withHome(home, () => loadConfig({ env: {} }));
+    assert.equal(c.context, "local");
+    assert.equal(c.configFound, true);
+  });
+
+  test("a named config file that does not exist is an error naming the path and where it was named", () => {
+    const absent = path.join(dir, "absent.yaml");
+    assertInvalid(() => loadConfig({ env: {}, configPath: absent }), "configPath", `no config file at ${absent}`);
+    assertInvalid(() => loadConfig({ env: { KILN_CONFIG: absent } }), "KILN_CONFIG", absent);
+    assertInvalid(
+      () => loadCacheConfig({ env: {}, configPath: absent, cacheEndpoint: "http://127.0.0.1:7422" }),
+      "configPath",
+      absent,
+    );
   });
 
   test("uses the current context of the config file", () => {
@@ -117,8 +161,7 @@ describe("loadConfig", () => {
   });
 
   test("an empty file is fine", () => {
-    const empty = writeConfig("empty.yaml", "");
-    assert.equal(loadConfig({ env: {}, configPath: empty }).source, "default");
+    assert.equal(loadConfig({ env: {}, configPath: emptyConfig }).source, "default");
   });
 
   test("unknown context names are rejected, naming the field", () => {
@@ -126,7 +169,7 @@ describe("loadConfig", () => {
     const dangling = writeConfig("dangling.yaml", "current-context: gone\ncontexts: []\n");
     assertInvalid(() => loadConfig({ env: {}, configPath: dangling }), "current-context", '"gone"');
     assertInvalid(
-      () => loadConfig({ env: {}, configPath: path.join(dir, "absent.yaml"), context: "local" }),
+      () => withHome(path.join(dir, "no-home"), () => loadConfig({ env: {}, context: "local" })),
       "context",
       "no config file",
     );
@@ -145,35 +188,103 @@ describe("loadConfig", () => {
     assertInvalid(() => loadConfig({ env: {}, configPath: bad }), "contexts[0].cluster.endpoint", bad);
   });
 
-  test("wrongly shaped documents name the field", () => {
+  test("a wrongly shaped file names the field and fails every command", () => {
     const cases: [string, string][] = [
       ["- just\n- a list\n", "(root)"],
       ["contexts: {}\n", "contexts"],
-      ["contexts:\n  - cluster: { endpoint: http://a:1 }\n", "contexts[0].name"],
-      ["contexts:\n  - name: a\n    cluster: [1]\n", "contexts[0].cluster"],
-      ["contexts:\n  - name: a\n    cluster: { token: 5 }\n", "contexts[0].cluster.token"],
-      ["contexts:\n  - name: a\n  - name: a\n", "contexts[1].name"],
+      ["current-context: [a]\ncontexts: []\n", "current-context"],
     ];
     cases.forEach(([text, field], i) => {
-      const file = writeConfig(`shape-${i}.yaml`, text);
-      assertInvalid(() => loadConfig({ env: {}, configPath: file }), field);
+      const file = writeConfig(`root-${i}.yaml`, text);
+      assertInvalid(() => loadConfig({ env: {}, configPath: file, endpoint: "http://127.0.0.1:1" }), field);
     });
   });
 
-  test("bad endpoints from options or env name where they came from", () => {
-    const missing = path.join(dir, "absent.yaml");
-    assertInvalid(() => loadConfig({ env: {}, configPath: missing, endpoint: "ftp://x:1" }), "endpoint");
-    assertInvalid(() => loadConfig({ env: { KILN_ENDPOINT: "not a url" }, configPath: missing }), "KILN_ENDPOINT");
-    assertInvalid(
-      () => loadConfig({ env: { FLAME_ENDPOINT: "http://x:1/api" }, configPath: missing }),
-      "FLAME_ENDPOINT",
+  test("a malformed context fails only what uses it, naming its field", () => {
+    const file = writeConfig(
+      "one-bad.yaml",
+      [
+        "current-context: listy",
+        "contexts:",
+        "  - name: good",
+        "    cluster: { endpoint: http://10.0.0.1:7420, token: good-secret }",
+        "  - name: listy",
+        "    cluster: [1]",
+        "  - name: numeric-token",
+        "    cluster: { token: 5 }",
+        "  - name: twice",
+        "  - name: twice",
+        "  - cluster: { endpoint: http://a:1 }",
+        "",
+      ].join("\n"),
     );
+    const load = (o: { context?: string; endpoint?: string; env?: Record<string, string> } = {}) =>
+      loadConfig({ env: o.env ?? {}, configPath: file, ...o });
+    // The broken current context is what a plain call uses: it fails, naming the field.
+    assertInvalid(() => load(), "contexts[1].cluster", file);
+    assertInvalid(() => loadCacheConfig({ env: {}, configPath: file }), "contexts[1].cluster");
+    // Another context works.
+    assert.deepEqual(
+      [load({ context: "good" }).endpoint, load({ context: "good" }).token],
+      ["http://10.0.0.1:7420", "good-secret"],
+    );
+    // An endpoint given explicitly does not use the current context, so that works too.
+    const explicit = load({ endpoint: "http://127.0.0.1:9000" });
+    assert.deepEqual(
+      [explicit.endpoint, explicit.token, explicit.context],
+      ["http://127.0.0.1:9000", undefined, undefined],
+    );
+    assert.equal(load({ env: { KILN_ENDPOINT: "http://127.0.0.1:9000" } }).endpoint, "http://127.0.0.1:9000");
+    // Naming a broken context is still an error, even with an endpoint.
+    assertInvalid(() => load({ context: "listy", endpoint: "http://127.0.0.1:9000" }), "contexts[1].cluster");
+    assertInvalid(() => load({ context: "numeric-token" }), "contexts[2].cluster.token");
+    assertInvalid(() => load({ context: "twice" }), "contexts[4].name", "given twice");
+    // A context without a name cannot be chosen; an unknown name says what is wrong with it.
+    assertInvalid(() => load({ context: "other" }), "context", "contexts[5].name: is required");
+  });
+
+  test("a bad endpoint fails only what connects to it: a Flame config's grpcs:// cache still reaches the cluster", () => {
+    const file = writeConfig(
+      "flame-style.yaml",
+      [
+        "current-context: flame",
+        "contexts:",
+        "  - name: flame",
+        "    cluster: { endpoint: 'http://10.0.0.2:8080', tls: { ca_file: /etc/flame/ca.crt } }",
+        "    cache: { endpoint: 'grpcs://flame-object-cache:9090' }",
+        "  - name: bad-cluster",
+        "    cluster: { endpoint: 'localhost:7420' }",
+        "    cache: { endpoint: 'http://10.0.0.3:7422' }",
+        "",
+      ].join("\n"),
+    );
+    assert.equal(loadConfig({ env: {}, configPath: file }).endpoint, "http://10.0.0.2:8080");
+    assertInvalid(() => loadCacheConfig({ env: {}, configPath: file }), "contexts[0].cache.endpoint", "grpcs://");
+    assert.equal(
+      loadCacheConfig({ env: {}, configPath: file, cacheEndpoint: "http://127.0.0.1:7422" }).cacheEndpoint,
+      "http://127.0.0.1:7422",
+    );
+    assertInvalid(
+      () => loadConfig({ env: {}, configPath: file, context: "bad-cluster" }),
+      "contexts[1].cluster.endpoint",
+    );
+    assert.equal(
+      loadCacheConfig({ env: {}, configPath: file, context: "bad-cluster" }).cacheEndpoint,
+      "http://10.0.0.3:7422",
+    );
+  });
+
+  test("bad endpoints from options or env name where they came from", () => {
+    const empty = emptyConfig;
+    assertInvalid(() => loadConfig({ env: {}, configPath: empty, endpoint: "ftp://x:1" }), "endpoint");
+    assertInvalid(() => loadConfig({ env: { KILN_ENDPOINT: "not a url" }, configPath: empty }), "KILN_ENDPOINT");
+    assertInvalid(() => loadConfig({ env: { FLAME_ENDPOINT: "http://x:1/api" }, configPath: empty }), "FLAME_ENDPOINT");
   });
 });
 
 describe("connect", () => {
   test("is lazy: it succeeds without a server and reports the resolved endpoint", async () => {
-    const client = await connect({ endpoint: "http://127.0.0.1:1/", configPath: path.join(dir, "absent.yaml") });
+    const client = await connect({ endpoint: "http://127.0.0.1:1/", configPath: emptyConfig });
     try {
       assert.equal(client.endpoint, "http://127.0.0.1:1");
     } finally {
@@ -182,13 +293,10 @@ describe("connect", () => {
   });
 
   test("rejects a bad endpoint with InvalidArgumentError", async () => {
-    await assert.rejects(
-      connect({ endpoint: "127.0.0.1:7420", configPath: path.join(dir, "absent.yaml") }),
-      (e: unknown) => {
-        assert.ok(e instanceof InvalidArgumentError);
-        assert.equal(e.field, "endpoint");
-        return true;
-      },
-    );
+    await assert.rejects(connect({ endpoint: "127.0.0.1:7420", configPath: emptyConfig }), (e: unknown) => {
+      assert.ok(e instanceof InvalidArgumentError);
+      assert.equal(e.field, "endpoint");
+      return true;
+    });
   });
 });

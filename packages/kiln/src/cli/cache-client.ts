@@ -1,7 +1,7 @@
-import { InvalidArgumentError } from "@kiln/protocol";
+import { InvalidArgumentError, KilnError } from "@kiln/protocol";
 import { loadCacheConfig, ObjectCache, type ResolvedCacheConfig } from "@kiln/sdk";
-import { isUnreachable, UnreachableError, UsageError } from "./exit-codes.js";
-import type { GlobalOptions } from "./options.js";
+import { isTokenRefused, isUnreachable, TokenRefusedError, UnreachableError, UsageError } from "./exit-codes.js";
+import { settingUsageError, type GlobalOptions } from "./options.js";
 
 /**
  * The object cache the global options point at: --cache-endpoint, else
@@ -17,13 +17,14 @@ export function resolveCacheConfig(globals: GlobalOptions): ResolvedCacheConfig 
       ...(globals.config ? { configPath: globals.config } : {}),
     });
   } catch (err) {
-    throw err instanceof InvalidArgumentError ? new UsageError(`${err.message} (${err.code})`) : err;
+    throw err instanceof InvalidArgumentError ? settingUsageError(err) : err;
   }
 }
 
 /**
  * Opens the configured object cache, runs `fn`, and always closes it. A
- * "cannot reach" failure comes out as an UnreachableError naming the cache.
+ * "cannot reach" failure comes out as an UnreachableError naming the cache, a refused token as a
+ * TokenRefusedError.
  *
  * @example
  * await withCache(cmd.optsWithGlobals(), (cache) => cache.listObjects("my-app"));
@@ -35,8 +36,12 @@ export async function withCache<T>(globals: GlobalOptions, fn: (cache: ObjectCac
   try {
     return await fn(cache);
   } catch (err) {
-    if (isUnreachable(err))
+    // Only the cache's own failures: the cluster's pass on to withClient, which names the cluster.
+    const fromCache = err instanceof KilnError && err.endpoint === cacheEndpoint;
+    if (fromCache && isUnreachable(err))
       throw new UnreachableError(cacheEndpoint, { cause: err, what: "the object cache", flag: "--cache-endpoint" });
+    if (fromCache && isTokenRefused(err))
+      throw new TokenRefusedError("the object cache", cacheEndpoint, { cause: err });
     // A key or prefix that breaks the rules is a mistake in what was typed, wherever it was caught.
     if (err instanceof InvalidArgumentError) throw new UsageError(`${err.message} (${err.code})`);
     throw err;

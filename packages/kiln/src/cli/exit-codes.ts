@@ -68,6 +68,26 @@ export class UnreachableError extends Error {
   }
 }
 
+/**
+ * `what` ("the cluster", "the object cache") at `endpoint` refused the command's token, or its lack of one.
+ * The message says where the CLI takes a token from.
+ */
+export class TokenRefusedError extends Error {
+  constructor(what: string, endpoint: string, options: { cause: unknown }) {
+    super(
+      `${what} at ${endpoint} refused the token (missing or invalid): pass --token or set KILN_TOKEN ` +
+        `(or the config context's token)`,
+      options,
+    );
+    this.name = "TokenRefusedError";
+  }
+}
+
+/** Whether a server refused the token (code UNAUTHENTICATED). */
+export function isTokenRefused(err: unknown): boolean {
+  return err instanceof KilnError && err.code === ErrorCode.Unauthenticated;
+}
+
 const CONNECTION_ERRNOS = new Set([
   "ECONNREFUSED",
   "ECONNRESET",
@@ -105,6 +125,10 @@ export function reportError(err: unknown): ExitCode {
   if (err instanceof InterruptedError) {
     process.stderr.write(`interrupted: ${err.message}\n`);
     return ExitCode.Interrupted;
+  }
+  if (err instanceof TokenRefusedError) {
+    process.stderr.write(`error: ${err.message} (${ErrorCode.Unauthenticated})\n`);
+    return ExitCode.Failed;
   }
   if (err instanceof CommandFailed) {
     process.stderr.write(`error: ${err.message}\n`);

@@ -1,5 +1,6 @@
 import { formatMemory, formatResreq } from "@kiln/protocol";
 import { flame } from "@kiln/protocol/proto";
+import { eventMessage } from "../control/event-codes.js";
 
 const pad = (n: number, width = 2): string => String(n).padStart(width, "0");
 
@@ -16,15 +17,30 @@ export function formatDateTime(ms: bigint | number): string {
 }
 
 /**
+ * An event's message; for an event without one (from a Flame server or an older Kiln), what its code means.
+ *
+ * @example
+ * eventText({ code: 1 }) // "running"
+ */
+export function eventText(e: Pick<flame.Event, "code" | "message">): string {
+  return eventMessage(e.code, e.message);
+}
+
+/** Why a task is in its state: the message of its last event (undefined when it has no events). */
+export function lastEventText(task: flame.Task): string | undefined {
+  const last = task.status?.events.at(-1);
+  return last && eventText(last);
+}
+
+/**
  * One event line as Flame prints it: `HH:MM:SS.mmm: message (code)`.
  *
  * @example
- * formatEvent({ code: 2, message: "succeeded", creationTime: 0n }) // "00:00:00.000: succeeded (2)" in UTC
+ * formatEvent({ code: 2, message: "completed on vm", creationTime: 0n }) // "00:00:00.000: completed on vm (2)" in UTC
  */
 export function formatEvent(e: Pick<flame.Event, "code" | "message" | "creationTime">): string {
   const d = new Date(Number(e.creationTime));
-  const message = e.message ? `${e.message} ` : "";
-  return `${formatClock(e.creationTime)}.${pad(d.getMilliseconds(), 3)}: ${message}(${e.code})`;
+  return `${formatClock(e.creationTime)}.${pad(d.getMilliseconds(), 3)}: ${eventText(e)} (${e.code})`;
 }
 
 /** A node's resources, `cpu=2,mem=23.5Gi,gpu=0` (memory rounded for reading). */

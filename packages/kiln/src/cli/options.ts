@@ -1,5 +1,7 @@
+import type { InvalidArgumentError as SettingError } from "@kiln/protocol";
 import { parseBytes, parseResreq } from "@kiln/protocol";
 import { InvalidArgumentError, Option } from "commander";
+import { UsageError } from "./exit-codes.js";
 
 /** Largest priority or instance count the API carries (uint32). */
 export const UINT32_MAX = 2 ** 32 - 1;
@@ -11,6 +13,46 @@ export interface GlobalOptions {
   token?: string;
   context?: string;
   config?: string;
+}
+
+/** The SDK's names for the settings the global options carry, and the flag each is typed as. */
+const SETTING_FLAGS: Record<string, string> = {
+  configPath: "--config",
+  endpoint: "--endpoint",
+  cacheEndpoint: "--cache-endpoint",
+  context: "--context",
+};
+
+/**
+ * A bad connection setting (from the flags, env or the config file) as the usage error it is,
+ * naming the flag where the SDK names its option (`configPath: …` → `--config: …`).
+ *
+ * @example
+ * connect(...).catch((e) => { throw e instanceof InvalidArgumentError ? settingUsageError(e) : e; });
+ */
+export function settingUsageError(err: SettingError): UsageError {
+  const flag = SETTING_FLAGS[err.field];
+  const message = flag ? `${flag}${err.message.slice(err.field.length)}` : err.message;
+  return new UsageError(`${message} (${err.code})`);
+}
+
+/**
+ * The value of something Kiln and Flame's flmctl spell differently (`kiln update -f FILE`, flmctl's
+ * `update -a FILE`): exactly one of the two spellings must be given.
+ *
+ * @example
+ * const file = eitherSpelling(["-f", options.file], ["-a", options.application]);
+ */
+export function eitherSpelling(kiln: [name: string, value?: string], flame: [name: string, value?: string]): string {
+  const [kilnName, kilnValue] = kiln;
+  const [flameName, flameValue] = flame;
+  if (kilnValue !== undefined && flameValue !== undefined)
+    throw new UsageError(
+      `${kilnName} and ${flameName} say the same thing (${flameName} is flmctl's spelling): give one`,
+    );
+  const value = kilnValue ?? flameValue;
+  if (value === undefined) throw new UsageError(`${kilnName} is required (or flmctl's spelling, ${flameName})`);
+  return value;
 }
 
 /**

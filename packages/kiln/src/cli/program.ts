@@ -2,6 +2,7 @@ import { Command, CommanderError, Option } from "commander";
 import { readFileSync } from "node:fs";
 import { registerApplicationCommands } from "./commands/application.js";
 import { registerCacheCommands } from "./commands/cache.js";
+import { registerCompletion } from "./commands/completion.js";
 import { registerDataCommand } from "./commands/data.js";
 import { registerDemo } from "./commands/demo.js";
 import { registerDeploy } from "./commands/deploy.js";
@@ -57,6 +58,7 @@ export function createProgram(): Command {
   registerRunnerCheck(program);
   registerExec(program);
   registerOutputs(program);
+  registerCompletion(program);
   program.addHelpText(
     "after",
     "\nExit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the cluster or cache,\n" +

@@ -4,7 +4,7 @@ import type { ApplicationRegistry } from "./applications.js";
 import type { AgentConnection } from "./agent-connection.js";
 import { ClusterState, newExecutorId, type ExecutorRecord, type NodeRecord } from "./cluster-state.js";
 import type { ControlPlaneConfig } from "./config.js";
-import { bindFailureEvent, SessionEvent } from "./event-codes.js";
+import { bindFailureEvent, eventMessage, SessionEvent } from "./event-codes.js";
 import { whyNoNodeFits } from "./fit.js";
 import { planCycle, type DemandInput, type NodeInput } from "./scheduler.js";
 import type { RunningTask, SessionRecord, SessionRegistry } from "./sessions.js";
@@ -221,7 +221,12 @@ export class Orchestrator {
         case kiln.ExecutorEvent.PROCESS_EXITED:
           // The agent restarts the process; no new tasks until it reports BOUND again.
           e.state = ExecutorState.ExecutorBinding;
-          if (s) this.sessions.addEvent(s, SessionEvent.ProcessExited, `executor ${e.id}: ${r.message}`);
+          if (s)
+            this.sessions.addEvent(
+              s,
+              SessionEvent.ProcessExited,
+              `executor ${e.id}: ${r.message || "its service process exited"}`,
+            );
           break;
         case kiln.ExecutorEvent.BIND_FAILED:
           this.dropExecutor(e, `bind failed: ${r.message}`);
@@ -237,9 +242,11 @@ export class Orchestrator {
     this.requestCycle();
   }
 
-  private bindFailed(s: SessionRecord, code: number, message: string): void {
+  private bindFailed(s: SessionRecord, code: number, detail: string): void {
     s.bindFailures++;
-    this.sessions.addEvent(s, bindFailureEvent(code), message);
+    const event = bindFailureEvent(code);
+    const message = eventMessage(event, detail);
+    this.sessions.addEvent(s, event, message);
     const backoff = Math.min(MAX_BIND_BACKOFF_MS, 500 * 2 ** (s.bindFailures - 1));
     s.nextBindAt = Date.now() + backoff;
     if (s.bindFailures >= this.config.bindRetryLimit) {

@@ -10,6 +10,7 @@ import {
 import { flame } from "@kiln/protocol/proto";
 import { randomInt } from "node:crypto";
 import type { ApplicationRegistry } from "./applications.js";
+import { eventMessage } from "./event-codes.js";
 import type { GroupCommit } from "./store/group-commit.js";
 import type { StoredEvent, StoredSession, StoreSnapshot, StoredTask } from "./store/sqlite-store.js";
 import { TaskQueue } from "./task-queue.js";
@@ -210,7 +211,7 @@ export class SessionRegistry {
   }
 
   addEvent(s: SessionRecord, code: number, message: string): void {
-    const event: StoredEvent = { code, message, time: Date.now() };
+    const event: StoredEvent = { code, message: eventMessage(code, message), time: Date.now() };
     const seq = s.events.push(event);
     this.commit.write((store) => store.addSessionEvent(s.id, seq, event));
     this.observer?.sessionChanged(s);
@@ -241,7 +242,7 @@ export class SessionRegistry {
         attempt: 0,
         retries: 0,
         creationTime: now,
-        events: [{ code: TaskState.Pending, time: now }],
+        events: [{ code: TaskState.Pending, message: "created", time: now }],
       };
       s.tasks.push(task);
       s.pending.push(task);
@@ -295,12 +296,12 @@ export class SessionRegistry {
       s,
       task,
       ok ? TaskState.Succeed : TaskState.Failed,
-      ok ? `completed on ${host}` : (message ?? `failed with return code ${returnCode}`),
+      ok ? `completed on ${host}` : message || `failed with return code ${returnCode}`,
     );
     task.completionTime = Date.now();
     delete task.executorId;
     if (output && output.byteLength > 0) task.output = output;
-    if (!ok) task.message = message ?? `return code ${returnCode}`;
+    if (!ok) task.message = message || `return code ${returnCode}`;
     this.persistTask(task);
     this.observer?.taskChanged(s, task);
   }
@@ -383,7 +384,7 @@ export class SessionRegistry {
     s.counts[countKey(task.state)]--;
     s.counts[countKey(to)]++;
     task.state = to;
-    task.events.push({ code: to, message, time: Date.now() });
+    task.events.push({ code: to, message: eventMessage(to, message), time: Date.now() });
   }
 
   private resolveSpec(spec: flame.SessionSpec, appMax: number | undefined): flame.SessionSpec {

@@ -53,9 +53,12 @@ export class KilnClient {
     this.endpoint = options.endpoint;
     const { transport, close } = createClusterTransport(options);
     this.closeTransport = close;
-    this.ctx = new ClientContext(createClient(flame.Frontend, transport), createClient(kiln.Frontend, transport), {
-      timeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
-    });
+    this.ctx = new ClientContext(
+      createClient(flame.Frontend, transport),
+      createClient(kiln.Frontend, transport),
+      { timeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS },
+      options.endpoint,
+    );
     bindContext(this, this.ctx);
   }
 

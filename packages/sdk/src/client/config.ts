@@ -67,14 +67,24 @@ export interface ResolvedCacheConfig {
 
 interface ContextEntry {
   name: string;
-  endpoint?: string;
+  /** The cluster endpoint, or why it is unusable: only what connects to the cluster fails then. */
+  endpoint?: string | InvalidArgumentError;
   token?: string;
-  cacheEndpoint?: string;
+  /** The cache endpoint, or why it is unusable (a Flame config's grpc:// cache, say): only cache users fail. */
+  cacheEndpoint?: string | InvalidArgumentError;
+}
+
+/** A context entry that breaks a rule: it fails only the commands that use it. */
+interface BrokenContext {
+  /** Its name, when it has a readable one. */
+  name?: string;
+  error: InvalidArgumentError;
 }
 
 interface ConfigFile {
   currentContext?: string;
   contexts: ContextEntry[];
+  broken: BrokenContext[];
 }
 
 /**
@@ -82,22 +92,26 @@ interface ConfigFile {
  * FLAME_ENDPOINT; KILN_TOKEN), then the config file's context, then
  * http://127.0.0.1:7420. A context's token is only used when the endpoint is
  * that context's endpoint, so a token never travels to another server.
- * A missing config file is fine; a malformed one throws InvalidArgumentError
- * naming the field.
+ * A missing default config file (~/.kiln/config.yaml) is fine; a missing
+ * file named by `configPath` or KILN_CONFIG, a malformed file, or a
+ * malformed context that is used throws InvalidArgumentError naming the
+ * field. A malformed context breaks only its own users: with the endpoint
+ * given by options or env, a malformed current-context is ignored.
  *
  * @example
  * const { endpoint, source } = loadConfig({ context: "prod" });
  */
 export function loadConfig(options: LoadConfigOptions = {}): ResolvedConfig {
-  const { env, configPath, file, context } = readContext(options);
-
+  const env = options.env ?? process.env;
   const envEndpoint = env.KILN_ENDPOINT || env.FLAME_ENDPOINT;
+  const { configPath, file, context } = readContext(options, Boolean(options.endpoint || envEndpoint));
+
   const [rawEndpoint, field, source]: [string, string, ResolvedConfig["source"]] = options.endpoint
     ? [options.endpoint, "endpoint", "options"]
     : envEndpoint
       ? [envEndpoint, env.KILN_ENDPOINT ? "KILN_ENDPOINT" : "FLAME_ENDPOINT", "env"]
-      : context?.endpoint
-        ? [context.endpoint, "", "config"]
+      : context?.endpoint !== undefined
+        ? [checked(context.endpoint), "", "config"]
         : [DEFAULT_ENDPOINT, "endpoint", "default"];
   // Context endpoints were checked while reading the file, with their own field names.
   const endpoint = source === "config" ? rawEndpoint : normalizeEndpoint(field, rawEndpoint);
@@ -119,22 +133,24 @@ export function loadConfig(options: LoadConfigOptions = {}): ResolvedConfig {
  * (KILN_CACHE_ENDPOINT, else FLAME_CACHE_ENDPOINT), then the `cache.endpoint`
  * of the config file's context, then http://127.0.0.1:7422. The token is
  * `cacheToken`, else the context's token when the endpoint is that context's
- * cache endpoint, else KILN_TOKEN. Malformed values throw InvalidArgumentError
- * naming the field.
+ * cache endpoint, else KILN_TOKEN. Malformed values, and a config file that
+ * is missing or malformed, throw InvalidArgumentError naming the field, as
+ * in {@link loadConfig}.
  *
  * @example
  * // ~/.kiln/config.yaml: contexts: [{ name: prod, cluster: {...}, cache: { endpoint: "http://10.0.0.5:7422" } }]
  * const { cacheEndpoint, cacheToken } = loadCacheConfig({ context: "prod" });
  */
 export function loadCacheConfig(options: CacheConfigOptions = {}): ResolvedCacheConfig {
-  const { env, configPath, file, context } = readContext(options);
+  const env = options.env ?? process.env;
   const envEndpoint = env.KILN_CACHE_ENDPOINT || env.FLAME_CACHE_ENDPOINT;
+  const { configPath, file, context } = readContext(options, Boolean(options.cacheEndpoint || envEndpoint));
   const [rawEndpoint, field, source]: [string, string, ResolvedCacheConfig["source"]] = options.cacheEndpoint
     ? [options.cacheEndpoint, "cacheEndpoint", "options"]
     : envEndpoint
       ? [envEndpoint, env.KILN_CACHE_ENDPOINT ? "KILN_CACHE_ENDPOINT" : "FLAME_CACHE_ENDPOINT", "env"]
-      : context?.cacheEndpoint
-        ? [context.cacheEndpoint, "", "config"]
+      : context?.cacheEndpoint !== undefined
+        ? [checked(context.cacheEndpoint), "", "config"]
         : [DEFAULT_CACHE_ENDPOINT, "cacheEndpoint", "default"];
   const cacheEndpoint = source === "config" ? rawEndpoint : normalizeEndpoint(field, rawEndpoint);
   const contextToken = context?.cacheEndpoint === cacheEndpoint ? context.token : undefined;
@@ -150,12 +166,24 @@ export function loadCacheConfig(options: CacheConfigOptions = {}): ResolvedCache
   };
 }
 
-function readContext(options: { env?: Record<string, string | undefined>; configPath?: string; context?: string }) {
+/**
+ * Reads the config file and picks the context. `endpointGiven`: the endpoint
+ * does not come from the file, so a malformed current-context is not used.
+ */
+function readContext(
+  options: { env?: Record<string, string | undefined>; configPath?: string; context?: string },
+  endpointGiven: boolean,
+) {
   const env = options.env ?? process.env;
-  const configPath = options.configPath || env.KILN_CONFIG || path.join(os.homedir(), ".kiln", "config.yaml");
-  const file = readConfigFile(configPath);
-  const context = selectContext(file, options.context, configPath);
-  return { env, configPath, file, context };
+  // Only the default file may be missing: a file someone named is one they expect to be read.
+  const [configPath, namedBy] = options.configPath
+    ? [options.configPath, "configPath"]
+    : env.KILN_CONFIG
+      ? [env.KILN_CONFIG, "KILN_CONFIG"]
+      : [path.join(os.homedir(), ".kiln", "config.yaml"), undefined];
+  const file = readConfigFile(configPath, namedBy);
+  const context = selectContext(file, options.context, configPath, endpointGiven);
+  return { configPath, file, context };
 }
 
 /**
@@ -182,12 +210,15 @@ export function normalizeEndpoint(field: string, text: string, note = ""): strin
   return `${url.protocol}//${url.host}`;
 }
 
-function readConfigFile(configPath: string): ConfigFile | undefined {
+function readConfigFile(configPath: string, namedBy: string | undefined): ConfigFile | undefined {
   let text: string;
   try {
     text = fs.readFileSync(configPath, "utf8");
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") {
+      if (namedBy) throw new InvalidArgumentError(namedBy, `no config file at ${configPath}`);
+      return undefined;
+    }
     throw new InvalidArgumentError(configPath, `cannot be read: ${(e as Error).message}`);
   }
   let doc: unknown;
@@ -208,40 +239,84 @@ function parseConfig(doc: unknown, configPath: string): ConfigFile {
   const currentContext = optionalString(doc["current-context"], "current-context", fail);
   const rawContexts = doc.contexts ?? [];
   if (!Array.isArray(rawContexts)) return fail("contexts", "must be a list");
-  const contexts = rawContexts.map((raw: unknown, i): ContextEntry => {
-    const at = `contexts[${i}]`;
-    if (!isRecord(raw)) return fail(at, "must be a mapping with name and cluster");
-    const name = optionalString(raw.name, `${at}.name`, fail);
-    if (!name) return fail(`${at}.name`, "is required");
-    const cluster = raw.cluster ?? {};
-    if (!isRecord(cluster)) return fail(`${at}.cluster`, "must be a mapping with endpoint and token");
-    const endpoint = optionalString(cluster.endpoint, `${at}.cluster.endpoint`, fail);
-    const token = optionalString(cluster.token, `${at}.cluster.token`, fail);
-    const cache = raw.cache ?? {};
-    if (!isRecord(cache)) return fail(`${at}.cache`, "must be a mapping with endpoint");
-    const cacheEndpoint = optionalString(cache.endpoint, `${at}.cache.endpoint`, fail);
-    const entry: ContextEntry = { name };
-    if (endpoint !== undefined) entry.endpoint = normalizeEndpoint(`${at}.cluster.endpoint`, endpoint, where);
-    if (token) entry.token = token;
-    if (cacheEndpoint !== undefined)
-      entry.cacheEndpoint = normalizeEndpoint(`${at}.cache.endpoint`, cacheEndpoint, where);
-    return entry;
+  const contexts: ContextEntry[] = [];
+  const broken: BrokenContext[] = [];
+  rawContexts.forEach((raw: unknown, i) => {
+    const name = isRecord(raw) && typeof raw.name === "string" && raw.name ? raw.name : undefined;
+    try {
+      const entry = parseContext(raw, `contexts[${i}]`, fail, where);
+      if (contexts.some((c) => c.name === entry.name)) fail(`contexts[${i}].name`, `"${entry.name}" is given twice`);
+      contexts.push(entry);
+    } catch (e) {
+      if (!(e instanceof InvalidArgumentError)) throw e;
+      broken.push({ ...(name !== undefined ? { name } : {}), error: e });
+    }
   });
-  contexts.forEach((c, i) => {
-    if (contexts.findIndex((o) => o.name === c.name) !== i) fail(`contexts[${i}].name`, `"${c.name}" is given twice`);
-  });
-  return { ...(currentContext ? { currentContext } : {}), contexts };
+  return { ...(currentContext ? { currentContext } : {}), contexts, broken };
 }
 
-function selectContext(file: ConfigFile | undefined, wanted: string | undefined, configPath: string) {
+function parseContext(
+  raw: unknown,
+  at: string,
+  fail: (field: string, rule: string) => never,
+  where: string,
+): ContextEntry {
+  if (!isRecord(raw)) return fail(at, "must be a mapping with name and cluster");
+  const name = optionalString(raw.name, `${at}.name`, fail);
+  if (!name) return fail(`${at}.name`, "is required");
+  const cluster = raw.cluster ?? {};
+  if (!isRecord(cluster)) return fail(`${at}.cluster`, "must be a mapping with endpoint and token");
+  const endpoint = optionalString(cluster.endpoint, `${at}.cluster.endpoint`, fail);
+  const token = optionalString(cluster.token, `${at}.cluster.token`, fail);
+  const cache = raw.cache ?? {};
+  if (!isRecord(cache)) return fail(`${at}.cache`, "must be a mapping with endpoint");
+  const cacheEndpoint = optionalString(cache.endpoint, `${at}.cache.endpoint`, fail);
+  const entry: ContextEntry = { name };
+  if (endpoint !== undefined) entry.endpoint = endpointOrError(`${at}.cluster.endpoint`, endpoint, where);
+  if (token) entry.token = token;
+  if (cacheEndpoint !== undefined) entry.cacheEndpoint = endpointOrError(`${at}.cache.endpoint`, cacheEndpoint, where);
+  return entry;
+}
+
+function endpointOrError(field: string, text: string, where: string): string | InvalidArgumentError {
+  try {
+    return normalizeEndpoint(field, text, where);
+  } catch (e) {
+    if (e instanceof InvalidArgumentError) return e;
+    throw e;
+  }
+}
+
+/** A context's endpoint where it is the one to use: its error, kept from reading the file, is thrown now. */
+function checked(endpoint: string | InvalidArgumentError): string {
+  if (endpoint instanceof InvalidArgumentError) throw endpoint;
+  return endpoint;
+}
+
+function selectContext(
+  file: ConfigFile | undefined,
+  wanted: string | undefined,
+  configPath: string,
+  endpointGiven: boolean,
+): ContextEntry | undefined {
   const name = wanted || file?.currentContext;
   if (!name) return undefined;
+  // A malformed entry of that name (or a second entry of it) makes the context unusable, not the file.
+  const broken = file?.broken.find((b) => b.name === name);
+  if (broken) {
+    if (!wanted && endpointGiven) return undefined;
+    throw broken.error;
+  }
   const found = file?.contexts.find((c) => c.name === name);
   if (found) return found;
   const field = wanted ? "context" : "current-context";
   if (!file) throw new InvalidArgumentError(field, `unknown context "${name}": no config file at ${configPath}`);
   const known = file.contexts.map((c) => c.name).join(", ") || "none";
-  throw new InvalidArgumentError(field, `unknown context "${name}" (known: ${known}; in ${configPath})`);
+  const unnamed = file.broken.filter((b) => b.name === undefined).map((b) => `; ${b.error.message}`);
+  throw new InvalidArgumentError(
+    field,
+    `unknown context "${name}" (known: ${known}${unnamed.join("")}; in ${configPath})`,
+  );
 }
 
 function optionalString(

@@ -1,5 +1,5 @@
 import type { CallOptions, Client } from "@connectrpc/connect";
-import { ErrorCode, KilnError, toKilnError } from "@kiln/protocol";
+import { ErrorCode, KilnError, tokenRefusedError, toKilnError } from "@kiln/protocol";
 import type { flame as flameProto, kiln as kilnProto } from "@kiln/protocol/proto";
 import { TaskSubmitter } from "./task-submitter.js";
 
@@ -23,6 +23,8 @@ export class ClientContext {
     readonly kiln: Client<typeof kilnProto.Frontend>,
     /** Options for unary calls (their time bound). */
     readonly unary: CallOptions,
+    /** The cluster's endpoint, named in errors that are about where the client points. */
+    private readonly endpoint: string,
   ) {}
 
   /** Set once the client is closed: the error every later call fails with. */
@@ -40,7 +42,11 @@ export class ClientContext {
 
   /** Any failure as a KilnError; after close, every failure is the close itself. */
   toError(err: unknown): KilnError {
-    return this.closedReason ?? toKilnError(err);
+    if (this.closedReason) return this.closedReason;
+    const error = toKilnError(err);
+    if (error.code === ErrorCode.Unauthenticated) return tokenRefusedError("the cluster", this.endpoint, error);
+    error.endpoint ??= this.endpoint;
+    return error;
   }
 
   /** Runs one RPC with errors mapped to KilnError. */

@@ -8,6 +8,7 @@ import {
   KilnError,
   NotFoundError,
   TimeoutError,
+  tokenRefusedError,
   UnauthenticatedError,
 } from "@kiln/protocol";
 import { isResendable, type CacheRequest, type Method, type WholeResponse } from "./cache-request.js";
@@ -187,12 +188,20 @@ export class CacheHttp {
     if (!(err instanceof Error)) return new Error(String(err));
     if (err instanceof KilnError) return err;
     const code = (err as NodeJS.ErrnoException).code ?? "";
-    if (TIMEOUT_CODES.has(code)) return new TimeoutError(`${spec.method} ${this.endpoint}${spec.path}`, this.timeoutMs);
-    if (NETWORK_CODES.has(code) || code.startsWith("HPE_"))
-      return new KilnError(ErrorCode.Unavailable, `object cache at ${this.endpoint} is unavailable: ${err.message}`, {
-        cause: err,
-      });
-    return err;
+    let failure: KilnError;
+    if (TIMEOUT_CODES.has(code))
+      failure = new TimeoutError(`${spec.method} ${this.endpoint}${spec.path}`, this.timeoutMs);
+    else if (NETWORK_CODES.has(code) || code.startsWith("HPE_"))
+      failure = new KilnError(
+        ErrorCode.Unavailable,
+        `object cache at ${this.endpoint} is unavailable: ${err.message}`,
+        {
+          cause: err,
+        },
+      );
+    else return err;
+    failure.endpoint = this.endpoint;
+    return failure;
   }
 
   /** `body` as a stream whose errors went through `failure`; destroying it aborts the download. */
@@ -216,7 +225,10 @@ export class CacheHttp {
     const code = isErrorCode(sent) ? sent : codeForStatus(status);
     const message =
       typeof body.message === "string" ? body.message : `object cache at ${this.endpoint} answered HTTP ${status}`;
-    return errorFor(code, message, typeof body.field === "string" ? body.field : undefined);
+    const error = errorFor(code, message, typeof body.field === "string" ? body.field : undefined);
+    if (code === ErrorCode.Unauthenticated) return tokenRefusedError("the object cache", this.endpoint, error);
+    error.endpoint = this.endpoint;
+    return error;
   }
 }
 

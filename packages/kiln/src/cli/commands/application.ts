@@ -1,13 +1,13 @@
 import type { KilnClient } from "@kiln/sdk";
 import { readFile } from "node:fs/promises";
 import type { Command } from "commander";
-import { parseApplicationFile, type ApplicationDocument } from "../app-file.js";
+import { ApplicationFileError, parseApplicationFile, type ApplicationDocument } from "../app-file.js";
 import { withClient } from "../client.js";
 import { UsageError } from "../exit-codes.js";
-import type { GlobalOptions } from "../options.js";
+import { eitherSpelling, type GlobalOptions } from "../options.js";
 
-/** Reads and checks every document before the caller touches the cluster. */
-async function readApplicationFile(file: string): Promise<ApplicationDocument[]> {
+/** Reads and checks every document before the caller touches the cluster; `done` says what did not happen on a problem. */
+async function readApplicationFile(file: string, done: string): Promise<ApplicationDocument[]> {
   let text: string;
   try {
     text = await readFile(file, "utf8");
@@ -17,6 +17,10 @@ async function readApplicationFile(file: string): Promise<ApplicationDocument[]>
   try {
     return parseApplicationFile(text);
   } catch (e) {
+    if (e instanceof ApplicationFileError && e.problems.length > 1)
+      throw new UsageError(
+        `${file} has ${e.problems.length} problems; nothing was ${done}:\n${e.problems.map((p) => `  ${p}`).join("\n")}`,
+      );
     if (e instanceof UsageError) throw new UsageError(`${file}: ${e.message}`);
     throw e;
   }
@@ -32,13 +36,14 @@ The file is Flame's application format; several applications may be separated by
     command: /usr/bin/cat
     arguments: ["-u"]
     environments: { LANG: C.UTF-8 }     # or a list of {name, value}
-    working_directory: /tmp
+    working_directory: /tmp             # absolute
     max_instances: 4
     delay_release: 60                    # seconds
     labels: [kiln.concurrency=8]
     schema: { input: { type: string } }  # JSON Schema, as YAML or a JSON string
 
-Every document is checked first; if any is invalid, nothing is changed.
+Every document is checked first and every problem is reported (document number and field);
+if any is invalid, nothing is changed (exit 2).
 `;
 
 type FileCommand = {
@@ -66,13 +71,19 @@ const FILE_COMMANDS: FileCommand[] = [
 /** Adds `kiln register`, `kiln update` and `kiln unregister`. */
 export function registerApplicationCommands(program: Command): void {
   for (const spec of FILE_COMMANDS) {
-    program
-      .command(spec.name)
-      .description(spec.description)
-      .requiredOption("-f, --file <path>", "application file (YAML, one or more documents)")
+    const command = program.command(spec.name).description(spec.description);
+    const fileHelp = "application file (YAML, one or more documents)";
+    // flmctl spells it `update -a app.yaml`; register is `-f` in both.
+    if (spec.name === "update")
+      command
+        .option("-f, --file <path>", fileHelp)
+        .option("-a, --application <path>", "the same as -f (flmctl's spelling)");
+    else command.requiredOption("-f, --file <path>", fileHelp);
+    command
       .addHelpText("after", FILE_HELP)
-      .action(async (options: { file: string }, cmd: Command) => {
-        const apps = await readApplicationFile(options.file);
+      .action(async (options: { file?: string; application?: string }, cmd: Command) => {
+        const file = eitherSpelling(["-f", options.file], ["-a", options.application]);
+        const apps = await readApplicationFile(file, spec.done);
         await withClient(cmd.optsWithGlobals<GlobalOptions>(), async (client) => {
           for (const app of apps) {
             await spec.apply(client, app);

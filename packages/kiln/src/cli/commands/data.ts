@@ -1,10 +1,18 @@
-import { DEFAULT_MAX_DEPTH, getData, GetDataError, type ObjectCache, type RunnerData } from "@kiln/sdk";
+import {
+  DEFAULT_MAX_DEPTH,
+  getData,
+  GetDataError,
+  type ObjectCache,
+  type RunnerData,
+  type ServiceData,
+} from "@kiln/sdk";
 import { flame } from "@kiln/protocol/proto";
 import { inspect } from "node:util";
 import type { Command } from "commander";
 import { withCache } from "../cache-client.js";
 import { withClient } from "../client.js";
-import { taskStateName } from "../format.js";
+import { UsageError } from "../exit-codes.js";
+import { lastEventText, taskStateName } from "../format.js";
 import { outputOption, wholeNumber, type GlobalOptions } from "../options.js";
 
 interface DataFlags {
@@ -46,6 +54,7 @@ export function registerDataCommand(program: Command): void {
         withCache(globals, async (cache) => {
           const session = client.session(sessionId);
           const read = (bytes: Uint8Array | undefined) => decode(bytes, cache, f.depth);
+          const service = await runnerService(await session.info(), cache, f.depth);
           if (taskId !== undefined) {
             const task = await session.getTask(taskId);
             const data: TaskData = {
@@ -57,8 +66,6 @@ export function registerDataCommand(program: Command): void {
             else process.stdout.write(taskView(sessionId, data));
             return;
           }
-          const info = await session.info();
-          const service = await read(info.spec?.commonData);
           const tasks: TaskData[] = [];
           let more = 0;
           for await (const task of session.listTasks()) {
@@ -78,7 +85,7 @@ export function registerDataCommand(program: Command): void {
             return;
           }
           process.stdout.write(`Session ${sessionId}\n`);
-          if (service) process.stdout.write(`Service ${serviceLine(service)}\n`);
+          process.stdout.write(`Service ${serviceLine(service)}\n`);
           for (const t of tasks) process.stdout.write(`${taskLine(t)}\n`);
           if (more > 0) process.stdout.write(`… ${more} more (kiln data ${sessionId} <task>, or --limit)\n`);
         }),
@@ -94,8 +101,40 @@ async function readParts(
   // Why a task failed is its last event (the Flame schema has no message field).
   const state = task.status?.state;
   const failed = state === flame.TaskState.Failed || state === flame.TaskState.Cancelled;
-  const message = failed ? task.status?.events.at(-1)?.message : undefined;
+  const message = failed ? lastEventText(task) : undefined;
   return { ...(input ? { input } : {}), ...(output ? { output } : {}), ...(message ? { message } : {}) };
+}
+
+/**
+ * The Runner service a session runs (its common data), or what went wrong fetching what it refers to.
+ * A session whose common data is no Runner service is not a Runner session: a usage error that says
+ * so and what to use instead.
+ */
+async function runnerService(
+  session: flame.Session,
+  cache: ObjectCache,
+  maxDepth: number,
+): Promise<ServiceData | { error: string }> {
+  const id = session.metadata?.id ?? "?";
+  const notRunner = (why: string) =>
+    new UsageError(
+      `session ${id} (application ${session.spec?.application ?? "?"}) is not a Runner session: ${why}. ` +
+        `kiln data shows the calls of Runner sessions; see this one's tasks with kiln view -s ${id}`,
+    );
+  const bytes = session.spec?.commonData;
+  if (!bytes || bytes.byteLength === 0)
+    throw notRunner("it has no common data, where a Runner session names its service");
+  let data: RunnerData;
+  try {
+    data = await getData(bytes, { cache, maxDepth });
+  } catch (err) {
+    // A Runner service whose constructor arguments cannot be fetched is still a Runner service.
+    if (err instanceof GetDataError && err.kind === "cache") return { error: err.message };
+    if (err instanceof GetDataError) throw notRunner(`its common data is not a Runner service (${err.message})`);
+    throw err;
+  }
+  if (data.type !== "service") throw notRunner(`its common data is a Runner ${data.type} record, not a service`);
+  return data;
 }
 
 /** A part's data, or what is wrong with it: one bad task must not hide the others. */
@@ -121,9 +160,8 @@ function oneLine(v: unknown): string {
   return text.length > SUMMARY_WIDTH ? `${text.slice(0, SUMMARY_WIDTH - 1)}…` : text;
 }
 
-function serviceLine(d: RunnerData | { error: string }): string {
-  if ("error" in d && !("type" in d)) return `(${d.error})`;
-  if (d.type !== "service") return `(common data is a Runner ${d.type} record)`;
+function serviceLine(d: ServiceData | { error: string }): string {
+  if (!("type" in d)) return `(${d.error})`;
   const options = [
     d.kind,
     d.stateful ? "stateful" : "",

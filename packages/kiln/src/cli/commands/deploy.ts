@@ -1,13 +1,15 @@
 import { Option, type Command } from "commander";
 import { withCache } from "../cache-client.js";
 import { withClient } from "../client.js";
-import { CommandFailed, ExitCode, UsageError } from "../exit-codes.js";
+import { CommandFailed, ExitCode, isTokenRefused, isUnreachable, UsageError } from "../exit-codes.js";
 import { printJson } from "../json.js";
-import { wholeNumber, type GlobalOptions } from "../options.js";
+import { eitherSpelling, wholeNumber, type GlobalOptions } from "../options.js";
 import { renderFields } from "../table.js";
 
 interface DeployFlags {
   name: string;
+  /** flmctl's spelling of the <path> argument. */
+  application?: string;
   command?: string;
   argument?: string[];
   installer?: "node" | "binary";
@@ -40,8 +42,9 @@ export function registerDeploy(program: Command): void {
   program
     .command("deploy")
     .description("package a directory, archive or executable, upload it to the object cache and register it")
-    .argument("<path>", "a Node project or other directory, a .tar.gz/.tgz/.zip archive, or an executable")
+    .argument("[path]", "a Node project or other directory, a .tar.gz/.tgz/.zip archive, or an executable")
     .requiredOption("--name <app>", "application name")
+    .option("--application <path>", "the same as <path> (flmctl deploy's spelling)")
     .option("--command <command>", "what to run (default: detected; see below)")
     .option("--argument <arg>", "an argument of the command (repeat for more)", collect)
     .addOption(new Option("--installer <kind>", "how the agent installs the package").choices(["node", "binary"]))
@@ -68,8 +71,9 @@ The package goes to the cache as <app>/pkg/<app>-<sha256 prefix>.tar.gz (not aga
 the application installs it from cache://<key>#sha256=<digest>, so nodes verify it and a redeploy
 always runs the new code.
 
-Exit codes: 0 deployed, 1 the control plane refused it, 2 detection or packaging failed (bad path
-or flags), 3 the control plane or cache cannot be reached, 4 the upload failed.
+Exit codes: 0 deployed, 1 the control plane refused it (or a server refused the token), 2 detection
+or packaging failed (bad path or flags), 3 the control plane or cache cannot be reached, 4 the cache
+was reached but the upload failed.
 
 Examples:
   kiln deploy ./my-service --name my-service
@@ -77,7 +81,8 @@ Examples:
   kiln deploy ./app.tar.gz --name app --command node --argument '\${KILN_APP_DIR}/main.js' --dry-run
 `,
     )
-    .action(async (target: string, f: DeployFlags, cmd: Command) => {
+    .action(async (pathArgument: string | undefined, f: DeployFlags, cmd: Command) => {
+      const target = eitherSpelling(["<path>", pathArgument], ["--application", f.application]);
       const globals = cmd.optsWithGlobals<GlobalOptions>();
       const { deploy, UploadError } = await import("../../deploy/deploy.js");
       const { DetectionError } = await import("../../deploy/detect.js");
@@ -95,12 +100,13 @@ Examples:
         environments: environments(f.env),
         dryRun: f.dryRun === true,
       };
-      // Mapped inside, before withClient/withCache read a connection error in the cause as "unreachable".
+      // Mapped inside withCache, so that a cache that cannot be reached or refuses the token is reported
+      // as such (exit 3, or the token error) and any other failed upload as one (exit 4).
       const result = await withClient(globals, (client) =>
         withCache(globals, (cache) =>
           deploy(target, options, { client, cache }).catch((err: unknown) => {
             if (err instanceof DetectionError) throw new UsageError(err.message);
-            // No cause: a connection error behind a failed upload is not an unreachable cluster.
+            if (err instanceof UploadError && (isUnreachable(err.cause) || isTokenRefused(err.cause))) throw err.cause;
             if (err instanceof UploadError) throw new CommandFailed(err.message, ExitCode.UploadFailed);
             throw err;
           }),

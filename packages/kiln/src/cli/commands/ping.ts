@@ -4,7 +4,7 @@ import { Option, type Command } from "commander";
 import { PING_APPLICATION } from "../../apps/ping/ping.js";
 import { withClient } from "../client.js";
 import { CommandFailed, InterruptedError } from "../exit-codes.js";
-import { formatPayload, taskStateName } from "../format.js";
+import { formatPayload, lastEventText, taskStateName } from "../format.js";
 import { byteSize, outputOption, resreqText, UINT32_MAX, wholeNumber, type GlobalOptions } from "../options.js";
 import { abortOnSignal } from "../signals.js";
 import { DEFAULT_STALL_TIMEOUT_MS, runPing, type PingOptions, type PingSummary } from "../ping-workload.js";
@@ -46,7 +46,7 @@ export function pingTaskTable(tasks: readonly flame.Task[]): string {
       const output =
         state === flame.TaskState.Succeed
           ? formatPayload(t.spec?.output)
-          : (t.status?.events.at(-1)?.message ?? formatPayload(t.spec?.output));
+          : (lastEventText(t) ?? formatPayload(t.spec?.output));
       return [t.metadata?.id ?? "", taskStateName(state), output.replace(/\s*\n\s*/g, " ")];
     }),
   );
@@ -121,7 +121,9 @@ export function registerPing(program: Command): void {
     .addOption(new Option("-m, --memory <bytes>", "each task allocates this much (e.g. 1m)").argParser(byteSize))
     .addOption(new Option("-c, --common-data <bytes>", "size of the session's common data").argParser(byteSize))
     .option("-p, --perf", "print the summary only (no per-task table)")
-    .addOption(new Option("--priority <n>", "session priority").argParser(wholeNumber(0, UINT32_MAX)))
+    .addOption(
+      new Option("-P, --priority <n>", "session priority (-P as in flmping)").argParser(wholeNumber(0, UINT32_MAX)),
+    )
     .addOption(
       new Option("-r, --resreq <resources>", "resources per executor, e.g. cpu=1,mem=1g").argParser(resreqText),
     )
@@ -152,7 +154,8 @@ export function registerPing(program: Command): void {
         if (f.priority !== undefined) options.priority = f.priority;
         if (f.resreq !== undefined) options.resreq = f.resreq;
         const view = f.output === "json" ? "json" : f.perf ? "summary" : "table";
-        const progress = view === "table" && process.stdout.isTTY === true;
+        // On a terminal only: piped output (and -o json above all) stays clean for whatever reads it.
+        const progress = view !== "json" && process.stdout.isTTY === true;
         await abortOnSignal((signal) => pingAndReport(client, { ...options, signal }, { view, progress }));
       }),
     );

@@ -2,10 +2,12 @@ import type { SessionOptions } from "@kiln/sdk";
 import { Option, type Command } from "commander";
 import { withClient } from "../client.js";
 import { printJson } from "../json.js";
-import { outputOption, resreqText, UINT32_MAX, wholeNumber, type GlobalOptions } from "../options.js";
+import { eitherSpelling, outputOption, resreqText, UINT32_MAX, wholeNumber, type GlobalOptions } from "../options.js";
 
 interface CreateOptions {
-  application: string;
+  application?: string;
+  /** flmctl's spelling of --application. */
+  app?: string;
   priority?: number;
   resreq?: string;
   min?: number;
@@ -14,7 +16,7 @@ interface CreateOptions {
 }
 
 function sessionOptions(o: CreateOptions): SessionOptions {
-  const options: SessionOptions = { application: o.application };
+  const options: SessionOptions = { application: eitherSpelling(["-a", o.application], ["--app", o.app]) };
   if (o.id !== undefined) options.id = o.id;
   if (o.priority !== undefined) options.priority = o.priority;
   if (o.resreq !== undefined) options.resreq = o.resreq;
@@ -34,7 +36,8 @@ export function registerSessionCommands(program: Command): void {
   program
     .command("create")
     .description("create an open session of an application")
-    .requiredOption("-a, --application <name>", "the application the session runs")
+    .option("-a, --application <name>", "the application the session runs")
+    .option("--app <name>", "the same as -a (flmctl's spelling)")
     .addOption(new Option("-p, --priority <n>", "higher runs first").argParser(wholeNumber(0, UINT32_MAX)))
     .addOption(
       new Option("-r, --resreq <resources>", "resources per executor, e.g. cpu=1,mem=2g").argParser(resreqText),

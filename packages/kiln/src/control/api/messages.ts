@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { flame } from "@kiln/protocol/proto";
+import { eventMessage } from "../event-codes.js";
 import type { StoredEvent } from "../store/sqlite-store.js";
 import type { SessionRecord, TaskRecord } from "../sessions.js";
 
@@ -8,7 +9,8 @@ function toEvents(events: readonly StoredEvent[]): flame.Event[] {
     create(flame.EventSchema, {
       code: e.code,
       creationTime: BigInt(e.time),
-      ...(e.message !== undefined ? { message: e.message } : {}),
+      // Events stored by older versions may have no message (a task's creation had none).
+      message: eventMessage(e.code, e.message),
     }),
   );
 }
