@@ -3,6 +3,7 @@ export { parseResreq, formatResreq, type Resources } from "./validation.js";
 export { connect, KilnClient } from "./client/client.js";
 export {
   loadConfig,
+  normalizeEndpoint,
   DEFAULT_ENDPOINT,
   type ConnectOptions,
   type LoadConfigOptions,

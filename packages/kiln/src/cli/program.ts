@@ -1,5 +1,4 @@
 import { Command, CommanderError, Option } from "commander";
-import { readFileSync } from "node:fs";
 import { registerApplicationCommands } from "./commands/application.js";
 import { registerCacheCommands } from "./commands/cache.js";
 import { registerDataCommand } from "./commands/data.js";
@@ -13,19 +12,14 @@ import { registerRunnerCheck } from "./commands/runner-check.js";
 import { registerServerCommands } from "./commands/servers.js";
 import { registerSessionCommands } from "./commands/session.js";
 import { registerView } from "./commands/view.js";
+import { kilnVersion } from "../util/version.js";
 import { ExitCode, reportError } from "./exit-codes.js";
-
-function packageVersion(): string {
-  // Same relative path from src/cli (tsx) and dist/cli (built).
-  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
-  return pkg.version;
-}
 
 /** The `kiln` command tree. Usage errors surface as CommanderError (see exitOverride). */
 export function createProgram(): Command {
   const program = new Command("kiln")
     .description("Kiln: run many short tasks on a cluster of executors (Flame-compatible)")
-    .version(packageVersion())
+    .version(kilnVersion())
     .addOption(
       new Option(
         "--endpoint <url>",

@@ -1,17 +1,21 @@
+import { toJson } from "@bufbuild/protobuf";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { InvalidArgumentError } from "@kiln/sdk";
 import { StreamRoutes, translateErrors } from "@kiln/sdk/internal";
 import { flame, kiln } from "@kiln/sdk/proto";
 import * as path from "node:path";
 import { bearerTokenCheck, isLoopbackHost } from "../net/auth.js";
-import { listenHttp1, listenHttp2 } from "../net/http-server.js";
+import { healthzResponder, KilnServer } from "../net/healthz.js";
+import { listenHttp1, listenHttp2, type Listener } from "../net/http-server.js";
 import { requireToken, tokenRefusal } from "../net/interceptors.js";
+import { portInUse } from "../net/port-in-use.js";
 import { agentService } from "./api/agent-service.js";
 import { frontendService, type FrontendDeps } from "./api/frontend-service.js";
 import { kilnFrontendService } from "./api/kiln-frontend-service.js";
 import { toTaskMessage } from "./api/messages.js";
 import { ApplicationRegistry } from "./applications.js";
 import { registerBuiltinApps } from "./builtin-apps.js";
+import { clusterInfo } from "./cluster-info.js";
 import { resolveConfig, type ControlPlaneOptions } from "./config.js";
 import { Orchestrator } from "./orchestrator.js";
 import { SessionRegistry } from "./sessions.js";
@@ -81,13 +85,14 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   commit.onCommit(() => hub.flush());
   orchestrator.start();
 
-  const deps: FrontendDeps = { apps, sessions, orchestrator, hub, commit };
+  const info = () => clusterInfo(orchestrator.cluster, sessions, config.cacheEndpoint);
+  const deps: FrontendDeps = { apps, sessions, orchestrator, hub, commit, clusterInfo: info };
   const flameFrontend = frontendService(deps);
   const kilnFrontend = kilnFrontendService(deps);
   const agent = agentService(orchestrator, config.log);
   // Batches of tasks can be large; each task's input is checked against maxTaskBytes with a clear error.
   const readMaxBytes = Math.max(256 * 1024 * 1024, config.maxTaskBytes * 4);
-  const handler = connectNodeAdapter({
+  const connectHandler = connectNodeAdapter({
     routes: (router) => {
       router.service(flame.Frontend, flameFrontend);
       router.service(kiln.Frontend, kilnFrontend);
@@ -96,6 +101,12 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     interceptors: [...(config.token ? [requireToken(config.token)] : []), translateErrors()],
     readMaxBytes,
   });
+  const healthz = healthzResponder(KilnServer.ControlPlane, config.token, () =>
+    toJson(kiln.ClusterInfoSchema, info(), { alwaysEmitImplicit: true }) as Record<string, unknown>,
+  );
+  const handler: typeof connectHandler = (req, res) => {
+    if (!healthz(req, res)) connectHandler(req, res);
+  };
   // gRPC streams (agents, task submission, watches) skip Connect's per-message pipeline; see StreamRoutes.
   const tokenMatches = config.token ? bearerTokenCheck(config.token) : undefined;
   const streams = new StreamRoutes({
@@ -105,8 +116,24 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     .add(flame.Frontend, flameFrontend)
     .add(kiln.Frontend, kilnFrontend)
     .add(kiln.Agent, agent);
-  const server = await listenHttp2(config.host, config.port, streams.handler(handler));
-  const http1 = await listenHttp1(config.host, config.httpPort ?? (config.port === 0 ? 0 : server.port + 1), handler);
+  const closeStore = () => {
+    commit.flushNow();
+    store.close();
+  };
+  let server: Listener;
+  let http1: Listener;
+  try {
+    server = await listenHttp2(config.host, config.port, streams.handler(handler)).catch(portInUse(config.port, "grpc"));
+    const httpPort = config.httpPort ?? (config.port === 0 ? 0 : server.port + 1);
+    http1 = await listenHttp1(config.host, httpPort, handler).catch(async (err: unknown) => {
+      await server.close();
+      return portInUse(httpPort, "json")(err);
+    });
+  } catch (err) {
+    orchestrator.stop();
+    closeStore();
+    throw err;
+  }
   const shownHost = config.host.includes(":")
     ? `[${config.host}]`
     : config.host === "0.0.0.0"
@@ -125,8 +152,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     async close() {
       orchestrator.stop();
       await Promise.all([server.close(), http1.close()]);
-      commit.flushNow();
-      store.close();
+      closeStore();
     },
   };
 }

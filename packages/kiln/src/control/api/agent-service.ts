@@ -1,4 +1,5 @@
 import type { ServiceImpl } from "@connectrpc/connect";
+import { KilnError } from "@kiln/sdk";
 import { kiln } from "@kiln/sdk/proto";
 import { AgentConnection } from "../agent-connection.js";
 import type { Orchestrator } from "../orchestrator.js";
@@ -35,7 +36,8 @@ export function agentService(orchestrator: Orchestrator, log: (line: string) => 
           conn.close();
           orchestrator.disconnected(conn, "stream ended");
         } catch (err) {
-          conn.close();
+          // A refusal (e.g. a node name another agent holds) ends the stream with its status, so the agent can say why.
+          conn.close(err instanceof KilnError ? err : undefined);
           orchestrator.disconnected(conn, (err as Error).message);
         }
       };

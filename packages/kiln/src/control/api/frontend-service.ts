@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { NotFoundError } from "@kiln/sdk";
-import { flame } from "@kiln/sdk/proto";
+import { flame, type kiln } from "@kiln/sdk/proto";
 import { toApplicationMessage, type ApplicationRegistry } from "../applications.js";
 import { toExecutorMessage, toNodeMessage } from "../cluster-state.js";
 import type { Orchestrator } from "../orchestrator.js";
@@ -17,6 +17,8 @@ export interface FrontendDeps {
   orchestrator: Orchestrator;
   hub: WatchHub;
   commit: GroupCommit;
+  /** What GetClusterInfo answers right now. */
+  clusterInfo(): kiln.ClusterInfo;
 }
 
 const OK = () => create(flame.ResultSchema, { returnCode: 0 });

@@ -4,7 +4,7 @@ import { AsyncQueue, toKilnError, untilAborted } from "@kiln/sdk/internal";
 import { flame, kiln } from "@kiln/sdk/proto";
 import type { FrontendDeps } from "./frontend-service.js";
 
-/** kiln.v1.Frontend: batch task creation (unary or streamed), one watch stream per session, cancel. */
+/** kiln.v1.Frontend: batch task creation (unary or streamed), one watch stream per session, cancel, cluster info. */
 export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Frontend> {
   const { sessions, orchestrator, hub, commit } = d;
 
@@ -52,6 +52,9 @@ export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Fr
       orchestrator.cancelRunning(wereRunning);
       await commit.flushed();
       return create(kiln.CancelTasksResponseSchema, { cancelled });
+    },
+    getClusterInfo() {
+      return d.clusterInfo();
     },
   };
 }
