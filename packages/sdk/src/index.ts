@@ -27,6 +27,7 @@ export {
   type CacheConfigOptions,
   type ResolvedCacheConfig,
 } from "./client/config.js";
+export { discoverCacheConfig, openObjectCache, type DiscoverCacheOptions } from "./client/cache-discovery.js";
 export {
   ObjectCache,
   type ObjectCacheOptions,

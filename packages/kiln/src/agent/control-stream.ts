@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createClusterTransport } from "@kiln/sdk/internal";
+import { createClusterTransport, toKilnError } from "@kiln/sdk/internal";
 import { kiln } from "@kiln/sdk/proto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { errorMessage } from "./bind-error.js";
@@ -91,8 +91,9 @@ export class ControlStream {
       const { registered, error } = await this.connectOnce();
       if (this.closing) return;
       if (error !== undefined && !this.everRegistered && isRefusal(error)) {
+        const refusal = toKilnError(error);
         this.rejectFirst(
-          new Error(`the control plane at ${this.o.endpoint} refused this agent: ${errorMessage(error)}`),
+          new Error(`the control plane at ${this.o.endpoint} refused this agent: ${refusal.message} (${refusal.code})`),
         );
         return;
       }

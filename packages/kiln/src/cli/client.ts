@@ -1,5 +1,7 @@
 import { connect, InvalidArgumentError, type KilnClient } from "@kiln/sdk";
+import { KilnServer } from "../net/healthz.js";
 import { isUnreachable, UnreachableError, UsageError } from "./exit-codes.js";
+import { explainWrongServer } from "./identify-server.js";
 import type { GlobalOptions } from "./options.js";
 
 /**
@@ -24,8 +26,10 @@ export async function withClient<T>(globals: GlobalOptions, fn: (client: KilnCli
     return await fn(client);
   } catch (err) {
     // An UnreachableError from inside (the object cache) already names what could not be reached.
-    if (isUnreachable(err) && !(err instanceof UnreachableError))
-      throw new UnreachableError(client?.endpoint ?? globals.endpoint, { cause: err });
+    if (err instanceof UnreachableError || !client) throw err;
+    const explanation = await explainWrongServer(client.endpoint, KilnServer.ControlPlane, err, globals.token);
+    if (explanation !== undefined || isUnreachable(err))
+      throw new UnreachableError(client.endpoint, { cause: err, ...(explanation ? { explanation } : {}) });
     throw err;
   } finally {
     client?.close();

@@ -11,6 +11,7 @@ import { registerPing } from "./commands/ping.js";
 import { registerRunnerCheck } from "./commands/runner-check.js";
 import { registerServerCommands } from "./commands/servers.js";
 import { registerSessionCommands } from "./commands/session.js";
+import { registerStatus } from "./commands/status.js";
 import { registerView } from "./commands/view.js";
 import { kilnVersion } from "../util/version.js";
 import { ExitCode, reportError } from "./exit-codes.js";
@@ -41,6 +42,7 @@ export function createProgram(): Command {
   registerServerCommands(program);
   registerCacheCommands(program);
   registerDemo(program);
+  registerStatus(program);
   registerList(program);
   registerView(program);
   registerDataCommand(program);

@@ -60,7 +60,8 @@ export interface ResolvedCacheConfig {
   cacheEndpoint: string;
   cacheToken?: string;
   context?: string;
-  source: "options" | "env" | "config" | "default";
+  /** "control-plane": not configured, so the cluster's control plane was asked (see discoverCacheConfig). */
+  source: "options" | "env" | "config" | "control-plane" | "default";
   configPath: string;
   configFound: boolean;
 }
@@ -129,7 +130,7 @@ export function loadConfig(options: LoadConfigOptions = {}): ResolvedConfig {
 export function loadCacheConfig(options: CacheConfigOptions = {}): ResolvedCacheConfig {
   const { env, configPath, file, context } = readContext(options);
   const envEndpoint = env.KILN_CACHE_ENDPOINT || env.FLAME_CACHE_ENDPOINT;
-  const [rawEndpoint, field, source]: [string, string, ResolvedCacheConfig["source"]] = options.cacheEndpoint
+  const [rawEndpoint, field, source]: [string, string, ResolvedConfig["source"]] = options.cacheEndpoint
     ? [options.cacheEndpoint, "cacheEndpoint", "options"]
     : envEndpoint
       ? [envEndpoint, env.KILN_CACHE_ENDPOINT ? "KILN_CACHE_ENDPOINT" : "FLAME_CACHE_ENDPOINT", "env"]

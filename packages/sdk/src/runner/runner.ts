@@ -2,6 +2,7 @@ import { clone } from "@bufbuild/protobuf";
 import * as fsp from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
+import { openObjectCache } from "../client/cache-discovery.js";
 import { connect, type KilnClient } from "../client/client.js";
 import type { ConnectOptions } from "../client/config.js";
 import type { Session } from "../client/session.js";
@@ -14,7 +15,7 @@ import {
   ignoreNotFound,
   isNotFound,
 } from "../errors.js";
-import { ObjectCache } from "../objects/cache-client.js";
+import type { ObjectCache } from "../objects/cache-client.js";
 import type { ObjectRef } from "../objects/object-ref.js";
 import { packDirectory } from "../packaging/pack-directory.js";
 import { packageLocation, publishPackage } from "../packaging/publish-package.js";
@@ -43,7 +44,10 @@ export interface RunnerOptions extends ConnectOptions {
   project?: string;
   /** More gitignore-style patterns to leave out, on top of node_modules, .git, dist and the project's .gitignore. */
   excludes?: string[];
-  /** The object cache (default: KILN_CACHE_ENDPOINT, the config context's cache, else http://127.0.0.1:7422). */
+  /**
+   * The object cache (default: KILN_CACHE_ENDPOINT, the config context's cache, else the one the control
+   * plane advertises, else http://127.0.0.1:7422).
+   */
   cacheEndpoint?: string;
   cacheToken?: string;
 }
@@ -115,12 +119,12 @@ export class Runner implements AsyncDisposable {
   static async open(name: string, options: RunnerOptions = {}): Promise<Runner> {
     validateName("name", name);
     const project = options.project !== undefined ? checkProjectDir(options.project) : findProjectRoot(process.cwd());
-    const cache = ObjectCache.fromConfig(options);
-    let client: KilnClient;
+    const client = await connect(options);
+    let cache: ObjectCache;
     try {
-      client = await connect(options);
+      cache = await openObjectCache(options, client);
     } catch (err) {
-      cache.close();
+      client.close();
       throw err;
     }
     try {

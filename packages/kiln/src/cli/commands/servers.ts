@@ -177,7 +177,7 @@ export function registerServerCommands(program: Command): void {
       const globals = cmd.optsWithGlobals<GlobalOptions>();
       const { endpoint, token } = globals;
       if (!endpoint) throw new UsageError("kiln agent needs --endpoint URL (the control plane to join)");
-      const { cacheEndpoint, cacheToken } = resolveCacheConfig(globals);
+      const { cacheEndpoint, cacheToken } = await resolveCacheConfig(globals);
       const { startAgent } = await import("../../agent/agent.js");
       await serveUntilSignal(
         "the agent",
