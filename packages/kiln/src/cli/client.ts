@@ -5,6 +5,44 @@ import { explainWrongServer } from "./identify-server.js";
 import type { GlobalOptions } from "./options.js";
 
 /**
+ * A client of the cluster the global options name. connect() only reads
+ * options, env and the config file, so its failures are the user's input: usage errors.
+ *
+ * @example
+ * const client = await connectWith(cmd.optsWithGlobals());
+ */
+export function connectWith(globals: GlobalOptions): Promise<KilnClient> {
+  return connect({
+    endpoint: globals.endpoint,
+    token: globals.token,
+    context: globals.context,
+    configPath: globals.config,
+  }).catch((err: unknown) => {
+    throw err instanceof InvalidArgumentError ? new UsageError(`${err.message} (${err.code})`) : err;
+  });
+}
+
+/**
+ * How the CLI reports a failed call to `client`: an UnreachableError when
+ * the control plane could not be reached (saying what answered instead, when
+ * something did), else the error itself.
+ *
+ * @example
+ * catch (err) { throw await explainCallFailure(client, err, globals.token); }
+ */
+export async function explainCallFailure(
+  client: KilnClient,
+  err: unknown,
+  token: string | undefined,
+): Promise<unknown> {
+  // An UnreachableError from inside (the object cache) already names what could not be reached.
+  if (err instanceof UnreachableError) return err;
+  const explanation = await explainWrongServer(client.endpoint, KilnServer.ControlPlane, err, token);
+  if (explanation === undefined && !isUnreachable(err)) return err;
+  return new UnreachableError(client.endpoint, { cause: err, ...(explanation ? { explanation } : {}) });
+}
+
+/**
  * Connects with the global options, runs `fn`, and always closes the client.
  * Any "cannot reach" failure comes out as an UnreachableError naming the endpoint.
  *
@@ -12,26 +50,12 @@ import type { GlobalOptions } from "./options.js";
  * await withClient(cmd.optsWithGlobals(), (client) => client.listApplications());
  */
 export async function withClient<T>(globals: GlobalOptions, fn: (client: KilnClient) => Promise<T>): Promise<T> {
-  let client: KilnClient | undefined;
+  const client = await connectWith(globals);
   try {
-    client = await connect({
-      endpoint: globals.endpoint,
-      token: globals.token,
-      context: globals.context,
-      configPath: globals.config,
-    }).catch((err: unknown) => {
-      // connect() only reads options, env and the config file: its failures are the user's input.
-      throw err instanceof InvalidArgumentError ? new UsageError(`${err.message} (${err.code})`) : err;
-    });
     return await fn(client);
   } catch (err) {
-    // An UnreachableError from inside (the object cache) already names what could not be reached.
-    if (err instanceof UnreachableError || !client) throw err;
-    const explanation = await explainWrongServer(client.endpoint, KilnServer.ControlPlane, err, globals.token);
-    if (explanation !== undefined || isUnreachable(err))
-      throw new UnreachableError(client.endpoint, { cause: err, ...(explanation ? { explanation } : {}) });
-    throw err;
+    throw await explainCallFailure(client, err, globals.token);
   } finally {
-    client?.close();
+    client.close();
   }
 }

@@ -1,10 +1,11 @@
-import { connect, InvalidArgumentError, toKilnError, type KilnClient } from "@kiln/sdk";
+import { toKilnError, type KilnClient } from "@kiln/sdk";
 import type { kiln } from "@kiln/sdk/proto";
 import type { Command } from "commander";
 import { HEALTHZ_PATH, KilnServer, type HealthzBody } from "../../net/healthz.js";
 import { resolveCacheConfig } from "../cache-client.js";
-import { isUnreachable, UnreachableError, UsageError } from "../exit-codes.js";
-import { describeServer, explainWrongServer, identifyServer } from "../identify-server.js";
+import { connectWith, explainCallFailure } from "../client.js";
+import { UnreachableError } from "../exit-codes.js";
+import { describeServer, identifyServer } from "../identify-server.js";
 import { printJson } from "../json.js";
 import { outputOption, type GlobalOptions } from "../options.js";
 import { renderFields } from "../table.js";
@@ -35,14 +36,7 @@ export function registerStatus(program: Command): void {
     )
     .action(async (f: { output: string }, cmd: Command) => {
       const globals = cmd.optsWithGlobals<GlobalOptions>();
-      const client = await connect({
-        endpoint: globals.endpoint,
-        token: globals.token,
-        context: globals.context,
-        configPath: globals.config,
-      }).catch((err: unknown) => {
-        throw err instanceof InvalidArgumentError ? new UsageError(`${err.message} (${err.code})`) : err;
-      });
+      const client = await connectWith(globals);
       try {
         const { status, failure } = await clusterStatus(client, globals);
         if (f.output === "json") printJson(status);
@@ -65,10 +59,10 @@ async function clusterStatus(
   try {
     info = await client.clusterInfo();
   } catch (err) {
-    const explanation = await explainWrongServer(client.endpoint, KilnServer.ControlPlane, err, globals.token);
-    if (explanation === undefined && !isUnreachable(err)) throw err;
-    failure = new UnreachableError(client.endpoint, { cause: err, ...(explanation ? { explanation } : {}) });
-    controlPlaneError = explanation ?? toKilnError(err).message;
+    const explained = await explainCallFailure(client, err, globals.token);
+    if (!(explained instanceof UnreachableError)) throw explained;
+    failure = explained;
+    controlPlaneError = explained.explanation ?? toKilnError(err).message;
   }
   const cacheConfig = await resolveCacheConfig(globals);
   const { health: cache, wrongServer } = await cacheHealth(cacheConfig.cacheEndpoint, cacheConfig.cacheToken);
