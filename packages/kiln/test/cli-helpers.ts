@@ -12,7 +12,15 @@ export const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), ".
 const HOME = path.join(os.tmpdir(), `kiln-cli-test-home-${process.pid}`);
 export const CLI_ENV: NodeJS.ProcessEnv = Object.fromEntries(
   Object.entries({ ...process.env, HOME }).filter(
-    ([key]) => !["KILN_ENDPOINT", "KILN_TOKEN", "KILN_CONFIG", "FLAME_ENDPOINT"].includes(key),
+    ([key]) =>
+      ![
+        "KILN_ENDPOINT",
+        "KILN_CACHE_ENDPOINT",
+        "KILN_TOKEN",
+        "KILN_CONFIG",
+        "FLAME_ENDPOINT",
+        "FLAME_CACHE_ENDPOINT",
+      ].includes(key),
   ),
 );
 
@@ -22,10 +30,13 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs `kiln ...args` to completion (killed after `timeoutMs`). */
-export function runCli(args: readonly string[], timeoutMs = 30_000): Promise<CliResult> {
+/** Runs `kiln ...args` to completion (killed after `timeoutMs`), with `env` on top of CLI_ENV. */
+export function runCli(args: readonly string[], timeoutMs = 30_000, env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: CLI_ENV, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [CLI, ...args], {
+      env: { ...CLI_ENV, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -54,8 +65,11 @@ export interface CliProcess {
   stop(timeoutMs?: number): Promise<number | null>;
 }
 
-export function startCli(args: readonly string[]): CliProcess {
-  const child = spawn(process.execPath, [CLI, ...args], { env: CLI_ENV, stdio: ["ignore", "pipe", "pipe"] });
+export function startCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): CliProcess {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    env: { ...CLI_ENV, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let output = "";
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
   const listeners = new Set<() => void>();

@@ -140,14 +140,21 @@ export async function explainWrongServer(
   if (found.server === expected) {
     // The control plane's JSON port answers /healthz too, but gRPC clients need its HTTP/2 port.
     if (expected !== KilnServer.ControlPlane || found.protocol === "HTTP/2") return undefined;
-    return `${port} is the control plane's JSON/HTTP1.1 port; clients use its gRPC port, usually ${withPort(url, -1)} (${flag})`;
+    const grpc = detail(found, "endpoint");
+    return `${port} is the control plane's JSON/HTTP1.1 port; clients use its gRPC port, ${grpc || `usually ${withPort(url, -1)}`} (${flag})`;
   }
-  const advertised = typeof found.details?.cacheEndpoint === "string" ? found.details.cacheEndpoint : "";
+  const advertised = detail(found, "cacheEndpoint");
   const where =
     expected === KilnServer.ObjectCache
       ? advertised || withPort(url, found.protocol === "HTTP/2" ? 2 : 1)
       : withPort(url, -2);
   return `${port} is ${what}, not ${NAMES[expected]}; ${NAMES[expected]} is ${advertised ? "at" : "usually at"} ${where} (${flag})`;
+}
+
+/** A string that a Kiln server's /healthz details hold (shown to a caller with the token), else "". */
+function detail(found: ServerFound, name: string): string {
+  const value = found.server === "other" ? undefined : found.details?.[name];
+  return typeof value === "string" ? value : "";
 }
 
 /**

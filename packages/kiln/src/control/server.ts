@@ -101,9 +101,12 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     interceptors: [...(config.token ? [requireToken(config.token)] : []), translateErrors()],
     readMaxBytes,
   });
-  const healthz = healthzResponder(KilnServer.ControlPlane, config.token, () =>
-    toJson(kiln.ClusterInfoSchema, info(), { alwaysEmitImplicit: true }) as Record<string, unknown>,
-  );
+  // Known once both ports listen; /healthz names them so a client at the wrong one can be told the right one.
+  const endpoints = { endpoint: "", httpEndpoint: "" };
+  const healthz = healthzResponder(KilnServer.ControlPlane, config.token, () => ({
+    ...endpoints,
+    ...(toJson(kiln.ClusterInfoSchema, info(), { alwaysEmitImplicit: true }) as Record<string, unknown>),
+  }));
   const handler: typeof connectHandler = (req, res) => {
     if (!healthz(req, res)) connectHandler(req, res);
   };
@@ -123,7 +126,9 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   let server: Listener;
   let http1: Listener;
   try {
-    server = await listenHttp2(config.host, config.port, streams.handler(handler)).catch(portInUse(config.port, "grpc"));
+    server = await listenHttp2(config.host, config.port, streams.handler(handler)).catch(
+      portInUse(config.port, "grpc"),
+    );
     const httpPort = config.httpPort ?? (config.port === 0 ? 0 : server.port + 1);
     http1 = await listenHttp1(config.host, httpPort, handler).catch(async (err: unknown) => {
       await server.close();
@@ -139,8 +144,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     : config.host === "0.0.0.0"
       ? "127.0.0.1"
       : config.host;
-  const endpoint = `http://${shownHost}:${server.port}`;
-  const httpEndpoint = `http://${shownHost}:${http1.port}`;
+  const endpoint = (endpoints.endpoint = `http://${shownHost}:${server.port}`);
+  const httpEndpoint = (endpoints.httpEndpoint = `http://${shownHost}:${http1.port}`);
   config.log(
     `control plane listening on ${endpoint} (gRPC/HTTP2) and ${httpEndpoint} (JSON/HTTP1.1); data in ${config.dataDir}`,
   );
