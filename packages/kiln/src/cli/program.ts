@@ -32,7 +32,7 @@ export function createProgram(): Command {
     )
     .option(
       "--cache-endpoint <url>",
-      "object cache to use (default: KILN_CACHE_ENDPOINT, the config context's cache, else http://127.0.0.1:7422)",
+      "object cache to use (default: KILN_CACHE_ENDPOINT, the config context's cache, the one the control plane advertises, else http://127.0.0.1:7422)",
     )
     .option("--context <name>", "config context to use (default: the config's current context)")
     .option("--config <path>", "config file (default: ~/.kiln/config.yaml)")

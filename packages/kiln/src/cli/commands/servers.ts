@@ -170,7 +170,8 @@ export function registerServerCommands(program: Command): void {
     .addHelpText(
       "after",
       "\nNeeds the global --endpoint (the control plane) and, if it has one, --token.\n" +
-        "cache:// package URLs are fetched from the global --cache-endpoint.\n" +
+        "cache:// package URLs are fetched from the global --cache-endpoint (default: the cache the control\n" +
+        "plane advertises). A node name another live agent holds is refused: the agent exits 1.\n" +
         "\nExample:\n  kiln agent --endpoint http://10.0.0.5:7420 --token $KILN_TOKEN --executors 8\n",
     )
     .action(async (f: AgentFlags, cmd: Command) => {
