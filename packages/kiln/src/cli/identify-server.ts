@@ -44,12 +44,19 @@ interface Reply {
 function getHttp1(url: URL, headers: Record<string, string>): Promise<Reply> {
   return new Promise((resolve, reject) => {
     const req = http.get(
-      { host: url.hostname, port: url.port || 80, path: HEALTHZ_PATH, headers, timeout: PROBE_TIMEOUT_MS },
+      // An IPv6 literal's hostname keeps its brackets in a URL, but not as a host to dial.
+      {
+        host: url.hostname.replace(/^\[(.*)\]$/, "$1"),
+        port: url.port || 80,
+        path: HEALTHZ_PATH,
+        headers,
+        timeout: PROBE_TIMEOUT_MS,
+      },
       (res) =>
         readBody(res).then((body) => resolve({ protocol: "HTTP/1.1", status: res.statusCode ?? 0, body }), reject),
     );
     req.once("timeout", () => req.destroy(new Error("timed out")));
-    req.once("error", reject);
+    req.on("error", reject);
   });
 }
 
@@ -57,10 +64,10 @@ function getHttp2(url: URL, headers: Record<string, string>): Promise<Reply> {
   return new Promise((resolve, reject) => {
     const session = http2.connect(`http://${url.host}`);
     const timer = setTimeout(() => session.destroy(new Error("timed out")), PROBE_TIMEOUT_MS);
-    session.once("error", reject);
+    session.on("error", reject); // not once: a session may emit more than one error as it dies
     session.once("close", () => clearTimeout(timer));
     const req = session.request({ ":path": HEALTHZ_PATH, ...headers });
-    req.once("error", reject);
+    req.on("error", reject);
     req.once("response", (h) => {
       readBody(req).then((body) => resolve({ protocol: "HTTP/2", status: Number(h[":status"] ?? 0), body }), reject);
     });
