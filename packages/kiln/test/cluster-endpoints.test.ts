@@ -111,6 +111,16 @@ describe("a cluster on non-default ports: status, the advertised cache, and clie
     assert.equal((await kiln("cache", "rm", "endpoints/*")).code, 0);
   });
 
+  it("kiln exec sends a large input through the advertised cache, from KILN_ENDPOINT alone", async () => {
+    const big = path.join(tempDir("endpoints-exec"), "big.bin");
+    fs.writeFileSync(big, Buffer.alloc(300 * 1024, 7)); // over the 256 KiB that travel inside the task
+    const r = await runCli(["exec", "--input", big, "--", "sh", "-c", "wc -c < big.bin"], 60_000, {
+      KILN_ENDPOINT: endpoint,
+    });
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.equal(r.stdout.trim(), String(300 * 1024));
+  });
+
   it("a client at the object cache's port is told what is there", async () => {
     const r = await runCli(["--endpoint", cacheEndpoint, "list", "-s"]);
     assert.equal(r.code, 3, r.stderr);
