@@ -24,11 +24,14 @@ let current: Promise<ObjectCache> | undefined;
  * console.log((await defaultObjectCache()).endpoint); // http://127.0.0.1:7422 unless configured or advertised
  */
 export function defaultObjectCache(): Promise<ObjectCache> {
-  current ??= openObjectCache().catch((err: unknown) => {
-    current = undefined; // a bad configuration is reported on every call until it is fixed
+  if (current) return current;
+  const opening: Promise<ObjectCache> = openObjectCache().catch((err: unknown) => {
+    // A bad configuration is reported on every call until it is fixed (unless configureObjects replaced it).
+    if (current === opening) current = undefined;
     throw err;
   });
-  return current;
+  current = opening;
+  return opening;
 }
 
 /**
