@@ -12,7 +12,15 @@ export const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), ".
 const HOME = path.join(os.tmpdir(), `kiln-cli-test-home-${process.pid}`);
 export const CLI_ENV: NodeJS.ProcessEnv = Object.fromEntries(
   Object.entries({ ...process.env, HOME }).filter(
-    ([key]) => !["KILN_ENDPOINT", "KILN_TOKEN", "KILN_CONFIG", "FLAME_ENDPOINT"].includes(key),
+    ([key]) =>
+      ![
+        "KILN_ENDPOINT",
+        "KILN_CACHE_ENDPOINT",
+        "KILN_TOKEN",
+        "KILN_CONFIG",
+        "FLAME_ENDPOINT",
+        "FLAME_CACHE_ENDPOINT",
+      ].includes(key),
   ),
 );
 
@@ -22,9 +30,9 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs `kiln ...args` to completion (killed after `timeoutMs`). */
-export function runCli(args: readonly string[], timeoutMs = 30_000): Promise<CliResult> {
-  return runToEnd(process.execPath, [CLI, ...args], `kiln ${args.join(" ")}`, timeoutMs);
+/** Runs `kiln ...args` to completion (killed after `timeoutMs`), with `env` on top of CLI_ENV. */
+export function runCli(args: readonly string[], timeoutMs = 30_000, env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+  return runToEnd(process.execPath, [CLI, ...args], `kiln ${args.join(" ")}`, timeoutMs, env);
 }
 
 /** Whether script(1) is here to give a command a terminal (util-linux has it; a minimal image may not). */
@@ -40,9 +48,15 @@ export function runCliInTerminal(args: readonly string[], timeoutMs = 30_000): P
   return runToEnd("script", ["-qec", command, "/dev/null"], `kiln ${args.join(" ")} (in a terminal)`, timeoutMs);
 }
 
-function runToEnd(file: string, args: readonly string[], what: string, timeoutMs: number): Promise<CliResult> {
+function runToEnd(
+  file: string,
+  args: readonly string[],
+  what: string,
+  timeoutMs: number,
+  env: NodeJS.ProcessEnv = {},
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { env: CLI_ENV, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(file, args, { env: { ...CLI_ENV, ...env }, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -71,8 +85,11 @@ export interface CliProcess {
   stop(timeoutMs?: number): Promise<number | null>;
 }
 
-export function startCli(args: readonly string[]): CliProcess {
-  const child = spawn(process.execPath, [CLI, ...args], { env: CLI_ENV, stdio: ["ignore", "pipe", "pipe"] });
+export function startCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): CliProcess {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    env: { ...CLI_ENV, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let output = "";
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
   const listeners = new Set<() => void>();

@@ -25,6 +25,7 @@ const COMMAND_OPTIONS: Record<string, string[]> = {
   deploy: ["--name", "--application", "--command", "--installer", "--exclude", "--dry-run", "-o, --output"],
   data: ["--limit", "--depth", "-o, --output"],
   demo: ["--tasks", "--executors"],
+  status: ["-o, --output"],
   list: [
     "-a, --application",
     "-s, --session",
@@ -203,6 +204,7 @@ describe("an unreachable cluster exits 3", () => {
     ["ping", "-t", "3"],
     ["view", "-s", "s-1"],
     ["create", "-a", "kiln-ping"],
+    ["status"],
   ]) {
     it(`kiln ${args.join(" ")}`, async () => {
       const port = await closedPort();

@@ -734,7 +734,7 @@ describe("sdk objects: configuration and the module-level functions", () => {
   after(async () => {
     delete process.env.KILN_CACHE_ENDPOINT;
     delete process.env.KILN_CONFIG;
-    defaultObjectCache().close();
+    (await defaultObjectCache()).close();
     await server.close();
   });
 
@@ -800,7 +800,7 @@ describe("sdk objects: configuration and the module-level functions", () => {
   it("the module-level functions use the cache named by KILN_CACHE_ENDPOINT", async () => {
     process.env.KILN_CACHE_ENDPOINT = server.endpoint;
     process.env.KILN_CONFIG = emptyConfig;
-    assert.equal(defaultObjectCache().endpoint, server.endpoint);
+    assert.equal((await defaultObjectCache()).endpoint, server.endpoint);
 
     let ref = await putObject("mod/s", ["a"]);
     ref = await patchObject(ref, ["b"]);
@@ -821,7 +821,7 @@ describe("sdk objects: configuration and the module-level functions", () => {
     assert.equal(await deleteObjects("mod/*"), 2);
 
     const other = configureObjects({ endpoint: `http://127.0.0.1:${await freePort()}` });
-    assert.equal(defaultObjectCache(), other);
+    assert.equal(await defaultObjectCache(), other);
     await assert.rejects(
       getObject(ref.key),
       (e: unknown) => e instanceof KilnError && e.code === ErrorCode.Unavailable,

@@ -36,6 +36,7 @@ export {
 export { connect, KilnClient, type SessionsChange } from "./client/client.js";
 export {
   loadConfig,
+  normalizeEndpoint,
   DEFAULT_ENDPOINT,
   type ConnectOptions,
   type LoadConfigOptions,
@@ -50,6 +51,7 @@ export {
   type CacheConfigOptions,
   type ResolvedCacheConfig,
 } from "./client/config.js";
+export { discoverCacheConfig, openObjectCache, type DiscoverCacheOptions } from "./client/cache-discovery.js";
 export {
   ObjectCache,
   type ObjectCacheOptions,

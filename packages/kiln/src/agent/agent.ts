@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { InvalidArgumentError } from "@kiln/protocol";
 import { kiln } from "@kiln/protocol/proto";
+import { randomUUID } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -66,7 +67,8 @@ async function socketDirFor(workDir: string): Promise<{ dir: string; owned: bool
 /**
  * The node agent: keeps one stream to the control plane, and runs the
  * executors it binds here. Resolves once the control plane registered the
- * node (it keeps retrying until then); rejects if it refuses the token.
+ * node (it keeps retrying until then); rejects if it refuses the token, or
+ * the node name because another live agent holds it.
  *
  * @example
  * const agent = await startAgent({ endpoint: "http://127.0.0.1:7420", executors: 4 });
@@ -116,6 +118,8 @@ type Dirs = Pick<
 
 class NodeAgent implements Agent {
   nodeName: string;
+  /** Tells the control plane this process's reconnects from another agent that has the same node name. */
+  private readonly instanceId = randomUUID();
   private readonly executors = new Map<string, Executor>();
   private readonly outbox = new Outbox();
   private readonly stream: ControlStream;
@@ -145,7 +149,13 @@ class NodeAgent implements Agent {
       token: options.token,
       heartbeatIntervalMs: options.heartbeatIntervalMs ?? 5_000,
       outbox: this.outbox,
-      register: () => create(kiln.RegisterSchema, { node, executors: this.liveExecutors() }),
+      register: () =>
+        create(kiln.RegisterSchema, {
+          node,
+          executors: this.liveExecutors(),
+          instanceId: this.instanceId,
+          pid: process.pid,
+        }),
       onRegistered: (r) => this.registered(r),
       onMessage: (m) => this.handle(m),
       log: this.log,

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createClusterTransport } from "@kiln/protocol/transport";
 import { kiln } from "@kiln/protocol/proto";
+import { toKilnError } from "@kiln/protocol";
 import { setTimeout as sleep } from "node:timers/promises";
 import { errorMessage } from "./bind-error.js";
 import type { Outbox } from "./outbox.js";
@@ -33,9 +34,14 @@ export function reconnectDelayMs(failures: number): number {
   return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
 }
 
-function isAuthError(err: unknown): boolean {
+/**
+ * Refusals that retrying cannot fix by itself at start: a wrong token, or a
+ * node name another live agent holds. Once registered, the agent retries
+ * them like any other failure (the other agent may go away).
+ */
+function isRefusal(err: unknown): boolean {
   const code = ConnectError.from(err).code;
-  return code === Code.Unauthenticated || code === Code.PermissionDenied;
+  return code === Code.Unauthenticated || code === Code.PermissionDenied || code === Code.AlreadyExists;
 }
 
 /**
@@ -44,7 +50,7 @@ function isAuthError(err: unknown): boolean {
  * with backoff whenever the stream fails.
  */
 export class ControlStream {
-  /** Resolves with the first Registered; rejects if the control plane refuses the agent's token. */
+  /** Resolves with the first Registered; rejects if the control plane refuses the agent (its token, or its node name). */
   readonly firstRegistered: Promise<kiln.Registered>;
   private resolveFirst!: (r: kiln.Registered) => void;
   private rejectFirst!: (err: Error) => void;
@@ -85,9 +91,10 @@ export class ControlStream {
     while (!this.closing) {
       const { registered, error } = await this.connectOnce();
       if (this.closing) return;
-      if (error !== undefined && !this.everRegistered && isAuthError(error)) {
+      if (error !== undefined && !this.everRegistered && isRefusal(error)) {
+        const refusal = toKilnError(error);
         this.rejectFirst(
-          new Error(`the control plane at ${this.o.endpoint} refused this agent: ${errorMessage(error)}`),
+          new Error(`the control plane at ${this.o.endpoint} refused this agent: ${refusal.message} (${refusal.code})`),
         );
         return;
       }

@@ -20,6 +20,7 @@ import {
 import { randomBytes } from "node:crypto";
 import type * as http from "node:http";
 import { bearerTokenCheck } from "../net/auth.js";
+import { healthzResponder, KilnServer } from "../net/healthz.js";
 import { BufferedRequest, BufferedResponse, type RouteRequest, type RouteResponse } from "./exchange.js";
 import { MethodNotAllowedError, sendError } from "./http-errors.js";
 import { sendObject } from "./read-response.js";
@@ -50,7 +51,9 @@ type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
  */
 export function cacheRoutes(ctx: RouteContext): Handler {
   const authorized = ctx.token === undefined ? () => true : bearerTokenCheck(ctx.token);
+  const healthz = healthzResponder(KilnServer.ObjectCache, ctx.token, () => healthDetails(ctx));
   return (req, res) => {
+    if (healthz(req, res)) return;
     if (authorized(req.headers.authorization)) return handle(ctx, req, res);
     const refusal = new UnauthenticatedError("missing or invalid token (send `authorization: Bearer <token>`)");
     sendError(req, res, refusal, ctx.log);
@@ -87,9 +90,13 @@ function route(ctx: RouteContext, req: RouteRequest, res: RouteResponse): Promis
   }
   if (pathname === "/v1/health") {
     allow(method, ["GET"]);
-    return sendJson(res, 200, { ok: true, backend: ctx.store.kind, endpoint: ctx.endpoint });
+    return sendJson(res, 200, { ok: true, ...healthDetails(ctx) });
   }
   throw new NotFoundError("route", `${method} ${pathname}`);
+}
+
+function healthDetails(ctx: RouteContext): { backend: string; endpoint: string } {
+  return { backend: ctx.store.kind, endpoint: ctx.endpoint };
 }
 
 function objectRoute(

@@ -2,6 +2,7 @@ import { InvalidArgumentError } from "@kiln/protocol";
 import * as http from "node:http";
 import type * as net from "node:net";
 import { isLoopbackHost } from "../net/auth.js";
+import { portInUse } from "../net/port-in-use.js";
 import { cacheRoutes, type RouteContext } from "./routes.js";
 import type { Catalog } from "./storage/backend.js";
 import { DEFAULT_DURABILITY, FsCatalog, type FsStorageOptions } from "./storage/fs-backend.js";
@@ -65,22 +66,23 @@ export async function startCacheServer(options: CacheServerOptions): Promise<Cac
   // Uploads of any size may take longer than Node's default 5-minute request limit; idle sockets still time out.
   const server = http.createServer({ requestTimeout: 0, keepAliveTimeout: 5_000 }, cacheRoutes(ctx));
   server.timeout = IDLE_TIMEOUT_MS;
+  const port = options.port ?? DEFAULT_CACHE_PORT;
   try {
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(options.port ?? DEFAULT_CACHE_PORT, host, () => resolve());
-    });
+      server.listen(port, host, () => resolve());
+    }).catch(portInUse(port, "cache"));
   } catch (err) {
     await store.close();
     throw err;
   }
-  const port = (server.address() as net.AddressInfo).port;
-  ctx.endpoint = options.advertiseEndpoint ?? `http://${shownHost(host)}:${port}`;
+  const { port: boundPort } = server.address() as net.AddressInfo;
+  ctx.endpoint = options.advertiseEndpoint ?? `http://${shownHost(host)}:${boundPort}`;
   log(`cache listening on ${ctx.endpoint} (${describe(options.storage)})`);
 
   return {
     endpoint: ctx.endpoint,
-    port,
+    port: boundPort,
     async close() {
       await new Promise<void>((resolve) => {
         server.close(() => resolve());

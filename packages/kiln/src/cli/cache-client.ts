@@ -1,18 +1,22 @@
 import { InvalidArgumentError, KilnError } from "@kiln/protocol";
-import { loadCacheConfig, ObjectCache, type ResolvedCacheConfig } from "@kiln/sdk";
+import { discoverCacheConfig, ObjectCache, type ResolvedCacheConfig } from "@kiln/sdk";
+import { KilnServer } from "../net/healthz.js";
 import { isTokenRefused, isUnreachable, TokenRefusedError, UnreachableError, UsageError } from "./exit-codes.js";
+import { explainWrongServer } from "./identify-server.js";
 import { settingUsageError, type GlobalOptions } from "./options.js";
 
 /**
  * The object cache the global options point at: --cache-endpoint, else
- * KILN_CACHE_ENDPOINT, else the config context's cache, else http://127.0.0.1:7422.
+ * KILN_CACHE_ENDPOINT, else the config context's cache, else the one the
+ * control plane (--endpoint …) advertises, else http://127.0.0.1:7422.
  * A malformed value is a usage error.
  */
-export function resolveCacheConfig(globals: GlobalOptions): ResolvedCacheConfig {
+export async function resolveCacheConfig(globals: GlobalOptions): Promise<ResolvedCacheConfig> {
   try {
-    return loadCacheConfig({
+    return await discoverCacheConfig({
       ...(globals.cacheEndpoint ? { cacheEndpoint: globals.cacheEndpoint } : {}),
-      ...(globals.token ? { cacheToken: globals.token } : {}),
+      ...(globals.endpoint ? { endpoint: globals.endpoint } : {}),
+      ...(globals.token ? { token: globals.token, cacheToken: globals.token } : {}),
       ...(globals.context ? { context: globals.context } : {}),
       ...(globals.config ? { configPath: globals.config } : {}),
     });
@@ -30,18 +34,26 @@ export function resolveCacheConfig(globals: GlobalOptions): ResolvedCacheConfig 
  * await withCache(cmd.optsWithGlobals(), (cache) => cache.listObjects("my-app"));
  */
 export async function withCache<T>(globals: GlobalOptions, fn: (cache: ObjectCache) => Promise<T>): Promise<T> {
-  const { cacheEndpoint, cacheToken } = resolveCacheConfig(globals);
+  const { cacheEndpoint, cacheToken } = await resolveCacheConfig(globals);
   // Already resolved with the command's --config/--context: reading the config again would ignore them.
   const cache = new ObjectCache({ endpoint: cacheEndpoint, ...(cacheToken ? { token: cacheToken } : {}) });
   try {
     return await fn(cache);
   } catch (err) {
     // Only the cache's own failures: the cluster's pass on to withClient, which names the cluster.
-    const fromCache = err instanceof KilnError && err.endpoint === cacheEndpoint;
-    if (fromCache && isUnreachable(err))
-      throw new UnreachableError(cacheEndpoint, { cause: err, what: "the object cache", flag: "--cache-endpoint" });
-    if (fromCache && isTokenRefused(err))
+    const fromCluster = err instanceof KilnError && err.endpoint !== undefined && err.endpoint !== cacheEndpoint;
+    if (!fromCluster && isTokenRefused(err))
       throw new TokenRefusedError("the object cache", cacheEndpoint, { cause: err });
+    const explanation = fromCluster
+      ? undefined
+      : await explainWrongServer(cacheEndpoint, KilnServer.ObjectCache, err, cacheToken);
+    if (explanation !== undefined || (!fromCluster && isUnreachable(err)))
+      throw new UnreachableError(cacheEndpoint, {
+        cause: err,
+        what: "the object cache",
+        flag: "--cache-endpoint",
+        ...(explanation ? { explanation } : {}),
+      });
     // A key or prefix that breaks the rules is a mistake in what was typed, wherever it was caught.
     if (err instanceof InvalidArgumentError) throw new UsageError(`${err.message} (${err.code})`);
     throw err;

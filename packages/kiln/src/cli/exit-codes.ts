@@ -54,17 +54,23 @@ export class InterruptedError extends Error {
   }
 }
 
-/** The cluster at `endpoint` could not be reached; `cause` is what the transport reported. */
+/**
+ * The cluster at `endpoint` could not be reached; `cause` is what the
+ * transport reported. `explanation`, when known, says what answered there
+ * instead (another server, plain HTTP where TLS was asked for) and what to try.
+ */
 export class UnreachableError extends Error {
   /** The flag that points at another server. */
   readonly flag: string;
+  readonly explanation: string | undefined;
   constructor(
     readonly endpoint: string | undefined,
-    options: { cause: unknown; what?: string; flag?: string },
+    options: { cause: unknown; what?: string; flag?: string; explanation?: string },
   ) {
     super(`cannot reach ${options.what ?? "the Kiln cluster"}${endpoint ? ` at ${endpoint}` : ""}`, options);
     this.name = "UnreachableError";
     this.flag = options.flag ?? "--endpoint";
+    this.explanation = options.explanation;
   }
 }
 
@@ -133,6 +139,10 @@ export function reportError(err: unknown): ExitCode {
   if (err instanceof CommandFailed) {
     process.stderr.write(`error: ${err.message}\n`);
     return err.exitCode;
+  }
+  if (err instanceof UnreachableError && err.explanation) {
+    process.stderr.write(`error: ${err.message}: ${err.explanation}. (${ErrorCode.Unavailable})\n`);
+    return ExitCode.Unreachable;
   }
   if (err instanceof UnreachableError || isUnreachable(err)) {
     const cause = err instanceof UnreachableError ? err.cause : err;

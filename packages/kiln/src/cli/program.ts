@@ -1,5 +1,4 @@
 import { Command, CommanderError, Option } from "commander";
-import { readFileSync } from "node:fs";
 import { registerApplicationCommands } from "./commands/application.js";
 import { registerCacheCommands } from "./commands/cache.js";
 import { registerCompletion } from "./commands/completion.js";
@@ -13,20 +12,16 @@ import { registerPing } from "./commands/ping.js";
 import { registerRunnerCheck } from "./commands/runner-check.js";
 import { registerServerCommands } from "./commands/servers.js";
 import { registerSessionCommands } from "./commands/session.js";
+import { registerStatus } from "./commands/status.js";
 import { registerView } from "./commands/view.js";
+import { kilnVersion } from "../util/version.js";
 import { ExitCode, reportError } from "./exit-codes.js";
-
-function packageVersion(): string {
-  // Same relative path from src/cli (tsx) and dist/cli (built).
-  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
-  return pkg.version;
-}
 
 /** The `kiln` command tree. Usage errors surface as CommanderError (see exitOverride). */
 export function createProgram(): Command {
   const program = new Command("kiln")
     .description("Kiln: run many short tasks on a cluster of executors (Flame-compatible)")
-    .version(packageVersion())
+    .version(kilnVersion())
     .addOption(
       new Option(
         "--endpoint <url>",
@@ -38,7 +33,7 @@ export function createProgram(): Command {
     )
     .option(
       "--cache-endpoint <url>",
-      "object cache to use (default: KILN_CACHE_ENDPOINT, the config context's cache, else http://127.0.0.1:7422)",
+      "object cache to use (default: KILN_CACHE_ENDPOINT, the config context's cache, the one the control plane advertises, else http://127.0.0.1:7422)",
     )
     .option("--context <name>", "config context to use (default: the config's current context)")
     .option("--config <path>", "config file (default: ~/.kiln/config.yaml)")
@@ -48,6 +43,7 @@ export function createProgram(): Command {
   registerServerCommands(program);
   registerCacheCommands(program);
   registerDemo(program);
+  registerStatus(program);
   registerList(program);
   registerView(program);
   registerDataCommand(program);

@@ -1,18 +1,38 @@
 import { InvalidArgumentError, KilnError } from "@kiln/protocol";
+import { reportReady, reportStartFailure, whenParentGone } from "../cluster/supervisor-channel.js";
+import { PortInUseError, type PortRole } from "../net/port-in-use.js";
 import { CommandFailed, UsageError } from "./exit-codes.js";
 
-/** Anything `kiln up/server/agent` starts. */
+/** Anything `kiln up/server/agent/cache` starts. */
 export interface Closable {
+  /** Where it serves, when it is a server; reported to a supervising `kiln up`. */
+  endpoint?: string;
   close(): Promise<void>;
 }
+
+/** The flag that moves each port, for the message when one is taken. */
+export type PortFlags = Record<PortRole, string>;
+
+/** What `kiln server` and `kiln cache` call their ports; `kiln up` names its cache's port --cache-port. */
+export const DEFAULT_PORT_FLAGS: PortFlags = {
+  grpc: "--port",
+  json: "--port (the JSON port is --port + 1)",
+  cache: "--port",
+};
 
 const SHUTDOWN_SIGNALS = ["SIGINT", "SIGTERM"] as const;
 
 /**
  * Resolves on the first SIGINT or SIGTERM. A second one while shutting down exits at
- * once (status 130), for when a clean close hangs.
+ * once (status 130), for when a clean close hangs. A process supervised by
+ * `kiln up` gets a SIGTERM from itself when `kiln up` is gone, however it
+ * ended, so it never outlives it.
  */
 export function nextShutdownSignal(): Promise<NodeJS.Signals> {
+  whenParentGone(() => {
+    process.stderr.write("the supervising kiln up is gone: shutting down\n");
+    process.kill(process.pid, "SIGTERM");
+  });
   return new Promise((resolve) => {
     let received = false;
     const onSignal = (signal: NodeJS.Signals): void => {
@@ -28,11 +48,13 @@ export function nextShutdownSignal(): Promise<NodeJS.Signals> {
 }
 
 /** Turns a server start failure into the error users should see (bad settings → usage error). */
-function explainStartFailure(err: unknown, what: string): unknown {
+function explainStartFailure(err: unknown, what: string, portFlags: PortFlags): unknown {
   if (err instanceof InvalidArgumentError) return new UsageError(`${err.message} (${err.code})`);
+  if (err instanceof PortInUseError)
+    return new CommandFailed(
+      `cannot start ${what}: ${err.message}; is another kiln running? Choose another with ${portFlags[err.role]}`,
+    );
   const errno = err instanceof Error ? (err as NodeJS.ErrnoException).code : undefined;
-  if (errno === "EADDRINUSE")
-    return new CommandFailed(`cannot start ${what}: ${(err as Error).message} (is another kiln running? try --port)`);
   if (errno === "EADDRNOTAVAIL")
     return new UsageError(`cannot start ${what}: that host address is not on this machine`);
   return err instanceof KilnError || !(err instanceof Error)
@@ -69,15 +91,19 @@ export async function serveUntilSignal<T extends Closable>(
   what: string,
   start: () => Promise<T>,
   announce: (started: T) => void,
+  portFlags: PortFlags = DEFAULT_PORT_FLAGS,
 ): Promise<void> {
   const signal = nextShutdownSignal();
   let started: T;
   try {
     started = await start();
   } catch (err) {
-    throw explainStartFailure(err, what);
+    const explained = explainStartFailure(err, what, portFlags);
+    await reportStartFailure(err, explained instanceof Error ? explained.message : String(explained));
+    throw explained;
   }
   announce(started);
+  reportReady(started.endpoint);
   const received = await signal;
   process.stdout.write(`\n${received}: stopping ${what}...\n`);
   await started.close();

@@ -1,20 +1,17 @@
-import { createClient } from "@connectrpc/connect";
-import { createClusterTransport } from "@kiln/protocol/transport";
-import { flame } from "@kiln/protocol/proto";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { DEFAULT_CACHE_PORT } from "../cache/server.js";
-import { startControlPlane, type ControlPlaneOptions } from "../control/server.js";
+import { startControlPlane, type ControlPlane, type ControlPlaneOptions } from "../control/server.js";
 import { superviseProcess, type SupervisedProcess } from "./supervised-process.js";
+import { isReportedStartFailure } from "./supervisor-channel.js";
 
 export interface LocalClusterOptions {
   dataDir?: string;
   host?: string;
   port?: number;
-  /** Object cache port; default port + 2 (7422), or a free one when `port` is 0. */
+  /** Object cache port; default port + 2 (7422), or one the kernel picks when `port` is 0. */
   cachePort?: number;
   /** Executors on the local node; also its advertised cpu count. Default: the machine's cpus. */
   executors?: number;
@@ -40,10 +37,12 @@ const CLI_ENTRY = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..
 const READY_TIMEOUT_MS = 20_000;
 
 /**
- * `kiln up`: the control plane in this process, the object cache (fs
- * backend) and one node agent as supervised child processes (so they use
- * every core), on embedded defaults. Resolves once the cache answers and the
- * agent's node is registered.
+ * `kiln up`: the object cache (fs backend) and one node agent as supervised
+ * child processes (so they use every core), and the control plane in this
+ * process, on embedded defaults. Started in that order: the control plane
+ * tells clients where the cache is, and the agent needs both. Resolves once
+ * the cache serves and the agent's node is registered; the children stop
+ * when this process ends, however it ends (see supervised-process.ts).
  *
  * @example
  * const cluster = await startLocalCluster({ dataDir: "/tmp/kiln", port: 0 });
@@ -54,121 +53,93 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
   const dataDir = options.dataDir ?? path.join(os.homedir(), ".kiln", "data");
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   fs.mkdirSync(dataDir, { recursive: true });
-  const cp = await startControlPlane({
-    ...options.controlPlane,
-    dataDir,
-    ...(options.host !== undefined ? { host: options.host } : {}),
-    ...(options.port !== undefined ? { port: options.port } : {}),
-    ...(options.token !== undefined ? { token: options.token } : {}),
-    log,
-  });
   const env = { ...process.env, ...(options.token ? { KILN_TOKEN: options.token } : {}) };
   const children: SupervisedProcess[] = [];
+  let cp: ControlPlane | undefined;
   const stopAll = async () => {
     await Promise.all(children.map((c) => c.stop()));
-    await cp.close();
+    await cp?.close();
+  };
+  const supervise = (name: string, logName: string, args: () => string[]): SupervisedProcess => {
+    const child = superviseProcess({ name, args, env, logFile: path.join(dataDir, logName), log });
+    children.push(child);
+    return child;
   };
 
-  const cachePort = await cachePortFor(options);
-  const cacheEndpoint = `http://${connectHost(options.host)}:${cachePort}`;
-  const cacheArgs = [CLI_ENTRY, "cache", "--port", String(cachePort), "--data-dir", path.join(dataDir, "cache")];
-  if (options.host !== undefined) cacheArgs.push("--host", options.host);
-  const cache = superviseProcess({
-    name: "object cache",
-    args: cacheArgs,
-    env,
-    logFile: path.join(dataDir, "cache.log"),
-    log,
-  });
-  children.push(cache);
-
-  const executors = options.executors ?? os.availableParallelism();
-  const agentArgs = [CLI_ENTRY, "agent", "--endpoint", cp.endpoint, "--executors", String(executors)];
-  // On one machine, --executors N means N executors: offer at least that many cpus (the default request is cpu=1).
-  if (options.executors !== undefined) agentArgs.push("--cpus", String(Math.max(executors, os.availableParallelism())));
-  agentArgs.push("--work-dir", path.join(dataDir, "agent"), "--cache-endpoint", cacheEndpoint);
-  const agent = superviseProcess({
-    name: "agent",
-    args: agentArgs,
-    env,
-    logFile: path.join(dataDir, "agent.log"),
-    log,
-  });
-  children.push(agent);
-
   try {
-    await Promise.all([
-      waitForCache(cacheEndpoint, options.token, READY_TIMEOUT_MS).catch((err: Error) => {
-        throw new Error(`${err.message}\ncache log (${path.join(dataDir, "cache.log")}):\n${cache.logTail()}`);
-      }),
-      waitForNode(cp.endpoint, options.token, READY_TIMEOUT_MS).catch((err: Error) => {
-        throw new Error(`${err.message}\nagent log (${path.join(dataDir, "agent.log")}):\n${agent.logTail()}`);
-      }),
-    ]);
+    // Port 0: the cache takes one the kernel picks and reports it; a restart asks for the same one again.
+    let cachePort = cachePortFor(options);
+    const cache = supervise("object cache", "cache.log", () => {
+      const args = [CLI_ENTRY, "cache", "--port", String(cachePort), "--data-dir", path.join(dataDir, "cache")];
+      return options.host !== undefined ? [...args, "--host", options.host] : args;
+    });
+    const cacheEndpoint = (await readyWithin(cache, "the object cache", dataDir, "cache.log")).endpoint!;
+    cachePort = Number(new URL(cacheEndpoint).port);
+
+    cp = await startControlPlane({
+      ...options.controlPlane,
+      dataDir,
+      ...(options.host !== undefined ? { host: options.host } : {}),
+      ...(options.port !== undefined ? { port: options.port } : {}),
+      ...(options.token !== undefined ? { token: options.token } : {}),
+      cacheEndpoint,
+      log,
+    });
+
+    const executors = options.executors ?? os.availableParallelism();
+    const agentArgs = [CLI_ENTRY, "agent", "--endpoint", cp.endpoint, "--executors", String(executors)];
+    // On one machine, --executors N means N executors: offer at least that many cpus (the default request is cpu=1).
+    if (options.executors !== undefined)
+      agentArgs.push("--cpus", String(Math.max(executors, os.availableParallelism())));
+    agentArgs.push("--work-dir", path.join(dataDir, "agent"), "--cache-endpoint", cacheEndpoint);
+    const agent = supervise("agent", "agent.log", () => agentArgs);
+    await readyWithin(agent, "the local agent", dataDir, "agent.log");
+
+    return {
+      endpoint: cp.endpoint,
+      cacheEndpoint,
+      dataDir,
+      agentPid: () => agent.pid(),
+      cachePid: () => cache.pid(),
+      close: stopAll,
+    };
   } catch (err) {
     await stopAll();
     throw err;
   }
-  return {
-    endpoint: cp.endpoint,
-    cacheEndpoint,
-    dataDir,
-    agentPid: () => agent.pid(),
-    cachePid: () => cache.pid(),
-    close: stopAll,
-  };
 }
 
-/** The cache listens on port + 2 (7422 by default), or on a free port when the cluster's port is 0. */
-async function cachePortFor(options: LocalClusterOptions): Promise<number> {
-  if (options.cachePort) return options.cachePort;
-  if (options.cachePort === 0 || options.port === 0) return freePort(options.host ?? "127.0.0.1");
+/** The cache listens on port + 2 (7422 by default), or on one the kernel picks when the cluster's port is 0. */
+function cachePortFor(options: LocalClusterOptions): number {
+  if (options.cachePort !== undefined) return options.cachePort;
+  if (options.port === 0) return 0;
   return options.port !== undefined ? options.port + 2 : DEFAULT_CACHE_PORT;
 }
 
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, host, () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-/** Where a client on this machine reaches a server listening on `host`. */
-function connectHost(host: string | undefined): string {
-  if (!host || host === "0.0.0.0" || host === "::") return "127.0.0.1";
-  return host.includes(":") ? `[${host}]` : host;
-}
-
-async function waitForCache(endpoint: string, token: string | undefined, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
-  while (Date.now() < deadline) {
-    const ok = await fetch(`${endpoint}/v1/health`, { headers, signal: AbortSignal.timeout(2_000) }).then(
-      (r) => r.ok,
-      () => false,
+/**
+ * The child's ready report, within READY_TIMEOUT_MS. Its own start failure
+ * (e.g. a PortInUseError) comes out as it is; a hang or crash loop comes out
+ * with the tail of its log.
+ */
+async function readyWithin(
+  child: SupervisedProcess,
+  what: string,
+  dataDir: string,
+  logName: string,
+): Promise<{ endpoint?: string }> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`${what} did not start within ${READY_TIMEOUT_MS} ms`)),
+      READY_TIMEOUT_MS,
     );
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`the object cache did not answer at ${endpoint} within ${timeoutMs} ms`);
-}
-
-async function waitForNode(endpoint: string, token: string | undefined, timeoutMs: number): Promise<void> {
-  const { transport, close } = createClusterTransport({ endpoint, ...(token ? { token } : {}) });
-  const client = createClient(flame.Frontend, transport);
-  const deadline = Date.now() + timeoutMs;
+  });
   try {
-    while (Date.now() < deadline) {
-      const { nodes } = await client.listNodes({});
-      if (nodes.some((n) => n.status?.state === flame.NodeState.Ready)) return;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    throw new Error(`the local agent did not register within ${timeoutMs} ms`);
+    return await Promise.race([child.ready, timeout]);
+  } catch (err) {
+    if (isReportedStartFailure(err)) throw err;
+    throw new Error(`${(err as Error).message}\n${what}'s log (${path.join(dataDir, logName)}):\n${child.logTail()}`);
   } finally {
-    close();
+    clearTimeout(timer);
   }
 }

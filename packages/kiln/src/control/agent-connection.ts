@@ -8,8 +8,11 @@ import { AsyncQueue } from "@kiln/protocol";
  */
 export class AgentConnection {
   readonly outbound = new AsyncQueue<kiln.ControlMessage>();
-  lastSeen = Date.now();
+  readonly openedAt = Date.now();
+  lastSeen = this.openedAt;
   nodeName: string | undefined;
+  /** The agent process on the other end, from its Register (see Orchestrator.register). */
+  agent: { instanceId: string; pid: number } | undefined;
   private batch: kiln.TaskAssignment[] = [];
   private flushScheduled = false;
 

@@ -1,4 +1,5 @@
 import { parseResreq, type Resources } from "@kiln/protocol";
+import { normalizeEndpoint } from "@kiln/sdk";
 
 export interface ControlPlaneOptions {
   /** Directory holding the SQLite file. */
@@ -10,6 +11,11 @@ export interface ControlPlaneOptions {
   /** HTTP/1.1 port (Connect JSON). Default port + 1 (or a free port when port is 0). */
   httpPort?: number;
   token?: string;
+  /**
+   * The object cache this control plane tells clients about (GetClusterInfo),
+   * e.g. http://10.0.0.5:7422, so they need not be configured with it.
+   */
+  cacheEndpoint?: string;
   /** Close an agent stream that sent nothing for this long. Default 15 s. */
   heartbeatTimeoutMs?: number;
   /** After a node's stream ends, wait this long for it to come back before requeueing its tasks. Default 30 s. */
@@ -37,6 +43,7 @@ export interface ControlPlaneConfig {
   port: number;
   httpPort: number | undefined;
   token: string | undefined;
+  cacheEndpoint: string | undefined;
   heartbeatTimeoutMs: number;
   drainTimeoutMs: number;
   heartbeatIntervalMs: number;
@@ -59,6 +66,7 @@ export function resolveConfig(o: ControlPlaneOptions): ControlPlaneConfig {
     port: o.port ?? DEFAULT_PORT,
     httpPort: o.httpPort,
     token: o.token || undefined,
+    cacheEndpoint: o.cacheEndpoint === undefined ? undefined : normalizeEndpoint("cacheEndpoint", o.cacheEndpoint),
     heartbeatTimeoutMs: o.heartbeatTimeoutMs ?? 15_000,
     drainTimeoutMs: o.drainTimeoutMs ?? 30_000,
     heartbeatIntervalMs: o.heartbeatIntervalMs ?? 5_000,

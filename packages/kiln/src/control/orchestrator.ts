@@ -1,11 +1,13 @@
 import { create } from "@bufbuild/protobuf";
 import { flame, kiln } from "@kiln/protocol/proto";
+import { InvalidArgumentError } from "@kiln/protocol";
 import type { ApplicationRegistry } from "./applications.js";
 import type { AgentConnection } from "./agent-connection.js";
 import { ClusterState, newExecutorId, type ExecutorRecord, type NodeRecord } from "./cluster-state.js";
 import type { ControlPlaneConfig } from "./config.js";
 import { bindFailureEvent, eventMessage, SessionEvent } from "./event-codes.js";
 import { whyNoNodeFits } from "./fit.js";
+import { NodeNameTakenError } from "./node-name-taken.js";
 import { planCycle, type DemandInput, type NodeInput } from "./scheduler.js";
 import type { RunningTask, SessionRecord, SessionRegistry } from "./sessions.js";
 
@@ -79,11 +81,33 @@ export class Orchestrator {
 
   // ---- the agent stream ----
 
+  /**
+   * Registers the agent on `conn` as node `reg.node.name`. A name whose
+   * stream is still live belongs to the agent holding it: another agent
+   * asking for it is refused (NodeNameTakenError) instead of evicting it, so
+   * two agents given one name cannot replace each other forever. The holder's
+   * stream is replaced only by the same agent process (same instance id: its
+   * old stream is half-open), or once it has been silent for two heartbeat
+   * intervals, so an agent restarted after a crash is not locked out until
+   * the heartbeat timeout.
+   */
   register(conn: AgentConnection, reg: kiln.Register): void {
     const d = reg.node;
-    if (!d || !d.name) throw new Error("register: node.name is required");
+    if (!d || !d.name) throw new InvalidArgumentError("register.node.name", "is required");
+    conn.agent = { instanceId: reg.instanceId, pid: reg.pid };
     let node = this.cluster.nodes.get(d.name);
-    if (node?.connection && node.connection !== conn) node.connection.close(new Error("replaced by a new connection"));
+    const holder = node?.connection;
+    if (holder && holder !== conn) {
+      const sameAgent = reg.instanceId !== "" && holder.agent?.instanceId === reg.instanceId;
+      const silentMs = Date.now() - holder.lastSeen;
+      if (!sameAgent && silentMs <= 2 * this.config.heartbeatIntervalMs) {
+        const refusal = new NodeNameTakenError(node!, holder, silentMs);
+        this.config.log(`refused an agent (pid ${reg.pid || "unknown"}): ${refusal.message}`);
+        throw refusal;
+      }
+      const why = sameAgent ? "the same agent reconnected" : `the old stream was silent for ${silentMs} ms`;
+      holder.close(new Error(`replaced by a new connection (${why})`));
+    }
     if (!node) {
       node = {
         name: d.name,

@@ -1,17 +1,21 @@
+import { toJson } from "@bufbuild/protobuf";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { InvalidArgumentError } from "@kiln/protocol";
 import { StreamRoutes, translateErrors } from "@kiln/protocol/transport";
 import { flame, kiln } from "@kiln/protocol/proto";
 import * as path from "node:path";
 import { bearerTokenCheck, isLoopbackHost } from "../net/auth.js";
-import { listenHttp1, listenHttp2 } from "../net/http-server.js";
+import { healthzResponder, KilnServer } from "../net/healthz.js";
+import { listenHttp1, listenHttp2, type Listener } from "../net/http-server.js";
 import { requireToken, tokenRefusal } from "../net/interceptors.js";
+import { portInUse } from "../net/port-in-use.js";
 import { agentService } from "./api/agent-service.js";
 import { frontendService, type FrontendDeps } from "./api/frontend-service.js";
 import { kilnFrontendService } from "./api/kiln-frontend-service.js";
 import { toTaskMessage } from "./api/messages.js";
 import { ApplicationRegistry } from "./applications.js";
 import { registerBuiltinApps } from "./builtin-apps.js";
+import { clusterInfo } from "./cluster-info.js";
 import { resolveConfig, type ControlPlaneOptions } from "./config.js";
 import { Orchestrator } from "./orchestrator.js";
 import { SessionRegistry } from "./sessions.js";
@@ -88,13 +92,14 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   commit.onCommit(() => feed.flush());
   orchestrator.start();
 
-  const deps: FrontendDeps = { apps, sessions, orchestrator, hub, feed, commit };
+  const info = () => clusterInfo(orchestrator.cluster, sessions, config.cacheEndpoint);
+  const deps: FrontendDeps = { apps, sessions, orchestrator, hub, feed, commit, clusterInfo: info };
   const flameFrontend = frontendService(deps);
   const kilnFrontend = kilnFrontendService(deps);
   const agent = agentService(orchestrator, config.log);
   // Batches of tasks can be large; each task's input is checked against maxTaskBytes with a clear error.
   const readMaxBytes = Math.max(256 * 1024 * 1024, config.maxTaskBytes * 4);
-  const handler = connectNodeAdapter({
+  const connectHandler = connectNodeAdapter({
     routes: (router) => {
       router.service(flame.Frontend, flameFrontend);
       router.service(kiln.Frontend, kilnFrontend);
@@ -103,6 +108,15 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     interceptors: [...(config.token ? [requireToken(config.token)] : []), translateErrors()],
     readMaxBytes,
   });
+  // Known once both ports listen; /healthz names them so a client at the wrong one can be told the right one.
+  const endpoints = { endpoint: "", httpEndpoint: "" };
+  const healthz = healthzResponder(KilnServer.ControlPlane, config.token, () => ({
+    ...endpoints,
+    ...(toJson(kiln.ClusterInfoSchema, info(), { alwaysEmitImplicit: true }) as Record<string, unknown>),
+  }));
+  const handler: typeof connectHandler = (req, res) => {
+    if (!healthz(req, res)) connectHandler(req, res);
+  };
   // gRPC streams (agents, task submission, watches) skip Connect's per-message pipeline; see StreamRoutes.
   const tokenMatches = config.token ? bearerTokenCheck(config.token) : undefined;
   const streams = new StreamRoutes({
@@ -112,15 +126,33 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     .add(flame.Frontend, flameFrontend)
     .add(kiln.Frontend, kilnFrontend)
     .add(kiln.Agent, agent);
-  const server = await listenHttp2(config.host, config.port, streams.handler(handler));
-  const http1 = await listenHttp1(config.host, config.httpPort ?? (config.port === 0 ? 0 : server.port + 1), handler);
+  const closeStore = () => {
+    commit.flushNow();
+    store.close();
+  };
+  let server: Listener;
+  let http1: Listener;
+  try {
+    server = await listenHttp2(config.host, config.port, streams.handler(handler)).catch(
+      portInUse(config.port, "grpc"),
+    );
+    const httpPort = config.httpPort ?? (config.port === 0 ? 0 : server.port + 1);
+    http1 = await listenHttp1(config.host, httpPort, handler).catch(async (err: unknown) => {
+      await server.close();
+      return portInUse(httpPort, "json")(err);
+    });
+  } catch (err) {
+    orchestrator.stop();
+    closeStore();
+    throw err;
+  }
   const shownHost = config.host.includes(":")
     ? `[${config.host}]`
     : config.host === "0.0.0.0"
       ? "127.0.0.1"
       : config.host;
-  const endpoint = `http://${shownHost}:${server.port}`;
-  const httpEndpoint = `http://${shownHost}:${http1.port}`;
+  const endpoint = (endpoints.endpoint = `http://${shownHost}:${server.port}`);
+  const httpEndpoint = (endpoints.httpEndpoint = `http://${shownHost}:${http1.port}`);
   config.log(
     `control plane listening on ${endpoint} (gRPC/HTTP2) and ${httpEndpoint} (JSON/HTTP1.1); data in ${config.dataDir}`,
   );
@@ -132,8 +164,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     async close() {
       orchestrator.stop();
       await Promise.all([server.close(), http1.close()]);
-      commit.flushNow();
-      store.close();
+      closeStore();
     },
   };
 }

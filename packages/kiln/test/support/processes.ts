@@ -47,37 +47,57 @@ export function spawnKiln(args: string[], env: NodeJS.ProcessEnv = {}): KilnProc
   return p;
 }
 
+/** Loopback ports [first, first + span) that this process holds bound, so nothing else can take them. */
+export interface HeldPorts {
+  first: number;
+  /** Releases one of them (for the command under test to bind). */
+  free(port: number): Promise<void>;
+  /** Releases all that are still held. */
+  close(): Promise<void>;
+}
+
 /**
- * A port that was free a moment ago, with the `span - 1` after it (a control plane also listens on
- * port + 1 for HTTP/1.1, `kiln up` on port + 2 for its cache). Picked below the kernel's ephemeral
- * range (32768+): a port handed out for port 0 can be the local port of another process's outgoing
- * connection a moment later, which made a control plane fail to start now and then.
+ * A range of `span` loopback ports, bound by this process until released. Picked below the kernel's
+ * ephemeral range (32768+): a port handed out for port 0 can be the local port of another process's
+ * outgoing connection a moment later, which made a control plane fail to start now and then.
  */
-export async function freePort(span = 3): Promise<number> {
+export async function holdPorts(span: number): Promise<HeldPorts> {
   for (let attempt = 0; attempt < 100; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 12_000);
-    if (await bindable(port, span)) return port;
+    const first = 20_000 + Math.floor(Math.random() * 12_000);
+    const held = new Map<number, net.Server>();
+    const free = async (port: number): Promise<void> => {
+      const srv = held.get(port);
+      held.delete(port);
+      if (srv) await new Promise((resolve) => srv.close(resolve));
+    };
+    const close = async (): Promise<void> => {
+      await Promise.all([...held.keys()].map(free));
+    };
+    try {
+      for (let port = first; port < first + span; port++) {
+        const srv = net.createServer();
+        await new Promise<void>((resolve, reject) => {
+          srv.once("error", reject);
+          srv.listen(port, "127.0.0.1", resolve);
+        });
+        held.set(port, srv);
+      }
+      return { first, free, close };
+    } catch {
+      await close();
+    }
   }
   throw new Error("found no free range of loopback ports in 20000-32000");
 }
 
-async function bindable(first: number, span: number): Promise<boolean> {
-  const servers: net.Server[] = [];
-  try {
-    for (let port = first; port < first + span; port++) {
-      const srv = net.createServer();
-      await new Promise<void>((resolve, reject) => {
-        srv.once("error", reject);
-        srv.listen(port, "127.0.0.1", resolve);
-      });
-      servers.push(srv);
-    }
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await Promise.all(servers.map((srv) => new Promise((resolve) => srv.close(resolve))));
-  }
+/**
+ * A port that was free a moment ago, with the `span - 1` after it (a control plane also listens on
+ * port + 1 for HTTP/1.1, `kiln up` on port + 2 for its cache).
+ */
+export async function freePort(span = 3): Promise<number> {
+  const held = await holdPorts(span);
+  await held.close();
+  return held.first;
 }
 
 /** Polls `check` until it returns a value, or throws after `timeoutMs` with `what` in the message. */
@@ -100,12 +120,19 @@ export async function waitFor<T>(
   }
 }
 
+/** Whether `pid` runs; a zombie (exited, not yet reaped by whoever inherited it) counts as gone. */
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch {
     return false;
+  }
+  try {
+    // The state follows the command, which is in parentheses and may hold spaces.
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "latin1");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false; // gone between the two looks
   }
 }
 

@@ -1,3 +1,4 @@
+import type * as http2 from "node:http2";
 import * as net from "node:net";
 import type { Interceptor, Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
@@ -37,6 +38,28 @@ function tokenInterceptor(token: string): Interceptor {
 }
 
 /**
+ * An Http2SessionManager whose sessions never crash the process with a late
+ * "error" event. When the peer is not an HTTP/2 server (a client pointed at
+ * the object cache's port), nghttp2 destroys the session itself; the
+ * manager's abort() then sees it destroyed, removes its own listeners, and
+ * the error that Node emits when the socket closes finds no listener. Every
+ * failure still reaches the calls through their streams.
+ */
+class GuardedSessionManager extends Http2SessionManager {
+  private readonly guarded = new WeakSet<http2.Http2Session>();
+
+  override async request(...args: Parameters<Http2SessionManager["request"]>): Promise<http2.ClientHttp2Stream> {
+    const stream = await super.request(...args);
+    const session = stream.session;
+    if (session && !this.guarded.has(session)) {
+      this.guarded.add(session);
+      session.on("error", () => undefined);
+    }
+    return stream;
+  }
+}
+
+/**
  * A gRPC (HTTP/2) transport to a Kiln or Flame endpoint. One HTTP/2
  * connection carries every call and stream: unary calls go through
  * Connect's gRPC transport, streams through `streamCaller`. Call `close()`
@@ -45,7 +68,7 @@ function tokenInterceptor(token: string): Interceptor {
 export function createClusterTransport(options: TransportOptions): { transport: Transport; close(): void } {
   const url = new URL(options.endpoint);
   const baseUrl = `${url.protocol}//${url.host}`;
-  const sessionManager = new Http2SessionManager(baseUrl, {
+  const sessionManager = new GuardedSessionManager(baseUrl, {
     idleConnectionTimeoutMs: 60_000,
     ...(options.pingIntervalMs !== undefined ? { pingIntervalMs: options.pingIntervalMs } : {}),
     ...(options.pingTimeoutMs !== undefined ? { pingTimeoutMs: options.pingTimeoutMs } : {}),
@@ -59,7 +82,7 @@ export const INSTANCE_READ_MAX_BYTES = 1024 * 1024 * 1024;
 /** A gRPC transport over a Unix socket (how an agent reaches a service process). */
 export function createUnixSocketTransport(socketPath: string): { transport: Transport; close(): void } {
   const baseUrl = "http://localhost";
-  const sessionManager = new Http2SessionManager(baseUrl, {}, { createConnection: () => net.connect(socketPath) });
+  const sessionManager = new GuardedSessionManager(baseUrl, {}, { createConnection: () => net.connect(socketPath) });
   return overSessions(sessionManager, baseUrl, INSTANCE_READ_MAX_BYTES);
 }
 

@@ -256,6 +256,19 @@ export class KilnClient {
   }
 
   /**
+   * What the control plane says about its cluster: its version, the object
+   * cache its clients use (empty when it was not told of one) and how many
+   * nodes, executors and open sessions it has. A Flame cluster has no such
+   * call (UNIMPLEMENTED, code INTERNAL).
+   *
+   * @example
+   * const { version, cacheEndpoint, readyNodes } = await client.clusterInfo();
+   */
+  clusterInfo(): Promise<kiln.ClusterInfo> {
+    return this.ctx.call((o) => this.ctx.kiln.getClusterInfo({}, o));
+  }
+
+  /**
    * Rejects pending run() calls, ends streams and closes the connection. Idempotent.
    *
    * @example

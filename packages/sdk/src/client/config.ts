@@ -60,7 +60,8 @@ export interface ResolvedCacheConfig {
   cacheEndpoint: string;
   cacheToken?: string;
   context?: string;
-  source: "options" | "env" | "config" | "default";
+  /** "control-plane": not configured, so the cluster's control plane was asked (see discoverCacheConfig). */
+  source: "options" | "env" | "config" | "control-plane" | "default";
   configPath: string;
   configFound: boolean;
 }

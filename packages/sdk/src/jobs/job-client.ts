@@ -66,7 +66,7 @@ export interface JobOptions {
   outputs?: OutputSpec;
   /** The privacy levels in force, most restrictive first. Default DEFAULT_LEVELS. */
   levels?: OutputLevel[];
-  /** Where large inputs go. Default: the configured object cache (KILN_CACHE_ENDPOINT…). */
+  /** Where large inputs go. Default: the configured object cache (KILN_CACHE_ENDPOINT…), else the advertised one. */
   cache?: ObjectCache;
   /** Aborting cancels the job: its command is killed and nothing is persisted. */
   signal?: AbortSignal;
@@ -156,12 +156,12 @@ async function buildSpec(session: Session, job: JobOptions): Promise<JobSpec> {
       const st = await localFile(`inputs[${i}].file`, f.file!);
       mode ??= st.mode & 0o777;
       if (st.size <= INLINE_FILE_BYTES && st.size <= inlineBudget) bytes = await fs.readFile(f.file!);
-      else input.ref = await (job.cache ?? defaultObjectCache()).uploadObject(await prefix(), f.file!);
+      else input.ref = await (job.cache ?? (await defaultObjectCache())).uploadObject(await prefix(), f.file!);
     }
     if (bytes && bytes.byteLength <= Math.min(INLINE_FILE_BYTES, inlineBudget)) {
       input.data = bytes;
       inlineBudget -= bytes.byteLength;
-    } else if (bytes) input.ref = await (job.cache ?? defaultObjectCache()).uploadObject(await prefix(), bytes);
+    } else if (bytes) input.ref = await (job.cache ?? (await defaultObjectCache())).uploadObject(await prefix(), bytes);
     if (mode !== undefined) input.mode = mode;
     spec.inputs.push(input);
   }
@@ -276,7 +276,7 @@ export async function getJobResult(
   if (output && output.byteLength > 0) return { ...found, result: decodeJobResult(output) };
   if (state !== flame.TaskState.Cancelled) return found;
   const application = (await session.info()).spec?.application ?? "";
-  const cache = options.cache ?? defaultObjectCache();
+  const cache = options.cache ?? (await defaultObjectCache());
   try {
     return {
       ...found,
@@ -337,7 +337,7 @@ export async function fetchOutputs(
     throw new FailedPreconditionError(
       "the job's outputs were not persisted completely (no manifest): nothing to fetch",
     );
-  const cache = options.cache ?? defaultObjectCache();
+  const cache = options.cache ?? (await defaultObjectCache());
   let manifest: OutputReport;
   try {
     manifest = (await cache.getObject(report.manifest)) as OutputReport;

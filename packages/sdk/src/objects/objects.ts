@@ -6,26 +6,32 @@ import {
   type ObjectTarget,
 } from "./cache-client.js";
 import type { ObjectRef } from "@kiln/protocol";
+import { openObjectCache } from "../client/cache-discovery.js";
 
 /**
- * Module-level object functions, bound to one ObjectCache built on first use
- * from configuration (KILN_CACHE_ENDPOINT, the config file's context, else
- * http://127.0.0.1:7422; see loadCacheConfig).
+ * Module-level object functions, bound to one ObjectCache found on first use:
+ * the configured one (KILN_CACHE_ENDPOINT, the config file's context), else
+ * the one the control plane advertises, else http://127.0.0.1:7422; see
+ * discoverCacheConfig.
  */
 
-let current: ObjectCache | undefined;
+let current: Promise<ObjectCache> | undefined;
 
 /**
- * The ObjectCache the module-level functions use, built from configuration on first call.
+ * The ObjectCache the module-level functions use, found on the first call.
  *
  * @example
- * console.log(defaultObjectCache().endpoint); // http://127.0.0.1:7422 unless configured
+ * console.log((await defaultObjectCache()).endpoint); // http://127.0.0.1:7422 unless configured or advertised
  */
-export function defaultObjectCache(): ObjectCache {
-  if (!current) {
-    current = ObjectCache.fromConfig();
-  }
-  return current;
+export function defaultObjectCache(): Promise<ObjectCache> {
+  if (current) return current;
+  const opening: Promise<ObjectCache> = openObjectCache().catch((err: unknown) => {
+    // A bad configuration is reported on every call until it is fixed (unless configureObjects replaced it).
+    if (current === opening) current = undefined;
+    throw err;
+  });
+  current = opening;
+  return opening;
 }
 
 /**
@@ -37,8 +43,12 @@ export function defaultObjectCache(): ObjectCache {
  */
 export function configureObjects(cache: ObjectCache | ObjectCacheOptions): ObjectCache {
   const next = cache instanceof ObjectCache ? cache : new ObjectCache(cache);
-  if (current !== next) current?.close();
-  current = next;
+  const previous = current;
+  current = Promise.resolve(next);
+  void previous?.then(
+    (c) => c !== next && c.close(),
+    () => undefined,
+  );
   return next;
 }
 
@@ -49,7 +59,7 @@ export function configureObjects(cache: ObjectCache | ObjectCacheOptions): Objec
  * const ref = await putObject("my-app/s1", { weights: new Float64Array(1024) });
  */
 export async function putObject(keyOrPrefix: string, value: unknown): Promise<ObjectRef> {
-  return defaultObjectCache().putObject(keyOrPrefix, value);
+  return (await defaultObjectCache()).putObject(keyOrPrefix, value);
 }
 
 /**
@@ -59,7 +69,7 @@ export async function putObject(keyOrPrefix: string, value: unknown): Promise<Ob
  * const log = await getObject<string[]>(ref);
  */
 export async function getObject<T = unknown>(target: ObjectTarget, options?: GetObjectOptions<T>): Promise<T> {
-  return defaultObjectCache().getObject<T>(target, options);
+  return (await defaultObjectCache()).getObject<T>(target, options);
 }
 
 /**
@@ -69,7 +79,7 @@ export async function getObject<T = unknown>(target: ObjectTarget, options?: Get
  * ref = await updateObject(ref, { step: 2 });
  */
 export async function updateObject(target: ObjectTarget, value: unknown): Promise<ObjectRef> {
-  return defaultObjectCache().updateObject(target, value);
+  return (await defaultObjectCache()).updateObject(target, value);
 }
 
 /**
@@ -79,7 +89,7 @@ export async function updateObject(target: ObjectTarget, value: unknown): Promis
  * ref = await patchObject(ref, ["another line"]);
  */
 export async function patchObject(target: ObjectTarget, delta: unknown): Promise<ObjectRef> {
-  return defaultObjectCache().patchObject(target, delta);
+  return (await defaultObjectCache()).patchObject(target, delta);
 }
 
 /**
@@ -89,7 +99,7 @@ export async function patchObject(target: ObjectTarget, delta: unknown): Promise
  * await deleteObjects("my-app/s1");
  */
 export async function deleteObjects(prefixOrKey: string): Promise<number> {
-  return defaultObjectCache().deleteObjects(prefixOrKey);
+  return (await defaultObjectCache()).deleteObjects(prefixOrKey);
 }
 
 /**
@@ -99,7 +109,7 @@ export async function deleteObjects(prefixOrKey: string): Promise<number> {
  * const ref = await uploadObject("my-app/data/input.parquet", "./input.parquet");
  */
 export async function uploadObject(keyOrPrefix: string, source: string | Uint8Array): Promise<ObjectRef> {
-  return defaultObjectCache().uploadObject(keyOrPrefix, source);
+  return (await defaultObjectCache()).uploadObject(keyOrPrefix, source);
 }
 
 /**
@@ -109,7 +119,7 @@ export async function uploadObject(keyOrPrefix: string, source: string | Uint8Ar
  * await downloadObject(ref, "./input.parquet");
  */
 export async function downloadObject(target: ObjectTarget, file: string, options?: { sha256?: string }): Promise<void> {
-  return defaultObjectCache().downloadObject(target, file, options);
+  return (await defaultObjectCache()).downloadObject(target, file, options);
 }
 
 /**
@@ -119,7 +129,7 @@ export async function downloadObject(target: ObjectTarget, file: string, options
  * const { version } = await statObject("my-app/s1/result");
  */
 export async function statObject(key: string): Promise<ObjectStat> {
-  return defaultObjectCache().statObject(key);
+  return (await defaultObjectCache()).statObject(key);
 }
 
 /**
@@ -129,5 +139,5 @@ export async function statObject(key: string): Promise<ObjectStat> {
  * const keys = (await listObjects("my-app")).map((o) => o.key);
  */
 export async function listObjects(prefix: string): Promise<ObjectStat[]> {
-  return defaultObjectCache().listObjects(prefix);
+  return (await defaultObjectCache()).listObjects(prefix);
 }

@@ -181,7 +181,7 @@ class RefFetcher {
     let pending = this.fetched.get(id);
     if (!pending) {
       pending = this.cache()
-        .getObject(ref)
+        .then((cache) => cache.getObject(ref))
         .catch((err: unknown) => {
           const code = err instanceof KilnError ? err.code : ErrorCode.Unavailable;
           throw new GetDataError("cache", `${ref.key}: ${messageOf(err)}`, { cause: err, code });
@@ -191,8 +191,8 @@ class RefFetcher {
     return pending;
   }
 
-  private cache(): ObjectCache {
-    this.cacheInstance ??= defaultObjectCache();
+  private async cache(): Promise<ObjectCache> {
+    this.cacheInstance ??= await defaultObjectCache();
     return this.cacheInstance;
   }
 }

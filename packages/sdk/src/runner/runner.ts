@@ -2,6 +2,7 @@ import { clone } from "@bufbuild/protobuf";
 import * as fsp from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
+import { openObjectCache } from "../client/cache-discovery.js";
 import { connect, type KilnClient } from "../client/client.js";
 import type { ConnectOptions } from "../client/config.js";
 import type { Session } from "../client/session.js";
@@ -16,7 +17,7 @@ import {
   validateName,
   withTimeout,
 } from "@kiln/protocol";
-import { ObjectCache } from "../objects/cache-client.js";
+import type { ObjectCache } from "../objects/cache-client.js";
 import type { ObjectRef } from "@kiln/protocol";
 import { packDirectory } from "../packaging/pack-directory.js";
 import { packageLocation, publishPackage } from "../packaging/publish-package.js";
@@ -46,7 +47,10 @@ export interface RunnerOptions extends ConnectOptions {
   project?: string;
   /** More gitignore-style patterns to leave out, on top of node_modules, .git, dist and the project's .gitignore. */
   excludes?: string[];
-  /** The object cache (default: KILN_CACHE_ENDPOINT, the config context's cache, else http://127.0.0.1:7422). */
+  /**
+   * The object cache (default: KILN_CACHE_ENDPOINT, the config context's cache, else the one the control
+   * plane advertises, else http://127.0.0.1:7422).
+   */
   cacheEndpoint?: string;
   cacheToken?: string;
 }
@@ -118,12 +122,12 @@ export class Runner implements AsyncDisposable {
   static async open(name: string, options: RunnerOptions = {}): Promise<Runner> {
     validateName("name", name);
     const project = options.project !== undefined ? checkProjectDir(options.project) : findProjectRoot(process.cwd());
-    const cache = ObjectCache.fromConfig(options);
-    let client: KilnClient;
+    const client = await connect(options);
+    let cache: ObjectCache;
     try {
-      client = await connect(options);
+      cache = await openObjectCache(options, client);
     } catch (err) {
-      cache.close();
+      client.close();
       throw err;
     }
     try {

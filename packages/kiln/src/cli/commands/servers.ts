@@ -1,11 +1,12 @@
 import * as os from "node:os";
 import * as path from "node:path";
 import { Option, type Command } from "commander";
+import { DEFAULT_ENDPOINT } from "@kiln/sdk";
 import { DEFAULT_PORT } from "../../control/config.js";
 import { resolveCacheConfig } from "../cache-client.js";
 import { UsageError } from "../exit-codes.js";
 import { byteSize, resreqText, wholeNumber, type GlobalOptions } from "../options.js";
-import { serveUntilSignal } from "../signals.js";
+import { DEFAULT_PORT_FLAGS, serveUntilSignal } from "../signals.js";
 
 const DEFAULT_DATA_DIR = path.join(os.homedir(), ".kiln", "data");
 const DEFAULT_HOST = "127.0.0.1";
@@ -47,6 +48,11 @@ interface AgentFlags {
   workDir?: string;
 }
 
+/** `kiln <command>` as a user types it to reach `endpoint`: --endpoint only when it is not the default. */
+function kilnCommand(endpoint: string, command: string): string {
+  return endpoint === DEFAULT_ENDPOINT ? `kiln ${command}` : `kiln --endpoint ${endpoint} ${command}`;
+}
+
 /** Adds `kiln up`, `kiln server` and `kiln agent`. */
 export function registerServerCommands(program: Command): void {
   program
@@ -79,8 +85,10 @@ export function registerServerCommands(program: Command): void {
         (cluster) =>
           process.stdout.write(
             `Kiln is up at ${cluster.endpoint}\n  object cache: ${cluster.cacheEndpoint}\n  data: ${f.dataDir}\n` +
-              `Try \`kiln ping\` or \`kiln list -n\` in another terminal. Press Ctrl-C to stop.\n`,
+              `Try \`${kilnCommand(cluster.endpoint, "ping")}\` or \`${kilnCommand(cluster.endpoint, "list -n")}\` ` +
+              `in another terminal${token ? " (with the same --token or KILN_TOKEN)" : ""}. Press Ctrl-C to stop.\n`,
           ),
+        { ...DEFAULT_PORT_FLAGS, cache: "--cache-port" },
       );
     });
 
@@ -113,9 +121,15 @@ export function registerServerCommands(program: Command): void {
         "resources for sessions that ask for none (default cpu=1,mem=1g)",
       ).argParser(resreqText),
     )
-    .addHelpText("after", "\nThe global --token, when given, is required from every client and agent.\n")
+    .addHelpText(
+      "after",
+      "\nThe global --token, when given, is required from every client and agent.\n" +
+        "The global --cache-endpoint is the object cache this control plane tells clients about,\n" +
+        "so they find it without being told (kiln status shows it).\n" +
+        "\nExample:\n  kiln server --host 0.0.0.0 --token $KILN_TOKEN --cache-endpoint http://10.0.0.5:7422\n",
+    )
     .action(async (f: ServerFlags, cmd: Command) => {
-      const { token } = cmd.optsWithGlobals<GlobalOptions>();
+      const { token, cacheEndpoint } = cmd.optsWithGlobals<GlobalOptions>();
       const { startControlPlane } = await import("../../control/server.js");
       await serveUntilSignal(
         "the control plane",
@@ -130,8 +144,14 @@ export function registerServerCommands(program: Command): void {
             retries: f.retries,
             maxTaskBytes: f.maxTaskBytes,
             defaultResreq: f.defaultResreq,
+            ...(cacheEndpoint ? { cacheEndpoint } : {}),
           }),
-        (cp) => process.stdout.write(`Kiln control plane listening at ${cp.endpoint} (data: ${f.dataDir})\n`),
+        (cp) =>
+          process.stdout.write(
+            `Kiln control plane listening at ${cp.endpoint} (data: ${f.dataDir})\n` +
+              (cacheEndpoint ? `  object cache (told to clients): ${cacheEndpoint}\n` : "") +
+              `Agents join with \`kiln agent --endpoint ${cp.endpoint}\`; try \`${kilnCommand(cp.endpoint, "list -n")}\`.\n`,
+          ),
       );
     });
 
@@ -150,14 +170,15 @@ export function registerServerCommands(program: Command): void {
     .addHelpText(
       "after",
       "\nNeeds the global --endpoint (the control plane) and, if it has one, --token.\n" +
-        "cache:// package URLs are fetched from the global --cache-endpoint.\n" +
+        "cache:// package URLs are fetched from the global --cache-endpoint (default: the cache the control\n" +
+        "plane advertises). A node name another live agent holds is refused: the agent exits 1.\n" +
         "\nExample:\n  kiln agent --endpoint http://10.0.0.5:7420 --token $KILN_TOKEN --executors 8\n",
     )
     .action(async (f: AgentFlags, cmd: Command) => {
       const globals = cmd.optsWithGlobals<GlobalOptions>();
       const { endpoint, token } = globals;
       if (!endpoint) throw new UsageError("kiln agent needs --endpoint URL (the control plane to join)");
-      const { cacheEndpoint, cacheToken } = resolveCacheConfig(globals);
+      const { cacheEndpoint, cacheToken } = await resolveCacheConfig(globals);
       const { startAgent } = await import("../../agent/agent.js");
       await serveUntilSignal(
         "the agent",

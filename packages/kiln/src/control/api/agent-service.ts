@@ -1,5 +1,6 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { kiln } from "@kiln/protocol/proto";
+import { KilnError } from "@kiln/protocol";
 import { AgentConnection } from "../agent-connection.js";
 import type { Orchestrator } from "../orchestrator.js";
 
@@ -35,7 +36,8 @@ export function agentService(orchestrator: Orchestrator, log: (line: string) => 
           conn.close();
           orchestrator.disconnected(conn, "stream ended");
         } catch (err) {
-          conn.close();
+          // A refusal (e.g. a node name another agent holds) ends the stream with its status, so the agent can say why.
+          conn.close(err instanceof KilnError ? err : undefined);
           orchestrator.disconnected(conn, (err as Error).message);
         }
       };

@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { NotFoundError, untilAborted } from "@kiln/protocol";
-import { flame } from "@kiln/protocol/proto";
+import { flame, type kiln } from "@kiln/protocol/proto";
 import { toApplicationMessage, type ApplicationRegistry } from "../applications.js";
 import { toExecutorMessage, toNodeMessage } from "../cluster-state.js";
 import type { Orchestrator } from "../orchestrator.js";
@@ -18,6 +18,8 @@ export interface FrontendDeps {
   hub: WatchHub;
   feed: SessionsFeed;
   commit: GroupCommit;
+  /** What GetClusterInfo answers right now. */
+  clusterInfo(): kiln.ClusterInfo;
 }
 
 const OK = () => create(flame.ResultSchema, { returnCode: 0 });

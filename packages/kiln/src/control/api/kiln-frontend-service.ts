@@ -4,7 +4,10 @@ import { AsyncQueue, toKilnError, untilAborted } from "@kiln/protocol";
 import { flame, kiln } from "@kiln/protocol/proto";
 import type { FrontendDeps } from "./frontend-service.js";
 
-/** kiln.v1.Frontend: batch task creation (unary or streamed), one watch stream per session, cancel, the sessions feed. */
+/**
+ * kiln.v1.Frontend: batch task creation (unary or streamed), one watch stream per session, cancel,
+ * the sessions feed, cluster info.
+ */
 export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Frontend> {
   const { sessions, orchestrator, hub, feed, commit } = d;
 
@@ -62,6 +65,9 @@ export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Fr
       const matching = ids ? [...ids].map((id) => sessions.require(id)) : sessions.list();
       const queue = feed.watch(matching, { ids, events: req.events, omitTaskChanges: req.omitTaskChanges });
       yield* untilAborted(queue, ctx.signal, () => feed.unwatch(queue));
+    },
+    getClusterInfo() {
+      return d.clusterInfo();
     },
   };
 }

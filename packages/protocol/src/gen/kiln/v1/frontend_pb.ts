@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
 export const file_kiln_v1_frontend: GenFile =
   /*@__PURE__*/
   fileDesc(
-    "ChZraWxuL3YxL2Zyb250ZW5kLnByb3RvEgdraWxuLnYxIjgKEkNyZWF0ZVRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmlucHV0cxgCIAMoDCI7ChNDcmVhdGVUYXNrc1Jlc3BvbnNlEhUKDWZpcnN0X3Rhc2tfaWQYASABKAQSDQoFY291bnQYAiABKA0ibwoTU3VibWl0VGFza3NSZXNwb25zZRIVCg1maXJzdF90YXNrX2lkGAEgASgEEg0KBWNvdW50GAIgASgNEigKBWVycm9yGAMgASgLMhQua2lsbi52MS5TdWJtaXRFcnJvckgAiAEBQggKBl9lcnJvciIsCgtTdWJtaXRFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiUAoTV2F0Y2hTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHNuYXBzaG90GAIgASgIEhMKC29taXRfb3V0cHV0GAMgASgIIpEBCgpUYXNrVXBkYXRlEg8KB3Rhc2tfaWQYASABKAkSIgoFc3RhdGUYAiABKA4yEy5mbGFtZS52MS5UYXNrU3RhdGUSDAoEdGltZRgDIAEoAxITCgZvdXRwdXQYBCABKAxIAIgBARIUCgdtZXNzYWdlGAUgASgJSAGIAQFCCQoHX291dHB1dEIKCghfbWVzc2FnZSJjChRXYXRjaFNlc3Npb25SZXNwb25zZRINCgVyZWFkeRgBIAEoCBIkCgd1cGRhdGVzGAIgAygLMhMua2lsbi52MS5UYXNrVXBkYXRlEhYKDnNlc3Npb25fY2xvc2VkGAMgASgIIjoKEkNhbmNlbFRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHRhc2tfaWRzGAIgAygJIigKE0NhbmNlbFRhc2tzUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgNIlYKFFdhdGNoU2Vzc2lvbnNSZXF1ZXN0EhMKC3Nlc3Npb25faWRzGAEgAygJEg4KBmV2ZW50cxgCIAEoCBIZChFvbWl0X3Rhc2tfY2hhbmdlcxgDIAEoCCJoChVXYXRjaFNlc3Npb25zUmVzcG9uc2USDQoFcmVhZHkYASABKAgSIwoIc2Vzc2lvbnMYAiADKAsyES5mbGFtZS52MS5TZXNzaW9uEhsKE2RlbGV0ZWRfc2Vzc2lvbl9pZHMYAyADKAkyjQMKCEZyb250ZW5kEkgKC0NyZWF0ZVRhc2tzEhsua2lsbi52MS5DcmVhdGVUYXNrc1JlcXVlc3QaHC5raWxuLnYxLkNyZWF0ZVRhc2tzUmVzcG9uc2USTAoLU3VibWl0VGFza3MSGy5raWxuLnYxLkNyZWF0ZVRhc2tzUmVxdWVzdBocLmtpbG4udjEuU3VibWl0VGFza3NSZXNwb25zZSgBMAESTQoMV2F0Y2hTZXNzaW9uEhwua2lsbi52MS5XYXRjaFNlc3Npb25SZXF1ZXN0Gh0ua2lsbi52MS5XYXRjaFNlc3Npb25SZXNwb25zZTABEkgKC0NhbmNlbFRhc2tzEhsua2lsbi52MS5DYW5jZWxUYXNrc1JlcXVlc3QaHC5raWxuLnYxLkNhbmNlbFRhc2tzUmVzcG9uc2USUAoNV2F0Y2hTZXNzaW9ucxIdLmtpbG4udjEuV2F0Y2hTZXNzaW9uc1JlcXVlc3QaHi5raWxuLnYxLldhdGNoU2Vzc2lvbnNSZXNwb25zZTABYgZwcm90bzM",
+    "ChZraWxuL3YxL2Zyb250ZW5kLnByb3RvEgdraWxuLnYxIjgKEkNyZWF0ZVRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmlucHV0cxgCIAMoDCI7ChNDcmVhdGVUYXNrc1Jlc3BvbnNlEhUKDWZpcnN0X3Rhc2tfaWQYASABKAQSDQoFY291bnQYAiABKA0ibwoTU3VibWl0VGFza3NSZXNwb25zZRIVCg1maXJzdF90YXNrX2lkGAEgASgEEg0KBWNvdW50GAIgASgNEigKBWVycm9yGAMgASgLMhQua2lsbi52MS5TdWJtaXRFcnJvckgAiAEBQggKBl9lcnJvciIsCgtTdWJtaXRFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiUAoTV2F0Y2hTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHNuYXBzaG90GAIgASgIEhMKC29taXRfb3V0cHV0GAMgASgIIpEBCgpUYXNrVXBkYXRlEg8KB3Rhc2tfaWQYASABKAkSIgoFc3RhdGUYAiABKA4yEy5mbGFtZS52MS5UYXNrU3RhdGUSDAoEdGltZRgDIAEoAxITCgZvdXRwdXQYBCABKAxIAIgBARIUCgdtZXNzYWdlGAUgASgJSAGIAQFCCQoHX291dHB1dEIKCghfbWVzc2FnZSJjChRXYXRjaFNlc3Npb25SZXNwb25zZRINCgVyZWFkeRgBIAEoCBIkCgd1cGRhdGVzGAIgAygLMhMua2lsbi52MS5UYXNrVXBkYXRlEhYKDnNlc3Npb25fY2xvc2VkGAMgASgIIjoKEkNhbmNlbFRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHRhc2tfaWRzGAIgAygJIigKE0NhbmNlbFRhc2tzUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgNIlYKFFdhdGNoU2Vzc2lvbnNSZXF1ZXN0EhMKC3Nlc3Npb25faWRzGAEgAygJEg4KBmV2ZW50cxgCIAEoCBIZChFvbWl0X3Rhc2tfY2hhbmdlcxgDIAEoCCJoChVXYXRjaFNlc3Npb25zUmVzcG9uc2USDQoFcmVhZHkYASABKAgSIwoIc2Vzc2lvbnMYAiADKAsyES5mbGFtZS52MS5TZXNzaW9uEhsKE2RlbGV0ZWRfc2Vzc2lvbl9pZHMYAyADKAkiFwoVR2V0Q2x1c3RlckluZm9SZXF1ZXN0IoQBCgtDbHVzdGVySW5mbxIPCgd2ZXJzaW9uGAEgASgJEhYKDmNhY2hlX2VuZHBvaW50GAIgASgJEg0KBW5vZGVzGAMgASgNEhMKC3JlYWR5X25vZGVzGAQgASgNEhEKCWV4ZWN1dG9ycxgFIAEoDRIVCg1vcGVuX3Nlc3Npb25zGAYgASgNMtUDCghGcm9udGVuZBJICgtDcmVhdGVUYXNrcxIbLmtpbG4udjEuQ3JlYXRlVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DcmVhdGVUYXNrc1Jlc3BvbnNlEkwKC1N1Ym1pdFRhc2tzEhsua2lsbi52MS5DcmVhdGVUYXNrc1JlcXVlc3QaHC5raWxuLnYxLlN1Ym1pdFRhc2tzUmVzcG9uc2UoATABEk0KDFdhdGNoU2Vzc2lvbhIcLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVxdWVzdBodLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVzcG9uc2UwARJICgtDYW5jZWxUYXNrcxIbLmtpbG4udjEuQ2FuY2VsVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DYW5jZWxUYXNrc1Jlc3BvbnNlElAKDVdhdGNoU2Vzc2lvbnMSHS5raWxuLnYxLldhdGNoU2Vzc2lvbnNSZXF1ZXN0Gh4ua2lsbi52MS5XYXRjaFNlc3Npb25zUmVzcG9uc2UwARJGCg5HZXRDbHVzdGVySW5mbxIeLmtpbG4udjEuR2V0Q2x1c3RlckluZm9SZXF1ZXN0GhQua2lsbi52MS5DbHVzdGVySW5mb2IGcHJvdG8z",
     [file_flame_v1_types],
   );
 
@@ -333,6 +333,67 @@ export const WatchSessionsResponseSchema: GenMessage<WatchSessionsResponse> =
   messageDesc(file_kiln_v1_frontend, 10);
 
 /**
+ * @generated from message kiln.v1.GetClusterInfoRequest
+ */
+export type GetClusterInfoRequest = Message<"kiln.v1.GetClusterInfoRequest"> & {};
+
+/**
+ * Describes the message kiln.v1.GetClusterInfoRequest.
+ * Use `create(GetClusterInfoRequestSchema)` to create a new message.
+ */
+export const GetClusterInfoRequestSchema: GenMessage<GetClusterInfoRequest> =
+  /*@__PURE__*/
+  messageDesc(file_kiln_v1_frontend, 11);
+
+/**
+ * @generated from message kiln.v1.ClusterInfo
+ */
+export type ClusterInfo = Message<"kiln.v1.ClusterInfo"> & {
+  /**
+   * The control plane's Kiln version, e.g. "0.1.0".
+   *
+   * @generated from field: string version = 1;
+   */
+  version: string;
+
+  /**
+   * The object cache clients of this cluster use, e.g. "http://127.0.0.1:7422";
+   * empty when the control plane was not told of one.
+   *
+   * @generated from field: string cache_endpoint = 2;
+   */
+  cacheEndpoint: string;
+
+  /**
+   * Nodes that have registered, and how many of them are connected and ready.
+   *
+   * @generated from field: uint32 nodes = 3;
+   */
+  nodes: number;
+
+  /**
+   * @generated from field: uint32 ready_nodes = 4;
+   */
+  readyNodes: number;
+
+  /**
+   * @generated from field: uint32 executors = 5;
+   */
+  executors: number;
+
+  /**
+   * @generated from field: uint32 open_sessions = 6;
+   */
+  openSessions: number;
+};
+
+/**
+ * Describes the message kiln.v1.ClusterInfo.
+ * Use `create(ClusterInfoSchema)` to create a new message.
+ */
+export const ClusterInfoSchema: GenMessage<ClusterInfo> = /*@__PURE__*/ messageDesc(file_kiln_v1_frontend, 12);
+
+/**
  * @generated from service kiln.v1.Frontend
  */
 export const Frontend: GenService<{
@@ -397,5 +458,17 @@ export const Frontend: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchSessionsRequestSchema;
     output: typeof WatchSessionsResponseSchema;
+  };
+  /**
+   * What a client needs to know about the cluster beyond this endpoint: where
+   * its object cache is (so clients need not be told separately), the
+   * server's version, and a summary of what it runs (for `kiln status`).
+   *
+   * @generated from rpc kiln.v1.Frontend.GetClusterInfo
+   */
+  getClusterInfo: {
+    methodKind: "unary";
+    input: typeof GetClusterInfoRequestSchema;
+    output: typeof ClusterInfoSchema;
   };
 }> = /*@__PURE__*/ serviceDesc(file_kiln_v1_frontend, 0);
