@@ -5,7 +5,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { runCli, startCli, type CliProcess } from "./cli-helpers.js";
+import { runCli, startKilnUp, type CliProcess } from "./cli-helpers.js";
 
 // A single executable gets no node_modules, so it imports the service runtime by file URL.
 const SERVICE_RUNTIME = pathToFileURL(
@@ -64,10 +64,7 @@ describe("kiln deploy and kiln cache against kiln up", () => {
 
   before(async () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), "kiln-cli-deploy-"));
-    up = startCli(["up", "--data-dir", path.join(dir, "data"), "--port", "0", "--executors", "2"]);
-    const m = await up.waitFor(/Kiln is up at (http:\/\/\S+)\n\s+object cache: (http:\/\/\S+)/, 40_000);
-    endpoint = m[1]!;
-    cacheEndpoint = m[2]!;
+    ({ process: up, endpoint, cacheEndpoint } = await startKilnUp(path.join(dir, "data")));
     client = await connect({ endpoint });
   });
 

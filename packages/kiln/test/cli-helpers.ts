@@ -24,15 +24,25 @@ export interface CliResult {
 
 /** Runs `kiln ...args` to completion (killed after `timeoutMs`). */
 export function runCli(args: readonly string[], timeoutMs = 30_000): Promise<CliResult> {
+  return runCommand(process.execPath, [CLI, ...args], { env: CLI_ENV, timeoutMs });
+}
+
+/** Runs any command to completion (killed after `timeoutMs`), in `cwd`, with `env` (default: this process's). */
+export function runCommand(
+  command: string,
+  args: readonly string[],
+  o: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Promise<CliResult> {
+  const timeoutMs = o.timeoutMs ?? 30_000;
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: CLI_ENV, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(command, args, { cwd: o.cwd, env: o.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
     child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
-      reject(new Error(`kiln ${args.join(" ")} did not finish within ${timeoutMs} ms\n${stdout}\n${stderr}`));
+      reject(new Error(`${command} ${args.join(" ")} did not finish within ${timeoutMs} ms\n${stdout}\n${stderr}`));
     }, timeoutMs);
     child.on("error", reject);
     child.on("close", (code) => {
@@ -125,4 +135,23 @@ export async function closedPort(): Promise<number> {
   const { port } = server.address() as net.AddressInfo;
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
+}
+
+/** A `kiln up` on free ports (port 0) and the endpoints it printed. */
+export interface KilnUp {
+  process: CliProcess;
+  endpoint: string;
+  cacheEndpoint: string;
+}
+
+/** Starts `kiln up` with its state in `dataDir` and waits until it says it is up. */
+export async function startKilnUp(dataDir: string, executors = 2): Promise<KilnUp> {
+  const up = startCli(["up", "--data-dir", dataDir, "--port", "0", "--executors", String(executors)]);
+  try {
+    const m = await up.waitFor(/Kiln is up at (http:\/\/\S+)\n\s+object cache: (http:\/\/\S+)/, 40_000);
+    return { process: up, endpoint: m[1]!, cacheEndpoint: m[2]! };
+  } catch (err) {
+    await up.stop();
+    throw err;
+  }
 }
