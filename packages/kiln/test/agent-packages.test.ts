@@ -11,6 +11,7 @@ import { after, before, describe, test } from "node:test";
 import { startAgent, type Agent } from "../src/agent/agent.js";
 import { BindError } from "../src/agent/bind-error.js";
 import { installApplication, type InstallContext, type InstalledRelease } from "../src/agent/installer.js";
+import { PROVIDED_PACKAGES, providedPackageDirs } from "../src/package-store/provided.js";
 import {
   nodeAppFiles,
   PackageServer,
@@ -483,6 +484,82 @@ describe("node installer", () => {
     );
     assert.equal(run(noDeps), "42");
     assert.equal(npmRuns(node.logs), 0);
+  });
+
+  describe("the Kiln packages come from the node, whatever the package says of them", () => {
+    // Imports every provided package and prints where each resolved, then what `extra` prints.
+    const probe = (extra: string) =>
+      [
+        ...PROVIDED_PACKAGES.map((name, i) => `import * as p${i} from "${name}";`),
+        `const names = ${JSON.stringify(PROVIDED_PACKAGES)};`,
+        `const loaded = [${PROVIDED_PACKAGES.map((_, i) => `p${i}`).join(", ")}].map((m) => Object.keys(m).length > 0);`,
+        `console.log(JSON.stringify({ loaded, at: names.map((n) => import.meta.resolve(n)), extra: ${extra} }));`,
+      ].join("\n");
+    const runProbe = (release: InstalledRelease | undefined) =>
+      JSON.parse(execFileSync(process.execPath, ["probe.mjs"], { cwd: release!.dir, encoding: "utf8" })) as {
+        loaded: boolean[];
+        at: string[];
+        extra: unknown;
+      };
+    const assertProvided = (out: { loaded: boolean[]; at: string[] }) => {
+      assert.deepEqual(out.loaded, [true, true, true], "every provided package loads");
+      for (const [i, name] of PROVIDED_PACKAGES.entries())
+        assert.ok(
+          fs.realpathSync(fileURLToPath(out.at[i]!)).startsWith(providedPackageDirs().get(name)! + path.sep),
+          `${name} is the agent's own (${out.at[i]})`,
+        );
+    };
+
+    test("locked at specs no node can fetch, in every dependency field: not installed, the node's own resolve", async () => {
+      const node = newNode();
+      const files = nodeAppFiles("");
+      const manifest = JSON.parse(files["package.json"] as string) as Record<string, Record<string, string>>;
+      // As `npm install ../kiln/dist-packages/*.tgz` writes them: file: specs outside the project.
+      manifest.dependencies!["@kiln/service"] = "file:../kiln/dist-packages/kiln-service-0.1.0.tgz";
+      manifest.peerDependencies = { "@kiln/sdk": "0.1.0" };
+      manifest.devDependencies = { "@kiln/protocol": "file:/nonexistent/kiln-protocol-0.1.0.tgz" };
+      const lock = JSON.parse(files["package-lock.json"] as string) as {
+        packages: Record<string, Record<string, unknown>>;
+      };
+      lock.packages[""] = { ...manifest, scripts: undefined };
+      lock.packages["node_modules/@kiln/service"] = {
+        version: "0.1.0",
+        resolved: "file:../kiln/dist-packages/kiln-service-0.1.0.tgz",
+        dependencies: { "only-kiln-needs-this": "1.0.0" },
+      };
+      lock.packages["node_modules/@kiln/sdk"] = { version: "0.1.0", peer: true };
+      lock.packages["node_modules/@kiln/protocol"] = { version: "0.1.0", resolved: "file:/nonexistent.tgz", dev: true };
+      lock.packages["node_modules/only-kiln-needs-this"] = { version: "1.0.0", resolved: "file:/nonexistent-dep.tgz" };
+      files["package.json"] = JSON.stringify(manifest, null, 2);
+      files["package-lock.json"] = JSON.stringify(lock, null, 2);
+      files["probe.mjs"] = probe(`(await import("greet")).default("kiln")`);
+      const release = await install({ url: fileUrl("app.tgz", tarGzFiles(files)), installer: "node" }, node.ctx);
+      assert.equal(npmRuns(node.logs), 1, "npm ci ran for the package's own dependency");
+      const out = runProbe(release);
+      assertProvided(out);
+      assert.equal(out.extra, "hello kiln", "the package's own dependency is installed");
+      const installed = fs.readdirSync(path.join(release!.dir, "node_modules"));
+      assert.ok(!installed.includes("only-kiln-needs-this"), `what only a Kiln package needed is not installed`);
+    });
+
+    test("a package whose only dependencies are Kiln packages needs no lockfile and runs no npm", async () => {
+      const node = newNode();
+      const manifest = { name: "svc", type: "module", dependencies: { "@kiln/service": "0.1.0", "@kiln/sdk": "*" } };
+      const files = { "package.json": JSON.stringify(manifest), "probe.mjs": probe("null") };
+      const first = await install({ url: fileUrl("a.tgz", tarGzFiles(files)), installer: "node" }, node.ctx);
+      assertProvided(runProbe(first));
+      const second = await install(
+        { url: fileUrl("b.tgz", tarGzFiles({ ...files, "other.js": "" })), installer: "node" },
+        node.ctx,
+      );
+      assertProvided(runProbe(second));
+      assert.equal(npmRuns(node.logs), 0);
+      assert.equal(
+        fs.readlinkSync(path.join(first!.dir, "node_modules")),
+        fs.readlinkSync(path.join(second!.dir, "node_modules")),
+        "releases share one directory of links",
+      );
+    });
   });
 
   test("a failing npm ci reports its log tail; it is not remembered, so a later bind succeeds", async () => {

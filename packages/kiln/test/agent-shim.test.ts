@@ -286,6 +286,31 @@ describe("executor with test services", () => {
     await e.unbind();
   });
 
+  test("a task sent to a process that was killed but not yet reaped runs on the restarted process", async () => {
+    const e = h.start(bindMessage("e-killed", fixtureApp("agent-test-service.ts"), { concurrency: 2 }));
+    await h.waitForReport("e-killed", ExecutorEvent.BOUND);
+    e.enqueue(task("e-killed", 1, "pid"));
+    const firstPid = Number(text((await h.waitForCompletion("e-killed", "1")).output));
+    // Task 2 reaches the service and is running when it dies: it fails.
+    e.enqueue(task("e-killed", 2, "hang"));
+    const stderrLog = path.join(h.setting.logDir, "e-killed.stderr.log");
+    await waitFor(() => fs.readFileSync(stderrLog, "utf8").includes("hanging"), 5_000, "task 2 to start");
+    // Task 3 is sent to a process that can no longer read it (stopped, then killed), as when a
+    // client kills the process between two calls: it never started, so it must not fail.
+    process.kill(firstPid, "SIGSTOP");
+    e.enqueue(task("e-killed", 3, "pid"));
+    await new Promise((resolve) => setImmediate(resolve));
+    process.kill(firstPid, "SIGKILL");
+    const c2 = await h.waitForCompletion("e-killed", "2", 5_000);
+    assert.equal(c2.returnCode, -1);
+    assert.match(c2.message ?? "", /service process exited with code none \(signal SIGKILL\)/);
+    const c3 = await h.waitForCompletion("e-killed", "3", 20_000);
+    assert.equal(c3.returnCode, 0, `task 3 ran: ${c3.message ?? ""}`);
+    assert.notEqual(Number(text(c3.output)), firstPid, "on the restarted process");
+    assert.equal(h.completions.filter((c) => c.executorId === "e-killed" && c.taskId === "3").length, 1);
+    await e.unbind();
+  });
+
   test("a process that keeps exiting is restarted 3 times, then the executor unbinds", async () => {
     const app = fixtureApp("agent-test-service.ts", {
       environments: [create(flame.EnvironmentSchema, { name: "TEST_SERVICE_MODE", value: "exit-after-enter" })],

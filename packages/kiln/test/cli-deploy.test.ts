@@ -7,14 +7,15 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { runCli, startCli, type CliProcess } from "./cli-helpers.js";
+import { runCli, startKilnUp, type CliProcess } from "./cli-helpers.js";
 
-// The deployed services import the service runtime by file URL, so they need no registry to install.
+// A single executable gets no node_modules, so it imports the service runtime by file URL.
 const SERVICE_RUNTIME = pathToFileURL(
   path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../service/dist/index.js"),
 ).href;
-const serviceSource = (version: string) =>
-  `import { serve } from ${JSON.stringify(SERVICE_RUNTIME)};\n` +
+// A Node project imports "@kiln/service" as the README shows: the node provides it.
+const serviceSource = (version: string, runtime = "@kiln/service") =>
+  `import { serve } from ${JSON.stringify(runtime)};\n` +
   `await serve({ onTaskInvoke: (t) => [${JSON.stringify(version)}, new TextDecoder().decode(t.input), ` +
   `process.env.KILN_CACHE_ENDPOINT].join("|") });\n`;
 
@@ -42,7 +43,12 @@ describe("kiln deploy and kiln cache against kiln up", () => {
 
   async function nodeProject(version: string): Promise<string> {
     const project = await fs.mkdtemp(path.join(dir, "project-"));
-    await fs.writeFile(path.join(project, "package.json"), JSON.stringify({ name: "hello", bin: "service.mjs" }));
+    // The runtime is listed as `npm install <tarball>` writes it, at a path no node has: nodes provide it.
+    const dependencies = { "@kiln/service": "file:../kiln/dist-packages/kiln-service-0.1.0.tgz" };
+    await fs.writeFile(
+      path.join(project, "package.json"),
+      JSON.stringify({ name: "hello", bin: "service.mjs", dependencies }),
+    );
     await fs.writeFile(path.join(project, "service.mjs"), serviceSource(version));
     await fs.mkdir(path.join(project, "node_modules", "junk"), { recursive: true });
     await fs.writeFile(path.join(project, "node_modules", "junk", "big.bin"), Buffer.alloc(1024 * 1024));
@@ -60,10 +66,7 @@ describe("kiln deploy and kiln cache against kiln up", () => {
 
   before(async () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), "kiln-cli-deploy-"));
-    up = startCli(["up", "--data-dir", path.join(dir, "data"), "--port", "0", "--executors", "2"]);
-    const m = await up.waitFor(/Kiln is up at (http:\/\/\S+)\n\s+object cache: (http:\/\/\S+)/, 40_000);
-    endpoint = m[1]!;
-    cacheEndpoint = m[2]!;
+    ({ process: up, endpoint, cacheEndpoint } = await startKilnUp(path.join(dir, "data")));
     client = await connect({ endpoint });
   });
 
@@ -107,12 +110,34 @@ describe("kiln deploy and kiln cache against kiln up", () => {
 
   it("deploys a single executable with the binary installer", async () => {
     const file = path.join(await fs.mkdtemp(path.join(dir, "exe-")), "svc.mjs");
-    await fs.writeFile(file, `#!/usr/bin/env node\n${serviceSource("exe")}`, { mode: 0o755 });
+    await fs.writeFile(file, `#!/usr/bin/env node\n${serviceSource("exe", SERVICE_RUNTIME)}`, { mode: 0o755 });
     const r = await kiln("deploy", file, "--name", "exe-app", "-o", "json");
     assert.equal(r.code, 0, r.stderr);
     const d = JSON.parse(r.stdout) as DeployJson;
     assert.deepEqual([d.kind, d.installer, d.command], ["executable", "binary", "${KILN_APP_DIR}/svc.mjs"]);
     assert.deepEqual((await runOnce("exe-app", "c")).slice(0, 2), ["exe", "c"]);
+  });
+
+  it("refuses a Node project with dependencies but no lockfile (exit 2), uploading and registering nothing", async () => {
+    const project = await nodeProject("unlocked");
+    const manifest = {
+      name: "unlocked",
+      bin: "service.mjs",
+      dependencies: { "@kiln/service": "0.1.0", yaml: "^2.0.0" },
+    };
+    await fs.writeFile(path.join(project, "package.json"), JSON.stringify(manifest));
+    const r = await kiln("deploy", project, "--name", "unlocked-app");
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(
+      r.stderr,
+      /package\.json lists dependencies \(yaml\) but there is no package-lock\.json or npm-shrinkwrap\.json beside it: run npm install there/,
+    );
+    assert.equal((await kiln("cache", "ls", "unlocked-app", "-o", "json")).stdout.includes("unlocked-app/pkg"), false);
+    assert.equal((await kiln("view", "-a", "unlocked-app")).code, 1, "the application was not registered");
+
+    await fs.writeFile(path.join(project, "package-lock.json"), "{}");
+    const locked = await kiln("deploy", project, "--name", "unlocked-app", "--dry-run");
+    assert.equal(locked.code, 0, `with a lockfile it is deployed: ${locked.stderr}`);
   });
 
   it("--dry-run uploads and registers nothing", async () => {

@@ -32,7 +32,11 @@ export interface CliResult {
 
 /** Runs `kiln ...args` to completion (killed after `timeoutMs`), with `env` on top of CLI_ENV. */
 export function runCli(args: readonly string[], timeoutMs = 30_000, env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
-  return runToEnd(process.execPath, [CLI, ...args], `kiln ${args.join(" ")}`, timeoutMs, env);
+  return runCommand(process.execPath, [CLI, ...args], {
+    env: { ...CLI_ENV, ...env },
+    timeoutMs,
+    what: `kiln ${args.join(" ")}`,
+  });
 }
 
 /** Whether script(1) is here to give a command a terminal (util-linux has it; a minimal image may not). */
@@ -45,18 +49,23 @@ export const HAS_SCRIPT = spawnSync("script", ["--version"]).status === 0;
 export function runCliInTerminal(args: readonly string[], timeoutMs = 30_000): Promise<CliResult> {
   const quote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
   const command = [process.execPath, CLI, ...args].map(quote).join(" ");
-  return runToEnd("script", ["-qec", command, "/dev/null"], `kiln ${args.join(" ")} (in a terminal)`, timeoutMs);
+  return runCommand("script", ["-qec", command, "/dev/null"], {
+    env: CLI_ENV,
+    timeoutMs,
+    what: `kiln ${args.join(" ")} (in a terminal)`,
+  });
 }
 
-function runToEnd(
-  file: string,
+/** Runs any command to completion (killed after `timeoutMs`), in `cwd`, with `env` (default: this process's). */
+export function runCommand(
+  command: string,
   args: readonly string[],
-  what: string,
-  timeoutMs: number,
-  env: NodeJS.ProcessEnv = {},
+  o: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; what?: string } = {},
 ): Promise<CliResult> {
+  const timeoutMs = o.timeoutMs ?? 30_000;
+  const what = o.what ?? `${command} ${args.join(" ")}`;
   return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { env: { ...CLI_ENV, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(command, args, { cwd: o.cwd, env: o.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -159,4 +168,23 @@ export async function closedPort(): Promise<number> {
   const { port } = server.address() as net.AddressInfo;
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
+}
+
+/** A `kiln up` on free ports (port 0) and the endpoints it printed. */
+export interface KilnUp {
+  process: CliProcess;
+  endpoint: string;
+  cacheEndpoint: string;
+}
+
+/** Starts `kiln up` with its state in `dataDir` and waits until it says it is up. */
+export async function startKilnUp(dataDir: string, executors = 2): Promise<KilnUp> {
+  const up = startCli(["up", "--data-dir", dataDir, "--port", "0", "--executors", String(executors)]);
+  try {
+    const m = await up.waitFor(/Kiln is up at (http:\/\/\S+)\n\s+object cache: (http:\/\/\S+)/, 40_000);
+    return { process: up, endpoint: m[1]!, cacheEndpoint: m[2]! };
+  } catch (err) {
+    await up.stop();
+    throw err;
+  }
 }

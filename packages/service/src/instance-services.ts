@@ -4,6 +4,8 @@ import { flame, kiln } from "@kiln/protocol/proto";
 import { BatchQueue, LazyAbort } from "@kiln/protocol/transport";
 import { runHook, runTask, toSessionContextInfo, type ServiceHandlers } from "./handlers.js";
 
+const RECEIVED = null;
+
 /** flame.v1.Instance: one call per task, as Flame's executors make them; a cancelled call aborts its task. */
 export function flameInstance(handlers: ServiceHandlers): ServiceImpl<typeof flame.Instance> {
   return {
@@ -17,14 +19,18 @@ export function flameInstance(handlers: ServiceHandlers): ServiceImpl<typeof fla
  * kiln.v1.Instance/Invoke: tasks arrive in batches on one stream and run
  * concurrently as they arrive; results that finish in the same event-loop
  * turn leave as one response. The first, empty response tells the agent the
- * stream is supported. A task named in `cancelTaskIds` is aborted, and so is
- * every task still running when the agent ends the stream (nobody reads
- * their results any more).
+ * stream is supported. Every response carries how many tasks have been
+ * received, and a request with tasks gets one even if none has finished, so
+ * that the agent knows which tasks reached this process should it die. A
+ * task named in `cancelTaskIds` is aborted, and so is every task still
+ * running when the agent ends the stream (nobody reads their results any more).
  */
 export function kilnInstance(handlers: ServiceHandlers): ServiceImpl<typeof kiln.Instance> {
   return {
     async *invoke(requests) {
-      const outcomes = new BatchQueue<kiln.InvokeOutcome>();
+      // `RECEIVED` asks for a response without an outcome, to acknowledge tasks just received.
+      const outcomes = new BatchQueue<kiln.InvokeOutcome | typeof RECEIVED>();
+      let received = 0n;
       // Per task id: a retried attempt may arrive while the cancelled one still winds down.
       const running = new Map<string, LazyAbort[]>();
       let inputEnded = false;
@@ -53,6 +59,9 @@ export function kilnInstance(handlers: ServiceHandlers): ServiceImpl<typeof kiln
         try {
           for await (const request of requests) {
             for (const taskId of request.cancelTaskIds) cancel(taskId);
+            if (request.tasks.length === 0) continue;
+            received += BigInt(request.tasks.length);
+            outcomes.push(RECEIVED);
             for (const task of request.tasks) start(task);
           }
         } catch {
@@ -63,7 +72,11 @@ export function kilnInstance(handlers: ServiceHandlers): ServiceImpl<typeof kiln
         endIfIdle();
       })();
       yield create(kiln.InvokeResponseSchema, {});
-      for await (const batch of outcomes) yield create(kiln.InvokeResponseSchema, { outcomes: batch });
+      for await (const batch of outcomes)
+        yield create(kiln.InvokeResponseSchema, {
+          outcomes: batch.filter((o) => o !== RECEIVED),
+          accepted: received,
+        });
     },
   };
 }

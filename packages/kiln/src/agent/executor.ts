@@ -10,6 +10,7 @@ import { BindError, errorMessage } from "./bind-error.js";
 import { startServiceProcess, type ExitInfo, type ServiceProcess } from "./host-shim.js";
 import { installApplication, type InstalledRelease, type PackageSettings } from "./installer.js";
 import { InstanceClient } from "./instance-client.js";
+import { TaskNotDelivered } from "./invoke-stream.js";
 
 /** Where executors keep their files, and what they tell the agent. */
 export interface ExecutorSetting {
@@ -50,6 +51,8 @@ interface Run {
   task: kiln.TaskAssignment;
   /** Aborted once the task is cancelled: the service is told to stop it and its result is not reported. */
   abort: LazyAbort;
+  /** The service has the task. Until then a process exit means the task never started. */
+  accepted: boolean;
 }
 
 const taskKey = (taskId: string, attempt: number) => `${taskId}/${attempt}`;
@@ -109,10 +112,11 @@ export class Executor {
 
   private pump(): void {
     const service = this.service;
-    if (this.state !== "bound" || !service) return;
+    // A process that has exited, or whose task stream broke, is going away: its restart takes the queue.
+    if (this.state !== "bound" || !service || !service.process.running || !service.client.accepting) return;
     while (this.running.size < this.concurrency && this.queue.length > 0) {
       const task = this.queue.shift()!;
-      const run: Run = { task, abort: new LazyAbort() };
+      const run: Run = { task, abort: new LazyAbort(), accepted: false };
       this.running.set(taskKey(task.taskId, task.attempt), run);
       void this.invoke(service, run);
     }
@@ -124,13 +128,36 @@ export class Executor {
     if (task.input !== undefined) ctx.input = task.input;
     let result: flame.TaskResult;
     try {
-      result = await service.client.invoke(ctx, run.abort);
+      result = await service.client.invoke(ctx, run.abort, () => (run.accepted = true));
     } catch (err) {
       await Promise.race([service.process.exited, sleep(EXIT_EXPLAINS_WITHIN_MS)]);
+      if (err instanceof TaskNotDelivered) {
+        // Still running with its stream broken: restart it, and the task goes to the new process.
+        if (this.takeBack([run]) && service.process.running) void service.process.stop(STOP_GRACE_MS);
+        return;
+      }
       result = create(flame.TaskResultSchema, { returnCode: -1, message: errorMessage(err) });
     }
     this.complete(run, result);
     this.pump();
+  }
+
+  /**
+   * Puts tasks that never reached a live process back at the head of the
+   * queue, for the restarted process: they did not start, so they neither
+   * fail nor count as a retry. True if any was taken back.
+   */
+  private takeBack(runs: readonly Run[]): boolean {
+    const tasks: kiln.TaskAssignment[] = [];
+    for (const run of runs) {
+      const key = taskKey(run.task.taskId, run.task.attempt);
+      // Already completed by a process exit, or dropped at unbind.
+      if (this.running.get(key) !== run) continue;
+      this.running.delete(key);
+      if (!run.abort.aborted && this.live) tasks.push(run.task);
+    }
+    this.queue.unshift(...tasks);
+    return tasks.length > 0;
   }
 
   private complete(run: Run, result: flame.TaskResult): void {
@@ -293,7 +320,9 @@ export class Executor {
     const message = `service process ${service.process.explainExit(info)}`;
     this.setting.log(`executor ${this.id}: ${message}`);
     const failed = create(flame.TaskResultSchema, { returnCode: -1, message });
-    for (const run of [...this.running.values()]) this.complete(run, failed);
+    const runs = [...this.running.values()];
+    for (const run of runs) if (run.accepted) this.complete(run, failed);
+    this.takeBack(runs.filter((run) => !run.accepted));
     this.report(kiln.ExecutorEvent.PROCESS_EXITED, info.code ?? -1, message);
     this.state = "restarting";
     this.lifecycle = this.restart(message);

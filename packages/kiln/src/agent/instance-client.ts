@@ -44,11 +44,20 @@ export class InstanceClient {
    * The service's result for one task. No deadline: tasks may be long.
    * Rejects on an RPC failure. `abort` makes the service abort the task (on
    * the stream a cancel message, its answer still awaited; a unary call is
-   * cancelled and rejects).
+   * cancelled and rejects). `onAccepted` is called once the service has the
+   * task; until then a rejection is TaskNotDelivered. A unary call cannot
+   * tell, so its task counts as accepted once sent. Once a stream has broken
+   * the service is going away, and tasks are not delivered to it.
    */
-  invoke(task: flame.TaskContext, abort: LazyAbort): Promise<flame.TaskResult> {
-    if (this.stream?.usable) return this.stream.invoke(task, abort);
+  invoke(task: flame.TaskContext, abort: LazyAbort, onAccepted?: () => void): Promise<flame.TaskResult> {
+    if (this.stream) return this.stream.invoke(task, abort, onAccepted);
+    onAccepted?.();
     return this.flame.onTaskInvoke(task, { signal: abort.signal });
+  }
+
+  /** False once the batched stream has broken: the service is going away. */
+  get accepting(): boolean {
+    return this.stream?.usable ?? true;
   }
 
   /** Drops the connection: calls in flight fail at once. */

@@ -9,6 +9,22 @@ const MAX_TASKS_PER_REQUEST = 512;
 interface Waiter {
   resolve(result: flame.TaskResult): void;
   reject(err: Error): void;
+  /** The task's place in the order tasks were sent on this stream, from 1. */
+  seq: number;
+  accepted: boolean;
+  onAccepted: (() => void) | undefined;
+}
+
+/**
+ * Why a task failed when it never reached the service: the stream broke
+ * before the service acknowledged it (the process was dying, or dead but not
+ * yet reaped). The task did not start, so it can be given to another process.
+ */
+export class TaskNotDelivered extends Error {
+  constructor(cause: Error) {
+    super(`the task never reached the service: ${cause.message}`, { cause });
+    this.name = "TaskNotDelivered";
+  }
 }
 
 /** What goes out on the stream, in order: a task to run, or the id of one to abort. */
@@ -22,6 +38,9 @@ type Outgoing = { task: flame.TaskContext } | { cancel: string };
 export class InvokeStream {
   private readonly requests = new BatchQueue<Outgoing>(MAX_TASKS_PER_REQUEST);
   private readonly waiters = new Map<string, Waiter[]>();
+  /** Waiters the service has not acknowledged yet, in the order their tasks were sent. */
+  private unacknowledged: Waiter[] = [];
+  private sent = 0;
   private readonly abort = new AbortController();
   private failure: Error | undefined;
 
@@ -57,22 +76,26 @@ export class InvokeStream {
     return s;
   }
 
-  /** False once the stream broke; callers then use unary calls. */
+  /** False once the stream broke: the service is going away. */
   get usable(): boolean {
     return this.failure === undefined;
   }
 
   /**
-   * Resolves the service's result; rejects if the stream breaks first.
-   * `abort` asks the service to abort the task; the promise still settles
-   * with its answer, once the service has stopped it.
+   * Resolves the service's result; rejects if the stream breaks first, with
+   * TaskNotDelivered if the service had not acknowledged the task (then
+   * `onAccepted` was never called). `abort` asks the service to abort the
+   * task; the promise still settles with its answer, once the service has
+   * stopped it.
    */
-  invoke(task: flame.TaskContext, abort: LazyAbort): Promise<flame.TaskResult> {
-    if (this.failure) return Promise.reject(this.failure);
+  invoke(task: flame.TaskContext, abort: LazyAbort, onAccepted?: () => void): Promise<flame.TaskResult> {
+    if (this.failure) return Promise.reject(new TaskNotDelivered(this.failure));
     return new Promise((resolve, reject) => {
       let list = this.waiters.get(task.taskId);
       if (!list) this.waiters.set(task.taskId, (list = []));
-      list.push({ resolve, reject });
+      const waiter: Waiter = { resolve, reject, seq: ++this.sent, accepted: false, onAccepted };
+      list.push(waiter);
+      this.unacknowledged.push(waiter);
       this.requests.push({ task });
       abort.onAbort(() => this.requests.push({ cancel: task.taskId }));
     });
@@ -109,11 +132,24 @@ export class InvokeStream {
       for (;;) {
         const r = await responses.next();
         if (r.done) break;
+        this.acknowledge(Number(r.value.accepted));
         for (const outcome of r.value.outcomes) this.settle(outcome);
       }
       this.failAll(new Error("the service ended the invoke stream"));
     } catch (err) {
       this.failAll(ConnectError.from(err));
+    }
+  }
+
+  /** Marks the first `accepted` tasks sent as received by the service. */
+  private acknowledge(accepted: number): void {
+    if (this.unacknowledged[0] === undefined || this.unacknowledged[0].seq > accepted) return;
+    const firstLeft = this.unacknowledged.findIndex((w) => w.seq > accepted);
+    const done = firstLeft === -1 ? this.unacknowledged : this.unacknowledged.slice(0, firstLeft);
+    this.unacknowledged = firstLeft === -1 ? [] : this.unacknowledged.slice(firstLeft);
+    for (const w of done) {
+      w.accepted = true;
+      w.onAccepted?.();
     }
   }
 
@@ -130,6 +166,7 @@ export class InvokeStream {
     this.requests.end();
     const waiters = [...this.waiters.values()].flat();
     this.waiters.clear();
-    for (const w of waiters) w.reject(err);
+    this.unacknowledged = [];
+    for (const w of waiters) w.reject(w.accepted ? err : new TaskNotDelivered(err));
   }
 }

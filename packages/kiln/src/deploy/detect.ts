@@ -1,5 +1,6 @@
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
+import { dependenciesToInstall, findLockfile, type NodeManifest } from "../package-store/node-manifest.js";
 
 /** `kiln deploy` could not tell what to run or how to package it; exits with ExitCode.Usage. */
 export class DetectionError extends Error {
@@ -33,7 +34,7 @@ const ARCHIVE = /\.(tar\.gz|tgz|zip)$/i;
 // Paths inside a release are written through this variable, so they hold whatever the working directory.
 const APP_DIR = "${KILN_APP_DIR}";
 
-interface PackageJson {
+interface PackageJson extends Omit<NodeManifest, "scripts"> {
   name?: unknown;
   bin?: unknown;
   scripts?: { start?: unknown };
@@ -88,6 +89,7 @@ export async function detectPackage(target: string, o: DetectOptions): Promise<D
   const manifest = await readPackageJson(source);
   if (manifest) {
     const detected = given("node", "node-project") ?? nodeCommand(manifest, source, o);
+    if (detected.installer === "node") await requireLockfile(manifest, source);
     return detected;
   }
   return given("binary", "directory") ?? (await executableIn(source, target, o));
@@ -122,6 +124,21 @@ function nodeCommand(manifest: PackageJson, source: string, o: DetectOptions): D
   }
   throw new DetectionError(
     `${path.join(source, "package.json")} has neither "bin" nor "scripts.start": pass --command (e.g. --command node --argument '\${KILN_APP_DIR}/main.js')`,
+  );
+}
+
+/**
+ * A package that the node installer would install dependencies for must ship
+ * a lockfile: without one every node would fail to bind it (versions would
+ * differ between nodes), so it is refused here, before anything is uploaded.
+ */
+async function requireLockfile(manifest: PackageJson, source: string): Promise<void> {
+  const deps = dependenciesToInstall(manifest);
+  if (deps.length === 0 || (await findLockfile(source))) return;
+  throw new DetectionError(
+    `${path.join(source, "package.json")} lists dependencies (${deps.join(", ")}) but there is no ` +
+      `package-lock.json or npm-shrinkwrap.json beside it: run npm install there and deploy again, so every ` +
+      `node installs the same versions (the Kiln packages need none: nodes provide them)`,
   );
 }
 

@@ -1,5 +1,5 @@
 // A service for the agent tests, built on the SDK's serve(). Task inputs are
-// commands ("pid", "env:NAME", "sleep:MS", "crash", ...); TEST_SERVICE_MODE
+// commands ("pid", "env:NAME", "sleep:MS", "hang", "crash", ...); TEST_SERVICE_MODE
 // changes how the session hooks behave.
 import { serve } from "@kiln/service";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -30,6 +30,9 @@ await serve({
       case "sleep":
         await sleep(Number(arg));
         return "slept";
+      case "hang":
+        process.stderr.write("hanging\n");
+        return new Promise<never>(() => {});
       case "crash":
         process.stderr.write("crashing on purpose\n");
         setTimeout(() => process.exit(3), 20);

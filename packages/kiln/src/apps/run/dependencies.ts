@@ -13,9 +13,9 @@ import {
   type PackageLayout,
 } from "../../package-store/layout.js";
 import { npmCommand, runLogged, tail } from "../../package-store/npm.js";
-import { isProvided } from "./resolve-hook.js";
+import { LOCKFILES } from "../../package-store/node-manifest.js";
+import { isProvided } from "../../package-store/provided.js";
 
-const LOCKFILES = ["npm-shrinkwrap.json", "package-lock.json"];
 // Under the agent's 60 s bound on OnSessionEnter, so the failure names npm rather than a timeout.
 export const INSTALL_TIMEOUT_MS = 50_000;
 const LOCK_POLL_MS = 100;

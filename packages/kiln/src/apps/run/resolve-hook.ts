@@ -1,13 +1,7 @@
 // Module resolution hooks of kiln-run (they run on Node's hooks thread, see module-loader.ts).
 import type { InitializeHook, ResolveHook } from "node:module";
 import type { MessagePort } from "node:worker_threads";
-
-/** The packages kiln-run provides to every project, from its own install: never installed per session. */
-export const PROVIDED_PACKAGES: readonly string[] = ["@kiln/sdk", "@kiln/service", "@kiln/protocol"];
-/** Whether `specifier` names one of the PROVIDED_PACKAGES or a subpath of one. */
-export function isProvided(specifier: string): boolean {
-  return PROVIDED_PACKAGES.some((name) => specifier === name || specifier.startsWith(`${name}/`));
-}
+import { isProvided } from "../../package-store/provided.js";
 
 /** Given once, at registration. */
 export interface ResolveHookData {

@@ -62,7 +62,8 @@ export function registerDeploy(program: Command): void {
       `
 Detection (when --command is not given):
   a directory with package.json   node "\${KILN_APP_DIR}/<bin>" (package.json "bin"), else sh -c "<scripts.start>";
-                                  installer node (dependencies installed on the node from the lockfile)
+                                  installer node (dependencies installed on the node from the lockfile,
+                                  which must exist if there are any; nodes provide the @kiln/* packages)
   another directory               its only executable (in bin/ or at the top); installer binary
   an executable file              that file; installer binary
   an archive                      needs --command
@@ -72,8 +73,8 @@ the application installs it from cache://<key>#sha256=<digest>, so nodes verify 
 always runs the new code.
 
 Exit codes: 0 deployed, 1 the control plane refused it (or a server refused the token), 2 detection
-or packaging failed (bad path or flags), 3 the control plane or cache cannot be reached, 4 the cache
-was reached but the upload failed.
+or packaging failed (bad path or flags, dependencies without a lockfile), 3 the control plane or cache
+cannot be reached, 4 the cache was reached but the upload failed.
 
 Examples:
   kiln deploy ./my-service --name my-service

@@ -21,7 +21,7 @@ import type { Message } from "@bufbuild/protobuf";
 export const file_kiln_v1_instance: GenFile =
   /*@__PURE__*/
   fileDesc(
-    "ChZraWxuL3YxL2luc3RhbmNlLnByb3RvEgdraWxuLnYxIk4KDUludm9rZVJlcXVlc3QSJAoFdGFza3MYASADKAsyFS5mbGFtZS52MS5UYXNrQ29udGV4dBIXCg9jYW5jZWxfdGFza19pZHMYAiADKAkiRgoNSW52b2tlT3V0Y29tZRIPCgd0YXNrX2lkGAEgASgJEiQKBnJlc3VsdBgCIAEoCzIULmZsYW1lLnYxLlRhc2tSZXN1bHQiOgoOSW52b2tlUmVzcG9uc2USKAoIb3V0Y29tZXMYASADKAsyFi5raWxuLnYxLkludm9rZU91dGNvbWUySQoISW5zdGFuY2USPQoGSW52b2tlEhYua2lsbi52MS5JbnZva2VSZXF1ZXN0Ghcua2lsbi52MS5JbnZva2VSZXNwb25zZSgBMAFiBnByb3RvMw",
+    "ChZraWxuL3YxL2luc3RhbmNlLnByb3RvEgdraWxuLnYxIk4KDUludm9rZVJlcXVlc3QSJAoFdGFza3MYASADKAsyFS5mbGFtZS52MS5UYXNrQ29udGV4dBIXCg9jYW5jZWxfdGFza19pZHMYAiADKAkiRgoNSW52b2tlT3V0Y29tZRIPCgd0YXNrX2lkGAEgASgJEiQKBnJlc3VsdBgCIAEoCzIULmZsYW1lLnYxLlRhc2tSZXN1bHQiTAoOSW52b2tlUmVzcG9uc2USKAoIb3V0Y29tZXMYASADKAsyFi5raWxuLnYxLkludm9rZU91dGNvbWUSEAoIYWNjZXB0ZWQYAiABKAQySQoISW5zdGFuY2USPQoGSW52b2tlEhYua2lsbi52MS5JbnZva2VSZXF1ZXN0Ghcua2lsbi52MS5JbnZva2VSZXNwb25zZSgBMAFiBnByb3RvMw",
     [file_flame_v1_shim, file_flame_v1_types],
   );
 
@@ -80,6 +80,16 @@ export type InvokeResponse = Message<"kiln.v1.InvokeResponse"> & {
    * @generated from field: repeated kiln.v1.InvokeOutcome outcomes = 1;
    */
   outcomes: InvokeOutcome[];
+
+  /**
+   * How many tasks the service has received on this stream so far, counted
+   * in the order the agent sent them. A task past this count when the stream
+   * breaks never reached the service (it was dying): the agent gives it to
+   * the restarted process instead of failing it.
+   *
+   * @generated from field: uint64 accepted = 2;
+   */
+  accepted: bigint;
 };
 
 /**
@@ -94,7 +104,8 @@ export const InvokeResponseSchema: GenMessage<InvokeResponse> = /*@__PURE__*/ me
 export const Instance: GenService<{
   /**
    * The service sends one empty response at once (so the agent learns the
-   * stream is supported), then one response per batch of finished tasks.
+   * stream is supported), then one response per batch of finished tasks, and
+   * one as soon as it has received tasks (see InvokeResponse.accepted).
    *
    * @generated from rpc kiln.v1.Instance.Invoke
    */
