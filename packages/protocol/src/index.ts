@@ -1,6 +1,6 @@
 /**
  * What every Kiln package shares: the stable error codes and typed errors,
- * the rules for names, resources and sizes, the value codec and ObjectRef,
+ * the session event codes, the rules for names, resources and sizes, the value codec and ObjectRef,
  * and the small helpers both sides of a connection use.
  *
  * The generated protobuf types are in `@kiln/protocol/proto`, the gRPC
@@ -34,3 +34,4 @@ export { sha256Hex, Sha256Counter } from "./digest.js";
 export { withTimeout } from "./with-timeout.js";
 export { processExists } from "./process-exists.js";
 export { AsyncQueue, untilAborted } from "./async-queue.js";
+export { SessionEvent, describeEventCode, eventMessage, bindFailureEvent, type SessionEventCode } from "./events.js";

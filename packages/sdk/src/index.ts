@@ -32,6 +32,9 @@ export {
   CodecError,
   CODEC_FORMAT_VERSION,
   type EncodeOptions,
+  SessionEvent,
+  describeEventCode,
+  type SessionEventCode,
 } from "@kiln/protocol";
 export { connect, KilnClient, type SessionsChange } from "./client/client.js";
 export {

@@ -1,6 +1,5 @@
-import { formatMemory, formatResreq } from "@kiln/protocol";
+import { formatMemory, formatResreq, eventMessage } from "@kiln/protocol";
 import { flame } from "@kiln/protocol/proto";
-import { eventMessage } from "../control/event-codes.js";
 
 const pad = (n: number, width = 2): string => String(n).padStart(width, "0");
 

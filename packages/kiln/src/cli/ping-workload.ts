@@ -1,9 +1,8 @@
-import { ErrorCode, TaskFailedError, TimeoutError, withTimeout } from "@kiln/protocol";
+import { ErrorCode, TaskFailedError, TimeoutError, withTimeout, SessionEvent } from "@kiln/protocol";
 import { type KilnClient, type Session, type SessionOptions } from "@kiln/sdk";
 import type { flame } from "@kiln/protocol/proto";
 import { performance } from "node:perf_hooks";
 import { PING_APPLICATION } from "../apps/ping/ping.js";
-import { SessionEvent } from "../control/event-codes.js";
 import { CommandFailed, InterruptedError } from "./exit-codes.js";
 
 /** What `kiln ping` (and `kiln demo`) submit. */

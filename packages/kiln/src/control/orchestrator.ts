@@ -1,11 +1,10 @@
 import { create } from "@bufbuild/protobuf";
 import { flame, kiln } from "@kiln/protocol/proto";
-import { InvalidArgumentError } from "@kiln/protocol";
+import { InvalidArgumentError, bindFailureEvent, eventMessage, SessionEvent } from "@kiln/protocol";
 import type { ApplicationRegistry } from "./applications.js";
 import type { AgentConnection } from "./agent-connection.js";
 import { ClusterState, newExecutorId, type ExecutorRecord, type NodeRecord } from "./cluster-state.js";
 import type { ControlPlaneConfig } from "./config.js";
-import { bindFailureEvent, eventMessage, SessionEvent } from "./event-codes.js";
 import { whyNoNodeFits } from "./fit.js";
 import { NodeNameTakenError } from "./node-name-taken.js";
 import { planCycle, type DemandInput, type NodeInput } from "./scheduler.js";

@@ -6,11 +6,11 @@ import {
   NotFoundError,
   validateName,
   type Resources,
+  eventMessage,
 } from "@kiln/protocol";
 import { flame } from "@kiln/protocol/proto";
 import { randomInt } from "node:crypto";
 import type { ApplicationRegistry } from "./applications.js";
-import { eventMessage } from "./event-codes.js";
 import type { GroupCommit } from "./store/group-commit.js";
 import type { StoredEvent, StoredSession, StoreSnapshot, StoredTask } from "./store/sqlite-store.js";
 import { TaskQueue } from "./task-queue.js";

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { flame } from "@kiln/protocol/proto";
-import { eventMessage } from "../event-codes.js";
+import { eventMessage } from "@kiln/protocol";
 import type { StoredEvent } from "../store/sqlite-store.js";
 import type { SessionRecord, TaskRecord } from "../sessions.js";
 

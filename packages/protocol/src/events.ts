@@ -1,4 +1,4 @@
-import { flame } from "@kiln/protocol/proto";
+import * as flame from "./proto/flame.js";
 
 /**
  * Session-level event codes. Task events use the numeric flame.v1.TaskState

@@ -1,14 +1,14 @@
-import { flame } from "@kiln/protocol/proto";
+import { flame } from "../src/proto/index.js";
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { describeEventCode, eventMessage, SessionEvent } from "../src/control/event-codes.js";
+import { describeEventCode, eventMessage, SessionEvent } from "../src/events.js";
 
 // Task events carry the state the task moved to as their code; session events carry a SessionEvent.
 const TASK_EVENT_CODES = Object.values(flame.TaskState).filter((v): v is number => typeof v === "number");
 const SESSION_EVENT_CODES = Object.values(SessionEvent);
 
 describe("event codes", () => {
-  it("every event code in event-codes.ts gets a non-empty message, with or without details", () => {
+  it("every event code in events.ts gets a non-empty message, with or without details", () => {
     assert.ok(SESSION_EVENT_CODES.length >= 6 && TASK_EVENT_CODES.length === 5);
     for (const code of [...SESSION_EVENT_CODES, ...TASK_EVENT_CODES]) {
       const description = describeEventCode(code);
