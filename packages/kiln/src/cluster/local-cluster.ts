@@ -2,19 +2,19 @@ import { createClient } from "@connectrpc/connect";
 import { createClusterTransport } from "@kiln/protocol/transport";
 import { flame } from "@kiln/protocol/proto";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { DEFAULT_CACHE_PORT } from "../cache/server.js";
 import { startControlPlane, type ControlPlaneOptions } from "../control/server.js";
+import { logSize, readyLine } from "./ready-line.js";
 import { superviseProcess, type SupervisedProcess } from "./supervised-process.js";
 
 export interface LocalClusterOptions {
   dataDir?: string;
   host?: string;
   port?: number;
-  /** Object cache port; default port + 2 (7422), or a free one when `port` is 0. */
+  /** Object cache port; default port + 2 (7422), or one the kernel picks when `port` is 0. */
   cachePort?: number;
   /** Executors on the local node; also its advertised cpu count. Default: the machine's cpus. */
   executors?: number;
@@ -38,6 +38,8 @@ export interface LocalCluster {
 
 const CLI_ENTRY = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../cli/main.js");
 const READY_TIMEOUT_MS = 20_000;
+/** What `kiln cache` prints once it listens (see cli/commands/cache.ts). */
+const CACHE_READY = /object cache listening at (http:\/\/\S+) /;
 
 /**
  * `kiln up`: the control plane in this process, the object cache (fs
@@ -69,18 +71,31 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     await cp.close();
   };
 
-  const cachePort = await cachePortFor(options);
-  const cacheEndpoint = `http://${connectHost(options.host)}:${cachePort}`;
-  const cacheArgs = [CLI_ENTRY, "cache", "--port", String(cachePort), "--data-dir", path.join(dataDir, "cache")];
-  if (options.host !== undefined) cacheArgs.push("--host", options.host);
+  // Port 0: the cache binds one the kernel picks and prints it; a restart asks for that one again.
+  let cachePort = cachePortFor(options);
+  const cacheLog = path.join(dataDir, "cache.log");
+  const cacheLogStart = logSize(cacheLog);
   const cache = superviseProcess({
     name: "object cache",
-    args: cacheArgs,
+    args: () => {
+      const args = [CLI_ENTRY, "cache", "--port", String(cachePort), "--data-dir", path.join(dataDir, "cache")];
+      return options.host !== undefined ? [...args, "--host", options.host] : args;
+    },
     env,
-    logFile: path.join(dataDir, "cache.log"),
+    logFile: cacheLog,
     log,
   });
   children.push(cache);
+  if (cachePort === 0) {
+    try {
+      const [, listening] = await readyLine(cacheLog, cacheLogStart, CACHE_READY, READY_TIMEOUT_MS);
+      cachePort = Number(new URL(listening!).port);
+    } catch (err) {
+      await stopAll();
+      throw new Error(`${(err as Error).message}\ncache log (${cacheLog}):\n${cache.logTail()}`);
+    }
+  }
+  const cacheEndpoint = `http://${connectHost(options.host)}:${cachePort}`;
 
   const executors = options.executors ?? os.availableParallelism();
   const agentArgs = [CLI_ENTRY, "agent", "--endpoint", cp.endpoint, "--executors", String(executors)];
@@ -89,7 +104,7 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
   agentArgs.push("--work-dir", path.join(dataDir, "agent"), "--cache-endpoint", cacheEndpoint);
   const agent = superviseProcess({
     name: "agent",
-    args: agentArgs,
+    args: () => agentArgs,
     env,
     logFile: path.join(dataDir, "agent.log"),
     log,
@@ -119,22 +134,11 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
   };
 }
 
-/** The cache listens on port + 2 (7422 by default), or on a free port when the cluster's port is 0. */
-async function cachePortFor(options: LocalClusterOptions): Promise<number> {
-  if (options.cachePort) return options.cachePort;
-  if (options.cachePort === 0 || options.port === 0) return freePort(options.host ?? "127.0.0.1");
+/** The cache listens on port + 2 (7422 by default), or on one the kernel picks when the cluster's port is 0. */
+function cachePortFor(options: LocalClusterOptions): number {
+  if (options.cachePort !== undefined) return options.cachePort;
+  if (options.port === 0) return 0;
   return options.port !== undefined ? options.port + 2 : DEFAULT_CACHE_PORT;
-}
-
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, host, () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** Where a client on this machine reaches a server listening on `host`. */

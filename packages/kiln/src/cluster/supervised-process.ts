@@ -4,8 +4,8 @@ import * as fs from "node:fs";
 export interface SupervisedProcessOptions {
   /** Used in log lines, e.g. "agent". */
   name: string;
-  /** Arguments after `node`. */
-  args: string[];
+  /** Arguments after `node`, asked for at every start (a restart may reuse what the first start learnt). */
+  args: () => string[];
   env: NodeJS.ProcessEnv;
   /** stdout and stderr are appended here. */
   logFile: string;
@@ -32,7 +32,7 @@ const RESTART_DELAY_MS = 500;
  * `kiln up` does not take the cluster down.
  *
  * @example
- * const agent = superviseProcess({ name: "agent", args: [cli, "agent", …], env: process.env, logFile, log });
+ * const agent = superviseProcess({ name: "agent", args: () => [cli, "agent", …], env: process.env, logFile, log });
  * await agent.stop();
  */
 export function superviseProcess(o: SupervisedProcessOptions): SupervisedProcess {
@@ -41,7 +41,7 @@ export function superviseProcess(o: SupervisedProcessOptions): SupervisedProcess
   const restarts: number[] = [];
   const start = () => {
     const out = fs.openSync(o.logFile, "a");
-    child = spawn(process.execPath, o.args, { stdio: ["ignore", out, out], env: o.env });
+    child = spawn(process.execPath, o.args(), { stdio: ["ignore", out, out], env: o.env });
     fs.closeSync(out);
     child.once("exit", (code, signal) => {
       child = undefined;
