@@ -10,11 +10,13 @@ import {
 } from "@kiln/protocol/runner";
 import { flame } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { untilDirChanges } from "../../../test/support/until.js";
 import { closedPort, runCli, startCli, type CliProcess } from "./cli-helpers.js";
 import type * as chattyModule from "./fixtures/runner-project/src/chatty.js";
 import type * as counterModule from "./fixtures/runner-project/src/counter.js";
@@ -30,7 +32,7 @@ const MiB = 1024 * 1024;
 // Five bind attempts with back-off (0.5 + 1 + 2 + 4 s) before the control plane fails the pending tasks.
 const BIND_FAILURE_MS = 40_000;
 
-/** Polls an async check every 50 ms until it returns something other than undefined/false. */
+/** Polls an async check every 50 ms until it returns something other than undefined/false: for state only a list call shows. */
 async function eventually<T>(check: () => Promise<T | undefined | false>, ms: number, what: string): Promise<T> {
   const deadline = Date.now() + ms;
   for (;;) {
@@ -233,12 +235,9 @@ describe("Runner against kiln up", () => {
     assert.equal(await call, "returned");
     assert.equal((await call.output()).stdout, "");
     const logs = path.join(dir, "data", "agent", "logs");
-    await eventually(
-      async () => {
-        for (const name of await fs.readdir(logs))
-          if ((await fs.readFile(path.join(logs, name), "utf8")).includes(marker)) return true;
-        return false;
-      },
+    await untilDirChanges(
+      logs,
+      () => readdirSync(logs).some((name) => readFileSync(path.join(logs, name), "utf8").includes(marker)),
       10_000,
       "the late write in an executor's stdout log",
     );
