@@ -2,6 +2,7 @@ import { connect, type KilnClient, type Session } from "@kiln/sdk";
 import { flame } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
+import { within } from "../../../test/support/within.js";
 import { startCli, type CliProcess } from "./cli-helpers.js";
 import { tempDir } from "./support/control-plane.js";
 import { parsePing, pingInput, registerPingCopy } from "./support/ping-app.js";
@@ -65,16 +66,32 @@ async function stopCluster(c: Cluster | undefined): Promise<void> {
   await c.proxy.close();
 }
 
+/** Follows the session's watch stream (snapshot, then changes) until `enough` holds for its tasks' states. */
+async function watchUntil(
+  session: Session,
+  enough: (states: flame.TaskState[]) => boolean,
+  timeoutMs: number,
+  what: string,
+): Promise<void> {
+  const states = new Map<string, flame.TaskState>();
+  const stop = new AbortController();
+  const following = (async () => {
+    for await (const updates of session.watch({ snapshot: true, omitOutput: true, signal: stop.signal })) {
+      for (const u of updates) states.set(u.taskId, u.state);
+      if (enough([...states.values()])) return;
+    }
+  })();
+  try {
+    await within(following, timeoutMs, what);
+  } finally {
+    stop.abort();
+  }
+}
+
 /** Waits until no task of the session is pending or running, and returns all its tasks. */
-async function settled(client: KilnClient, session: Session, timeoutMs: number): Promise<flame.Task[]> {
-  await waitFor(
-    `session ${session.id} to settle`,
-    async () => {
-      const s = await client.getSession(session.id);
-      return (s.status!.pending === 0 && s.status!.running === 0) || undefined;
-    },
-    timeoutMs,
-  );
+async function settled(session: Session, timeoutMs: number): Promise<flame.Task[]> {
+  const open = (s: flame.TaskState) => s === TaskState.Pending || s === TaskState.Running;
+  await watchUntil(session, (states) => !states.some(open), timeoutMs, `session ${session.id} to settle`);
   const tasks: flame.Task[] = [];
   for await (const t of session.listTasks()) tasks.push(t);
   return tasks;
@@ -93,12 +110,13 @@ describe("failures end to end", () => {
     const session = await client.createSession({ application: "slow-ping" });
     const n = 600;
     await session.createTasks(Array.from({ length: n }, () => pingInput(20)));
-    await waitFor("some tasks to finish", async () => ((await session.info()).status!.succeed > 50 ? true : undefined));
+    const succeeded = (states: flame.TaskState[]) => states.filter((s) => s === TaskState.Succeed).length > 50;
+    await watchUntil(session, succeeded, 30_000, "some tasks to finish");
     cluster.proxy.target = undefined;
     cluster.server.child.kill("SIGKILL");
     await cluster.server.exited();
     cluster.server = await startServer(cluster.proxy, cluster.dataDir);
-    const tasks = await settled(client, session, 90_000);
+    const tasks = await settled(session, 90_000);
     assert.equal(tasks.length, n, "every acknowledged task is back");
     const adopted = tasks.filter((t) =>
       t.status!.events.some((e) => /still running .* after restart/.test(e.message ?? "")),
@@ -126,7 +144,7 @@ describe("failures end to end", () => {
     const first = await Promise.race(runs);
     process.kill(first.pid, "SIGKILL");
     const results = await Promise.allSettled(runs);
-    const tasks = await settled(client, session, 60_000);
+    const tasks = await settled(session, 60_000);
     assert.equal(tasks.length, n);
     const failed = tasks.filter((t) => t.status!.state === TaskState.Failed);
     const succeeded = tasks.filter((t) => t.status!.state === TaskState.Succeed);
@@ -191,7 +209,7 @@ describe("failures end to end", () => {
     victim.child.kill("SIGKILL");
     await victim.exited();
     await Promise.allSettled(runs);
-    const tasks = await settled(client, session, 60_000);
+    const tasks = await settled(session, 60_000);
     assert.equal(tasks.length, n);
     assert.ok(
       tasks.every((t) => t.status!.state === TaskState.Succeed || t.status!.state === TaskState.Failed),
