@@ -53,8 +53,21 @@ export async function untilDirChanges<T>(
 ): Promise<T> {
   // Watching before the first check, so a change between the two is not missed.
   const watcher = fs.watch(dir);
+  let failure: Error | undefined;
+  watcher.on("error", (err) => {
+    failure = err;
+    watcher.emit("change");
+  });
   try {
-    return await untilChanged(watcher, check, ms, what);
+    return await untilChanged(
+      watcher,
+      () => {
+        if (failure) throw failure;
+        return check();
+      },
+      ms,
+      what,
+    );
   } finally {
     watcher.close();
   }
