@@ -430,6 +430,7 @@ describe("node installer", () => {
   test("concurrent binds of one package: one download, one npm ci; then the dependency resolves", async () => {
     const node = newNode();
     server.files.set("/node-app.tgz", tarGzFiles(nodeAppFiles('console.log(require("greet")("v1"))')));
+    // A slow download, so the second bind finds the first one in flight.
     server.delayMs = 300;
     try {
       const url = `${base}/node-app.tgz`;

@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { flame, kiln } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
+import { EventEmitter } from "node:events";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -8,17 +9,20 @@ import { after, afterEach, before, describe, test } from "node:test";
 import { Executor, type ExecutorSetting } from "../src/agent/executor.js";
 import { expandVars } from "../src/agent/expand-vars.js";
 import { describeNode, visibleGpuCount } from "../src/agent/node-description.js";
-import { alive, bindMessage, enc, fixtureApp, pingApp, task, text, waitFor } from "./support/agent-helpers.js";
+import { untilChanged, untilDirChanges } from "../../../test/support/until.js";
+import { alive, bindMessage, enc, fixtureApp, pingApp, task, text } from "./support/agent-helpers.js";
 
 const { ExecutorEvent, BindFailure } = kiln;
 
-/** Executors under test, with everything they report. */
+/** Executors under test, with everything they report; waits end on the report they wait for. */
 class Harness {
   readonly completions: kiln.Completion[] = [];
   readonly reports: kiln.ExecutorReport[] = [];
   readonly logs: string[] = [];
   readonly executors: Executor[] = [];
   readonly setting: ExecutorSetting;
+  /** Emits "change" on every completion and report. */
+  private readonly changes = new EventEmitter();
 
   constructor(
     readonly workDir: string,
@@ -32,8 +36,14 @@ class Harness {
       logDir: path.join(workDir, "logs"),
       socketTimeoutMs,
       log: (line) => this.logs.push(line),
-      completion: (c) => this.completions.push(c),
-      report: (r) => this.reports.push(r),
+      completion: (c) => {
+        this.completions.push(c);
+        this.changes.emit("change");
+      },
+      report: (r) => {
+        this.reports.push(r);
+        this.changes.emit("change");
+      },
       finished: () => {},
     };
   }
@@ -49,9 +59,14 @@ class Harness {
     return this.reports.filter((r) => r.executorId === id);
   }
 
+  /** Resolves with `check`'s first value, checked again at each completion or report. */
+  until<T>(check: () => T | undefined | false, ms: number, what: string | (() => string)): Promise<T> {
+    return untilChanged(this.changes, check, ms, what);
+  }
+
   /** The n-th (1-based) report of `event` for executor `id`. */
   waitForReport(id: string, event: kiln.ExecutorEvent, ms = 20_000, n = 1): Promise<kiln.ExecutorReport> {
-    return waitFor(
+    return this.until(
       () => this.reportsOf(id).filter((r) => r.event === event)[n - 1],
       ms,
       () =>
@@ -60,7 +75,7 @@ class Harness {
   }
 
   waitForCompletion(id: string, taskId: string, ms = 20_000): Promise<kiln.Completion> {
-    return waitFor(
+    return this.until(
       () => this.completions.find((c) => c.executorId === id && c.taskId === taskId),
       ms,
       `completion of task ${taskId} on ${id}`,
@@ -113,8 +128,8 @@ describe("executor with the kiln-ping service", () => {
     const e = h.start(bindMessage("e-ping", pingApp(), { concurrency: 64 }));
     await h.waitForReport("e-ping", ExecutorEvent.BOUND);
     for (let i = 1; i <= 500; i++) e.enqueue(task("e-ping", i, i % 2 ? "" : JSON.stringify({ durationMs: 1 })));
-    await waitFor(
-      () => h.completions.length >= 500 || undefined,
+    await h.until(
+      () => h.completions.length >= 500,
       30_000,
       () => `500 completions (have ${h.completions.length})`,
     );
@@ -213,7 +228,7 @@ describe("executor with test services", () => {
     );
     await h.waitForReport("e-flame", ExecutorEvent.BOUND);
     for (let i = 1; i <= 20; i++) e.enqueue(task("e-flame", i, `in${i}`));
-    await waitFor(
+    await h.until(
       () => h.completions.filter((c) => c.executorId === "e-flame").length === 20,
       15_000,
       "20 completions",
@@ -294,7 +309,12 @@ describe("executor with test services", () => {
     // Task 2 reaches the service and is running when it dies: it fails.
     e.enqueue(task("e-killed", 2, "hang"));
     const stderrLog = path.join(h.setting.logDir, "e-killed.stderr.log");
-    await waitFor(() => fs.readFileSync(stderrLog, "utf8").includes("hanging"), 5_000, "task 2 to start");
+    await untilDirChanges(
+      h.setting.logDir,
+      () => fs.existsSync(stderrLog) && fs.readFileSync(stderrLog, "utf8").includes("hanging"),
+      5_000,
+      "task 2 to start",
+    );
     // Task 3 is sent to a process that can no longer read it (stopped, then killed), as when a
     // client kills the process between two calls: it never started, so it must not fail.
     process.kill(firstPid, "SIGSTOP");
@@ -383,8 +403,13 @@ describe("executor bind failures", () => {
       socketTimeoutMs: 30_000,
     });
     const logFile = path.join(h.setting.logDir, "e-early.stdout.log");
-    const pid = await waitFor(
-      () => Number(fs.existsSync(logFile) && fs.readFileSync(logFile, "utf8").trim()) || undefined,
+    const pid = await untilDirChanges(
+      h.setting.logDir,
+      () => {
+        // The whole line: a read between two writes must not take half a pid.
+        const line = fs.existsSync(logFile) ? fs.readFileSync(logFile, "utf8") : "";
+        return line.endsWith("\n") ? Number(line) : undefined;
+      },
       10_000,
       "the process to start",
     );

@@ -3,6 +3,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { kiln } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
+import { EventEmitter } from "node:events";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -11,7 +12,8 @@ import { startAgent, type Agent } from "../src/agent/agent.js";
 import { listenHttp2, type Listener } from "../src/net/http-server.js";
 import { requireToken } from "../src/net/interceptors.js";
 import { AsyncQueue } from "@kiln/protocol";
-import { alive, bindMessage, fixtureApp, pingApp, task, text, waitFor } from "./support/agent-helpers.js";
+import { untilChanged } from "../../../test/support/until.js";
+import { alive, bindMessage, fixtureApp, pingApp, task, text } from "./support/agent-helpers.js";
 
 const { ExecutorEvent } = kiln;
 
@@ -24,6 +26,7 @@ interface Received {
  * A stand-in for the control plane's end of kiln.v1.Agent/Connect over real
  * h2c: records what the agent sends, answers Register with `registered()`,
  * and lets the test send control messages on the current connection.
+ * Waits (`until`) end on the message they wait for.
  */
 class StubControlPlane {
   readonly received: Received[] = [];
@@ -32,6 +35,8 @@ class StubControlPlane {
   registered: (r: kiln.Register) => MessageInitShape<typeof kiln.RegisteredSchema> = () => ({});
   private outbound: AsyncQueue<kiln.ControlMessage> | undefined;
   private listener: Listener | undefined;
+  /** Emits "change" on every message received and every stream the agent ends. */
+  private readonly changes = new EventEmitter();
 
   constructor(private readonly token?: string) {}
 
@@ -39,7 +44,7 @@ class StubControlPlane {
     return this.listener!.port;
   }
 
-  async start(port = 0): Promise<void> {
+  async start(): Promise<void> {
     const impl: ServiceImpl<typeof kiln.Agent> = {
       connect: (requests) => {
         const connection = ++this.connections;
@@ -49,6 +54,7 @@ class StubControlPlane {
           try {
             for await (const message of requests) {
               this.received.push({ connection, message });
+              this.changes.emit("change");
               if (message.kind.case === "register") {
                 const value = create(kiln.RegisteredSchema, {
                   nodeName: message.kind.value.node?.name,
@@ -58,6 +64,7 @@ class StubControlPlane {
               }
             }
             this.endedByAgent++;
+            this.changes.emit("change");
           } catch {
             // The connection broke.
           }
@@ -70,7 +77,12 @@ class StubControlPlane {
       routes: (router) => router.service(kiln.Agent, impl),
       interceptors: this.token ? [requireToken(this.token)] : [],
     });
-    this.listener = await listenHttp2("127.0.0.1", port, handler);
+    this.listener = await listenHttp2("127.0.0.1", 0, handler);
+  }
+
+  /** Fails the current stream, as a control plane that lost it would: the agent has to reconnect. */
+  dropStream(): void {
+    this.outbound?.fail(new Error("stub dropped the stream"));
   }
 
   /** Drops every connection and stops listening, as a crashed control plane would. */
@@ -99,8 +111,13 @@ class StubControlPlane {
     );
   }
 
+  /** Resolves with `check`'s first value, checked again at each message from the agent. */
+  until<T>(check: () => T | undefined | false, ms: number, what: string | (() => string)): Promise<T> {
+    return untilChanged(this.changes, check, ms, what);
+  }
+
   waitForReport(executorId: string, event: kiln.ExecutorEvent, ms = 15_000): Promise<kiln.ExecutorReport> {
-    return waitFor(
+    return this.until(
       () => this.reports(executorId).find((r) => r.event === event),
       ms,
       () =>
@@ -148,7 +165,7 @@ describe("agent ↔ control plane stream", () => {
     assert.equal(register?.node?.maxExecutors, 3);
     assert.deepEqual([register?.node?.capacity?.cpu, register?.node?.capacity?.memory], [2n, 2n ** 30n]);
     assert.deepEqual(register?.executors, []);
-    await waitFor(() => stub.messages("heartbeat").length >= 3, 5_000, "3 heartbeats");
+    await stub.until(() => stub.messages("heartbeat").length >= 3, 5_000, "3 heartbeats");
   });
 
   test("binds, runs a task batch and sends completions in batches", async () => {
@@ -156,7 +173,7 @@ describe("agent ↔ control plane stream", () => {
     await stub.waitForReport("e-1", ExecutorEvent.BOUND);
     const tasks = Array.from({ length: 300 }, (_, i) => task("e-1", i + 1, ""));
     stub.send({ case: "tasks", value: create(kiln.TaskBatchSchema, { tasks }) });
-    await waitFor(
+    await stub.until(
       () => stub.completions("e-1").length >= 300,
       20_000,
       () => `300 completions (have ${stub.completions("e-1").length})`,
@@ -169,24 +186,22 @@ describe("agent ↔ control plane stream", () => {
     assert.ok(messages.length < 100, `300 completions came in ${messages.length} messages`);
   });
 
-  test("reconnects after the control plane goes away, reports live executors and honours Registered", async () => {
+  test("reconnects after the control plane's stream is lost, reports live executors and honours Registered", async () => {
     stub.send({ case: "bind", value: bindMessage("e-2", pingApp()) });
     await stub.waitForReport("e-2", ExecutorEvent.BOUND);
-    const e2Pid = await pidOf("e-2");
     const long = JSON.stringify({ durationMs: 1_500 });
     stub.send({
       case: "tasks",
       value: create(kiln.TaskBatchSchema, { tasks: [1001, 1002, 1003].map((id) => task("e-1", id, long)) }),
     });
-    await new Promise((r) => setTimeout(r, 200));
+    // Sent after the long tasks: the agent handles control messages in order, so it holds them by its answer.
+    const e2Pid = await pidOf("e-2");
 
-    const port = stub.port;
     const before = stub.connections;
-    await stub.stop();
     const ref = (id: string) => create(kiln.TaskRefSchema, { sessionId: "s-1", taskId: id, attempt: 1 });
     stub.registered = () => ({ heartbeatIntervalMs: 100, stopExecutors: ["e-2"], forgetTasks: [ref("1003")] });
-    await stub.start(port);
-    await waitFor(
+    stub.dropStream();
+    await stub.until(
       () => stub.connections > before && stub.messages("register", stub.connections).length > 0,
       15_000,
       "the agent to reconnect",
@@ -204,11 +219,12 @@ describe("agent ↔ control plane stream", () => {
       ["1001", "1002", "1003"],
     );
 
-    await waitFor(
+    await stub.until(
       () => stub.completions("e-1").filter((c) => Number(c.taskId) > 1000).length >= 2,
       10_000,
       "the long tasks",
     );
+    // What is under test is that nothing comes: 1003 ran alongside 1001 and 1002 and would have finished with them.
     await new Promise((r) => setTimeout(r, 300));
     assert.deepEqual(
       stub
@@ -236,6 +252,7 @@ describe("agent ↔ control plane stream", () => {
     assert.ok(!alive(pid));
     const count = stub.completions("e-1").length;
     stub.send({ case: "tasks", value: create(kiln.TaskBatchSchema, { tasks: [task("e-1", 2000, "")] }) });
+    // What is under test is that nothing comes (a kiln-ping task answers within milliseconds).
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(stub.completions("e-1").length, count);
   });
@@ -251,7 +268,7 @@ describe("agent ↔ control plane stream", () => {
       stub.reports("e-3").some((r) => r.event === ExecutorEvent.UNBOUND),
       "UNBOUND was sent before the stream ended",
     );
-    await waitFor(() => stub.endedByAgent > 0, 5_000, "the agent to end its stream");
+    await stub.until(() => stub.endedByAgent > 0, 5_000, "the agent to end its stream");
     assert.ok(!alive(pid));
   });
 
@@ -259,7 +276,7 @@ describe("agent ↔ control plane stream", () => {
   async function pidOf(executorId: string): Promise<number> {
     const taskId = `pid-${Math.random()}`;
     stub.send({ case: "tasks", value: create(kiln.TaskBatchSchema, { tasks: [task(executorId, taskId, "")] }) });
-    const c = await waitFor(
+    const c = await stub.until(
       () => stub.completions(executorId).find((x) => x.taskId === taskId),
       10_000,
       `a task on ${executorId}`,
@@ -316,7 +333,7 @@ describe("agent with a work dir too deep for socket paths", () => {
         case: "tasks",
         value: create(kiln.TaskBatchSchema, { tasks: [task("e-deep", 1, "env:KILN_INSTANCE_ENDPOINT")] }),
       });
-      const c = await waitFor(() => stub.completions("e-deep")[0], 10_000, "the task");
+      const c = await stub.until(() => stub.completions("e-deep")[0], 10_000, "the task");
       const socketPath = text(c.output);
       assert.ok(socketPath.endsWith(".sock") && socketPath.length <= 100, socketPath);
       assert.ok(fs.existsSync(path.join(workDir, "logs", "e-deep.stderr.log")));

@@ -8,14 +8,15 @@ import {
 } from "@kiln/protocol/cache";
 import { ERROR_CODE_HEADER, encodeValue } from "@kiln/protocol";
 import assert from "node:assert/strict";
+import { EventEmitter } from "node:events";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { startCacheServer, type CacheServer, type CacheServerOptions } from "../src/cache/server.js";
+import { untilChanged, untilDirChanges } from "../../../test/support/until.js";
 import { request, sha256, type RawResponse } from "./support/cache-http.js";
-import { waitFor } from "./support/processes.js";
 
 interface TestCache {
   cache: CacheServer;
@@ -315,18 +316,15 @@ describe("cache server: patches and incremental reads", () => {
       // The first patch holds the key while its body trickles in.
       const first = rawUpload(t.cache.port, "PATCH", urlPath, 10);
       first.socket.write("12345");
-      await sleep(100);
+      await first.answered(100);
       const second = rawUpload(t.cache.port, "PATCH", urlPath, announced);
       second.socket.write("abc");
-      await sleep(100);
+      await second.answered(100);
       second.socket.destroy();
-      await sleep(100);
+      // Answered after the drop, so the server has read the drop by then: the second patch went away while waiting.
+      await t.req("GET", "/v1/health");
       first.socket.write("67890");
-      await waitFor(
-        "the first patch to be answered",
-        () => first.received().startsWith("HTTP/1.1 200") || undefined,
-        5_000,
-      );
+      await first.answered(200);
       first.socket.destroy();
       const third = await t.req("PATCH", urlPath, { body: "z", timeoutMs: 5_000 });
       assert.equal(third.json<Ref>().version, 3);
@@ -399,7 +397,12 @@ describe("cache server: compaction", () => {
 
       const fourth = Buffer.alloc(70 * 1024, "4");
       await t.req("PATCH", "/v1/objects/app/c/files", { body: fourth });
-      await waitFor("the folded delta files to be deleted", () => blobs() === 2 || undefined, 5_000);
+      await untilDirChanges(
+        path.join(t.dir, "blobs"),
+        () => blobs() === 2,
+        5_000,
+        "the folded delta files to be deleted",
+      );
       const after = await t.req("GET", "/v1/objects/app/c/files");
       const parts = decodeParts(after.body);
       assert.deepEqual(
@@ -607,7 +610,7 @@ describe("cache server: memory backend", () => {
       assert.ok((await t.req("GET", "/v1/objects/m/s/huge")).body.equals(huge));
       assert.equal((await t.req("GET", "/v1/health")).json<{ backend: string }>().backend, "memory");
       assert.deepEqual((await t.req("DELETE", "/v1/objects/m/*")).json(), { deleted: 11 });
-      await waitFor("spill files to be removed", () => spilled() === 0 || undefined, 5_000);
+      await untilDirChanges(path.join(spillDir, "blobs"), () => spilled() === 0, 5_000, "spill files to be removed");
     } finally {
       await t.close();
     }
@@ -851,20 +854,12 @@ describe("cache server: bad input", () => {
       const key = `trunc/s/x${announced}`;
       await t.req("PUT", `/v1/objects/${key}`, { body: "old" });
       await truncatedPut(t.cache.port, `/v1/objects/${key}`, announced, sent);
-      await waitFor(
-        "the temp file to be removed",
-        () => fs.readdirSync(path.join(t.dir, "tmp")).length === 0 || undefined,
-        5_000,
-      );
+      await tempFilesGone(t.dir);
       const got = await t.req("GET", `/v1/objects/${key}`);
       assert.equal(got.body.toString(), "old");
       assert.equal(got.headers["kiln-version"], "1");
       await truncatedPut(t.cache.port, `/v1/objects/${key}`, announced, sent, "PATCH");
-      await waitFor(
-        "the temp file to be removed",
-        () => fs.readdirSync(path.join(t.dir, "tmp")).length === 0 || undefined,
-        5_000,
-      );
+      await tempFilesGone(t.dir);
       assert.equal((await t.req("GET", `/v1/stat/${key}`)).json<Ref>().version, 1);
       // The key is not left locked by the aborted patch.
       assert.equal((await t.req("PATCH", `/v1/objects/${key}`, { body: "+" })).json<Ref>().version, 2);
@@ -903,25 +898,39 @@ describe("cache server: bad input", () => {
   });
 });
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Starts an upload announcing `announced` bytes; the caller writes the body (or not) on `socket`. */
+/**
+ * Starts an upload announcing `announced` bytes; the caller writes the body (or not) on `socket`.
+ * It asks for `100 Continue`, which the server sends as it takes the request up: `answered(100)` says
+ * the upload has reached the key (it holds it, or waits for it).
+ */
 function rawUpload(port: number, method: string, urlPath: string, announced: number) {
   const socket = net.connect(port, "127.0.0.1");
   let received = "";
-  socket.on("data", (d: Buffer) => (received += d.toString("latin1")));
+  const changes = new EventEmitter();
+  socket.on("data", (d: Buffer) => {
+    received += d.toString("latin1");
+    changes.emit("change");
+  });
   socket.on("error", () => undefined);
-  socket.write(`${method} ${urlPath} HTTP/1.1\r\nhost: x\r\ncontent-length: ${announced}\r\n\r\n`);
-  return { socket, received: () => received };
+  socket.write(
+    `${method} ${urlPath} HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: ${announced}\r\n\r\n`,
+  );
+  const answered = (status: number) =>
+    untilChanged(changes, () => received.includes(`HTTP/1.1 ${status} `), 5_000, `${status} to ${method} ${urlPath}`);
+  return { socket, answered };
 }
 
 /** Sends the headers and `sent` bytes of an upload announcing `announced`, then drops the connection. */
 async function truncatedPut(port: number, urlPath: string, announced: number, sent: number, method = "PUT") {
-  const socket = net.connect(port, "127.0.0.1");
-  await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
-  socket.write(`${method} ${urlPath} HTTP/1.1\r\nhost: x\r\ncontent-length: ${announced}\r\n\r\n`);
-  await new Promise<void>((resolve) => socket.write(Buffer.alloc(sent, 1), () => resolve()));
-  // Give the server time to start receiving, so the body is cut mid-stream.
-  await new Promise((r) => setTimeout(r, 100));
-  socket.destroy();
+  const upload = rawUpload(port, method, urlPath, announced);
+  // The body follows once the server reads it, so it is cut mid-stream rather than before the server began.
+  await upload.answered(100);
+  await new Promise<void>((resolve) => upload.socket.write(Buffer.alloc(sent, 1), () => resolve()));
+  upload.socket.destroy();
+}
+
+/** Resolves once the cache's tmp/ is empty again (an aborted upload's temp file is removed after the abort). */
+function tempFilesGone(dir: string): Promise<boolean> {
+  const tmp = path.join(dir, "tmp");
+  return untilDirChanges(tmp, () => fs.readdirSync(tmp).length === 0, 5_000, "the temp file to be removed");
 }

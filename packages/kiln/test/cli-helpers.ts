@@ -161,13 +161,19 @@ export function startCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): 
   };
 }
 
-/** A loopback port nothing listens on (bound, then released). */
+/**
+ * A loopback port that refuses connections until the test process exits. It is the local port of a
+ * connection this process holds open: nothing listens on it, and nobody can start to while the
+ * connection lives (a port bound and released, instead, is anyone's to take a moment later).
+ */
 export async function closedPort(): Promise<number> {
-  const server = net.createServer();
+  const server = net.createServer((accepted) => accepted.unref());
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
+  const holder = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
+  await new Promise<void>((resolve, reject) => holder.once("connect", resolve).once("error", reject));
+  holder.unref();
+  server.close();
+  return holder.localPort!;
 }
 
 /** A `kiln up` on free ports (port 0) and the endpoints it printed. */

@@ -6,6 +6,8 @@ import { flame, kiln } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import * as net from "node:net";
 import { after, before, describe, it } from "node:test";
+import { deferred } from "../../../test/support/until.js";
+import { within } from "../../../test/support/within.js";
 import { startControlPlane } from "../src/control/server.js";
 import { appSpec, startTestControlPlane, tempDir, type TestControlPlane } from "./support/control-plane.js";
 
@@ -248,13 +250,15 @@ describe("control plane: sessions and tasks", () => {
     await t.kiln.createTasks({ sessionId: "cl", inputs: [enc("1"), enc("2")] });
     const seen: string[] = [];
     let closedFlag = false;
+    const ready = deferred();
     const watching = (async () => {
       for await (const msg of t.kiln.watchSession({ sessionId: "cl", snapshot: true })) {
         for (const u of msg.updates) seen.push(`${u.taskId}:${flame.TaskState[u.state]}`);
+        if (msg.ready) ready.resolve();
         if (msg.sessionClosed) closedFlag = true;
       }
     })();
-    await new Promise((r) => setTimeout(r, 100));
+    await within(ready.promise, 10_000, "the watch's snapshot");
     const closed = await t.frontend.closeSession({ sessionId: "cl" });
     assert.equal(closed.status?.state, flame.SessionState.Closed);
     assert.equal(closed.status?.cancelled, 2);
@@ -277,11 +281,13 @@ describe("control plane: sessions and tasks", () => {
     await t.frontend.createTask({ task: { sessionId: "wt" } });
     const states: flame.TaskState[] = [];
     const watching = (async () => {
-      for await (const task of t.frontend.watchTask({ sessionId: "wt", taskId: "1" })) states.push(task.status!.state);
+      for await (const task of t.frontend.watchTask({ sessionId: "wt", taskId: "1" })) {
+        states.push(task.status!.state);
+        // Cancelled once the watch has shown the task as it is.
+        if (states.length === 1) await t.kiln.cancelTasks({ sessionId: "wt", taskIds: ["1"] });
+      }
     })();
-    await new Promise((r) => setTimeout(r, 100));
-    await t.kiln.cancelTasks({ sessionId: "wt", taskIds: ["1"] });
-    await watching;
+    await within(watching, 10_000, "WatchTask");
     assert.deepEqual(states, [flame.TaskState.Pending, flame.TaskState.Cancelled]);
   });
 });

@@ -1,30 +1,24 @@
 import { connect, type KilnClient } from "@kiln/sdk";
-import { flame } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import * as os from "node:os";
 import { after, before, describe, it } from "node:test";
+import { startCli, type CliProcess } from "./cli-helpers.js";
 import { fixtureApp } from "./support/agent-helpers.js";
 import { parsePing } from "./support/ping-app.js";
 import { tempDir } from "./support/control-plane.js";
-import { freePort, isAlive, spawnKiln, waitFor, type KilnProcess } from "./support/processes.js";
+import { isAlive, waitFor } from "./support/processes.js";
 
 const enc = (text: string) => new TextEncoder().encode(text);
 
 describe("kiln up end to end", () => {
-  let up: KilnProcess;
+  let up: CliProcess;
   let client: KilnClient;
 
   before(async () => {
-    const port = await freePort();
-    up = spawnKiln(["up", "--data-dir", tempDir("up"), "--port", String(port), "--executors", "2"]);
-    client = await connect({ endpoint: `http://127.0.0.1:${port}` });
-    await waitFor(
-      "the local node",
-      async () => (await client.listNodes()).find((n) => n.status?.state === flame.NodeState.Ready),
-      30_000,
-    ).catch((err: Error) => {
-      throw new Error(`${err.message}\n${up.output()}`);
-    });
+    up = startCli(["up", "--data-dir", tempDir("up"), "--port", "0", "--executors", "2"]);
+    // Printed once the local agent's node is registered.
+    const endpoint = (await up.waitFor(/Kiln is up at (http:\/\/\S+)/, 40_000))[1]!;
+    client = await connect({ endpoint });
   });
 
   after(async () => {
@@ -81,6 +75,6 @@ describe("kiln up end to end", () => {
 
   it("shuts down cleanly on SIGTERM", async () => {
     client.close();
-    assert.equal(await up.stop("SIGTERM"), 0, up.output());
+    assert.equal(await up.stop(), 0, up.output());
   });
 });

@@ -2,50 +2,60 @@ import { connect, type KilnClient, type Session } from "@kiln/sdk";
 import { flame } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
+import { within } from "../../../test/support/within.js";
+import { startCli, type CliProcess } from "./cli-helpers.js";
 import { tempDir } from "./support/control-plane.js";
 import { parsePing, pingInput, registerPingCopy } from "./support/ping-app.js";
-import { freePort, isAlive, processesWithEnv, spawnKiln, waitFor, type KilnProcess } from "./support/processes.js";
+import { isAlive, processesWithEnv, waitFor } from "./support/processes.js";
+import { TcpProxy } from "./support/tcp-proxy.js";
 
 const { TaskState } = flame;
 
 interface Cluster {
+  /** The proxy's: it stays while the control plane behind it is killed and started again. */
   endpoint: string;
-  port: number;
+  proxy: TcpProxy;
   dataDir: string;
-  server: KilnProcess;
-  agents: KilnProcess[];
+  server: CliProcess;
+  agents: CliProcess[];
   agentDirs: string[];
   client: KilnClient;
 }
 
-const serverArgs = (dataDir: string, port: number) => [
-  "server",
-  "--data-dir",
-  dataDir,
-  "--port",
-  String(port),
-  "--heartbeat-timeout",
-  "3000",
-  "--drain-timeout",
-  "1000",
-];
+/**
+ * `kiln server` on a port the kernel picks, behind the cluster's proxy once its ready line says where
+ * it listens; a restart gets a new port, so nothing has to rebind one that may have been taken.
+ */
+async function startServer(proxy: TcpProxy, dataDir: string): Promise<CliProcess> {
+  const server = startCli([
+    "server",
+    "--data-dir",
+    dataDir,
+    "--port",
+    "0",
+    "--heartbeat-timeout",
+    "3000",
+    "--drain-timeout",
+    "1000",
+  ]);
+  const endpoint = (await server.waitFor(/listening at (http:\/\/\S+)/))[1]!;
+  proxy.target = Number(new URL(endpoint).port);
+  return server;
+}
 
 async function startCluster(agentNames: string[]): Promise<Cluster> {
-  const port = await freePort();
+  const proxy = new TcpProxy();
+  const endpoint = await proxy.start();
   const dataDir = tempDir("e2e");
-  const endpoint = `http://127.0.0.1:${port}`;
-  const server = spawnKiln(serverArgs(dataDir, port));
+  const server = await startServer(proxy, dataDir);
   const client = await connect({ endpoint });
-  await waitFor("the control plane", () => client.listApplications().then((a) => a.length > 0));
   const agentDirs = agentNames.map((name) => tempDir(`agent-${name}`));
   const agents = agentNames.map((name, i) =>
-    spawnKiln(["agent", "--endpoint", endpoint, "--name", name, "--executors", "2", "--work-dir", agentDirs[i]!]),
+    startCli(["agent", "--endpoint", endpoint, "--name", name, "--executors", "2", "--work-dir", agentDirs[i]!]),
   );
-  await waitFor(`agents ${agentNames.join(", ")}`, async () => {
-    const ready = (await client.listNodes()).filter((n) => n.status?.state === flame.NodeState.Ready);
-    return ready.length === agentNames.length || undefined;
-  });
-  return { endpoint, port, dataDir, server, agents, agentDirs, client };
+  // An agent prints this once the control plane has registered its node.
+  await Promise.all(agents.map((a, i) => a.waitFor(new RegExp(`Kiln agent ${agentNames[i]} joined`))));
+  return { endpoint, proxy, dataDir, server, agents, agentDirs, client };
 }
 
 async function stopCluster(c: Cluster | undefined): Promise<void> {
@@ -53,18 +63,35 @@ async function stopCluster(c: Cluster | undefined): Promise<void> {
   c.client.close();
   await Promise.all(c.agents.map((a) => a.stop()));
   await c.server.stop();
+  await c.proxy.close();
+}
+
+/** Follows the session's watch stream (snapshot, then changes) until `enough` holds for its tasks' states. */
+async function watchUntil(
+  session: Session,
+  enough: (states: flame.TaskState[]) => boolean,
+  timeoutMs: number,
+  what: string,
+): Promise<void> {
+  const states = new Map<string, flame.TaskState>();
+  const stop = new AbortController();
+  const following = (async () => {
+    for await (const updates of session.watch({ snapshot: true, omitOutput: true, signal: stop.signal })) {
+      for (const u of updates) states.set(u.taskId, u.state);
+      if (enough([...states.values()])) return;
+    }
+  })();
+  try {
+    await within(following, timeoutMs, what);
+  } finally {
+    stop.abort();
+  }
 }
 
 /** Waits until no task of the session is pending or running, and returns all its tasks. */
-async function settled(client: KilnClient, session: Session, timeoutMs: number): Promise<flame.Task[]> {
-  await waitFor(
-    `session ${session.id} to settle`,
-    async () => {
-      const s = await client.getSession(session.id);
-      return (s.status!.pending === 0 && s.status!.running === 0) || undefined;
-    },
-    timeoutMs,
-  );
+async function settled(session: Session, timeoutMs: number): Promise<flame.Task[]> {
+  const open = (s: flame.TaskState) => s === TaskState.Pending || s === TaskState.Running;
+  await watchUntil(session, (states) => !states.some(open), timeoutMs, `session ${session.id} to settle`);
   const tasks: flame.Task[] = [];
   for await (const t of session.listTasks()) tasks.push(t);
   return tasks;
@@ -83,11 +110,13 @@ describe("failures end to end", () => {
     const session = await client.createSession({ application: "slow-ping" });
     const n = 600;
     await session.createTasks(Array.from({ length: n }, () => pingInput(20)));
-    await waitFor("some tasks to finish", async () => ((await session.info()).status!.succeed > 50 ? true : undefined));
+    const succeeded = (states: flame.TaskState[]) => states.filter((s) => s === TaskState.Succeed).length > 50;
+    await watchUntil(session, succeeded, 30_000, "some tasks to finish");
+    cluster.proxy.target = undefined;
     cluster.server.child.kill("SIGKILL");
-    await cluster.server.exited;
-    cluster.server = spawnKiln(serverArgs(cluster.dataDir, cluster.port));
-    const tasks = await settled(client, session, 90_000);
+    await cluster.server.exited();
+    cluster.server = await startServer(cluster.proxy, cluster.dataDir);
+    const tasks = await settled(session, 90_000);
     assert.equal(tasks.length, n, "every acknowledged task is back");
     const adopted = tasks.filter((t) =>
       t.status!.events.some((e) => /still running .* after restart/.test(e.message ?? "")),
@@ -115,7 +144,7 @@ describe("failures end to end", () => {
     const first = await Promise.race(runs);
     process.kill(first.pid, "SIGKILL");
     const results = await Promise.allSettled(runs);
-    const tasks = await settled(client, session, 60_000);
+    const tasks = await settled(session, 60_000);
     assert.equal(tasks.length, n);
     const failed = tasks.filter((t) => t.status!.state === TaskState.Failed);
     const succeeded = tasks.filter((t) => t.status!.state === TaskState.Succeed);
@@ -178,9 +207,9 @@ describe("failures end to end", () => {
     const victimServices = processesWithEnv(cluster.agentDirs[0]!);
     assert.ok(victimServices.length > 0, "the agent runs service processes");
     victim.child.kill("SIGKILL");
-    await victim.exited;
+    await victim.exited();
     await Promise.allSettled(runs);
-    const tasks = await settled(client, session, 60_000);
+    const tasks = await settled(session, 60_000);
     assert.equal(tasks.length, n);
     assert.ok(
       tasks.every((t) => t.status!.state === TaskState.Succeed || t.status!.state === TaskState.Failed),

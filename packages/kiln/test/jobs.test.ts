@@ -17,12 +17,14 @@ import { LazyAbort } from "@kiln/protocol/transport";
 import { flame } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
+import { EventEmitter } from "node:events";
 import * as fs from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, it } from "node:test";
+import { untilChanged, untilDirChanges } from "../../../test/support/until.js";
 import { InstanceClient } from "../src/agent/instance-client.js";
 import { runCli, startCli, type CliProcess } from "./cli-helpers.js";
 import { waitFor } from "./support/processes.js";
@@ -333,10 +335,15 @@ describe("jobs: kiln-exec, runJob, kiln exec and kiln outputs", () => {
       signal: abort.signal,
       onTaskId: (id) => (taskId = id),
     });
-    const pid = await waitFor("the command to start", async () => {
-      const text = await readFile(marker, "utf8").catch(() => "");
-      return text.endsWith("\n") ? Number(text) : undefined;
-    });
+    const pid = await untilDirChanges(
+      dir,
+      () => {
+        const text = fs.existsSync(marker) ? fs.readFileSync(marker, "utf8") : "";
+        return text.endsWith("\n") ? Number(text) : undefined;
+      },
+      30_000,
+      "the command to start",
+    );
     abort.abort();
     await assert.rejects(running, (e: unknown) => e instanceof TaskFailedError && e.code === ErrorCode.TaskCancelled);
     await waitFor(`the command (pid ${pid}) to be killed`, () => stopped(pid) || undefined, 10_000);
@@ -411,7 +418,8 @@ describe("jobs: kiln-exec, runJob, kiln exec and kiln outputs", () => {
       let violation: string | undefined;
       let polls = 0;
       let polling = true;
-      // Whenever a manifest is visible, every file it names must be there, at that very version and content.
+      // Whenever a manifest is visible, every file it names must be there, at that very version and content:
+      // sampled every 25 ms while the job runs (the cache tells no one about writes), which is the check itself.
       const watcher = (async () => {
         while (polling) {
           const manifest = (await cache.getObject(`${prefix}/task-1-manifest`).catch(() => undefined)) as
@@ -479,13 +487,17 @@ describe("cancelling a running task reaches the service (TaskContextInfo.signal)
       const dir = await mkdtemp(path.join(os.tmpdir(), "kiln-abort-"));
       const started = new Set<string>();
       const aborted: string[] = [];
+      const changes = new EventEmitter();
+      const until = (check: () => boolean, what: string) => untilChanged(changes, check, 5_000, what);
       const service = await serve(
         {
           onTaskInvoke: ({ taskId, signal }) =>
             new Promise<string>((resolve) => {
               started.add(taskId);
+              changes.emit("change");
               signal.addEventListener("abort", () => {
                 aborted.push(taskId);
+                changes.emit("change");
                 resolve(`stopped ${taskId}`);
               });
             }),
@@ -500,7 +512,7 @@ describe("cancelling a running task reaches the service (TaskContextInfo.signal)
         const cancelFirst = new LazyAbort();
         const first = streamed.invoke(task("1"), cancelFirst);
         const second = streamed.invoke(task("2"), new LazyAbort());
-        await waitFor("both tasks to start", () => (started.has("1") && started.has("2")) || undefined, 5_000);
+        await until(() => started.has("1") && started.has("2"), "both tasks to start");
         cancelFirst.abort();
         const answer = await first;
         assert.equal(new TextDecoder().decode(answer.output), "stopped 1", "the aborted task is answered");
@@ -508,14 +520,14 @@ describe("cancelling a running task reaches the service (TaskContextInfo.signal)
 
         const cancelCall = new LazyAbort();
         const call = unary.invoke(task("3"), cancelCall);
-        await waitFor("the unary task to start", () => started.has("3") || undefined, 5_000);
+        await until(() => started.has("3"), "the unary task to start");
         cancelCall.abort();
         await assert.rejects(call);
-        await waitFor("the unary task to be aborted", () => aborted.includes("3") || undefined, 5_000);
+        await until(() => aborted.includes("3"), "the unary task to be aborted");
 
         streamed.close();
         await assert.rejects(second);
-        await waitFor("the closed stream's task to be aborted", () => aborted.includes("2") || undefined, 5_000);
+        await until(() => aborted.includes("2"), "the closed stream's task to be aborted");
       } finally {
         streamed.close();
         unary.close();

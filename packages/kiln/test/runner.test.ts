@@ -10,12 +10,15 @@ import {
 } from "@kiln/protocol/runner";
 import { flame } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { untilDirChanges } from "../../../test/support/until.js";
 import { closedPort, runCli, startCli, type CliProcess } from "./cli-helpers.js";
+import { waitFor } from "./support/processes.js";
 import type * as chattyModule from "./fixtures/runner-project/src/chatty.js";
 import type * as counterModule from "./fixtures/runner-project/src/counter.js";
 import type * as errorsModule from "./fixtures/runner-project/src/errors.js";
@@ -29,17 +32,6 @@ const FIXTURE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "fixt
 const MiB = 1024 * 1024;
 // Five bind attempts with back-off (0.5 + 1 + 2 + 4 s) before the control plane fails the pending tasks.
 const BIND_FAILURE_MS = 40_000;
-
-/** Polls an async check every 50 ms until it returns something other than undefined/false. */
-async function eventually<T>(check: () => Promise<T | undefined | false>, ms: number, what: string): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe("Runner against kiln up", () => {
   let dir: string;
@@ -189,18 +181,18 @@ describe("Runner against kiln up", () => {
     await second;
     process.kill(first.pid, "SIGKILL");
     // Wait until the executor has noticed and started a new process for the session.
-    await eventually(
+    await waitFor(
+      "the process exit to be recorded",
       async () => (await client.getSession(sessionId)).status!.events.some((e) => e.code === 1020),
       15_000,
-      "the process exit to be recorded",
     );
-    await eventually(
+    await waitFor(
+      "the executor to be bound again",
       async () =>
         (await client.listExecutors()).some(
           (e) => e.status?.sessionId === sessionId && e.status.state === flame.ExecutorState.ExecutorBound,
         ),
       15_000,
-      "the executor to be bound again",
     );
     const moved = await counter.add(1);
     assert.notEqual(moved.pid, first.pid);
@@ -236,12 +228,9 @@ describe("Runner against kiln up", () => {
     assert.equal(await call, "returned");
     assert.equal((await call.output()).stdout, "");
     const logs = path.join(dir, "data", "agent", "logs");
-    await eventually(
-      async () => {
-        for (const name of await fs.readdir(logs))
-          if ((await fs.readFile(path.join(logs, name), "utf8")).includes(marker)) return true;
-        return false;
-      },
+    await untilDirChanges(
+      logs,
+      () => readdirSync(logs).some((name) => readFileSync(path.join(logs, name), "utf8").includes(marker)),
       10_000,
       "the late write in an executor's stdout log",
     );

@@ -32,44 +32,15 @@ import * as net from "node:net";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { decodeBatchRequest, encodeBatchResponse } from "@kiln/protocol/cache";
+import { deferred } from "../../../test/support/until.js";
+import { within } from "../../../test/support/within.js";
 import { startCacheServer } from "../src/cache/server.js";
 import { PackageServer, SilentServer } from "./support/agent-packages-fixtures.js";
 import { tempDir } from "./support/control-plane.js";
-import { freePort } from "./support/processes.js";
+import { TcpProxy } from "./support/tcp-proxy.js";
+import { closedPort } from "./cli-helpers.js";
 
 type CacheServer = Awaited<ReturnType<typeof startCacheServer>>;
-
-/** Forwards TCP to `target`, counting the bytes that come back, so a test can see what a read cost. */
-class CountingProxy {
-  bytesDown = 0;
-  private readonly sockets = new Set<net.Socket>();
-  private readonly server = net.createServer((client) => {
-    const upstream = net.connect(this.targetPort, "127.0.0.1");
-    for (const s of [client, upstream]) {
-      this.sockets.add(s);
-      s.on("error", () => {});
-      s.on("close", () => {
-        this.sockets.delete(s);
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    upstream.on("data", (d: Buffer) => (this.bytesDown += d.length));
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  constructor(private readonly targetPort: number) {}
-
-  async start(): Promise<string> {
-    await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
-    return `http://127.0.0.1:${(this.server.address() as net.AddressInfo).port}`;
-  }
-
-  async close(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    await new Promise((resolve) => this.server.close(resolve));
-  }
-}
 
 async function rejectsWith(
   p: Promise<unknown>,
@@ -291,18 +262,19 @@ describe("sdk objects: small requests of one turn go as batches", () => {
 
 describe("sdk objects: incremental reads and the client-side cache", () => {
   let server: CacheServer;
-  let proxy: CountingProxy;
+  let proxy: TcpProxy;
   let writer: ObjectCache;
   let reader: ObjectCache;
   before(async () => {
-    const port = await freePort();
-    proxy = new CountingProxy(port);
+    // In front of the server, counting what reads cost; the server advertises it, so it starts first.
+    proxy = new TcpProxy();
     const proxied = await proxy.start();
     server = await startCacheServer({
-      port,
+      port: 0,
       advertiseEndpoint: proxied,
       storage: { kind: "fs", dir: tempDir("sdk-inc") },
     });
+    proxy.target = server.port;
     writer = new ObjectCache({ endpoint: proxied });
     reader = new ObjectCache({ endpoint: proxied, localCacheBytes: 3 * 1024 * 1024 });
   });
@@ -524,16 +496,15 @@ describe("sdk objects: trust, validation and failures", () => {
   });
 
   it("accepts refs naming the endpoint the configured server advertises", async () => {
-    const port = await freePort();
     const other = await startCacheServer({
-      port,
-      advertiseEndpoint: `http://cache.example:${port}`,
+      port: 0,
+      advertiseEndpoint: "http://cache.example:7422",
       storage: { kind: "memory", maxBytes: 1 << 20, spillDir: tempDir("sdk-adv") },
     });
     const client = new ObjectCache({ endpoint: `http://127.0.0.1:${other.port}` });
     try {
       const ref = await client.putObject("adv/s/x", 7);
-      assert.equal(ref.endpoint, `http://cache.example:${port}`);
+      assert.equal(ref.endpoint, "http://cache.example:7422");
       assert.equal(await client.getObject(ref), 7);
     } finally {
       client.close();
@@ -561,7 +532,7 @@ describe("sdk objects: trust, validation and failures", () => {
   });
 
   it("maps a refused connection to UNAVAILABLE naming the endpoint", async () => {
-    const nobody = `http://127.0.0.1:${await freePort()}`;
+    const nobody = `http://127.0.0.1:${await closedPort()}`;
     const client = new ObjectCache({ endpoint: nobody });
     await assert.rejects(client.getObject("a/b/c"), (err: unknown) => {
       assert.ok(err instanceof KilnError);
@@ -593,8 +564,8 @@ describe("sdk objects: trust, validation and failures", () => {
 
   it("reconnects after the server restarts", async () => {
     const dir = tempDir("sdk-restart");
-    const port = await freePort();
-    let restarting = await startCacheServer({ port, storage: { kind: "fs", dir } });
+    let restarting = await startCacheServer({ port: 0, storage: { kind: "fs", dir } });
+    const { port } = restarting;
     const client = new ObjectCache({ endpoint: `http://127.0.0.1:${port}` });
     try {
       const ref = await client.putObject("re/s/x", "before");
@@ -820,7 +791,7 @@ describe("sdk objects: configuration and the module-level functions", () => {
     assert.ok(fs.readFileSync(path.join(dir, "payload.copy")).equals(fs.readFileSync(file)));
     assert.equal(await deleteObjects("mod/*"), 2);
 
-    const other = configureObjects({ endpoint: `http://127.0.0.1:${await freePort()}` });
+    const other = configureObjects({ endpoint: `http://127.0.0.1:${await closedPort()}` });
     assert.equal(await defaultObjectCache(), other);
     await assert.rejects(
       getObject(ref.key),
@@ -843,6 +814,7 @@ describe("sdk objects: pipelined requests on a connection that dies", () => {
 
   it("batches of reads pipelined on a connection that dies are sent again; every read gets its answer", async () => {
     let batches = 0;
+    const firstBatchRead = deferred();
     const sockets = new Set<net.Socket>();
     // The first connection reads two pipelined batches whole and dies unanswered; later ones are answered.
     let connections = 0;
@@ -863,6 +835,7 @@ describe("sdk objects: pipelined requests on a connection that dies", () => {
           const requests = decodeBatchRequest(buffered.subarray(end + 4, end + 4 + length));
           buffered = buffered.subarray(end + 4 + length);
           batches++;
+          firstBatchRead.resolve();
           if (first) {
             if (++readHere === 2) return void socket.destroy();
             continue;
@@ -886,9 +859,9 @@ describe("sdk objects: pipelined requests on a connection that dies", () => {
     });
     try {
       const keys = Array.from({ length: 32 }, (_, i) => `a/b/k${i}`);
-      // Two turns make two batches, the second pipelined behind the first on the one connection.
+      // Two batches, the second sent once the server has read the first: pipelined behind it on the one connection.
       const firstHalf = keys.slice(0, 16).map((k) => client.statObject(k));
-      await new Promise((resolve) => setTimeout(resolve, 20));
+      await within(firstBatchRead.promise, 10_000, "the first batch to reach the server");
       const stats = await Promise.all([...firstHalf, ...keys.slice(16).map((k) => client.statObject(k))]);
       assert.deepEqual(
         stats.map((s) => s.key),

@@ -8,6 +8,7 @@ import {
 } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import assert from "node:assert/strict";
+import { EventEmitter } from "node:events";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { after, describe, test } from "node:test";
@@ -17,6 +18,7 @@ import { translateErrors } from "../src/transport/translate-errors.js";
 import { flame, kiln } from "../src/proto/index.js";
 import { EnvelopeReader } from "../src/transport/envelopes.js";
 import { StreamRoutes } from "../src/transport/stream-server.js";
+import { untilChanged } from "../../../test/support/until.js";
 import { within } from "../../../test/support/within.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -25,6 +27,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 interface Seen {
   calls: number;
   aborted: unknown[];
+  /** Emits "change" when either of the above does. */
+  changes: EventEmitter;
 }
 
 /** Instance/Invoke answers every task with its own input; WatchSession streams `count` updates, or fails. */
@@ -36,6 +40,7 @@ function services(seen: Seen): {
     instance: {
       async *invoke(requests) {
         seen.calls++;
+        seen.changes.emit("change");
         for await (const r of requests)
           yield create(kiln.InvokeResponseSchema, {
             outcomes: r.tasks.map((t) => ({
@@ -48,7 +53,11 @@ function services(seen: Seen): {
     frontend: {
       async *watchSession(req, ctx) {
         seen.calls++;
-        ctx.signal.addEventListener("abort", () => seen.aborted.push(ctx.signal.reason));
+        seen.changes.emit("change");
+        ctx.signal.addEventListener("abort", () => {
+          seen.aborted.push(ctx.signal.reason);
+          seen.changes.emit("change");
+        });
         if (req.sessionId === "missing") throw new NotFoundError("session", "missing");
         if (req.sessionId === "silent") {
           await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
@@ -74,7 +83,7 @@ after(() => {
 
 /** A real HTTP/2 server: the fast stream path in front of Connect (or Connect alone), on loopback. */
 async function startServer(options: { fastPath: boolean; token?: string; readMaxBytes?: number }): Promise<TestServer> {
-  const seen: Seen = { calls: 0, aborted: [] };
+  const seen: Seen = { calls: 0, aborted: [], changes: new EventEmitter() };
   const { instance, frontend } = services(seen);
   const readMaxBytes = options.readMaxBytes ?? 16 * 1024 * 1024;
   const connectHandler = connectNodeAdapter({
@@ -312,16 +321,15 @@ describe("gRPC streams (StreamRoutes and the SDK's stream client)", () => {
     const abort = new AbortController();
     try {
       const watching = collect(t.transport, "silent", { signal: abort.signal });
-      while (server.seen.calls === 0) await sleep(5);
+      await untilChanged(server.seen.changes, () => server.seen.calls > 0, 10_000, "the call to reach the server");
       abort.abort(new ConnectError("stop", Code.Canceled));
       await assert.rejects(within(watching, 10_000, "aborted watch"), (err: unknown) => {
         assert.equal(ConnectError.from(err).code, Code.Canceled);
         return true;
       });
-      await within(
-        (async () => {
-          while (server.seen.aborted.length === 0) await sleep(5);
-        })(),
+      await untilChanged(
+        server.seen.changes,
+        () => server.seen.aborted.length > 0,
         10_000,
         "the server noticing the cancel",
       );
@@ -385,7 +393,7 @@ describe("gRPC streams (StreamRoutes and the SDK's stream client)", () => {
       const ids: string[] = [];
       for await (const m of createClient(kiln.Frontend, t.transport).watchSession({ sessionId: "3000" })) {
         ids.push(...m.updates.map((u) => u.taskId));
-        // Stall now and then, long enough for the server to fill the buffers and be held back.
+        // The slow reader is what is under test: stall now and then, long enough for the server to fill the buffers and be held back.
         if (ids.length % 500 === 0) await sleep(50);
       }
       assert.deepEqual(

@@ -4,6 +4,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import assert from "node:assert/strict";
+import { EventEmitter } from "node:events";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -25,6 +26,7 @@ import {
 } from "../src/index.js";
 import { createClusterTransport } from "@kiln/protocol/transport";
 import { flame, kiln } from "@kiln/protocol/proto";
+import { untilChanged } from "../../../test/support/until.js";
 import { within } from "../../../test/support/within.js";
 
 /** An empty config file, so the user's own ~/.kiln/config.yaml stays out of the tests. */
@@ -42,15 +44,25 @@ function assertCode(code: string, field?: string) {
   };
 }
 
-/** Waits until the server reports `n` pending tasks in the session. */
+/** Waits, on the session's watch stream, until `n` of its tasks are pending. */
 async function waitForPending(client: KilnClient, sessionId: string, n: number): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const s = await client.getSession(sessionId);
-    if (s.status?.pending === n) return;
-    if (Date.now() > deadline)
-      assert.fail(`session ${sessionId} has ${s.status?.pending} pending tasks, expected ${n}`);
-    await sleep(20);
+  const pending = new Set<string>();
+  const stop = new AbortController();
+  const watching = (async () => {
+    for await (const updates of client
+      .session(sessionId)
+      .watch({ snapshot: true, omitOutput: true, signal: stop.signal })) {
+      for (const u of updates) {
+        if (u.state === flame.TaskState.Pending) pending.add(u.taskId);
+        else pending.delete(u.taskId);
+      }
+      if (pending.size === n) return;
+    }
+  })();
+  try {
+    await within(watching, 10_000, `${n} pending tasks in session ${sessionId} (${pending.size} so far)`);
+  } finally {
+    stop.abort();
   }
 }
 
@@ -167,11 +179,13 @@ describe("batching", () => {
 
   test("items added in one tick go out together; later ones wait for the send in flight", async () => {
     const sent: string[][] = [];
+    const sends = new EventEmitter();
     let finishFirst!: () => void;
     const firstDone = new Promise<void>((r) => (finishFirst = r));
     const batcher = new Batcher<string>(
       async (batch) => {
         sent.push(batch);
+        sends.emit("change");
         if (sent.length === 1) await firstDone;
       },
       size,
@@ -179,14 +193,15 @@ describe("batching", () => {
     );
     batcher.add("a");
     batcher.add("b");
-    await sleep(20);
+    await untilChanged(sends, () => sent.length === 1, 5_000, "the first send");
     assert.deepEqual(sent, [["a", "b"]]);
     batcher.add("c");
     batcher.add("d");
+    // What is under test is that nothing goes out meanwhile: 20 windows pass while the first send is in flight.
     await sleep(20);
     assert.equal(sent.length, 1, "one send at a time");
     finishFirst();
-    await sleep(20);
+    await untilChanged(sends, () => sent.length === 2, 5_000, "the second send");
     assert.deepEqual(sent, [
       ["a", "b"],
       ["c", "d"],
@@ -195,9 +210,11 @@ describe("batching", () => {
 
   test("a full batch is sent without waiting for the window", async () => {
     const sent: string[][] = [];
+    const sends = new EventEmitter();
     const batcher = new Batcher<string>(
       async (batch) => {
         sent.push(batch);
+        sends.emit("change");
       },
       size,
       { maxItems: 2, maxBytes: 1000, windowMs: 60_000 },
@@ -206,13 +223,7 @@ describe("batching", () => {
     batcher.add("b");
     batcher.add("c");
     batcher.add("d");
-    await within(
-      (async () => {
-        while (sent.length < 2) await sleep(5);
-      })(),
-      5_000,
-      "full batches",
-    );
+    await untilChanged(sends, () => sent.length >= 2, 5_000, "full batches");
     assert.deepEqual(sent, [
       ["a", "b"],
       ["c", "d"],
@@ -363,16 +374,14 @@ describe("client against a control plane", () => {
     const session = await client.createSession({ application: "app", id: "watched" });
     await session.createTasks(["a", "b"]);
     const batches: TaskUpdate[][] = [];
+    const arrivals = new EventEmitter();
     const watching = (async () => {
-      for await (const updates of session.watch({ snapshot: true, omitOutput: true })) batches.push(updates);
+      for await (const updates of session.watch({ snapshot: true, omitOutput: true })) {
+        batches.push(updates);
+        arrivals.emit("change");
+      }
     })();
-    await within(
-      (async () => {
-        while (batches.length === 0) await sleep(5);
-      })(),
-      5_000,
-      "the snapshot",
-    );
+    await untilChanged(arrivals, () => batches.length > 0, 5_000, "the snapshot");
     assert.deepEqual(
       batches[0]!.map((u) => [u.sessionId, u.taskId, u.state]),
       [
@@ -393,15 +402,18 @@ describe("client against a control plane", () => {
 
   test("watch ends quietly when its signal aborts", async () => {
     const session = await client.createSession({ application: "app", id: "aborted-watch" });
+    await session.createTasks(["x"]);
     const controller = new AbortController();
+    let batches = 0;
     const watching = (async () => {
-      for await (const _ of session.watch({ signal: controller.signal })) {
-        /* nothing arrives */
+      // Aborted once the snapshot has come: on a live stream, not before it opened.
+      for await (const _ of session.watch({ snapshot: true, signal: controller.signal })) {
+        batches++;
+        controller.abort();
       }
     })();
-    await sleep(50);
-    controller.abort();
     await within(watching, 5_000, "the aborted watch");
+    assert.equal(batches, 1);
   });
 
   test("watchTask follows one task to its terminal state", async () => {
@@ -409,10 +421,12 @@ describe("client against a control plane", () => {
     const [id] = await session.createTasks(["x"]);
     const states: flame.TaskState[] = [];
     const watching = (async () => {
-      for await (const t of session.watchTask(id!)) states.push(t.status!.state);
+      for await (const t of session.watchTask(id!)) {
+        states.push(t.status!.state);
+        // Cancelled once the watch has shown the task as it is.
+        if (states.length === 1) await session.cancel([id!]);
+      }
     })();
-    await sleep(50);
-    await session.cancel([id!]);
     await within(watching, 5_000, "watchTask");
     assert.deepEqual(states, [flame.TaskState.Pending, flame.TaskState.Cancelled]);
   });
@@ -552,9 +566,16 @@ describe("client against a control plane", () => {
       const pending = Promise.allSettled([session.run("a"), session.run("b")]);
       await waitForPending(c, session.id, 2);
       await server.close();
-      await sleep(300);
-      server = await startControlPlane({ dataDir: dir, port, log: () => undefined });
-      await c.closeSession(session.id);
+      // The JSON port is the kernel's pick again: the one next to `port` may be anyone's.
+      server = await startControlPlane({ dataDir: dir, port, httpPort: 0, log: () => undefined });
+      // Closed by another client: \`c\` may not have read the old server's goodbye yet, and a unary call
+      // is not retried; what is under test is \`c\`'s watch stream.
+      const other = await connect({ endpoint: server.endpoint, configPath: path.join(dir, "no-config.yaml") });
+      try {
+        await other.closeSession(session.id);
+      } finally {
+        other.close();
+      }
       const settled = await within(pending, 15_000, "run() across a restart");
       for (const r of settled) assert.ok(r.status === "rejected" && r.reason instanceof TaskFailedError, String(r));
     } finally {

@@ -13,22 +13,6 @@ const tsxLoader = import.meta.resolve("tsx");
 export const enc = (s: string) => new TextEncoder().encode(s);
 export const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
 
-/** Polls `check` every 20 ms; fails with `what` after `ms`. */
-export async function waitFor<T>(
-  check: () => T | undefined | false,
-  ms: number,
-  what: string | (() => string),
-): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = check();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline)
-      throw new Error(`timed out after ${ms} ms waiting for ${typeof what === "string" ? what : what()}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 /** Whether a process with this pid exists. */
 export function alive(pid: number): boolean {
   try {

@@ -11,6 +11,7 @@ await serve({
   onSessionEnter(ctx) {
     if (mode === "enter-fails") throw new Error("enter refused by the test service");
     commonData = new TextDecoder().decode(ctx.commonData);
+    // Exits a moment after a successful enter, so the agent has reported BOUND before it sees the exit.
     if (mode === "exit-after-enter") setTimeout(() => process.exit(4), 200);
   },
   async onTaskInvoke({ input }) {
@@ -35,6 +36,7 @@ await serve({
         return new Promise<never>(() => {});
       case "crash":
         process.stderr.write("crashing on purpose\n");
+        // Dies while this call is in flight, as a crash mid-task does.
         setTimeout(() => process.exit(3), 20);
         return new Promise<never>(() => {});
       case "fail":

@@ -1,51 +1,5 @@
-import { spawn, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
-import * as path from "node:path";
-import { fileURLToPath } from "node:url";
-
-export const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../dist/cli/main.js");
-
-export interface KilnProcess {
-  child: ChildProcess;
-  output(): string;
-  /** SIGTERM (or the given signal), then SIGKILL after a grace period; resolves with the exit code. */
-  stop(signal?: NodeJS.Signals): Promise<number | null>;
-  exited: Promise<number | null>;
-}
-
-const running = new Set<KilnProcess>();
-process.on("exit", () => {
-  for (const p of running) p.child.kill("SIGKILL");
-});
-
-/** Runs the built `kiln` CLI as a real process. */
-export function spawnKiln(args: string[], env: NodeJS.ProcessEnv = {}): KilnProcess {
-  const child = spawn(process.execPath, [CLI, ...args], {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, ...env },
-  });
-  let out = "";
-  child.stdout!.on("data", (d: Buffer) => (out += d));
-  child.stderr!.on("data", (d: Buffer) => (out += d));
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  const p: KilnProcess = {
-    child,
-    output: () => out,
-    exited,
-    async stop(signal = "SIGTERM") {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
-      const code = await exited;
-      clearTimeout(timer);
-      running.delete(p);
-      return code;
-    },
-  };
-  running.add(p);
-  void exited.then(() => running.delete(p));
-  return p;
-}
 
 /** Loopback ports [first, first + span) that this process holds bound, so nothing else can take them. */
 export interface HeldPorts {
@@ -91,16 +45,9 @@ export async function holdPorts(span: number): Promise<HeldPorts> {
 }
 
 /**
- * A port that was free a moment ago, with the `span - 1` after it (a control plane also listens on
- * port + 1 for HTTP/1.1, `kiln up` on port + 2 for its cache).
+ * Polls `check` every 50 ms until it returns a value, or throws after `timeoutMs` with `what` in the
+ * message. Only for what no event tells: a pid disappearing, a state only a list call shows.
  */
-export async function freePort(span = 3): Promise<number> {
-  const held = await holdPorts(span);
-  await held.close();
-  return held.first;
-}
-
-/** Polls `check` until it returns a value, or throws after `timeoutMs` with `what` in the message. */
 export async function waitFor<T>(
   what: string,
   check: () => Promise<T | undefined> | T | undefined,

@@ -20,8 +20,11 @@ export interface ReceivedBody {
   /** sha256 of the body bytes alone, when asked for. */
   bodySha256?: string;
   content: { kind: "memory"; data: Buffer } | { kind: "file"; tempPath: string };
-  /** Drops the body: deletes its temp file and gives its disk quota back. */
-  discard(): void;
+  /**
+   * Drops the body: gives its disk quota back and deletes its temp file. Resolves once the file is
+   * gone, so a refusal answered after it leaves nothing behind; never rejects.
+   */
+  discard(): Promise<void>;
 }
 
 export interface ReceiveOptions {
@@ -55,7 +58,7 @@ export async function receiveBody(
   if (Buffer.isBuffer(source)) body = small ? inMemory(source, options) : await stream([source], options);
   else body = small && source instanceof Readable ? await collect(source, options) : await stream(source, options);
   if (options.expectedLength !== undefined && body.size !== options.expectedLength) {
-    body.discard();
+    await body.discard();
     throw new InvalidArgumentError(
       "content-length",
       `announced ${options.expectedLength} bytes but the body has ${body.size}`,
@@ -82,7 +85,7 @@ function inMemory(data: Buffer, options: ReceiveOptions): ReceivedBody {
     sha256: options.hash.digest("hex"),
     bodySha256: options.bodyHash?.digest("hex"),
     content: { kind: "memory", data },
-    discard: () => undefined,
+    discard: () => Promise.resolve(),
   };
 }
 
@@ -182,7 +185,7 @@ class BodySink extends Writable {
     const common = { size: this.size, sha256: hash.digest("hex"), bodySha256: bodyHash?.digest("hex") };
     if (!this.tempPath) {
       const data = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.size);
-      return { ...common, content: { kind: "memory", data }, discard: () => undefined };
+      return { ...common, content: { kind: "memory", data }, discard: () => Promise.resolve() };
     }
     const tempPath = this.tempPath;
     const taken = this.quotaTaken;
@@ -191,7 +194,7 @@ class BodySink extends Writable {
       content: { kind: "file", tempPath },
       discard: () => {
         target.quota?.give(taken);
-        fs.promises.unlink(tempPath).catch(() => undefined);
+        return fs.promises.rm(tempPath, { force: true }).catch(() => undefined);
       },
     };
   }

@@ -313,7 +313,7 @@ export class FsCatalog implements Catalog {
     try {
       return { data: null, file: (await this.files.adopt(body.content.tempPath, this.sync)).name };
     } catch (err) {
-      body.discard();
+      await body.discard();
       throw err;
     }
   }

@@ -107,7 +107,7 @@ export class MemoryCatalog implements Catalog {
   appendDelta(stat: ObjectStat, fromVersion: number, body: ReceivedBody): Promise<number | undefined> {
     return this.exclusive(body, async () => {
       if (this.entries.get(stat.key)?.object.stat.version !== fromVersion) {
-        body.discard();
+        await body.discard();
         return undefined;
       }
       const added = body.content.kind === "memory" ? body.size : 0;
@@ -127,7 +127,7 @@ export class MemoryCatalog implements Catalog {
     return this.exclusive(body, async () => {
       const entry = this.entries.get(key);
       if (entry?.object.stat.version !== version) {
-        body.discard();
+        await body.discard();
         return false;
       }
       const [base, ...deltas] = entry.object.segments;
@@ -180,8 +180,8 @@ export class MemoryCatalog implements Catalog {
 
   /** Runs `fn` after every earlier mutation; if `fn` throws, `body` is discarded. */
   private exclusive<T>(body: ReceivedBody | undefined, fn: () => Promise<T>): Promise<T> {
-    const run = this.tail.then(fn).catch((err: unknown) => {
-      body?.discard();
+    const run = this.tail.then(fn).catch(async (err: unknown) => {
+      await body?.discard();
       throw err;
     });
     this.tail = run.catch(() => undefined);

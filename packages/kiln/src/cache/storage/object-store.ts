@@ -62,7 +62,7 @@ export class ObjectStore {
     try {
       checkSha256(req.sha256, body.sha256);
     } catch (err) {
-      body.discard();
+      await body.discard();
       throw err;
     }
     const release = await this.locks.acquire(req.key);
@@ -107,7 +107,7 @@ export class ObjectStore {
       try {
         checkSha256(req.sha256, body.bodySha256);
       } catch (err) {
-        body.discard();
+        await body.discard();
         throw err;
       }
       const stat: ObjectStat = {
