@@ -568,9 +568,9 @@ describe("client against a control plane", () => {
       await server.close();
       // The JSON port is the kernel's pick again: the one next to `port` may be anyone's.
       server = await startControlPlane({ dataDir: dir, port, httpPort: 0, log: () => undefined });
-      // Closed by another client: \`c\` may not have read the old server's goodbye yet, and a unary call
-      // is not retried; what is under test is \`c\`'s watch stream.
-      const other = await connect({ endpoint: server.endpoint, configPath: path.join(dir, "no-config.yaml") });
+      // Closed by another client: `c` may not have read the old server's goodbye yet, and a unary call
+      // is not retried; what is under test is `c`'s watch stream.
+      const other = await connect({ endpoint: server.endpoint, configPath: EMPTY_CONFIG });
       try {
         await other.closeSession(session.id);
       } finally {
