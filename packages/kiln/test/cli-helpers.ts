@@ -99,6 +99,11 @@ export function startCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): 
     env: { ...CLI_ENV, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  return watchProcess(child, `kiln ${args.join(" ")}`);
+}
+
+/** Follows the output and exit of a started child (its stdout and stderr must be pipes); `what` names it in errors. */
+export function watchProcess(child: ChildProcess, what: string): CliProcess {
   let output = "";
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
   const listeners = new Set<() => void>();
@@ -114,10 +119,7 @@ export function startCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): 
     exited(timeoutMs = 30_000) {
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`kiln ${args.join(" ")} still running after ${timeoutMs} ms`)),
-          timeoutMs,
-        );
+        timer = setTimeout(() => reject(new Error(`${what} still running after ${timeoutMs} ms`)), timeoutMs);
       });
       return Promise.race([exited, timeout]).finally(() => clearTimeout(timer));
     },
@@ -135,7 +137,7 @@ export function startCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): 
         }, timeoutMs);
         const onExit = (): void => {
           finish();
-          reject(new Error(`kiln ${args.join(" ")} exited before ${pattern}; output:\n${output}`));
+          reject(new Error(`${what} exited before ${pattern}; output:\n${output}`));
         };
         const finish = (): void => {
           clearTimeout(timer);
