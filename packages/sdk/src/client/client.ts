@@ -14,6 +14,7 @@ import {
 } from "./specs.js";
 
 const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+const DEFAULT_PATIENCE_MS = 60_000;
 
 /**
  * Connects to a Kiln (or Flame) cluster. Nothing is sent until the first
@@ -30,6 +31,7 @@ export async function connect(options: ConnectOptions = {}): Promise<KilnClient>
     endpoint: config.endpoint,
     ...(config.token ? { token: config.token } : {}),
     ...(options.requestTimeoutMs !== undefined ? { requestTimeoutMs: options.requestTimeoutMs } : {}),
+    ...(options.patienceMs !== undefined ? { patienceMs: options.patienceMs } : {}),
   });
 }
 
@@ -49,7 +51,7 @@ export class KilnClient {
   private readonly closeTransport: () => void;
 
   /** Prefer connect(), which also reads env and the config file. */
-  constructor(options: { endpoint: string; token?: string; requestTimeoutMs?: number }) {
+  constructor(options: { endpoint: string; token?: string; requestTimeoutMs?: number; patienceMs?: number }) {
     this.endpoint = options.endpoint;
     const { transport, close } = createClusterTransport(options);
     this.closeTransport = close;
@@ -58,6 +60,7 @@ export class KilnClient {
       createClient(kiln.Frontend, transport),
       { timeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS },
       options.endpoint,
+      options.patienceMs ?? DEFAULT_PATIENCE_MS,
     );
     bindContext(this, this.ctx);
   }
