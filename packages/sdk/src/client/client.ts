@@ -1,5 +1,5 @@
 import { createClient } from "@connectrpc/connect";
-import { KilnError, ErrorCode, NotFoundError, validateName } from "@kiln/protocol";
+import { KilnError, ErrorCode, InvalidArgumentError, NotFoundError, validateName } from "@kiln/protocol";
 import { flame, kiln } from "@kiln/protocol/proto";
 import { createClusterTransport } from "@kiln/protocol/transport";
 import { loadConfig, type ConnectOptions } from "./config.js";
@@ -53,6 +53,9 @@ export class KilnClient {
   /** Prefer connect(), which also reads env and the config file. */
   constructor(options: { endpoint: string; token?: string; requestTimeoutMs?: number; patienceMs?: number }) {
     this.endpoint = options.endpoint;
+    const patienceMs = options.patienceMs ?? DEFAULT_PATIENCE_MS;
+    if (!(patienceMs >= 0 && Number.isFinite(patienceMs)))
+      throw new InvalidArgumentError("patienceMs", `must be a number of milliseconds, 0 or more (got ${patienceMs})`);
     const { transport, close } = createClusterTransport(options);
     this.closeTransport = close;
     this.ctx = new ClientContext(
@@ -60,7 +63,7 @@ export class KilnClient {
       createClient(kiln.Frontend, transport),
       { timeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS },
       options.endpoint,
-      options.patienceMs ?? DEFAULT_PATIENCE_MS,
+      patienceMs,
     );
     bindContext(this, this.ctx);
   }

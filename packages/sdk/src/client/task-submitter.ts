@@ -140,7 +140,9 @@ export class TaskSubmitter implements Stoppable {
       } catch (e) {
         const error = this.ctx.toError(e);
         backoffMs = nextBackoffMs(backoffMs);
-        if (this.ctx.closed || !isConnectionLoss(error) || Date.now() + backoffMs > giveUpAt) throw error;
+        // A server that answers nothing within requestTimeoutMs is not resent to: it is up, and hung.
+        const resend = isConnectionLoss(error) && error.code !== ErrorCode.DeadlineExceeded;
+        if (this.ctx.closed || !resend || Date.now() + backoffMs > giveUpAt) throw error;
         await sleep(backoffMs);
         this.ctx.ensureOpen();
       }
