@@ -33,6 +33,8 @@ class StubControlPlane {
   connections = 0;
   endedByAgent = 0;
   registered: (r: kiln.Register) => MessageInitShape<typeof kiln.RegisteredSchema> = () => ({});
+  /** Acknowledge completions as they arrive, as a control plane does after committing them. */
+  acknowledging = true;
   private outbound: AsyncQueue<kiln.ControlMessage> | undefined;
   private listener: Listener | undefined;
   /** Emits "change" on every message received and every stream the agent ends. */
@@ -61,6 +63,12 @@ class StubControlPlane {
                   ...this.registered(message.kind.value),
                 });
                 outbound.push(create(kiln.ControlMessageSchema, { kind: { case: "registered", value } }));
+              }
+              if (message.kind.case === "completions" && this.acknowledging) {
+                const throughSeq = message.kind.value.completions.reduce((max, c) => (c.seq > max ? c.seq : max), 0n);
+                outbound.push(
+                  create(kiln.ControlMessageSchema, { kind: { case: "completionsAck", value: { throughSeq } } }),
+                );
               }
             }
             this.endedByAgent++;
@@ -243,6 +251,38 @@ describe("agent ↔ control plane stream", () => {
       logs.some((l) => l.includes("control plane stream lost")),
       logs.join("\n"),
     );
+  });
+
+  test("keeps a completion the control plane never acknowledged: reports its task held and resends it after reconnecting", async () => {
+    stub.acknowledging = false;
+    try {
+      stub.send({ case: "tasks", value: create(kiln.TaskBatchSchema, { tasks: [task("e-1", 1500, "")] }) });
+      const first = await stub.until(
+        () => stub.completions("e-1").find((c) => c.taskId === "1500"),
+        10_000,
+        "task 1500's completion",
+      );
+      const before = stub.connections;
+      stub.dropStream();
+      await stub.until(
+        () => stub.connections > before && stub.messages("completions", stub.connections).length > 0,
+        15_000,
+        "the agent to reconnect and resend",
+      );
+      const [register] = stub.messages("register", stub.connections);
+      const e1 = register!.executors.find((e) => e.executorId === "e-1");
+      assert.ok(
+        e1?.tasks.some((t) => t.taskId === "1500"),
+        "the unacknowledged task is reported as held",
+      );
+      const resent = stub.messages("completions", stub.connections).flatMap((m) => m.completions);
+      assert.deepEqual(
+        resent.map((c) => [c.taskId, c.seq]),
+        [["1500", first.seq]],
+      );
+    } finally {
+      stub.acknowledging = true;
+    }
   });
 
   test("unbind stops the executor; no completion follows its UNBOUND", async () => {

@@ -1,9 +1,14 @@
-import { connect, type KilnClient, type Session } from "@kiln/sdk";
-import { flame } from "@kiln/protocol/proto";
+import { createClient } from "@connectrpc/connect";
+import { connect, ErrorCode, KilnError, OutcomeUnknownError, type KilnClient, type Session } from "@kiln/sdk";
+import { flame, kiln } from "@kiln/protocol/proto";
+import { createClusterTransport } from "@kiln/protocol/transport";
 import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { after, describe, it } from "node:test";
 import { within } from "../../../test/support/within.js";
 import { startCli, type CliProcess } from "./cli-helpers.js";
+import { fixtureApp } from "./support/agent-helpers.js";
 import { tempDir } from "./support/control-plane.js";
 import { parsePing, pingInput, registerPingCopy } from "./support/ping-app.js";
 import { isAlive, processesWithEnv, waitFor } from "./support/processes.js";
@@ -26,7 +31,7 @@ interface Cluster {
  * `kiln server` on a port the kernel picks, behind the cluster's proxy once its ready line says where
  * it listens; a restart gets a new port, so nothing has to rebind one that may have been taken.
  */
-async function startServer(proxy: TcpProxy, dataDir: string): Promise<CliProcess> {
+async function startServer(proxy: TcpProxy, dataDir: string, drainTimeoutMs = 1000): Promise<CliProcess> {
   const server = startCli([
     "server",
     "--data-dir",
@@ -36,19 +41,22 @@ async function startServer(proxy: TcpProxy, dataDir: string): Promise<CliProcess
     "--heartbeat-timeout",
     "3000",
     "--drain-timeout",
-    "1000",
+    String(drainTimeoutMs),
   ]);
   const endpoint = (await server.waitFor(/listening at (http:\/\/\S+)/))[1]!;
   proxy.target = Number(new URL(endpoint).port);
   return server;
 }
 
-async function startCluster(agentNames: string[]): Promise<Cluster> {
+async function startCluster(
+  agentNames: string[],
+  o: { drainTimeoutMs?: number; patienceMs?: number } = {},
+): Promise<Cluster> {
   const proxy = new TcpProxy();
   const endpoint = await proxy.start();
   const dataDir = tempDir("e2e");
-  const server = await startServer(proxy, dataDir);
-  const client = await connect({ endpoint });
+  const server = await startServer(proxy, dataDir, o.drainTimeoutMs);
+  const client = await connect({ endpoint, ...(o.patienceMs !== undefined ? { patienceMs: o.patienceMs } : {}) });
   const agentDirs = agentNames.map((name) => tempDir(`agent-${name}`));
   const agents = agentNames.map((name, i) =>
     startCli(["agent", "--endpoint", endpoint, "--name", name, "--executors", "2", "--work-dir", agentDirs[i]!]),
@@ -227,5 +235,196 @@ describe("failures end to end", () => {
     for (const pid of victimServices)
       await waitFor(`orphaned service ${pid} to exit`, () => !isAlive(pid) || undefined, 10_000);
     await session.close();
+  });
+});
+
+/** kill -9 of the control plane; `restart` starts it again on the same data dir behind the same proxy. */
+async function killServer(c: Cluster): Promise<void> {
+  c.proxy.target = undefined;
+  c.server.child.kill("SIGKILL");
+  await c.server.exited();
+}
+
+/** Registers the counting service (support/counting-service.ts) and returns its record of executions. */
+async function registerCounting(c: Cluster, name: string): Promise<Executions> {
+  const file = path.join(c.dataDir, `${name}.count`);
+  fs.writeFileSync(file, "");
+  await c.client.registerApplication(
+    name,
+    fixtureApp("counting-service.ts", {
+      environments: [{ name: "COUNT_FILE", value: file }],
+      labels: ["kiln.concurrency=4"],
+    }),
+  );
+  return new Executions(file);
+}
+
+/** What the counting service recorded: how many times each task started, and on which pids. */
+class Executions {
+  constructor(private readonly file: string) {}
+
+  starts(): Map<string, number[]> {
+    const byTask = new Map<string, number[]>();
+    for (const line of fs.readFileSync(this.file, "utf8").split("\n")) {
+      const [verb, id, pid] = line.split(" ");
+      if (verb !== "start") continue;
+      const pids = byTask.get(id!) ?? [];
+      pids.push(Number(pid));
+      byTask.set(id!, pids);
+    }
+    return byTask;
+  }
+
+  /** Tasks that started more than once. */
+  reruns(): string[] {
+    return [...this.starts()].filter(([, pids]) => pids.length > 1).map(([id]) => id);
+  }
+}
+
+describe("nothing run twice, no outcome ambiguous", () => {
+  let cluster: Cluster | undefined;
+  after(() => stopCluster(cluster));
+
+  it("kill -9 of the control plane while the agent stays up re-runs no task", async () => {
+    cluster = await startCluster(["n1"], { drainTimeoutMs: 10_000 });
+    const executions = await registerCounting(cluster, "counted");
+    const session = await cluster.client.createSession({ application: "counted" });
+    const n = 400;
+    await session.createTasks(Array.from({ length: n }, () => "30"));
+    await watchUntil(
+      session,
+      (states) => states.filter((s) => s === TaskState.Succeed).length > 60,
+      60_000,
+      "some tasks to finish",
+    );
+    await killServer(cluster);
+    cluster.server = await startServer(cluster.proxy, cluster.dataDir, 10_000);
+    const tasks = await settled(session, 120_000);
+    assert.equal(tasks.length, n);
+    for (const t of tasks) assert.equal(succeedEvents(t), 1, `task ${t.metadata!.id} succeeded exactly once`);
+    assert.deepEqual(executions.reruns(), [], "no task ran twice");
+    assert.equal(executions.starts().size, n);
+    await session.close();
+    await stopCluster(cluster);
+    cluster = undefined;
+  });
+
+  it("kill -9 of an agent re-runs only tasks that were running on it", async () => {
+    cluster = await startCluster(["a1", "a2"]);
+    const executions = await registerCounting(cluster, "counted");
+    const session = await cluster.client.createSession({ application: "counted" });
+    const n = 300;
+    await session.createTasks(Array.from({ length: n }, () => "40"));
+    const { client } = cluster;
+    await waitFor("both nodes to be busy", async () => {
+      const bound = (await client.listExecutors()).filter((e) => e.status!.state === flame.ExecutorState.ExecutorBound);
+      return new Set(bound.map((e) => e.spec!.node)).size === 2 || undefined;
+    });
+    const victimPids = new Set(processesWithEnv(cluster.agentDirs[0]!));
+    assert.ok(victimPids.size > 0, "the victim runs service processes");
+    cluster.agents[0]!.child.kill("SIGKILL");
+    await cluster.agents[0]!.exited();
+    const tasks = await settled(session, 90_000);
+    assert.equal(tasks.length, n);
+    for (const t of tasks) assert.equal(succeedEvents(t), 1, `task ${t.metadata!.id} succeeded exactly once`);
+    const starts = executions.starts();
+    for (const id of executions.reruns()) {
+      const [first] = starts.get(id)!;
+      assert.ok(victimPids.has(first!), `re-run task ${id} first ran on the killed agent (pid ${first})`);
+      assert.equal(starts.get(id)!.length, 2, `task ${id} ran at most twice`);
+    }
+    await session.close();
+    await stopCluster(cluster);
+    cluster = undefined;
+  });
+
+  it("run() across a control-plane restart resumes waiting and succeeds, creating no task twice", async () => {
+    cluster = await startCluster(["n1"], { patienceMs: 60_000 });
+    const executions = await registerCounting(cluster, "counted");
+    const session = await cluster.client.createSession({ application: "counted" });
+    const n = 200;
+    const runs = Array.from({ length: n }, () => session.run("50"));
+    await waitFor("some tasks to start", () => executions.starts().size >= 20 || undefined);
+    await killServer(cluster);
+    // Calls made during the outage wait for the control plane too.
+    const late = Array.from({ length: 20 }, () => session.run("10"));
+    cluster.server = await startServer(cluster.proxy, cluster.dataDir);
+    const results = await within(Promise.allSettled([...runs, ...late]), 120_000, "every run() to settle");
+    const rejected = results.filter((r) => r.status === "rejected");
+    assert.deepEqual(
+      rejected.map((r) => String(r.reason)),
+      [],
+      "every run() succeeds",
+    );
+    const tasks = await settled(session, 60_000);
+    assert.equal(tasks.length, n + 20, "no task was created twice");
+    assert.deepEqual(executions.reruns(), [], "no task ran twice");
+    await session.close();
+    await stopCluster(cluster);
+    cluster = undefined;
+  });
+
+  it("a control plane down past the client's patience: OUTCOME_UNKNOWN for created tasks, UNAVAILABLE for new ones", async () => {
+    cluster = await startCluster(["n1"], { patienceMs: 2_000 });
+    const executions = await registerCounting(cluster, "counted");
+    const session = await cluster.client.createSession({ application: "counted" });
+    const runs = Array.from({ length: 8 }, () => session.run("60000"));
+    await waitFor("the tasks to start", () => executions.starts().size >= 4 || undefined);
+    await killServer(cluster);
+    const results = await within(Promise.allSettled(runs), 60_000, "the runs to give up");
+    const ids = new Set<string>();
+    for (const r of results) {
+      assert.equal(r.status, "rejected");
+      const err = (r as PromiseRejectedResult).reason as OutcomeUnknownError;
+      assert.ok(err instanceof OutcomeUnknownError, String(err));
+      assert.equal(err.code, ErrorCode.OutcomeUnknown);
+      assert.equal(err.sessionId, session.id);
+      assert.match(err.message, new RegExp(`${session.id}/${err.taskId}.*outcome is unknown`));
+      ids.add(err.taskId);
+    }
+    assert.equal(ids.size, 8, "each names its own task");
+    const never = await session.run("1").then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    assert.ok(never instanceof KilnError && never.code === ErrorCode.Unavailable, String(never));
+    cluster.server = await startServer(cluster.proxy, cluster.dataDir);
+    await session.close();
+    await stopCluster(cluster);
+    cluster = undefined;
+  });
+
+  it("a CreateTasks resent with the same idempotency key creates nothing twice, also after a restart", async () => {
+    cluster = await startCluster([]);
+    await registerCounting(cluster, "counted");
+    const session = await cluster.client.createSession({ application: "counted" });
+    const connection = createClusterTransport({ endpoint: cluster.endpoint });
+    try {
+      const api = createClient(kiln.Frontend, connection.transport);
+      const inputs = [1, 2, 3].map((i) => new TextEncoder().encode(String(i)));
+      const request = { sessionId: session.id, inputs, idempotencyKey: "batch-1" };
+      const first = await api.createTasks(request);
+      const again = await api.createTasks(request);
+      assert.deepEqual([again.firstTaskId, again.count], [first.firstTaskId, first.count]);
+      const other = await api.createTasks({ ...request, idempotencyKey: "batch-2" });
+      assert.equal(other.firstTaskId, first.firstTaskId + 3n, "another key creates new tasks");
+      await assert.rejects(
+        api.createTasks({ ...request, inputs: inputs.slice(0, 2) }),
+        /idempotency_key: was used .* batch of 3 tasks/,
+      );
+      await assert.rejects(
+        api.createTasks({ ...request, idempotencyKey: "k".repeat(129) }),
+        /idempotency_key: is 129 characters/,
+      );
+      await killServer(cluster);
+      cluster.server = await startServer(cluster.proxy, cluster.dataDir);
+      const afterRestart = await api.createTasks(request);
+      assert.equal(afterRestart.firstTaskId, first.firstTaskId, "the key was stored with its tasks");
+      const tasks: flame.Task[] = [];
+      for await (const t of session.listTasks()) tasks.push(t);
+      assert.equal(tasks.length, 6);
+    } finally {
+      connection.close();
+    }
   });
 });

@@ -17,6 +17,8 @@ export const ErrorCode = {
   Internal: "INTERNAL",
   TaskFailed: "TASK_FAILED",
   TaskCancelled: "TASK_CANCELLED",
+  /** A task was created, but the client lost the cluster before it learnt how the task ended. */
+  OutcomeUnknown: "OUTCOME_UNKNOWN",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -34,6 +36,7 @@ const toConnectCode: Record<ErrorCode, Code> = {
   INTERNAL: Code.Internal,
   TASK_FAILED: Code.Aborted,
   TASK_CANCELLED: Code.Canceled,
+  OUTCOME_UNKNOWN: Code.Unknown,
 };
 
 const fromConnectCode: Partial<Record<Code, ErrorCode>> = {
@@ -171,6 +174,28 @@ export class TaskFailedError extends KilnError {
     this.sessionId = sessionId;
     this.taskId = taskId;
     if (output !== undefined) this.output = output;
+  }
+}
+
+/**
+ * A task exists in the cluster, but the client could not learn how it ended:
+ * the cluster stayed out of reach longer than the client's patience. The task
+ * may still run (or have run), so running the work again may run it twice;
+ * look the task up by its ids instead. A task that was never created fails
+ * with UNAVAILABLE, never with this.
+ */
+export class OutcomeUnknownError extends KilnError {
+  readonly sessionId: string;
+  readonly taskId: string;
+  constructor(sessionId: string, taskId: string, cause: KilnError) {
+    super(
+      ErrorCode.OutcomeUnknown,
+      `task ${sessionId}/${taskId} was created, but its outcome is unknown: ${cause.message} ` +
+        `(it may still run; look it up before running it again)`,
+      { cause },
+    );
+    this.sessionId = sessionId;
+    this.taskId = taskId;
   }
 }
 

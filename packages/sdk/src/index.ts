@@ -15,6 +15,7 @@ export {
   UnauthenticatedError,
   TimeoutError,
   TaskFailedError,
+  OutcomeUnknownError,
   isNotFound,
   ignoreNotFound,
   toKilnError,

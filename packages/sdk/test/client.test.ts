@@ -325,6 +325,11 @@ describe("client against a control plane", () => {
       return true;
     });
     await assert.rejects(client.openSession("a b"), assertCode(ErrorCode.InvalidArgument, "id"));
+    await assert.rejects(connect({ endpoint: client.endpoint, patienceMs: -1 }), (e: unknown) => {
+      assert.ok(e instanceof InvalidArgumentError);
+      assert.equal(e.field, "patienceMs");
+      return true;
+    });
     // And by the server.
     await assert.rejects(
       client.registerApplication("rel", { workingDirectory: "relative/dir" }),

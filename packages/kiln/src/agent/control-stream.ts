@@ -46,8 +46,9 @@ function isRefusal(err: unknown): boolean {
 
 /**
  * The agent's kiln.v1.Agent/Connect stream: connects, registers, sends
- * heartbeats and the outbox, hands control messages over, and reconnects
- * with backoff whenever the stream fails.
+ * heartbeats and the outbox, passes completion acks to the outbox, hands
+ * other control messages over, and reconnects with backoff whenever the
+ * stream fails.
  */
 export class ControlStream {
   /** Resolves with the first Registered; rejects if the control plane refuses the agent (its token, or its node name). */
@@ -135,6 +136,8 @@ export class ControlStream {
           registered = this.everRegistered = true;
           this.o.outbox.openFor(abort.signal);
           this.resolveFirst(r);
+        } else if (message.kind.case === "completionsAck") {
+          this.o.outbox.acknowledged(message.kind.value.throughSeq);
         } else if (registered) {
           this.o.onMessage(message);
         }

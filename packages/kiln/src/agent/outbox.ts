@@ -12,16 +12,26 @@ const refKey = (r: { sessionId: string; taskId: string; attempt: number }) => `$
  * a report first closes the completions before it, so the control plane
  * never sees an executor's completion after its UNBOUND. While no stream is
  * registered everything waits here and goes out after the next Registered.
+ *
+ * A completion stays here after it is sent, until the control plane
+ * acknowledges that it committed it (CompletionsAck): a control plane killed
+ * before its commit never saw it, so the next stream sends it again, and
+ * until then the agent reports its task as held, so the control plane does
+ * not run it a second time. Completions are numbered (seq) for the ack.
  */
 export class Outbox {
   private readonly queue: kiln.AgentMessage[] = [];
   private filling: kiln.Completion[] | undefined;
+  /** Sent and not yet acknowledged, in seq order. */
+  private unacked: kiln.Completion[] = [];
+  private nextSeq = 1n;
   private reader: AbortSignal | undefined;
   private waiter: { signal: AbortSignal; resolve(m: kiln.AgentMessage | undefined): void } | undefined;
   private ended = false;
 
   completion(c: kiln.Completion): void {
     if (this.ended) return;
+    c.seq = this.nextSeq++;
     if (!this.filling) {
       this.filling = [];
       const batch = this.filling;
@@ -49,16 +59,38 @@ export class Outbox {
     this.wake();
   }
 
-  /** Lets the stream owning `signal` read (after its Registered); it stops when `signal` aborts. */
+  /**
+   * Lets the stream owning `signal` read (after its Registered); it stops when
+   * `signal` aborts. What an earlier stream sent without an ack goes first.
+   */
   openFor(signal: AbortSignal): void {
     this.reader = signal;
+    const resend = this.unacked;
+    this.unacked = [];
+    const messages: kiln.AgentMessage[] = [];
+    for (let i = 0; i < resend.length; i += MAX_COMPLETIONS_PER_MESSAGE) {
+      const completions = resend.slice(i, i + MAX_COMPLETIONS_PER_MESSAGE);
+      messages.push(create(kiln.AgentMessageSchema, { kind: { case: "completions", value: { completions } } }));
+    }
+    this.queue.unshift(...messages);
     this.wake();
   }
 
-  /** The next message for the stream owning `signal`; undefined once that stream is over or the outbox ended. */
+  /** The control plane committed (or fenced off) every completion up to `throughSeq`. */
+  acknowledged(throughSeq: bigint): void {
+    let n = 0;
+    while (n < this.unacked.length && this.unacked[n]!.seq <= throughSeq) n++;
+    if (n > 0) this.unacked.splice(0, n);
+    this.wake();
+  }
+
+  /**
+   * The next message for the stream owning `signal`; undefined once that
+   * stream is over, or the outbox ended and everything sent was acknowledged.
+   */
   next(signal: AbortSignal): Promise<kiln.AgentMessage | undefined> {
     const ready = this.take(signal);
-    if (ready || signal.aborted || (this.ended && this.queue.length === 0)) return Promise.resolve(ready);
+    if (ready || signal.aborted || this.drained()) return Promise.resolve(ready);
     return new Promise((resolve) => {
       const onAbort = () => this.wake();
       signal.addEventListener("abort", onAbort, { once: true });
@@ -78,6 +110,7 @@ export class Outbox {
     const keys = new Set(refs.map(refKey));
     const keep = (c: kiln.Completion) => !keys.has(refKey(c));
     if (this.filling) this.filling = this.filling.filter(keep);
+    this.unacked = this.unacked.filter(keep);
     for (let i = this.queue.length - 1; i >= 0; i--) {
       const kind = this.queue[i]!.kind;
       if (kind.case !== "completions") continue;
@@ -86,16 +119,19 @@ export class Outbox {
     }
   }
 
-  /** Tasks of `executorId` whose completions wait here: still held, as far as the control plane knows. */
+  /** Tasks of `executorId` whose completions wait here (unsent or unacknowledged): still held, as far as the control plane knows. */
   waitingTasks(executorId: string): kiln.TaskRef[] {
-    const all = [...this.queue.flatMap((m) => (m.kind.case === "completions" ? m.kind.value.completions : []))];
+    const all = [
+      ...this.unacked,
+      ...this.queue.flatMap((m) => (m.kind.case === "completions" ? m.kind.value.completions : [])),
+    ];
     if (this.filling) all.push(...this.filling);
     return all
       .filter((c) => c.executorId === executorId)
       .map((c) => create(kiln.TaskRefSchema, { sessionId: c.sessionId, taskId: c.taskId, attempt: c.attempt }));
   }
 
-  /** Sends what is queued, then ends the stream (its reader gets undefined). */
+  /** Sends what is queued, then ends the stream once all of it is acknowledged (its reader gets undefined). */
   end(): void {
     this.seal();
     this.ended = true;
@@ -116,14 +152,21 @@ export class Outbox {
 
   private take(signal: AbortSignal): kiln.AgentMessage | undefined {
     if (signal.aborted || signal !== this.reader) return undefined;
-    return this.queue.shift();
+    const message = this.queue.shift();
+    if (message?.kind.case === "completions") this.unacked.push(...message.kind.value.completions);
+    return message;
+  }
+
+  /** Ended, with nothing left to send or to wait an ack for. */
+  private drained(): boolean {
+    return this.ended && this.queue.length === 0 && this.unacked.length === 0;
   }
 
   private wake(): void {
     const w = this.waiter;
     if (!w) return;
     const message = this.take(w.signal);
-    if (message || w.signal.aborted || (this.ended && this.queue.length === 0)) {
+    if (message || w.signal.aborted || this.drained()) {
       this.waiter = undefined;
       w.resolve(message);
     }

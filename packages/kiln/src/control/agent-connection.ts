@@ -15,6 +15,21 @@ export class AgentConnection {
   agent: { instanceId: string; pid: number } | undefined;
   private batch: kiln.TaskAssignment[] = [];
   private flushScheduled = false;
+  /** Highest completion seq received on this stream, and the highest acknowledged. */
+  private receivedSeq = 0n;
+  private ackedSeq = 0n;
+
+  /** Notes a completion read from this stream; it is acknowledged after the next commit. */
+  received(seq: bigint): void {
+    if (seq > this.receivedSeq) this.receivedSeq = seq;
+  }
+
+  /** Called after a commit: every completion received so far is in the store (or was fenced off), so the agent may forget it. */
+  acknowledgeCommitted(): void {
+    if (this.receivedSeq <= this.ackedSeq) return;
+    this.ackedSeq = this.receivedSeq;
+    this.send({ case: "completionsAck", value: create(kiln.CompletionsAckSchema, { throughSeq: this.ackedSeq }) });
+  }
 
   send(kind: kiln.ControlMessage["kind"]): void {
     this.flush();

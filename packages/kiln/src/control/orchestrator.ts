@@ -9,6 +9,7 @@ import { whyNoNodeFits } from "./fit.js";
 import { NodeNameTakenError } from "./node-name-taken.js";
 import { planCycle, type DemandInput, type NodeInput } from "./scheduler.js";
 import type { RunningTask, SessionRecord, SessionRegistry } from "./sessions.js";
+import type { GroupCommit } from "./store/group-commit.js";
 
 const { ExecutorState, NodeState, SessionState, TaskState } = flame;
 const DEFAULT_DELAY_RELEASE_S = 60;
@@ -26,11 +27,15 @@ export class Orchestrator {
   private dispatchScheduled = false;
   private cycleScheduled = false;
   private tick: NodeJS.Timeout | undefined;
+  /** After a restart: the nodes registered before it that have not come back yet (see recover). */
+  private awaited: Set<string> | undefined;
+  private recoveryTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly config: ControlPlaneConfig,
     private readonly sessions: SessionRegistry,
     private readonly apps: ApplicationRegistry,
+    private readonly commit: GroupCommit,
   ) {}
 
   start(): void {
@@ -38,8 +43,47 @@ export class Orchestrator {
     this.tick.unref();
   }
 
+  /**
+   * After a restart, holds the tasks loaded Pending back until every node
+   * that was registered before (`nodes`, from the store) has reconnected, or
+   * the drain timeout has passed: an agent that kept running reports the
+   * tasks it still runs or has completions for, and they are adopted instead
+   * of run a second time elsewhere. Then the rest are dispatched.
+   */
+  recover(nodes: readonly string[]): void {
+    if (this.sessions.recoveredCount === 0 || nodes.length === 0) {
+      this.endRecovery();
+      return;
+    }
+    this.awaited = new Set(nodes);
+    this.config.log(
+      `waiting up to ${this.config.drainTimeoutMs} ms for ${nodes.length} nodes to reconnect before requeueing ${this.sessions.recoveredCount} unfinished tasks`,
+    );
+    this.recoveryTimer = setTimeout(() => this.endRecovery(), this.config.drainTimeoutMs);
+    this.recoveryTimer.unref();
+  }
+
+  private endRecovery(): void {
+    clearTimeout(this.recoveryTimer);
+    const missing = [...(this.awaited ?? [])];
+    this.awaited = undefined;
+    for (const name of missing) if (!this.cluster.nodes.has(name)) this.commit.write((store) => store.deleteNode(name));
+    const requeued = this.sessions.releaseRecovered();
+    if (requeued > 0 || missing.length > 0)
+      this.config.log(
+        `${requeued} unfinished tasks no agent holds are queued again` +
+          (missing.length > 0 ? ` (nodes that did not come back: ${missing.join(", ")})` : ""),
+      );
+  }
+
+  /** After each commit: tells every agent which of its completions are now safe in the store. */
+  acknowledgeCompletions(): void {
+    for (const node of this.cluster.nodes.values()) node.connection?.acknowledgeCommitted();
+  }
+
   stop(): void {
     clearInterval(this.tick);
+    clearTimeout(this.recoveryTimer);
     for (const node of this.cluster.nodes.values()) {
       clearTimeout(node.drainTimer);
       node.connection?.close();
@@ -138,6 +182,9 @@ export class Orchestrator {
     node.lastHeartbeat = Date.now();
     node.connection = conn;
     conn.nodeName = node.name;
+    // Remembered across a restart of this control plane, which then waits for the node (see recover).
+    const name = node.name;
+    this.commit.write((store) => store.putNode(name));
 
     const { stop, forget } = this.reconcile(node, reg.executors);
     conn.send({
@@ -151,6 +198,7 @@ export class Orchestrator {
     });
     this.config.log(`node ${node.name} registered (${node.executors.size} executors kept, ${stop.length} stopped)`);
     for (const e of node.executors) this.workAdded(this.sessions.get(e.sessionId)!);
+    if (this.awaited?.delete(node.name) && this.awaited.size === 0) this.endRecovery();
     this.requestCycle();
   }
 
@@ -224,6 +272,7 @@ export class Orchestrator {
     if (node.connection) return;
     node.state = NodeState.NotReady;
     this.config.log(`node ${node.name} did not come back; requeueing its tasks`);
+    this.commit.write((store) => store.deleteNode(node.name));
     for (const e of [...node.executors]) this.dropExecutor(e, `node ${node.name} lost`);
     this.requestCycle();
   }
@@ -283,6 +332,7 @@ export class Orchestrator {
   completions(conn: AgentConnection, items: readonly kiln.Completion[]): void {
     const touched = new Set<SessionRecord>();
     for (const c of items) {
+      conn.received(c.seq);
       const s = this.sessions.get(c.sessionId);
       const e = this.cluster.executors.get(c.executorId);
       const t = s?.tasks[Number(c.taskId) - 1];
@@ -298,6 +348,8 @@ export class Orchestrator {
       this.flushAssignments();
       this.requestCycle();
     }
+    // The ack goes after a commit (acknowledgeCompletions); fenced-off completions write nothing, so ask for one.
+    this.commit.flushSoon();
   }
 
   // ---- dispatch: the hot path ----

@@ -70,7 +70,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
 
   const hub = new WatchHub(toTaskMessage);
   const feed = new SessionsFeed();
-  const orchestrator = new Orchestrator(config, sessions, apps);
+  const orchestrator = new Orchestrator(config, sessions, apps, commit);
   sessions.observer = {
     taskChanged: (s, t) => {
       hub.taskChanged(s, t);
@@ -90,7 +90,9 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   commit.onCommit(() => orchestrator.dispatchDirty());
   commit.onCommit(() => hub.flush());
   commit.onCommit(() => feed.flush());
+  commit.onCommit(() => orchestrator.acknowledgeCompletions());
   orchestrator.start();
+  orchestrator.recover(snapshot.nodes);
 
   const info = () => clusterInfo(orchestrator.cluster, sessions, config.cacheEndpoint);
   const deps: FrontendDeps = { apps, sessions, orchestrator, hub, feed, commit, clusterInfo: info };

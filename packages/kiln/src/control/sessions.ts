@@ -13,6 +13,7 @@ import { randomInt } from "node:crypto";
 import type { ApplicationRegistry } from "./applications.js";
 import type { GroupCommit } from "./store/group-commit.js";
 import type { StoredEvent, StoredSession, StoreSnapshot, StoredTask } from "./store/sqlite-store.js";
+import { SubmissionKeys } from "./submission-keys.js";
 import { TaskQueue } from "./task-queue.js";
 
 const { TaskState, SessionState } = flame;
@@ -64,6 +65,9 @@ export interface SessionLimits {
 }
 
 const ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+const MAX_IDEMPOTENCY_KEY_LENGTH = 128;
+// The store's copy of expired submission keys is pruned at most this often.
+const KEY_PRUNE_INTERVAL_MS = 60_000;
 const TERMINAL = new Set<number>([TaskState.Succeed, TaskState.Failed, TaskState.Cancelled]);
 
 export function isTerminal(state: number): boolean {
@@ -93,6 +97,14 @@ function countKey(state: number): keyof SessionRecord["counts"] {
 export class SessionRegistry {
   private readonly sessions = new Map<string, SessionRecord>();
   private readonly dirty = new Set<TaskRecord>();
+  private readonly keys = new SubmissionKeys();
+  private lastKeyPrune = 0;
+  /**
+   * Tasks that were Pending in the store at load: some may still run on an
+   * agent that has not reconnected yet, so they are not dispatched until
+   * releaseRecovered() (see Orchestrator.recover).
+   */
+  private recovered: TaskRecord[] = [];
   observer: SessionObserver | undefined;
 
   constructor(
@@ -101,7 +113,10 @@ export class SessionRegistry {
     private readonly limits: SessionLimits,
   ) {}
 
-  /** Rebuilds memory from the store. Running tasks go back to Pending: their executors are gone. */
+  /**
+   * Rebuilds memory from the store. Running tasks go back to Pending; they
+   * and every other Pending task wait for releaseRecovered() before dispatch.
+   */
   load(snapshot: StoreSnapshot): void {
     for (const { session: row, events } of snapshot.sessions) {
       const spec = fromBinary(flame.SessionSpecSchema, row.spec);
@@ -123,8 +138,28 @@ export class SessionRegistry {
       if (task.state === TaskState.Pending) task.attempt++;
       s.tasks[task.id - 1] = task;
       s.counts[countKey(task.state)]++;
-      if (task.state === TaskState.Pending) s.pending.push(task);
+      if (task.state === TaskState.Pending) this.recovered.push(task);
     }
+    for (const k of snapshot.submissions) if (this.sessions.has(k.sessionId)) this.keys.remember(k);
+  }
+
+  /** Tasks loaded Pending that wait for releaseRecovered(). */
+  get recoveredCount(): number {
+    return this.recovered.length;
+  }
+
+  /**
+   * Makes the tasks loaded Pending dispatchable, ahead of newer ones; those
+   * an agent reported still running were adopted meanwhile and stay with it.
+   * Returns how many are queued again.
+   */
+  releaseRecovered(): number {
+    const tasks = this.recovered.filter((t) => t.state === TaskState.Pending && this.sessions.has(t.sessionId));
+    this.recovered = [];
+    // pushFront stacks: push the newest first so the oldest comes out first.
+    for (let i = tasks.length - 1; i >= 0; i--) this.sessions.get(tasks[i]!.sessionId)!.pending.pushFront(tasks[i]!);
+    for (const s of new Set(tasks.map((t) => this.sessions.get(t.sessionId)!))) this.observer?.workAdded(s);
+    return tasks.length;
   }
 
   get(id: string): SessionRecord | undefined {
@@ -205,6 +240,7 @@ export class SessionRegistry {
       );
     if (s.state === SessionState.Open) this.close(id);
     this.sessions.delete(id);
+    this.keys.forgetSession(id);
     this.commit.write((store) => store.deleteSession(id));
     this.observer?.sessionDeleted(s);
     return s;
@@ -217,9 +253,18 @@ export class SessionRegistry {
     this.observer?.sessionChanged(s);
   }
 
-  /** Appends tasks to an open session; returns the first new id (the rest follow consecutively). */
-  createTasks(sessionId: string, inputs: readonly Uint8Array[]): number {
+  /**
+   * Appends tasks to an open session; returns the first new id (the rest
+   * follow consecutively). With an idempotency key this session saw within
+   * the retention, creates nothing and returns the first id of that batch.
+   */
+  createTasks(sessionId: string, inputs: readonly Uint8Array[], idempotencyKey = ""): number {
     const s = this.require(sessionId);
+    const now = Date.now();
+    if (idempotencyKey !== "") {
+      const earlier = this.earlierSubmission(sessionId, idempotencyKey, inputs.length, now);
+      if (earlier !== undefined) return earlier;
+    }
     if (s.state !== SessionState.Open)
       throw new FailedPreconditionError(`session "${sessionId}" is closed; tasks can only be created in open sessions`);
     inputs.forEach((input, i) => {
@@ -229,7 +274,6 @@ export class SessionRegistry {
           `is ${input.byteLength} bytes, over the limit of ${this.limits.maxTaskBytes} bytes (put large data in the object cache)`,
         );
     });
-    const now = Date.now();
     const first = s.tasks.length + 1;
     const created: TaskRecord[] = [];
     for (let i = 0; i < inputs.length; i++) {
@@ -253,8 +297,38 @@ export class SessionRegistry {
       this.persistTask(t);
       this.observer?.taskChanged(s, t);
     }
+    if (idempotencyKey !== "") this.rememberSubmission(sessionId, idempotencyKey, first, inputs.length, now);
     this.observer?.workAdded(s);
     return first;
+  }
+
+  /** The first task id of an earlier batch with this key, after checking the resend matches it. */
+  private earlierSubmission(sessionId: string, key: string, count: number, now: number): number | undefined {
+    if (key.length > MAX_IDEMPOTENCY_KEY_LENGTH)
+      throw new InvalidArgumentError(
+        "idempotency_key",
+        `is ${key.length} characters, over the limit of ${MAX_IDEMPOTENCY_KEY_LENGTH}`,
+      );
+    const earlier = this.keys.find(sessionId, key, now);
+    if (!earlier) return undefined;
+    if (earlier.count !== count)
+      throw new InvalidArgumentError(
+        "idempotency_key",
+        `was used in session "${sessionId}" for a batch of ${earlier.count} tasks; a resend must have the same inputs (this one has ${count})`,
+      );
+    return earlier.firstTaskId;
+  }
+
+  /** Remembers a key in memory and, in the same commit as its tasks, in the store. */
+  private rememberSubmission(sessionId: string, key: string, firstTaskId: number, count: number, now: number): void {
+    const submission = { sessionId, key, firstTaskId, count, time: now };
+    this.keys.remember(submission);
+    this.commit.write((store) => store.putSubmission(submission));
+    if (now - this.lastKeyPrune >= KEY_PRUNE_INTERVAL_MS) {
+      this.lastKeyPrune = now;
+      const cutoff = this.keys.expire(now);
+      this.commit.write((store) => store.deleteSubmissionsBefore(cutoff));
+    }
   }
 
   getTask(sessionId: string, taskId: string): TaskRecord {

@@ -1,5 +1,5 @@
 import { createClient } from "@connectrpc/connect";
-import { KilnError, ErrorCode, NotFoundError, validateName } from "@kiln/protocol";
+import { KilnError, ErrorCode, InvalidArgumentError, NotFoundError, validateName } from "@kiln/protocol";
 import { flame, kiln } from "@kiln/protocol/proto";
 import { createClusterTransport } from "@kiln/protocol/transport";
 import { loadConfig, type ConnectOptions } from "./config.js";
@@ -14,6 +14,7 @@ import {
 } from "./specs.js";
 
 const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+const DEFAULT_PATIENCE_MS = 60_000;
 
 /**
  * Connects to a Kiln (or Flame) cluster. Nothing is sent until the first
@@ -30,6 +31,7 @@ export async function connect(options: ConnectOptions = {}): Promise<KilnClient>
     endpoint: config.endpoint,
     ...(config.token ? { token: config.token } : {}),
     ...(options.requestTimeoutMs !== undefined ? { requestTimeoutMs: options.requestTimeoutMs } : {}),
+    ...(options.patienceMs !== undefined ? { patienceMs: options.patienceMs } : {}),
   });
 }
 
@@ -49,8 +51,11 @@ export class KilnClient {
   private readonly closeTransport: () => void;
 
   /** Prefer connect(), which also reads env and the config file. */
-  constructor(options: { endpoint: string; token?: string; requestTimeoutMs?: number }) {
+  constructor(options: { endpoint: string; token?: string; requestTimeoutMs?: number; patienceMs?: number }) {
     this.endpoint = options.endpoint;
+    const patienceMs = options.patienceMs ?? DEFAULT_PATIENCE_MS;
+    if (!(patienceMs >= 0 && Number.isFinite(patienceMs)))
+      throw new InvalidArgumentError("patienceMs", `must be a number of milliseconds, 0 or more (got ${patienceMs})`);
     const { transport, close } = createClusterTransport(options);
     this.closeTransport = close;
     this.ctx = new ClientContext(
@@ -58,6 +63,7 @@ export class KilnClient {
       createClient(kiln.Frontend, transport),
       { timeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS },
       options.endpoint,
+      patienceMs,
     );
     bindContext(this, this.ctx);
   }

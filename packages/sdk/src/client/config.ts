@@ -21,6 +21,12 @@ export interface ConnectOptions {
   configPath?: string;
   /** Bound on every unary call, ms. Default 60 000. */
   requestTimeoutMs?: number;
+  /**
+   * How long run()/invoke() keep trying through a lost connection (resending
+   * a batch of new tasks with its idempotency key, reopening the watch of
+   * created ones) before they fail, ms. Default 60 000.
+   */
+  patienceMs?: number;
 }
 
 export interface LoadConfigOptions extends ConnectOptions {

@@ -25,6 +25,8 @@ export class ClientContext {
     readonly unary: CallOptions,
     /** The cluster's endpoint, named in errors that are about where the client points. */
     private readonly endpoint: string,
+    /** How long run()/invoke() keep trying through a lost connection (see ConnectOptions.patienceMs). */
+    readonly patienceMs: number,
   ) {}
 
   /** Set once the client is closed: the error every later call fails with. */

@@ -1,5 +1,6 @@
-import { ErrorCode, FailedPreconditionError, KilnError, TimeoutError } from "@kiln/protocol";
+import { ErrorCode, FailedPreconditionError, KilnError, OutcomeUnknownError, TimeoutError } from "@kiln/protocol";
 import type { kiln } from "@kiln/protocol/proto";
+import { isConnectionLoss, nextBackoffMs } from "./connection-loss.js";
 import type { ClientContext, Stoppable } from "./context.js";
 import { isTerminal, toTaskUpdate, type TaskUpdate } from "./task-update.js";
 
@@ -13,7 +14,11 @@ export interface TaskWaiter {
 export interface WatchTimings {
   /** Bound on the wait for the stream's first (`ready`) message. */
   readyTimeoutMs: number;
-  /** After a live stream breaks, how long to keep trying to reopen it before failing the waiters. */
+  /**
+   * After a live stream breaks, how long to keep trying to reopen it before
+   * failing the waiters (with OutcomeUnknownError: their tasks exist). The
+   * client's patience.
+   */
   reconnectTimeoutMs: number;
   /** How long an idle stream stays open for the next call. */
   lingerMs: number;
@@ -24,16 +29,6 @@ export const DEFAULT_WATCH_TIMINGS: WatchTimings = {
   reconnectTimeoutMs: 30_000,
   lingerMs: 1_000,
 };
-
-const FIRST_BACKOFF_MS = 100;
-const MAX_BACKOFF_MS = 5_000;
-// Codes a reopened stream may fix; anything else (session gone, bad token) will not.
-const RETRYABLE = new Set<string>([
-  ErrorCode.Unavailable,
-  ErrorCode.Internal,
-  ErrorCode.DeadlineExceeded,
-  ErrorCode.Cancelled,
-]);
 
 interface Gate {
   promise: Promise<void>;
@@ -142,9 +137,15 @@ export class SessionWatch implements Stoppable {
     return run;
   }
 
+  /**
+   * Streams, reopening with a snapshot after a connection loss for as long as
+   * the client's patience allows. A first open that fails gives up at once
+   * (no task of the caller exists yet), unless the run started for tasks
+   * already created (`snapshot`).
+   */
   private async loop(run: Run, snapshot: boolean): Promise<void> {
-    let brokenSince: number | undefined;
-    let backoffMs = FIRST_BACKOFF_MS;
+    let brokenSince: number | undefined = snapshot ? Date.now() : undefined;
+    let backoffMs: number | undefined;
     for (;;) {
       const error = await this.connectOnce(run, snapshot);
       if (run.stopped) return;
@@ -152,10 +153,10 @@ export class SessionWatch implements Stoppable {
         run.ready = false;
         run.gate = gate();
         brokenSince = Date.now();
-        backoffMs = FIRST_BACKOFF_MS;
+        backoffMs = undefined;
       }
-      if (this.finalError || this.ctx.closed || !RETRYABLE.has(error.code) || brokenSince === undefined)
-        return this.stopWith(error);
+      if (this.finalError || this.ctx.closed) return this.stopWith(error);
+      if (!isConnectionLoss(error) || brokenSince === undefined) return this.stopWith(error, true);
       const brokenMs = Date.now() - brokenSince;
       if (brokenMs > this.timings.reconnectTimeoutMs)
         return this.stopWith(
@@ -164,14 +165,15 @@ export class SessionWatch implements Stoppable {
             `lost the watch stream of session "${this.sessionId}" and could not reopen it in ${brokenMs} ms: ${error.message}`,
             { cause: error },
           ),
+          true,
         );
       if (this.waiters.size === 0 && this.holds === 0) {
         this.halt();
         return;
       }
+      backoffMs = nextBackoffMs(backoffMs);
       await this.sleep(run, backoffMs);
       if (run.stopped) return;
-      backoffMs = Math.min(backoffMs * 2, MAX_BACKOFF_MS);
       snapshot = true;
     }
   }
@@ -267,13 +269,18 @@ export class SessionWatch implements Stoppable {
     return run;
   }
 
-  private stopWith(error: KilnError): void {
+  /**
+   * Ends the stream. Callers waiting to create tasks get `error`; waiters of
+   * created tasks get it too, or, when the stream was lost (`lost`), an
+   * OutcomeUnknownError naming their task: it exists, and may still run.
+   */
+  private stopWith(error: KilnError, lost = false): void {
     const run = this.halt();
     run?.gate.fail(error);
     // `early` stays until the CreateTasks in flight is answered: its tasks may already be settled there.
-    const waiters = [...this.waiters.values()];
+    const waiters = [...this.waiters];
     this.waiters.clear();
-    for (const w of waiters) w.fail(error);
+    for (const [taskId, w] of waiters) w.fail(lost ? new OutcomeUnknownError(this.sessionId, taskId, error) : error);
   }
 
   private sleep(run: Run, ms: number): Promise<void> {

@@ -1,6 +1,6 @@
 import { ErrorCode, KilnError } from "@kiln/protocol";
 import type { ClientContext } from "./context.js";
-import { SessionWatch, type TaskWaiter, type WatchTimings } from "./session-watch.js";
+import { DEFAULT_WATCH_TIMINGS, SessionWatch, type TaskWaiter, type WatchTimings } from "./session-watch.js";
 import { Batcher, DEFAULT_BATCH_LIMITS, type BatchLimits } from "./task-batcher.js";
 import type { TaskUpdate } from "./task-update.js";
 
@@ -23,7 +23,11 @@ export class TaskInvoker {
     private readonly sessionId: string,
     options: { limits?: BatchLimits; timings?: WatchTimings } = {},
   ) {
-    this.watch = new SessionWatch(ctx, sessionId, options.timings);
+    this.watch = new SessionWatch(
+      ctx,
+      sessionId,
+      options.timings ?? { ...DEFAULT_WATCH_TIMINGS, reconnectTimeoutMs: ctx.patienceMs },
+    );
     this.batcher = new Batcher<PendingTask>(
       (batch) => this.send(batch),
       (p) => p.input.length,
@@ -55,8 +59,23 @@ export class TaskInvoker {
       release(created.firstTaskId + BigInt(created.count) - 1n);
     } catch (e) {
       release?.();
-      const error = this.ctx.toError(e);
+      const error = this.notCreated(this.ctx.toError(e));
       for (const p of batch) p.waiter.fail(error);
     }
+  }
+
+  /**
+   * A batch that got no answer is UNAVAILABLE whatever broke the connection
+   * (a reset can surface as CANCELLED or INTERNAL), so a caller can tell it
+   * from a task that exists but whose outcome is unknown (OUTCOME_UNKNOWN).
+   */
+  private notCreated(error: KilnError): KilnError {
+    const lost = error.code === ErrorCode.Cancelled || error.code === ErrorCode.Internal;
+    if (this.ctx.closed || !lost) return error;
+    return new KilnError(
+      ErrorCode.Unavailable,
+      `could not create the task in session "${this.sessionId}": ${error.message}`,
+      { cause: error },
+    );
   }
 }

@@ -1,6 +1,9 @@
 import { create } from "@bufbuild/protobuf";
 import { ErrorCode, KilnError, TimeoutError, AsyncQueue } from "@kiln/protocol";
 import { kiln } from "@kiln/protocol/proto";
+import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { isConnectionLoss, nextBackoffMs } from "./connection-loss.js";
 import type { ClientContext, Stoppable } from "./context.js";
 
 export interface CreatedTasks {
@@ -115,17 +118,35 @@ function refusal(error: kiln.SubmitError): KilnError {
  * unary CreateTasks call, which was most of a lone task's round trip. The
  * stream opens on first use and closes after a second without requests, so
  * it never keeps a process alive.
+ *
+ * Each batch carries an idempotency key. When the connection is lost before
+ * the answer, the batch is resent with the same key (with back-off, within
+ * the client's patience): a control plane that created it already answers
+ * with the same ids, so nothing is created twice.
  */
 export class TaskSubmitter implements Stoppable {
   private stream: SubmitStream | undefined;
 
   constructor(private readonly ctx: ClientContext) {}
 
-  createTasks(sessionId: string, inputs: Uint8Array[]): Promise<CreatedTasks> {
+  async createTasks(sessionId: string, inputs: Uint8Array[]): Promise<CreatedTasks> {
     this.ctx.ensureOpen();
+    const request = create(kiln.CreateTasksRequestSchema, { sessionId, inputs, idempotencyKey: randomUUID() });
     const bytes = inputs.reduce((sum, input) => sum + input.byteLength, 0);
-    if (bytes > MAX_STREAMED_BYTES) return this.unary(sessionId, inputs);
-    return this.open().submit(create(kiln.CreateTasksRequestSchema, { sessionId, inputs }));
+    const giveUpAt = Date.now() + this.ctx.patienceMs;
+    for (let backoffMs: number | undefined; ;) {
+      try {
+        return await (bytes > MAX_STREAMED_BYTES ? this.unary(request) : this.open().submit(request));
+      } catch (e) {
+        const error = this.ctx.toError(e);
+        backoffMs = nextBackoffMs(backoffMs);
+        // A server that answers nothing within requestTimeoutMs is not resent to: it is up, and hung.
+        const resend = isConnectionLoss(error) && error.code !== ErrorCode.DeadlineExceeded;
+        if (this.ctx.closed || !resend || Date.now() + backoffMs > giveUpAt) throw error;
+        await sleep(backoffMs);
+        this.ctx.ensureOpen();
+      }
+    }
   }
 
   stop(reason: KilnError): void {
@@ -144,8 +165,8 @@ export class TaskSubmitter implements Stoppable {
     return stream;
   }
 
-  private async unary(sessionId: string, inputs: Uint8Array[]): Promise<CreatedTasks> {
-    const created = await this.ctx.call((o) => this.ctx.kiln.createTasks({ sessionId, inputs }, o));
+  private async unary(request: kiln.CreateTasksRequest): Promise<CreatedTasks> {
+    const created = await this.ctx.call((o) => this.ctx.kiln.createTasks(request, o));
     return { firstTaskId: created.firstTaskId, count: created.count };
   }
 }

@@ -13,7 +13,7 @@ export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Fr
 
   /** Creates the tasks at once (an async function runs up to its first await) and settles after their commit. */
   const createTasks = async (req: kiln.CreateTasksRequest) => {
-    const first = sessions.createTasks(req.sessionId, req.inputs);
+    const first = sessions.createTasks(req.sessionId, req.inputs, req.idempotencyKey);
     await commit.flushed();
     return { firstTaskId: BigInt(first), count: req.inputs.length };
   };

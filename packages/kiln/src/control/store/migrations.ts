@@ -42,4 +42,19 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (session_id, id)
   );
   `,
+  // 2: submission keys (idempotent CreateTasks) and the nodes a restarted control plane waits for
+  `
+  CREATE TABLE submissions (
+    session_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    first_task_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    PRIMARY KEY (session_id, key)
+  );
+  CREATE INDEX submissions_by_time ON submissions (time);
+  CREATE TABLE nodes (
+    name TEXT PRIMARY KEY
+  );
+  `,
 ];

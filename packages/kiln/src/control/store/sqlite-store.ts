@@ -45,10 +45,23 @@ export interface StoredTask {
   events: StoredEvent[];
 }
 
+/** A CreateTasks request's idempotency key and the tasks it created. */
+export interface StoredSubmission {
+  sessionId: string;
+  key: string;
+  firstTaskId: number;
+  count: number;
+  /** Unix ms of the first request. */
+  time: number;
+}
+
 export interface StoreSnapshot {
   applications: StoredApplication[];
   sessions: { session: StoredSession; events: StoredEvent[] }[];
   tasks: StoredTask[];
+  submissions: StoredSubmission[];
+  /** Nodes registered and not given up on when the store was last written (see Orchestrator.recover). */
+  nodes: string[];
 }
 
 export type Durability = "normal" | "full";
@@ -96,6 +109,13 @@ export class SqliteStore {
       deleteSession: db.prepare("DELETE FROM sessions WHERE id = ?"),
       deleteSessionTasks: db.prepare("DELETE FROM tasks WHERE session_id = ?"),
       deleteSessionEvents: db.prepare("DELETE FROM session_events WHERE session_id = ?"),
+      deleteSessionSubmissions: db.prepare("DELETE FROM submissions WHERE session_id = ?"),
+      putSubmission: db.prepare(
+        "INSERT OR REPLACE INTO submissions (session_id, key, first_task_id, count, time) VALUES (?, ?, ?, ?, ?)",
+      ),
+      deleteSubmissionsBefore: db.prepare("DELETE FROM submissions WHERE time < ?"),
+      putNode: db.prepare("INSERT OR IGNORE INTO nodes (name) VALUES (?)"),
+      deleteNode: db.prepare("DELETE FROM nodes WHERE name = ?"),
       addSessionEvent: db.prepare(
         "INSERT INTO session_events (session_id, seq, code, message, time) VALUES (?, ?, ?, ?, ?)",
       ),
@@ -148,7 +168,25 @@ export class SqliteStore {
   deleteSession(id: string): void {
     this.stmts.deleteSessionTasks.run(id);
     this.stmts.deleteSessionEvents.run(id);
+    this.stmts.deleteSessionSubmissions.run(id);
     this.stmts.deleteSession.run(id);
+  }
+
+  putSubmission(s: StoredSubmission): void {
+    this.stmts.putSubmission.run(s.sessionId, s.key, s.firstTaskId, s.count, s.time);
+  }
+
+  /** Forgets submission keys first used before `time` (Unix ms). */
+  deleteSubmissionsBefore(time: number): void {
+    this.stmts.deleteSubmissionsBefore.run(time);
+  }
+
+  putNode(name: string): void {
+    this.stmts.putNode.run(name);
+  }
+
+  deleteNode(name: string): void {
+    this.stmts.deleteNode.run(name);
   }
 
   addSessionEvent(sessionId: string, seq: number, e: StoredEvent): void {
@@ -211,7 +249,17 @@ export class SqliteStore {
       events: eventsBySession.get(r.id) ?? [],
     }));
     const tasks = (this.db.prepare("SELECT * FROM tasks ORDER BY session_id, id").all() as TaskRow[]).map(fromRow);
-    return { applications, sessions, tasks };
+    const submissions = (
+      this.db.prepare("SELECT session_id, key, first_task_id, count, time FROM submissions ORDER BY time").all() as {
+        session_id: string;
+        key: string;
+        first_task_id: number;
+        count: number;
+        time: number;
+      }[]
+    ).map((r) => ({ sessionId: r.session_id, key: r.key, firstTaskId: r.first_task_id, count: r.count, time: r.time }));
+    const nodes = (this.db.prepare("SELECT name FROM nodes").all() as { name: string }[]).map((r) => r.name);
+    return { applications, sessions, tasks, submissions, nodes };
   }
 
   close(): void {

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
 export const file_kiln_v1_agent: GenFile =
   /*@__PURE__*/
   fileDesc(
-    "ChNraWxuL3YxL2FnZW50LnByb3RvEgdraWxuLnYxIsIBCgxBZ2VudE1lc3NhZ2USJQoIcmVnaXN0ZXIYASABKAsyES5raWxuLnYxLlJlZ2lzdGVySAASJwoJaGVhcnRiZWF0GAIgASgLMhIua2lsbi52MS5IZWFydGJlYXRIABItCglleGVjdXRvcnMYAyABKAsyGC5raWxuLnYxLkV4ZWN1dG9yUmVwb3J0c0gAEisKC2NvbXBsZXRpb25zGAQgASgLMhQua2lsbi52MS5Db21wbGV0aW9uc0gAQgYKBGtpbmQikwEKD05vZGVEZXNjcmlwdGlvbhIMCgRuYW1lGAEgASgJEhAKCGhvc3RuYW1lGAIgASgJEi8KCGNhcGFjaXR5GAMgASgLMh0uZmxhbWUudjEuUmVzb3VyY2VSZXF1aXJlbWVudBIMCgRhcmNoGAQgASgJEgoKAm9zGAUgASgJEhUKDW1heF9leGVjdXRvcnMYBiABKA0iWAoMTGl2ZUV4ZWN1dG9yEhMKC2V4ZWN1dG9yX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSHwoFdGFza3MYAyADKAsyEC5raWxuLnYxLlRhc2tSZWYiPwoHVGFza1JlZhISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSDwoHYXR0ZW1wdBgDIAEoDSJ+CghSZWdpc3RlchImCgRub2RlGAEgASgLMhgua2lsbi52MS5Ob2RlRGVzY3JpcHRpb24SKAoJZXhlY3V0b3JzGAIgAygLMhUua2lsbi52MS5MaXZlRXhlY3V0b3ISEwoLaW5zdGFuY2VfaWQYAyABKAkSCwoDcGlkGAQgASgNIhkKCUhlYXJ0YmVhdBIMCgR0aW1lGAEgASgDImsKDkV4ZWN1dG9yUmVwb3J0EhMKC2V4ZWN1dG9yX2lkGAEgASgJEiUKBWV2ZW50GAIgASgOMhYua2lsbi52MS5FeGVjdXRvckV2ZW50EgwKBGNvZGUYAyABKAUSDwoHbWVzc2FnZRgEIAEoCSI7Cg9FeGVjdXRvclJlcG9ydHMSKAoHcmVwb3J0cxgBIAMoCzIXLmtpbG4udjEuRXhlY3V0b3JSZXBvcnQirgEKCkNvbXBsZXRpb24SEwoLZXhlY3V0b3JfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIPCgd0YXNrX2lkGAMgASgJEg8KB2F0dGVtcHQYBCABKA0SEwoLcmV0dXJuX2NvZGUYBSABKAUSEwoGb3V0cHV0GAYgASgMSACIAQESFAoHbWVzc2FnZRgHIAEoCUgBiAEBQgkKB19vdXRwdXRCCgoIX21lc3NhZ2UiNwoLQ29tcGxldGlvbnMSKAoLY29tcGxldGlvbnMYASADKAsyEy5raWxuLnYxLkNvbXBsZXRpb24i0gEKDkNvbnRyb2xNZXNzYWdlEikKCnJlZ2lzdGVyZWQYASABKAsyEy5raWxuLnYxLlJlZ2lzdGVyZWRIABIdCgRiaW5kGAIgASgLMg0ua2lsbi52MS5CaW5kSAASIQoGdW5iaW5kGAMgASgLMg8ua2lsbi52MS5VbmJpbmRIABIjCgV0YXNrcxgEIAEoCzISLmtpbG4udjEuVGFza0JhdGNoSAASJgoGY2FuY2VsGAUgASgLMhQua2lsbi52MS5DYW5jZWxUYXNrc0gAQgYKBGtpbmQifgoKUmVnaXN0ZXJlZBIRCglub2RlX25hbWUYASABKAkSFgoOc3RvcF9leGVjdXRvcnMYAiADKAkSJgoMZm9yZ2V0X3Rhc2tzGAMgAygLMhAua2lsbi52MS5UYXNrUmVmEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgEIAEoDSK4AQoEQmluZBITCgtleGVjdXRvcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhgKEGFwcGxpY2F0aW9uX25hbWUYAyABKAkSLgoLYXBwbGljYXRpb24YBCABKAsyGS5mbGFtZS52MS5BcHBsaWNhdGlvblNwZWMSGAoLY29tbW9uX2RhdGEYBSABKAxIAIgBARITCgtjb25jdXJyZW5jeRgGIAEoDUIOCgxfY29tbW9uX2RhdGEiHQoGVW5iaW5kEhMKC2V4ZWN1dG9yX2lkGAEgASgJInkKDlRhc2tBc3NpZ25tZW50EhMKC2V4ZWN1dG9yX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDwoHdGFza19pZBgDIAEoCRIPCgdhdHRlbXB0GAQgASgNEhIKBWlucHV0GAUgASgMSACIAQFCCAoGX2lucHV0IjMKCVRhc2tCYXRjaBImCgV0YXNrcxgBIAMoCzIXLmtpbG4udjEuVGFza0Fzc2lnbm1lbnQiLgoLQ2FuY2VsVGFza3MSHwoFdGFza3MYASADKAsyEC5raWxuLnYxLlRhc2tSZWYqqAEKDUV4ZWN1dG9yRXZlbnQSHgoaRVhFQ1VUT1JfRVZFTlRfVU5TUEVDSUZJRUQQABIYChRFWEVDVVRPUl9FVkVOVF9CT1VORBABEh4KGkVYRUNVVE9SX0VWRU5UX0JJTkRfRkFJTEVEEAISGgoWRVhFQ1VUT1JfRVZFTlRfVU5CT1VORBADEiEKHUVYRUNVVE9SX0VWRU5UX1BST0NFU1NfRVhJVEVEEAQqhQEKC0JpbmRGYWlsdXJlEhwKGEJJTkRfRkFJTFVSRV9VTlNQRUNJRklFRBAAEhgKFEJJTkRfRkFJTFVSRV9JTlNUQUxMEAoSHgoaQklORF9GQUlMVVJFX1BST0NFU1NfU1RBUlQQCxIeChpCSU5EX0ZBSUxVUkVfU0VTU0lPTl9FTlRFUhAMMkYKBUFnZW50Ej0KB0Nvbm5lY3QSFS5raWxuLnYxLkFnZW50TWVzc2FnZRoXLmtpbG4udjEuQ29udHJvbE1lc3NhZ2UoATABYgZwcm90bzM",
+    "ChNraWxuL3YxL2FnZW50LnByb3RvEgdraWxuLnYxIsIBCgxBZ2VudE1lc3NhZ2USJQoIcmVnaXN0ZXIYASABKAsyES5raWxuLnYxLlJlZ2lzdGVySAASJwoJaGVhcnRiZWF0GAIgASgLMhIua2lsbi52MS5IZWFydGJlYXRIABItCglleGVjdXRvcnMYAyABKAsyGC5raWxuLnYxLkV4ZWN1dG9yUmVwb3J0c0gAEisKC2NvbXBsZXRpb25zGAQgASgLMhQua2lsbi52MS5Db21wbGV0aW9uc0gAQgYKBGtpbmQikwEKD05vZGVEZXNjcmlwdGlvbhIMCgRuYW1lGAEgASgJEhAKCGhvc3RuYW1lGAIgASgJEi8KCGNhcGFjaXR5GAMgASgLMh0uZmxhbWUudjEuUmVzb3VyY2VSZXF1aXJlbWVudBIMCgRhcmNoGAQgASgJEgoKAm9zGAUgASgJEhUKDW1heF9leGVjdXRvcnMYBiABKA0iWAoMTGl2ZUV4ZWN1dG9yEhMKC2V4ZWN1dG9yX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSHwoFdGFza3MYAyADKAsyEC5raWxuLnYxLlRhc2tSZWYiPwoHVGFza1JlZhISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3Rhc2tfaWQYAiABKAkSDwoHYXR0ZW1wdBgDIAEoDSJ+CghSZWdpc3RlchImCgRub2RlGAEgASgLMhgua2lsbi52MS5Ob2RlRGVzY3JpcHRpb24SKAoJZXhlY3V0b3JzGAIgAygLMhUua2lsbi52MS5MaXZlRXhlY3V0b3ISEwoLaW5zdGFuY2VfaWQYAyABKAkSCwoDcGlkGAQgASgNIhkKCUhlYXJ0YmVhdBIMCgR0aW1lGAEgASgDImsKDkV4ZWN1dG9yUmVwb3J0EhMKC2V4ZWN1dG9yX2lkGAEgASgJEiUKBWV2ZW50GAIgASgOMhYua2lsbi52MS5FeGVjdXRvckV2ZW50EgwKBGNvZGUYAyABKAUSDwoHbWVzc2FnZRgEIAEoCSI7Cg9FeGVjdXRvclJlcG9ydHMSKAoHcmVwb3J0cxgBIAMoCzIXLmtpbG4udjEuRXhlY3V0b3JSZXBvcnQiuwEKCkNvbXBsZXRpb24SEwoLZXhlY3V0b3JfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIPCgd0YXNrX2lkGAMgASgJEg8KB2F0dGVtcHQYBCABKA0SEwoLcmV0dXJuX2NvZGUYBSABKAUSEwoGb3V0cHV0GAYgASgMSACIAQESFAoHbWVzc2FnZRgHIAEoCUgBiAEBEgsKA3NlcRgIIAEoBEIJCgdfb3V0cHV0QgoKCF9tZXNzYWdlIjcKC0NvbXBsZXRpb25zEigKC2NvbXBsZXRpb25zGAEgAygLMhMua2lsbi52MS5Db21wbGV0aW9uIoYCCg5Db250cm9sTWVzc2FnZRIpCgpyZWdpc3RlcmVkGAEgASgLMhMua2lsbi52MS5SZWdpc3RlcmVkSAASHQoEYmluZBgCIAEoCzINLmtpbG4udjEuQmluZEgAEiEKBnVuYmluZBgDIAEoCzIPLmtpbG4udjEuVW5iaW5kSAASIwoFdGFza3MYBCABKAsyEi5raWxuLnYxLlRhc2tCYXRjaEgAEiYKBmNhbmNlbBgFIAEoCzIULmtpbG4udjEuQ2FuY2VsVGFza3NIABIyCg9jb21wbGV0aW9uc19hY2sYBiABKAsyFy5raWxuLnYxLkNvbXBsZXRpb25zQWNrSABCBgoEa2luZCIlCg5Db21wbGV0aW9uc0FjaxITCgt0aHJvdWdoX3NlcRgBIAEoBCJ+CgpSZWdpc3RlcmVkEhEKCW5vZGVfbmFtZRgBIAEoCRIWCg5zdG9wX2V4ZWN1dG9ycxgCIAMoCRImCgxmb3JnZXRfdGFza3MYAyADKAsyEC5raWxuLnYxLlRhc2tSZWYSHQoVaGVhcnRiZWF0X2ludGVydmFsX21zGAQgASgNIrgBCgRCaW5kEhMKC2V4ZWN1dG9yX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSGAoQYXBwbGljYXRpb25fbmFtZRgDIAEoCRIuCgthcHBsaWNhdGlvbhgEIAEoCzIZLmZsYW1lLnYxLkFwcGxpY2F0aW9uU3BlYxIYCgtjb21tb25fZGF0YRgFIAEoDEgAiAEBEhMKC2NvbmN1cnJlbmN5GAYgASgNQg4KDF9jb21tb25fZGF0YSIdCgZVbmJpbmQSEwoLZXhlY3V0b3JfaWQYASABKAkieQoOVGFza0Fzc2lnbm1lbnQSEwoLZXhlY3V0b3JfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIPCgd0YXNrX2lkGAMgASgJEg8KB2F0dGVtcHQYBCABKA0SEgoFaW5wdXQYBSABKAxIAIgBAUIICgZfaW5wdXQiMwoJVGFza0JhdGNoEiYKBXRhc2tzGAEgAygLMhcua2lsbi52MS5UYXNrQXNzaWdubWVudCIuCgtDYW5jZWxUYXNrcxIfCgV0YXNrcxgBIAMoCzIQLmtpbG4udjEuVGFza1JlZiqoAQoNRXhlY3V0b3JFdmVudBIeChpFWEVDVVRPUl9FVkVOVF9VTlNQRUNJRklFRBAAEhgKFEVYRUNVVE9SX0VWRU5UX0JPVU5EEAESHgoaRVhFQ1VUT1JfRVZFTlRfQklORF9GQUlMRUQQAhIaChZFWEVDVVRPUl9FVkVOVF9VTkJPVU5EEAMSIQodRVhFQ1VUT1JfRVZFTlRfUFJPQ0VTU19FWElURUQQBCqFAQoLQmluZEZhaWx1cmUSHAoYQklORF9GQUlMVVJFX1VOU1BFQ0lGSUVEEAASGAoUQklORF9GQUlMVVJFX0lOU1RBTEwQChIeChpCSU5EX0ZBSUxVUkVfUFJPQ0VTU19TVEFSVBALEh4KGkJJTkRfRkFJTFVSRV9TRVNTSU9OX0VOVEVSEAwyRgoFQWdlbnQSPQoHQ29ubmVjdBIVLmtpbG4udjEuQWdlbnRNZXNzYWdlGhcua2lsbi52MS5Db250cm9sTWVzc2FnZSgBMAFiBnByb3RvMw",
     [file_flame_v1_types],
   );
 
@@ -306,6 +306,14 @@ export type Completion = Message<"kiln.v1.Completion"> & {
    * @generated from field: optional string message = 7;
    */
   message?: string | undefined;
+
+  /**
+   * Numbers the agent's completions from 1, increasing, for CompletionsAck.
+   * 0: from an agent that keeps no completion after sending it.
+   *
+   * @generated from field: uint64 seq = 8;
+   */
+  seq: bigint;
 };
 
 /**
@@ -373,6 +381,13 @@ export type ControlMessage = Message<"kiln.v1.ControlMessage"> & {
         value: CancelTasks;
         case: "cancel";
       }
+    | {
+        /**
+         * @generated from field: kiln.v1.CompletionsAck completions_ack = 6;
+         */
+        value: CompletionsAck;
+        case: "completionsAck";
+      }
     | { case: undefined; value?: undefined };
 };
 
@@ -381,6 +396,27 @@ export type ControlMessage = Message<"kiln.v1.ControlMessage"> & {
  * Use `create(ControlMessageSchema)` to create a new message.
  */
 export const ControlMessageSchema: GenMessage<ControlMessage> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 10);
+
+/**
+ * Every completion with seq <= through_seq that arrived on this stream is
+ * committed to the store, or was refused by fencing (it can never apply):
+ * the agent may forget them. Until then it keeps them, reports their tasks
+ * as held at its next Register, and resends them after reconnecting.
+ *
+ * @generated from message kiln.v1.CompletionsAck
+ */
+export type CompletionsAck = Message<"kiln.v1.CompletionsAck"> & {
+  /**
+   * @generated from field: uint64 through_seq = 1;
+   */
+  throughSeq: bigint;
+};
+
+/**
+ * Describes the message kiln.v1.CompletionsAck.
+ * Use `create(CompletionsAckSchema)` to create a new message.
+ */
+export const CompletionsAckSchema: GenMessage<CompletionsAck> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 11);
 
 /**
  * @generated from message kiln.v1.Registered
@@ -415,7 +451,7 @@ export type Registered = Message<"kiln.v1.Registered"> & {
  * Describes the message kiln.v1.Registered.
  * Use `create(RegisteredSchema)` to create a new message.
  */
-export const RegisteredSchema: GenMessage<Registered> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 11);
+export const RegisteredSchema: GenMessage<Registered> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 12);
 
 /**
  * @generated from message kiln.v1.Bind
@@ -458,7 +494,7 @@ export type Bind = Message<"kiln.v1.Bind"> & {
  * Describes the message kiln.v1.Bind.
  * Use `create(BindSchema)` to create a new message.
  */
-export const BindSchema: GenMessage<Bind> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 12);
+export const BindSchema: GenMessage<Bind> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 13);
 
 /**
  * @generated from message kiln.v1.Unbind
@@ -474,7 +510,7 @@ export type Unbind = Message<"kiln.v1.Unbind"> & {
  * Describes the message kiln.v1.Unbind.
  * Use `create(UnbindSchema)` to create a new message.
  */
-export const UnbindSchema: GenMessage<Unbind> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 13);
+export const UnbindSchema: GenMessage<Unbind> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 14);
 
 /**
  * @generated from message kiln.v1.TaskAssignment
@@ -510,7 +546,7 @@ export type TaskAssignment = Message<"kiln.v1.TaskAssignment"> & {
  * Describes the message kiln.v1.TaskAssignment.
  * Use `create(TaskAssignmentSchema)` to create a new message.
  */
-export const TaskAssignmentSchema: GenMessage<TaskAssignment> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 14);
+export const TaskAssignmentSchema: GenMessage<TaskAssignment> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 15);
 
 /**
  * @generated from message kiln.v1.TaskBatch
@@ -526,7 +562,7 @@ export type TaskBatch = Message<"kiln.v1.TaskBatch"> & {
  * Describes the message kiln.v1.TaskBatch.
  * Use `create(TaskBatchSchema)` to create a new message.
  */
-export const TaskBatchSchema: GenMessage<TaskBatch> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 15);
+export const TaskBatchSchema: GenMessage<TaskBatch> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 16);
 
 /**
  * @generated from message kiln.v1.CancelTasks
@@ -542,7 +578,7 @@ export type CancelTasks = Message<"kiln.v1.CancelTasks"> & {
  * Describes the message kiln.v1.CancelTasks.
  * Use `create(CancelTasksSchema)` to create a new message.
  */
-export const CancelTasksSchema: GenMessage<CancelTasks> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 16);
+export const CancelTasksSchema: GenMessage<CancelTasks> = /*@__PURE__*/ messageDesc(file_kiln_v1_agent, 17);
 
 /**
  * @generated from enum kiln.v1.ExecutorEvent
