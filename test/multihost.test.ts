@@ -51,7 +51,7 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
     (atFault: Executions, afterFault: Executions): Set<string> =>
       new Set(
         [...afterFault.starts]
-          .filter(([id, where]) => !atFault.done.has(id) && where.some((w) => agentPids[agent].has(w.split("@")[1]!)))
+          .filter(([id, where]) => !atFault.done.has(id) && where.some((agentPid) => agentPids[agent].has(agentPid)))
           .map(([id]) => id),
       );
 
@@ -274,7 +274,7 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
 });
 
 interface Executions {
-  /** Per task id, where each of its starts happened (`<executor>@<agent pid>`). */
+  /** Per task id, the pid of the agent each of its starts happened under. */
   starts: Map<string, string[]>;
   done: Set<string>;
 }
@@ -285,10 +285,10 @@ function executions(file: string, session: string): Executions {
   const done = new Set<string>();
   const text = fs.existsSync(file) ? fs.readFileSync(file, "utf8") : "";
   for (const line of text.split("\n")) {
-    const [what, key, where] = line.split(" ");
+    const [what, key, , agentPid] = line.split(" ");
     if (!key?.startsWith(`${session}/`)) continue;
     const id = key.slice(session.length + 1);
-    if (what === "start") starts.set(id, [...(starts.get(id) ?? []), where!]);
+    if (what === "start") starts.set(id, [...(starts.get(id) ?? []), agentPid!]);
     else if (what === "done") done.add(id);
   }
   return { starts, done };

@@ -6,13 +6,18 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { after, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import { within } from "../../../test/support/within.js";
 import { startCli, type CliProcess } from "./cli-helpers.js";
-import { fixtureApp } from "./support/agent-helpers.js";
 import { tempDir } from "./support/control-plane.js";
 import { parsePing, pingInput, registerPingCopy } from "./support/ping-app.js";
 import { isAlive, processesWithEnv, waitFor } from "./support/processes.js";
 import { TcpProxy } from "./support/tcp-proxy.js";
+
+const COUNTING_SERVICE = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  "../../../test/fixtures/counting-service/main.mjs",
+);
 
 const { TaskState } = flame;
 
@@ -245,17 +250,16 @@ async function killServer(c: Cluster): Promise<void> {
   await c.server.exited();
 }
 
-/** Registers the counting service (support/counting-service.ts) and returns its record of executions. */
+/** Registers the counting service (test/fixtures/counting-service) and returns its record of executions. */
 async function registerCounting(c: Cluster, name: string): Promise<Executions> {
   const file = path.join(c.dataDir, `${name}.count`);
   fs.writeFileSync(file, "");
-  await c.client.registerApplication(
-    name,
-    fixtureApp("counting-service.ts", {
-      environments: [{ name: "COUNT_FILE", value: file }],
-      labels: ["kiln.concurrency=4"],
-    }),
-  );
+  await c.client.registerApplication(name, {
+    command: process.execPath,
+    arguments: [COUNTING_SERVICE],
+    environments: { COUNT_FILE: file },
+    labels: ["kiln.concurrency=4"],
+  });
   return new Executions(file);
 }
 
