@@ -36,7 +36,7 @@ async function startServer(proxy: TcpProxy, dataDir: string): Promise<CliProcess
     "--heartbeat-timeout",
     "3000",
     "--drain-timeout",
-    "1000",
+    "3000",
   ]);
   const endpoint = (await server.waitFor(/listening at (http:\/\/\S+)/))[1]!;
   proxy.target = Number(new URL(endpoint).port);
