@@ -111,6 +111,84 @@ describe("a kiln server refuses oversized and unauthenticated bodies before read
     });
   });
 
+  describe("malformed bodies", () => {
+    let server: CliProcess;
+    let grpc: string;
+    let json: string;
+    before(async () => ({ server, grpc, json } = await startServer([])));
+    after(async () => server?.stop());
+    // Field 0 is no field: "illegal tag" to any protobuf reader.
+    const garbage = Buffer.from([0x00, 0x01, 0x02, 0x03]);
+
+    /** A request over HTTP/2 with `body`; resolves with its response headers and trailers. */
+    function h2(path: string, contentType: string, body: Buffer) {
+      return new Promise<{ headers: http2.IncomingHttpHeaders; trailers: http2.IncomingHttpHeaders }>(
+        (resolve, reject) => {
+          const session = http2.connect(grpc);
+          const stream = session.request({
+            ":method": "POST",
+            ":path": path,
+            "content-type": contentType,
+            te: "trailers",
+          });
+          let headers: http2.IncomingHttpHeaders = {};
+          let trailers: http2.IncomingHttpHeaders = {};
+          stream.on("response", (h) => (headers = h));
+          stream.on("trailers", (t) => (trailers = t));
+          stream.on("data", () => {});
+          stream.on("end", () => {
+            session.close();
+            resolve({ headers, trailers });
+          });
+          stream.on("error", reject);
+          stream.end(body);
+        },
+      );
+    }
+    const grpcFrame = (message: Buffer) => {
+      const prefix = Buffer.alloc(5);
+      prefix.writeUInt32BE(message.length, 1);
+      return Buffer.concat([prefix, message]);
+    };
+
+    it("garbage protobuf on the Connect JSON port is INVALID_ARGUMENT naming the message type", async () => {
+      const res = await fetch(`${json}/flame.v1.Frontend/CreateTask`, {
+        method: "POST",
+        headers: { "content-type": "application/proto" },
+        body: garbage,
+      });
+      assert.equal(res.status, 400);
+      assert.equal(res.headers.get("kiln-error-code"), "INVALID_ARGUMENT");
+      const body = (await res.json()) as { code: string; message: string };
+      assert.equal(body.code, "invalid_argument");
+      assert.match(body.message, /the request is not a valid flame\.v1\.CreateTaskRequest message \(.*illegal tag/);
+    });
+
+    it("malformed JSON is INVALID_ARGUMENT too", async () => {
+      const res = await fetch(`${json}/flame.v1.Frontend/CreateTask`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: "{not json",
+      });
+      assert.equal(res.status, 400);
+      assert.equal(((await res.json()) as { code: string }).code, "invalid_argument");
+    });
+
+    it("garbage protobuf in a unary gRPC call is INVALID_ARGUMENT naming the message type", async () => {
+      const { trailers, headers } = await h2("/flame.v1.Frontend/GetSession", "application/grpc", grpcFrame(garbage));
+      const status = trailers["grpc-status"] ?? headers["grpc-status"];
+      const message = decodeURIComponent(String(trailers["grpc-message"] ?? headers["grpc-message"]));
+      assert.equal(status, "3", message);
+      assert.match(message, /not a valid flame\.v1\.GetSessionRequest message/);
+    });
+
+    it("garbage protobuf on a gRPC stream is INVALID_ARGUMENT naming the message type", async () => {
+      const { trailers } = await h2("/kiln.v1.Agent/Connect", "application/grpc", grpcFrame(garbage));
+      assert.equal(trailers["grpc-status"], "3");
+      assert.match(decodeURIComponent(String(trailers["grpc-message"])), /not a valid kiln\.v1\.AgentMessage message/);
+    });
+  });
+
   describe("with a token", () => {
     let server: CliProcess;
     let grpc: string;

@@ -2,7 +2,7 @@ import { ErrorCode, InvalidArgumentError, KilnError, ERROR_CODE_HEADER } from "@
 import type * as http from "node:http";
 import { endUnreadBody } from "../net/early-refusal.js";
 import type { RouteRequest, RouteResponse } from "./exchange.js";
-import { ObjectTooLargeError } from "./storage/errors.js";
+import { diskFullError, ObjectTooLargeError } from "./storage/errors.js";
 
 const STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.InvalidArgument]: 400,
@@ -53,14 +53,19 @@ export function statusOf(err: KilnError): number {
 
 /**
  * Answers with `{code, message, field?}` and the `kiln-error-code` header.
- * Unexpected errors become INTERNAL and are logged. A response already under
+ * A full disk is RESOURCE_EXHAUSTED (507); other unexpected errors become
+ * INTERNAL. Both are logged. A response already under
  * way can only be cut off.
  */
 export function sendError(req: RouteRequest, res: RouteResponse, err: unknown, log: (line: string) => void): void {
-  const known = err instanceof KilnError;
-  const error = known
-    ? err
-    : new KilnError(ErrorCode.Internal, `internal error: ${err instanceof Error ? err.message : String(err)}`);
+  const full = diskFullError(err);
+  if (full) log(`cache: ${req.method} ${req.url}: ${full.message}`);
+  const known = err instanceof KilnError || full !== undefined;
+  const error =
+    full ??
+    (err instanceof KilnError
+      ? err
+      : new KilnError(ErrorCode.Internal, `internal error: ${err instanceof Error ? err.message : String(err)}`));
   if (!known) log(`cache: ${req.method} ${req.url} failed: ${err instanceof Error ? (err.stack ?? err.message) : err}`);
   if (res.headersSent || res.destroyed) {
     res.destroy();

@@ -1,11 +1,11 @@
 import { toJson, type DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { InvalidArgumentError } from "@kiln/protocol";
 import { StreamRoutes, translateErrors } from "@kiln/protocol/transport";
 import { flame, kiln } from "@kiln/protocol/proto";
 import * as path from "node:path";
 import { authenticator, isLoopbackHost } from "../net/auth.js";
+import { connectHandler } from "../net/connect-handler.js";
 import { healthzResponder, KilnServer } from "../net/healthz.js";
 import { listenHttp1, listenHttp2, type Listener } from "../net/http-server.js";
 import { portInUse } from "../net/port-in-use.js";
@@ -109,7 +109,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     config.maxRequestBytes,
     services.map(([service]) => service),
   );
-  const connectHandler = connectNodeAdapter({
+  const api = connectHandler({
     routes: (router) => {
       for (const [service, impl] of services) serveWithLimits(router, service, impl, limits);
     },
@@ -129,8 +129,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     .add(kiln.Agent, agent);
   // Credentials and declared lengths are checked before any route reads a byte of the body.
   const gate = { authenticate, limitOf: limits.ofPath };
-  const http2Handler = requestGate(gate, streams.handler(connectHandler));
-  const http1Handler = requestGate(gate, connectHandler);
+  const http2Handler = requestGate(gate, streams.handler(api));
+  const http1Handler = requestGate(gate, api);
   const closeStore = () => {
     commit.flushNow();
     store.close();
