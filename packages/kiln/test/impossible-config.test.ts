@@ -66,7 +66,7 @@ describe("control-plane settings that cannot work are refused at start", () => {
       "--drain-timeout",
       "1000",
     ]);
-    assert.notEqual(r.code, 0);
+    assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, /drainTimeoutMs: 1000 ms \(--drain-timeout\) must be at least the heartbeat timeout/);
     assert.doesNotMatch(r.stdout + r.stderr, /listening/);
   });

@@ -3,12 +3,18 @@ import { kiln } from "@kiln/protocol/proto";
 
 /** Completions per message at most; more in one event-loop turn go out as several messages. */
 export const MAX_COMPLETIONS_PER_MESSAGE = 512;
+/**
+ * Task output bytes per message at most (a larger output goes alone): far below the control plane's
+ * per-message limit (--max-request-bytes, 64 MiB by default), so many large outputs never add up past it.
+ */
+export const MAX_COMPLETION_BYTES_PER_MESSAGE = 4 * 1024 * 1024;
 
 const refKey = (r: { sessionId: string; taskId: string; attempt: number }) => `${r.sessionId}/${r.taskId}/${r.attempt}`;
 
 /**
  * What the agent sends to the control plane, in order. Completions made in
- * one event-loop turn become one Completions message (at most 512 each);
+ * one event-loop turn become one Completions message (at most 512 each, and
+ * at most 4 MiB of outputs unless one output is larger);
  * a report first closes the completions before it, so the control plane
  * never sees an executor's completion after its UNBOUND. While no stream is
  * registered everything waits here and goes out after the next Registered.
@@ -16,12 +22,15 @@ const refKey = (r: { sessionId: string; taskId: string; attempt: number }) => `$
 export class Outbox {
   private readonly queue: kiln.AgentMessage[] = [];
   private filling: kiln.Completion[] | undefined;
+  private fillingBytes = 0;
   private reader: AbortSignal | undefined;
   private waiter: { signal: AbortSignal; resolve(m: kiln.AgentMessage | undefined): void } | undefined;
   private ended = false;
 
   completion(c: kiln.Completion): void {
     if (this.ended) return;
+    const size = c.output?.byteLength ?? 0;
+    if (this.filling && this.fillingBytes + size > MAX_COMPLETION_BYTES_PER_MESSAGE) this.seal();
     if (!this.filling) {
       this.filling = [];
       const batch = this.filling;
@@ -30,6 +39,7 @@ export class Outbox {
       });
     }
     this.filling.push(c);
+    this.fillingBytes += size;
     if (this.filling.length >= MAX_COMPLETIONS_PER_MESSAGE) this.seal();
   }
 
@@ -105,6 +115,7 @@ export class Outbox {
   private seal(): void {
     const batch = this.filling;
     this.filling = undefined;
+    this.fillingBytes = 0;
     if (!batch || batch.length === 0) return;
     this.enqueue({ case: "completions", value: create(kiln.CompletionsSchema, { completions: batch }) });
     this.wake();

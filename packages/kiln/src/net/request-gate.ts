@@ -46,13 +46,10 @@ export function requestGate<
 }
 
 /**
- * The refusal of a body over its route's limit.
- *
- * @example
- * bodyTooLarge("/flame.v1.Frontend/CreateTask", 2e8, { bytes: 16842752, setBy: "--max-task-bytes" }).message
- * // "request body of 200000000 bytes is over the 16842752-byte limit of /flame.Frontend/CreateTask (--max-task-bytes)"
+ * The refusal of a body over its route's limit, e.g. "request body of 200000000 bytes is over the
+ * 16842752-byte limit of /flame.v1.Frontend/CreateTask (--max-task-bytes + 64 KiB)".
  */
-export function bodyTooLarge(path: string, bytes: number, limit: BodyLimit): KilnError {
+function bodyTooLarge(path: string, bytes: number, limit: BodyLimit): KilnError {
   return new KilnError(
     ErrorCode.ResourceExhausted,
     `request body of ${bytes} bytes is over the ${limit.bytes}-byte limit of ${path} (${limit.setBy})`,
