@@ -386,6 +386,69 @@ describe("archive entries that would escape the release", () => {
   }
 });
 
+describe("package limits (decompression bombs)", () => {
+  const files = (n: number, size = 10) =>
+    Object.fromEntries(Array.from({ length: n }, (_, i) => [`f${i}.txt`, "x".repeat(size)]));
+  const zipFiles = (n: number, size = 10) =>
+    zip(Array.from({ length: n }, (_, i) => ({ name: `f${i}.txt`, body: "x".repeat(size) })));
+  const cases: [string, string, Buffer, Partial<InstallContext["limits"]>, RegExp][] = [
+    [
+      "a tar.gz with more entries than --max-package-entries",
+      "app.tar.gz",
+      tarGzFiles(files(6)),
+      { maxEntries: 5 },
+      /package has more than 5 entries \(--max-package-entries\); refused at "f5\.txt"/,
+    ],
+    [
+      "a tar.gz that extracts past --max-package-bytes",
+      "app.tar.gz",
+      tarGzFiles(files(3, 400)),
+      { maxBytes: 1000 },
+      /package extracts to more than 1000 bytes \(--max-package-bytes\); refused at "f2\.txt"/,
+    ],
+    [
+      "a zip with more entries than --max-package-entries",
+      "app.zip",
+      zipFiles(4),
+      { maxEntries: 3 },
+      /package has more than 3 entries \(--max-package-entries\); refused at "f3\.txt"/,
+    ],
+    [
+      "a zip that extracts past --max-package-bytes",
+      "app.zip",
+      zipFiles(2, 600),
+      { maxBytes: 1000 },
+      /package extracts to more than 1000 bytes \(--max-package-bytes\); refused at "f1\.txt"/,
+    ],
+    [
+      "a tar.gz of 65 MiB of zeros (about 1000:1)",
+      "bomb.tar.gz",
+      tarGzFiles({ "zeros.bin": Buffer.alloc(65 * 1024 * 1024) }),
+      {},
+      /package extracts to over 200 times its \d+ bytes \(compression ratio limit 200:1, a decompression bomb\?\); refused at "zeros\.bin"/,
+    ],
+  ];
+  for (const [name, file, data, limits, message] of cases) {
+    test(`${name} fails the install naming the limit, and leaves nothing`, async () => {
+      const node = newNode();
+      await installFails({ url: fileUrl(file, data) }, { ...node.ctx, limits }, message);
+      assertNothingInstalled(node);
+    });
+  }
+
+  test("a package within the limits installs", async () => {
+    const node = newNode();
+    const release = await install(
+      { url: fileUrl("ok.tar.gz", tarGzFiles(files(5, 200))) },
+      {
+        ...node.ctx,
+        limits: { maxEntries: 5, maxBytes: 1000 },
+      },
+    );
+    assert.equal(fs.readdirSync(release!.dir).length, 5);
+  });
+});
+
 describe("installers", () => {
   test('a single file is placed as <release>/<name>, executable, and "binary" puts it on PATH', async () => {
     const node = newNode();

@@ -10,7 +10,8 @@ import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { startAgent, type Agent } from "../src/agent/agent.js";
 import { listenHttp2, type Listener } from "../src/net/http-server.js";
-import { requireToken } from "../src/net/interceptors.js";
+import { authenticator } from "../src/net/auth.js";
+import { requestGate } from "../src/net/request-gate.js";
 import { AsyncQueue } from "@kiln/protocol";
 import { untilChanged } from "../../../test/support/until.js";
 import { alive, bindMessage, fixtureApp, pingApp, task, text } from "./support/agent-helpers.js";
@@ -81,10 +82,10 @@ class StubControlPlane {
         return outbound;
       },
     };
-    const handler = connectNodeAdapter({
-      routes: (router) => router.service(kiln.Agent, impl),
-      interceptors: this.token ? [requireToken(this.token)] : [],
-    });
+    const handler = requestGate(
+      { authenticate: authenticator(this.token), limitOf: () => undefined },
+      connectNodeAdapter({ routes: (router) => router.service(kiln.Agent, impl) }),
+    );
     this.listener = await listenHttp2("127.0.0.1", 0, handler);
   }
 

@@ -9,7 +9,7 @@ import { CLI, CLI_ENV, closedPort, runCli } from "./cli-helpers.js";
 const GLOBAL_OPTIONS = ["--endpoint", "--token", "--cache-endpoint", "--context", "--config"];
 
 const COMMAND_OPTIONS: Record<string, string[]> = {
-  up: ["--data-dir", "--port", "--host", "--executors", "--cache-port"],
+  up: ["--data-dir", "--port", "--host", "--executors", "--cache-port", "--max-package-bytes", "--max-package-entries"],
   server: [
     "--data-dir",
     "--host",
@@ -18,9 +18,17 @@ const COMMAND_OPTIONS: Record<string, string[]> = {
     "--drain-timeout",
     "--retries",
     "--max-task-bytes",
+    "--max-request-bytes",
     "--default-resreq",
   ],
-  agent: ["--name", "--executors", "--work-dir"],
+  agent: [
+    "--name",
+    "--executors",
+    "--work-dir",
+    "--max-package-bytes",
+    "--max-package-entries",
+    "--reconnect-max-delay",
+  ],
   cache: ["--host", "--port", "--storage", "--data-dir", "--max-memory", "--max-spill", "--advertise"],
   deploy: ["--name", "--application", "--command", "--installer", "--exclude", "--dry-run", "-o, --output"],
   data: ["--limit", "--depth", "-o, --output"],

@@ -36,7 +36,7 @@ interface Cluster {
  * `kiln server` on a port the kernel picks, behind the cluster's proxy once its ready line says where
  * it listens; a restart gets a new port, so nothing has to rebind one that may have been taken.
  */
-async function startServer(proxy: TcpProxy, dataDir: string, drainTimeoutMs = 1000): Promise<CliProcess> {
+async function startServer(proxy: TcpProxy, dataDir: string, drainTimeoutMs = 3000): Promise<CliProcess> {
   const server = startCli([
     "server",
     "--data-dir",

@@ -5,7 +5,7 @@ import { randomUUID } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
-import { ControlStream } from "./control-stream.js";
+import { ControlStream, DEFAULT_RECONNECT_MAX_DELAY_MS } from "./control-stream.js";
 import { Executor, type ExecutorSetting } from "./executor.js";
 import type { PackageSettings } from "./installer.js";
 import { describeNode } from "./node-description.js";
@@ -33,8 +33,14 @@ export interface AgentOptions {
   cacheToken?: string;
   /** Package download and installer timeouts (defaults: 120 s download, 10 s silence, 600 s install). */
   packageTimeouts?: Pick<PackageSettings, "downloadTimeoutMs" | "connectTimeoutMs" | "installTimeoutMs">;
+  /** Largest total size one package may extract to, bytes; default 4 GiB. */
+  maxPackageBytes?: number;
+  /** Most entries (files, directories, links) in one package; default 100,000. */
+  maxPackageEntries?: number;
   /** Default 5000; the control plane's Registered.heartbeat_interval_ms wins when set. */
   heartbeatIntervalMs?: number;
+  /** Longest wait between attempts to reach a lost control plane, ms; default 2000. */
+  reconnectMaxDelayMs?: number;
   log?: (line: string) => void;
 }
 
@@ -78,6 +84,9 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   const node = describeNode(options);
   const socketTimeoutMs = options.socketTimeoutMs ?? 30_000;
   if (!(socketTimeoutMs > 0)) throw new InvalidArgumentError("socketTimeoutMs", "must be a positive number");
+  checkWhole("reconnectMaxDelayMs", "--reconnect-max-delay", options.reconnectMaxDelayMs);
+  checkWhole("maxPackageBytes", "--max-package-bytes", options.maxPackageBytes);
+  checkWhole("maxPackageEntries", "--max-package-entries", options.maxPackageEntries);
   const workDir = path.resolve(options.workDir ?? path.join(os.tmpdir(), `kiln-agent-${process.pid}`));
   const executorsDir = path.join(workDir, "executors");
   const logDir = path.join(workDir, "logs");
@@ -98,6 +107,7 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
         cacheEndpoint: options.cacheEndpoint,
         cacheToken: options.cacheToken,
         ...options.packageTimeouts,
+        limits: { maxBytes: options.maxPackageBytes, maxEntries: options.maxPackageEntries },
       },
     },
     sockets.owned,
@@ -109,6 +119,12 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     throw err;
   }
   return agent;
+}
+
+/** A setting that must be a whole number of at least 1 when given; the error names its field and flag. */
+function checkWhole(field: string, flag: string, value: number | undefined): void {
+  if (value !== undefined && !(Number.isSafeInteger(value) && value >= 1))
+    throw new InvalidArgumentError(field, `${value} (${flag}) must be a whole number, at least 1`);
 }
 
 type Dirs = Pick<
@@ -148,6 +164,7 @@ class NodeAgent implements Agent {
       endpoint: options.endpoint,
       token: options.token,
       heartbeatIntervalMs: options.heartbeatIntervalMs ?? 5_000,
+      reconnectMaxDelayMs: options.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS,
       outbox: this.outbox,
       register: () =>
         create(kiln.RegisterSchema, {

@@ -12,6 +12,8 @@ export interface ControlStreamOptions {
   token?: string;
   /** Used until the control plane's Registered names an interval. */
   heartbeatIntervalMs: number;
+  /** Longest wait between reconnect attempts; see {@link reconnectDelayMs}. */
+  reconnectMaxDelayMs: number;
   outbox: Outbox;
   /** The Register message for a new connection (the executors still live right now). */
   register(): kiln.Register;
@@ -21,16 +23,24 @@ export interface ControlStreamOptions {
   log(line: string): void;
 }
 
-const BACKOFF_FIRST_MS = 500;
-const BACKOFF_MAX_MS = 30_000;
+const BACKOFF_FIRST_MS = 250;
+/** The default cap: a cluster is back within a couple of seconds of its control plane. */
+export const DEFAULT_RECONNECT_MAX_DELAY_MS = 2_000;
 const REGISTER_TIMEOUT_MS = 15_000;
 // HTTP/2 pings find a control plane that vanished without closing the connection.
 const PING_INTERVAL_MS = 10_000;
 const PING_TIMEOUT_MS = 15_000;
 
-/** 500 ms doubling to 30 s, each drawn from the upper half so agents do not reconnect in step. */
-export function reconnectDelayMs(failures: number): number {
-  const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** Math.max(0, failures - 1));
+/**
+ * The wait before reconnect attempt `failures`: 250 ms doubling up to `maxMs`, each drawn from the upper
+ * half so agents do not reconnect in step, and never above `maxMs` however long the outage.
+ *
+ * @example
+ * reconnectDelayMs(1, 2_000)  // 125..250
+ * reconnectDelayMs(50, 2_000) // 1000..2000
+ */
+export function reconnectDelayMs(failures: number, maxMs: number): number {
+  const ceiling = Math.min(maxMs, BACKOFF_FIRST_MS * 2 ** Math.min(30, Math.max(0, failures - 1)));
   return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
 }
 
@@ -100,7 +110,7 @@ export class ControlStream {
         return;
       }
       failures = registered ? 1 : failures + 1;
-      const delay = reconnectDelayMs(failures);
+      const delay = reconnectDelayMs(failures, this.o.reconnectMaxDelayMs);
       const reason = error === undefined ? "the control plane ended the stream" : errorMessage(error);
       this.o.log(`control plane stream lost (${reason}); reconnecting in ${delay} ms`);
       await sleep(delay, undefined, { signal: this.wakeBackoff.signal }).catch(() => {});

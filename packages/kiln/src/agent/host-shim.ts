@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { resolveBuiltinCommand } from "../apps/service-entry.js";
 import { BindError } from "./bind-error.js";
 import { expandVars } from "./expand-vars.js";
 import type { InstalledRelease } from "./installer.js";
@@ -180,8 +181,14 @@ export async function startServiceProcess(o: ServiceProcessOptions): Promise<Ser
   const fail = (message: string) => new BindError(kiln.BindFailure.PROCESS_START, message);
   const env = serviceEnvironment(o);
   if (!o.application.command) throw fail("the application has no command to run");
-  const command = expandVars(o.application.command, env);
-  const args = o.application.arguments.map((a) => expandVars(a, env));
+  let resolved: { command: string; args: string[] };
+  try {
+    resolved = resolveBuiltinCommand(o.application.command, o.application.arguments);
+  } catch (err) {
+    throw fail((err as Error).message);
+  }
+  const command = expandVars(resolved.command, env);
+  const args = resolved.args.map((a) => expandVars(a, env));
   const cwd = o.application.workingDirectory
     ? expandVars(o.application.workingDirectory, env)
     : (o.release?.dir ?? o.tempDir);

@@ -5,6 +5,11 @@ import { expectedSha256 } from "./packages/digest.js";
 import { packageLayout, prepareLayout, type PackageLayout } from "../package-store/layout.js";
 import { installNode } from "./packages/node-installer.js";
 import { parsePackageUrl } from "./packages/package-url.js";
+import {
+  DEFAULT_MAX_PACKAGE_BYTES,
+  DEFAULT_MAX_PACKAGE_ENTRIES,
+  type ExtractionLimits,
+} from "./packages/extraction-limits.js";
 import { obtainRelease } from "./packages/releases.js";
 
 /** An installed package: the service's default working directory and what it adds to the environment. */
@@ -26,6 +31,8 @@ export interface PackageSettings {
   connectTimeoutMs?: number;
   /** One installer run (npm ci); default 600 000. */
   installTimeoutMs?: number;
+  /** What one package may extract to (defaults: 4 GiB, 100,000 entries). */
+  limits?: Partial<ExtractionLimits>;
 }
 
 export interface InstallContext extends PackageSettings {
@@ -95,6 +102,10 @@ export async function installApplication(
       expected,
       {
         layout,
+        limits: {
+          maxBytes: ctx.limits?.maxBytes ?? DEFAULT_MAX_PACKAGE_BYTES,
+          maxEntries: ctx.limits?.maxEntries ?? DEFAULT_MAX_PACKAGE_ENTRIES,
+        },
         log: ctx.log,
         cacheEndpoint: ctx.cacheEndpoint,
         cacheToken: ctx.cacheToken,

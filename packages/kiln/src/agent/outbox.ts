@@ -3,12 +3,18 @@ import { kiln } from "@kiln/protocol/proto";
 
 /** Completions per message at most; more in one event-loop turn go out as several messages. */
 export const MAX_COMPLETIONS_PER_MESSAGE = 512;
+/**
+ * Task output bytes per message at most (a larger output goes alone): far below the control plane's
+ * per-message limit (--max-request-bytes, 64 MiB by default), so many large outputs never add up past it.
+ */
+export const MAX_COMPLETION_BYTES_PER_MESSAGE = 4 * 1024 * 1024;
 
 const refKey = (r: { sessionId: string; taskId: string; attempt: number }) => `${r.sessionId}/${r.taskId}/${r.attempt}`;
 
 /**
  * What the agent sends to the control plane, in order. Completions made in
- * one event-loop turn become one Completions message (at most 512 each);
+ * one event-loop turn become one Completions message (at most 512 each, and
+ * at most 4 MiB of outputs unless one output is larger);
  * a report first closes the completions before it, so the control plane
  * never sees an executor's completion after its UNBOUND. While no stream is
  * registered everything waits here and goes out after the next Registered.
@@ -22,6 +28,7 @@ const refKey = (r: { sessionId: string; taskId: string; attempt: number }) => `$
 export class Outbox {
   private readonly queue: kiln.AgentMessage[] = [];
   private filling: kiln.Completion[] | undefined;
+  private fillingBytes = 0;
   /** Sent and not yet acknowledged, in seq order. */
   private unacked: kiln.Completion[] = [];
   private nextSeq = 1n;
@@ -32,6 +39,8 @@ export class Outbox {
   completion(c: kiln.Completion): void {
     if (this.ended) return;
     c.seq = this.nextSeq++;
+    const size = c.output?.byteLength ?? 0;
+    if (this.filling && this.fillingBytes + size > MAX_COMPLETION_BYTES_PER_MESSAGE) this.seal();
     if (!this.filling) {
       this.filling = [];
       const batch = this.filling;
@@ -40,6 +49,7 @@ export class Outbox {
       });
     }
     this.filling.push(c);
+    this.fillingBytes += size;
     if (this.filling.length >= MAX_COMPLETIONS_PER_MESSAGE) this.seal();
   }
 
@@ -67,11 +77,9 @@ export class Outbox {
     this.reader = signal;
     const resend = this.unacked;
     this.unacked = [];
-    const messages: kiln.AgentMessage[] = [];
-    for (let i = 0; i < resend.length; i += MAX_COMPLETIONS_PER_MESSAGE) {
-      const completions = resend.slice(i, i + MAX_COMPLETIONS_PER_MESSAGE);
-      messages.push(create(kiln.AgentMessageSchema, { kind: { case: "completions", value: { completions } } }));
-    }
+    const messages = completionMessages(resend).map((completions) =>
+      create(kiln.AgentMessageSchema, { kind: { case: "completions", value: { completions } } }),
+    );
     this.queue.unshift(...messages);
     this.wake();
   }
@@ -141,6 +149,7 @@ export class Outbox {
   private seal(): void {
     const batch = this.filling;
     this.filling = undefined;
+    this.fillingBytes = 0;
     if (!batch || batch.length === 0) return;
     this.enqueue({ case: "completions", value: create(kiln.CompletionsSchema, { completions: batch }) });
     this.wake();
@@ -171,4 +180,26 @@ export class Outbox {
       w.resolve(message);
     }
   }
+}
+
+/** Splits completions into messages within both per-message limits (count, and output bytes unless one output is larger). */
+function completionMessages(completions: readonly kiln.Completion[]): kiln.Completion[][] {
+  const messages: kiln.Completion[][] = [];
+  let current: kiln.Completion[] = [];
+  let bytes = 0;
+  for (const c of completions) {
+    const size = c.output?.byteLength ?? 0;
+    if (
+      current.length > 0 &&
+      (current.length >= MAX_COMPLETIONS_PER_MESSAGE || bytes + size > MAX_COMPLETION_BYTES_PER_MESSAGE)
+    ) {
+      messages.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(c);
+    bytes += size;
+  }
+  if (current.length > 0) messages.push(current);
+  return messages;
 }

@@ -1,12 +1,8 @@
 import { ErrorCode, InvalidArgumentError, KilnError, ERROR_CODE_HEADER } from "@kiln/protocol";
 import type * as http from "node:http";
+import { endUnreadBody } from "../net/early-refusal.js";
 import type { RouteRequest, RouteResponse } from "./exchange.js";
-import { ObjectTooLargeError } from "./storage/errors.js";
-
-/** Bodies up to this size are drained after an early error, keeping the connection; larger ones close it. */
-const DRAIN_LIMIT = 64 * 1024;
-/** How long a refused large upload is still read (and dropped) before its connection closes. */
-const LINGER_MS = 2_000;
+import { diskFullError, ObjectTooLargeError } from "./storage/errors.js";
 
 const STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.InvalidArgument]: 400,
@@ -29,6 +25,13 @@ export class MethodNotAllowedError extends KilnError {
   }
 }
 
+/** A request body over its route's limit, refused before or while it is read (HTTP 413). */
+export class BodyTooLargeError extends KilnError {
+  constructor(route: string, limit: number) {
+    super(ErrorCode.ResourceExhausted, `a ${route} body is limited to ${limit} bytes`);
+  }
+}
+
 /** A range outside the object (HTTP 416); carries the headers (content-range) the response must include. */
 export class RangeNotSatisfiableError extends InvalidArgumentError {
   constructor(
@@ -42,7 +45,7 @@ export class RangeNotSatisfiableError extends InvalidArgumentError {
 
 /** The HTTP status for an error: its KilnError code decides, anything else is 500. */
 export function statusOf(err: KilnError): number {
-  if (err instanceof ObjectTooLargeError) return 413;
+  if (err instanceof ObjectTooLargeError || err instanceof BodyTooLargeError) return 413;
   if (err instanceof MethodNotAllowedError) return 405;
   if (err instanceof RangeNotSatisfiableError) return 416;
   return STATUS[err.code] ?? 500;
@@ -50,14 +53,19 @@ export function statusOf(err: KilnError): number {
 
 /**
  * Answers with `{code, message, field?}` and the `kiln-error-code` header.
- * Unexpected errors become INTERNAL and are logged. A response already under
+ * A full disk is RESOURCE_EXHAUSTED (507); other unexpected errors become
+ * INTERNAL. Both are logged. A response already under
  * way can only be cut off.
  */
 export function sendError(req: RouteRequest, res: RouteResponse, err: unknown, log: (line: string) => void): void {
-  const known = err instanceof KilnError;
-  const error = known
-    ? err
-    : new KilnError(ErrorCode.Internal, `internal error: ${err instanceof Error ? err.message : String(err)}`);
+  const full = diskFullError(err);
+  if (full) log(`cache: ${req.method} ${req.url}: ${full.message}`);
+  const known = err instanceof KilnError || full !== undefined;
+  const error =
+    full ??
+    (err instanceof KilnError
+      ? err
+      : new KilnError(ErrorCode.Internal, `internal error: ${err instanceof Error ? err.message : String(err)}`));
   if (!known) log(`cache: ${req.method} ${req.url} failed: ${err instanceof Error ? (err.stack ?? err.message) : err}`);
   if (res.headersSent || res.destroyed) {
     res.destroy();
@@ -77,25 +85,7 @@ export function sendError(req: RouteRequest, res: RouteResponse, err: unknown, l
   };
   if (error instanceof MethodNotAllowedError) headers.allow = error.allow.join(", ");
   // Only a request still streaming in can be incomplete (a batch's sub-requests are whole).
-  if (!req.complete && !(Number(req.headers["content-length"] ?? Infinity) <= DRAIN_LIMIT))
-    lingerThenClose(req as http.IncomingMessage, res as http.ServerResponse);
+  if (!req.complete) endUnreadBody(req as http.IncomingMessage, res as http.ServerResponse);
   res.writeHead(statusOf(error), headers);
   res.end(body);
-}
-
-/**
- * Node reads and drops what is left of a body after the response, which for
- * a large upload could take as long as storing it; this closes the
- * connection after LINGER_MS instead. Closing at once is no better: the
- * client's next write then fails (EPIPE, ECONNRESET), and it often sees
- * that instead of this answer (measured: 3 refused uploads in 8).
- */
-function lingerThenClose(req: http.IncomingMessage, res: http.ServerResponse): void {
-  // The response's: a request whose reading stopped half-way has already let go of its socket.
-  const socket = res.socket;
-  if (!socket || socket.destroyed) return;
-  const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
-  const done = () => clearTimeout(timer);
-  req.once("end", done);
-  socket.once("close", done);
 }

@@ -1,7 +1,6 @@
 import {
   InvalidArgumentError,
   NotFoundError,
-  UnauthenticatedError,
   validateListPrefix,
   validateObjectKey,
   validateObjectPrefix,
@@ -19,10 +18,10 @@ import {
 } from "@kiln/protocol/cache";
 import { randomBytes } from "node:crypto";
 import type * as http from "node:http";
-import { bearerTokenCheck } from "../net/auth.js";
+import type { Authenticate } from "../net/auth.js";
 import { healthzResponder, KilnServer } from "../net/healthz.js";
 import { BufferedRequest, BufferedResponse, type RouteRequest, type RouteResponse } from "./exchange.js";
-import { MethodNotAllowedError, sendError } from "./http-errors.js";
+import { BodyTooLargeError, MethodNotAllowedError, sendError } from "./http-errors.js";
 import { sendObject } from "./read-response.js";
 import type { ObjectStat } from "./storage/backend.js";
 import type { ObjectStore, WriteRequest } from "./storage/object-store.js";
@@ -31,7 +30,8 @@ export interface RouteContext {
   store: ObjectStore;
   /** Advertised in every ObjectRef; known once the server listens. */
   endpoint: string;
-  token?: string;
+  /** Checks each request's credential from its headers, before any body is read. */
+  authenticate: Authenticate;
   log(line: string): void;
 }
 
@@ -47,16 +47,15 @@ type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
  * JSON; storage semantics live in ObjectStore.
  *
  * @example
- * http.createServer(cacheRoutes({ store, endpoint: "http://127.0.0.1:7422", log: console.log }));
+ * http.createServer(cacheRoutes({ store, endpoint: "http://127.0.0.1:7422", authenticate: authenticator(token), log: console.log }));
  */
 export function cacheRoutes(ctx: RouteContext): Handler {
-  const authorized = ctx.token === undefined ? () => true : bearerTokenCheck(ctx.token);
-  const healthz = healthzResponder(KilnServer.ObjectCache, ctx.token, () => healthDetails(ctx));
+  const healthz = healthzResponder(KilnServer.ObjectCache, ctx.authenticate, () => healthDetails(ctx));
   return (req, res) => {
     if (healthz(req, res)) return;
-    if (authorized(req.headers.authorization)) return handle(ctx, req, res);
-    const refusal = new UnauthenticatedError("missing or invalid token (send `authorization: Bearer <token>`)");
-    sendError(req, res, refusal, ctx.log);
+    const { refusal } = ctx.authenticate(req.headers);
+    if (refusal) return sendError(req, res, refusal, ctx.log);
+    handle(ctx, req, res);
   };
 }
 
@@ -130,12 +129,12 @@ function objectRoute(
 
 /** Runs each sub-request through the same routes as a request of its own, at once, and answers in order. */
 async function batch(ctx: RouteContext, req: RouteRequest, res: RouteResponse): Promise<void> {
+  if (Number(req.headers["content-length"] ?? 0) > MAX_BATCH_REQUEST_BYTES) throw batchTooLarge();
   const chunks: Buffer[] = [];
   let length = 0;
   for await (const chunk of req) {
     length += chunk.length;
-    if (length > MAX_BATCH_REQUEST_BYTES)
-      throw new InvalidArgumentError("batch", `a batch body is limited to ${MAX_BATCH_REQUEST_BYTES} bytes`);
+    if (length > MAX_BATCH_REQUEST_BYTES) throw batchTooLarge();
     chunks.push(chunk);
   }
   const items = decodeBatchRequest(Buffer.concat(chunks, length));
@@ -228,6 +227,10 @@ function decodePath(raw: string): string {
   } catch {
     throw new InvalidArgumentError("key", `"${raw}" is not valid percent-encoding`);
   }
+}
+
+function batchTooLarge(): BodyTooLargeError {
+  return new BodyTooLargeError(BATCH_PATH, MAX_BATCH_REQUEST_BYTES);
 }
 
 function allow(method: string, allowed: string[]): void {

@@ -1,7 +1,7 @@
 import { InvalidArgumentError } from "@kiln/protocol";
 import * as http from "node:http";
 import type * as net from "node:net";
-import { isLoopbackHost } from "../net/auth.js";
+import { authenticator, isLoopbackHost } from "../net/auth.js";
 import { portInUse } from "../net/port-in-use.js";
 import { cacheRoutes, type RouteContext } from "./routes.js";
 import type { Catalog } from "./storage/backend.js";
@@ -62,7 +62,7 @@ export async function startCacheServer(options: CacheServerOptions): Promise<Cac
     maxObjectBytes: options.maxObjectBytes,
     log,
   });
-  const ctx: RouteContext = { store, endpoint: "", token: options.token, log };
+  const ctx: RouteContext = { store, endpoint: "", authenticate: authenticator(options.token), log };
   // Uploads of any size may take longer than Node's default 5-minute request limit; idle sockets still time out.
   const server = http.createServer({ requestTimeout: 0, keepAliveTimeout: 5_000 }, cacheRoutes(ctx));
   server.timeout = IDLE_TIMEOUT_MS;

@@ -19,6 +19,9 @@ export interface LocalClusterOptions {
   log?: (line: string) => void;
   /** Extra control-plane settings (timeouts, retries…). */
   controlPlane?: Partial<ControlPlaneOptions>;
+  /** Limits on what one package may extract to on the local agent (`kiln agent --max-package-*`). */
+  maxPackageBytes?: number;
+  maxPackageEntries?: number;
 }
 
 export interface LocalCluster {
@@ -92,6 +95,9 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     if (options.executors !== undefined)
       agentArgs.push("--cpus", String(Math.max(executors, os.availableParallelism())));
     agentArgs.push("--work-dir", path.join(dataDir, "agent"), "--cache-endpoint", cacheEndpoint);
+    if (options.maxPackageBytes !== undefined) agentArgs.push("--max-package-bytes", String(options.maxPackageBytes));
+    if (options.maxPackageEntries !== undefined)
+      agentArgs.push("--max-package-entries", String(options.maxPackageEntries));
     const agent = supervise("agent", "agent.log", () => agentArgs);
     await readyWithin(agent, "the local agent", dataDir, "agent.log");
 

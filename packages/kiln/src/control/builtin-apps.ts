@@ -3,7 +3,7 @@ import { JOB_APPLICATION } from "@kiln/protocol/jobs";
 import { RUNNER_TEMPLATE } from "@kiln/protocol/runner";
 import { flame } from "@kiln/protocol/proto";
 import { PING_APPLICATION } from "../apps/ping/ping.js";
-import { serviceEntry, type BuiltinService } from "../apps/service-entry.js";
+import { builtinCommand, type BuiltinService } from "../apps/service-entry.js";
 import { CONCURRENCY_LABEL, type ApplicationRegistry } from "./applications.js";
 
 interface BuiltinApp {
@@ -41,7 +41,10 @@ const BUILTIN_APPS: readonly BuiltinApp[] = [
   },
 ];
 
-/** Applications every Kiln cluster has, (re)registered at each start so they follow the installed version. */
+/**
+ * Applications every Kiln cluster has, (re)registered at each start so they follow the installed version
+ * (and a store from before symbolic commands gets them).
+ */
 export function registerBuiltinApps(apps: ApplicationRegistry): void {
   for (const app of BUILTIN_APPS)
     apps.register(
@@ -50,8 +53,8 @@ export function registerBuiltinApps(apps: ApplicationRegistry): void {
         shim: flame.Shim.Host,
         description: app.description,
         labels: ["builtin", `${CONCURRENCY_LABEL}=${app.concurrency}`],
-        command: process.execPath,
-        arguments: [serviceEntry(app.service)],
+        // Each agent resolves this to its own Node and install: the control plane's paths mean nothing on another host.
+        command: builtinCommand(app.service),
         delayRelease: 10n,
       }),
       { upsert: true },

@@ -1,4 +1,5 @@
-import { parseResreq, type Resources } from "@kiln/protocol";
+import { InvalidArgumentError, parseResreq, type Resources } from "@kiln/protocol";
+import { TASK_ENVELOPE_BYTES } from "./request-limits.js";
 import { normalizeEndpoint } from "@kiln/sdk";
 
 export interface ControlPlaneOptions {
@@ -18,9 +19,15 @@ export interface ControlPlaneOptions {
   cacheEndpoint?: string;
   /** Close an agent stream that sent nothing for this long. Default 15 s. */
   heartbeatTimeoutMs?: number;
-  /** After a node's stream ends, wait this long for it to come back before requeueing its tasks. Default 30 s. */
+  /**
+   * After a node's stream ends, wait this long for it to come back before requeueing its tasks. Default 30 s;
+   * at least heartbeatTimeoutMs (a node cut off silently is only noticed after that long).
+   */
   drainTimeoutMs?: number;
-  /** Heartbeat interval agents are told to use. Default 5 s. */
+  /**
+   * Heartbeat interval agents are told to use. Default: a third of heartbeatTimeoutMs, at most 5 s, so
+   * two heartbeats can be missed before a node counts as lost. At most half of heartbeatTimeoutMs.
+   */
   heartbeatIntervalMs?: number;
   /** How many times a task whose executor was lost is requeued before it fails. Default 3. */
   retries?: number;
@@ -28,6 +35,11 @@ export interface ControlPlaneOptions {
   bindRetryLimit?: number;
   /** Largest task input or common data accepted, bytes. Default 16 MiB. */
   maxTaskBytes?: number;
+  /**
+   * Largest request carrying many tasks (CreateTasks, each SubmitTasks message) or an agent's batch of
+   * results (each Agent stream message), bytes. Default 64 MiB; at least maxTaskBytes + 64 KiB.
+   */
+  maxRequestBytes?: number;
   /** Resources given to sessions that ask for none (or leave one out). Default cpu=1,mem=1g,gpu=0. */
   defaultResreq?: string;
   /** Scheduling tick for timers (delay release, backoff). Default 100 ms. */
@@ -50,6 +62,7 @@ export interface ControlPlaneConfig {
   retries: number;
   bindRetryLimit: number;
   maxTaskBytes: number;
+  maxRequestBytes: number;
   defaultResreq: Resources;
   scheduleIntervalMs: number;
   durability: "normal" | "full";
@@ -59,7 +72,20 @@ export interface ControlPlaneConfig {
 export const DEFAULT_PORT = 7420;
 const BUILTIN_RESREQ: Resources = { cpu: 1, memory: 2 ** 30, gpu: 0 };
 
+const MAX_HEARTBEAT_INTERVAL_MS = 5_000;
+
+/**
+ * The options with defaults filled in, or an InvalidArgumentError naming the first setting (and its
+ * `kiln server` flag) that cannot work, alone or with another.
+ */
 export function resolveConfig(o: ControlPlaneOptions): ControlPlaneConfig {
+  const config = withDefaults(o);
+  checkConfig(config);
+  return config;
+}
+
+function withDefaults(o: ControlPlaneOptions): ControlPlaneConfig {
+  const heartbeatTimeoutMs = o.heartbeatTimeoutMs ?? 15_000;
   return {
     dataDir: o.dataDir,
     host: o.host ?? "127.0.0.1",
@@ -67,12 +93,14 @@ export function resolveConfig(o: ControlPlaneOptions): ControlPlaneConfig {
     httpPort: o.httpPort,
     token: o.token || undefined,
     cacheEndpoint: o.cacheEndpoint === undefined ? undefined : normalizeEndpoint("cacheEndpoint", o.cacheEndpoint),
-    heartbeatTimeoutMs: o.heartbeatTimeoutMs ?? 15_000,
-    drainTimeoutMs: o.drainTimeoutMs ?? 30_000,
-    heartbeatIntervalMs: o.heartbeatIntervalMs ?? 5_000,
+    heartbeatTimeoutMs,
+    drainTimeoutMs: o.drainTimeoutMs ?? Math.max(30_000, heartbeatTimeoutMs),
+    heartbeatIntervalMs:
+      o.heartbeatIntervalMs ?? Math.min(MAX_HEARTBEAT_INTERVAL_MS, Math.floor(heartbeatTimeoutMs / 3)),
     retries: o.retries ?? 3,
     bindRetryLimit: o.bindRetryLimit ?? 5,
     maxTaskBytes: o.maxTaskBytes ?? 16 * 1024 * 1024,
+    maxRequestBytes: o.maxRequestBytes ?? 64 * 1024 * 1024,
     // A resource left out of --default-resreq keeps the built-in default.
     defaultResreq: {
       ...BUILTIN_RESREQ,
@@ -82,4 +110,37 @@ export function resolveConfig(o: ControlPlaneOptions): ControlPlaneConfig {
     durability: o.durability ?? "normal",
     log: o.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)),
   };
+}
+
+function checkConfig(c: ControlPlaneConfig): void {
+  const whole = (field: string, flag: string, value: number, min: number) => {
+    if (!Number.isSafeInteger(value) || value < min)
+      throw new InvalidArgumentError(field, `${value} (${flag}) must be a whole number of at least ${min}`);
+  };
+  whole("heartbeatTimeoutMs", "--heartbeat-timeout", c.heartbeatTimeoutMs, 2);
+  whole("heartbeatIntervalMs", "the agents' heartbeat interval", c.heartbeatIntervalMs, 1);
+  whole("drainTimeoutMs", "--drain-timeout", c.drainTimeoutMs, 0);
+  whole("retries", "--retries", c.retries, 0);
+  whole("bindRetryLimit", "bind retries", c.bindRetryLimit, 1);
+  whole("maxTaskBytes", "--max-task-bytes", c.maxTaskBytes, 1);
+  whole("maxRequestBytes", "--max-request-bytes", c.maxRequestBytes, 1);
+  whole("scheduleIntervalMs", "the scheduling tick", c.scheduleIntervalMs, 1);
+  if (c.heartbeatTimeoutMs < 2 * c.heartbeatIntervalMs)
+    throw new InvalidArgumentError(
+      "heartbeatTimeoutMs",
+      `${c.heartbeatTimeoutMs} ms (--heartbeat-timeout) must be at least twice the heartbeat interval ` +
+        `(${c.heartbeatIntervalMs} ms), or every node is dropped between two heartbeats`,
+    );
+  if (c.drainTimeoutMs < c.heartbeatTimeoutMs)
+    throw new InvalidArgumentError(
+      "drainTimeoutMs",
+      `${c.drainTimeoutMs} ms (--drain-timeout) must be at least the heartbeat timeout ` +
+        `(${c.heartbeatTimeoutMs} ms, --heartbeat-timeout): a node that went silent is only noticed after that long`,
+    );
+  if (c.maxRequestBytes < c.maxTaskBytes + TASK_ENVELOPE_BYTES)
+    throw new InvalidArgumentError(
+      "maxRequestBytes",
+      `${c.maxRequestBytes} bytes (--max-request-bytes) must be at least --max-task-bytes (${c.maxTaskBytes}) ` +
+        `+ 64 KiB, or a batch could not carry one task of the largest input`,
+    );
 }

@@ -1,14 +1,15 @@
-import { toJson } from "@bufbuild/protobuf";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { toJson, type DescService } from "@bufbuild/protobuf";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { InvalidArgumentError } from "@kiln/protocol";
 import { StreamRoutes, translateErrors } from "@kiln/protocol/transport";
 import { flame, kiln } from "@kiln/protocol/proto";
 import * as path from "node:path";
-import { bearerTokenCheck, isLoopbackHost } from "../net/auth.js";
+import { authenticator, isLoopbackHost } from "../net/auth.js";
+import { connectHandler } from "../net/connect-handler.js";
 import { healthzResponder, KilnServer } from "../net/healthz.js";
 import { listenHttp1, listenHttp2, type Listener } from "../net/http-server.js";
-import { requireToken, tokenRefusal } from "../net/interceptors.js";
 import { portInUse } from "../net/port-in-use.js";
+import { requestGate } from "../net/request-gate.js";
 import { agentService } from "./api/agent-service.js";
 import { frontendService, type FrontendDeps } from "./api/frontend-service.js";
 import { kilnFrontendService } from "./api/kiln-frontend-service.js";
@@ -18,6 +19,7 @@ import { registerBuiltinApps } from "./builtin-apps.js";
 import { clusterInfo } from "./cluster-info.js";
 import { resolveConfig, type ControlPlaneOptions } from "./config.js";
 import { Orchestrator } from "./orchestrator.js";
+import { RequestLimits } from "./request-limits.js";
 import { SessionRegistry } from "./sessions.js";
 import { SessionsFeed } from "./sessions-feed.js";
 import { GroupCommit } from "./store/group-commit.js";
@@ -99,35 +101,38 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   const flameFrontend = frontendService(deps);
   const kilnFrontend = kilnFrontendService(deps);
   const agent = agentService(orchestrator, config.log);
-  // Batches of tasks can be large; each task's input is checked against maxTaskBytes with a clear error.
-  const readMaxBytes = Math.max(256 * 1024 * 1024, config.maxTaskBytes * 4);
-  const connectHandler = connectNodeAdapter({
+  const services: [DescService, object][] = [
+    [flame.Frontend, flameFrontend],
+    [kiln.Frontend, kilnFrontend],
+    [kiln.Agent, agent],
+  ];
+  const limits = new RequestLimits(
+    config.maxTaskBytes,
+    config.maxRequestBytes,
+    services.map(([service]) => service),
+  );
+  const api = connectHandler({
     routes: (router) => {
-      router.service(flame.Frontend, flameFrontend);
-      router.service(kiln.Frontend, kilnFrontend);
-      router.service(kiln.Agent, agent);
+      for (const [service, impl] of services) serveWithLimits(router, service, impl, limits);
     },
-    interceptors: [...(config.token ? [requireToken(config.token)] : []), translateErrors()],
-    readMaxBytes,
+    interceptors: [translateErrors()],
   });
+  const authenticate = authenticator(config.token);
   // Known once both ports listen; /healthz names them so a client at the wrong one can be told the right one.
   const endpoints = { endpoint: "", httpEndpoint: "" };
-  const healthz = healthzResponder(KilnServer.ControlPlane, config.token, () => ({
+  const healthz = healthzResponder(KilnServer.ControlPlane, authenticate, () => ({
     ...endpoints,
     ...(toJson(kiln.ClusterInfoSchema, info(), { alwaysEmitImplicit: true }) as Record<string, unknown>),
   }));
-  const handler: typeof connectHandler = (req, res) => {
-    if (!healthz(req, res)) connectHandler(req, res);
-  };
   // gRPC streams (agents, task submission, watches) skip Connect's per-message pipeline; see StreamRoutes.
-  const tokenMatches = config.token ? bearerTokenCheck(config.token) : undefined;
-  const streams = new StreamRoutes({
-    readMaxBytes,
-    ...(tokenMatches ? { authorize: (h) => (tokenMatches(h.authorization) ? undefined : tokenRefusal()) } : {}),
-  })
+  const streams = new StreamRoutes({ readMaxBytes: limits.streamMessageBytes })
     .add(flame.Frontend, flameFrontend)
     .add(kiln.Frontend, kilnFrontend)
     .add(kiln.Agent, agent);
+  // Credentials and declared lengths are checked before any route reads a byte of the body.
+  const gate = { authenticate, limitOf: limits.ofPath };
+  const http2Handler = requestGate(gate, streams.handler(api));
+  const http1Handler = requestGate(gate, api);
   const closeStore = () => {
     commit.flushNow();
     store.close();
@@ -135,14 +140,18 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   let server: Listener;
   let http1: Listener;
   try {
-    server = await listenHttp2(config.host, config.port, streams.handler(handler)).catch(
-      portInUse(config.port, "grpc"),
-    );
+    server = await listenHttp2(
+      config.host,
+      config.port,
+      (req, res) => healthz(req, res) || http2Handler(req, res),
+    ).catch(portInUse(config.port, "grpc"));
     const httpPort = config.httpPort ?? (config.port === 0 ? 0 : server.port + 1);
-    http1 = await listenHttp1(config.host, httpPort, handler).catch(async (err: unknown) => {
-      await server.close();
-      return portInUse(httpPort, "json")(err);
-    });
+    http1 = await listenHttp1(config.host, httpPort, (req, res) => healthz(req, res) || http1Handler(req, res)).catch(
+      async (err: unknown) => {
+        await server.close();
+        return portInUse(httpPort, "json")(err);
+      },
+    );
   } catch (err) {
     orchestrator.stop();
     closeStore();
@@ -169,4 +178,22 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       closeStore();
     },
   };
+}
+
+/**
+ * Registers each method of `service` with the body limit of its route: Connect reads no more than
+ * that of a body (counting one without a declared length as it arrives, compressed or not).
+ */
+function serveWithLimits(router: ConnectRouter, service: DescService, impl: object, limits: RequestLimits): void {
+  for (const method of service.methods) {
+    const fn: unknown = (impl as Record<string, unknown>)[method.localName];
+    const unimplemented = () => {
+      throw new ConnectError(`${service.typeName}.${method.name} is not implemented`, Code.Unimplemented);
+    };
+    // The method's type is only known at run time here; the implementation is the service's own.
+    const bound = (typeof fn === "function" ? fn.bind(impl) : unimplemented) as never;
+    router.rpc(method, bound, {
+      readMaxBytes: limits.of(method).bytes,
+    });
+  }
 }

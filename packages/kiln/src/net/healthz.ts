@@ -1,5 +1,5 @@
 import type * as http from "node:http";
-import { bearerTokenCheck } from "./auth.js";
+import type { Authenticate } from "./auth.js";
 
 /** Every Kiln server answers `GET /healthz` with a {@link HealthzBody}. */
 export const HEALTHZ_PATH = "/healthz";
@@ -32,19 +32,18 @@ interface HealthzResponse {
 /**
  * Answers `/healthz` for `server` and returns true, or returns false for any
  * other path. Liveness needs no token, so a load balancer or `kiln status`
- * can always ask; what the server holds (`details()`) is shown only with the
- * token when one is configured, like every other route.
+ * can always ask; what the server holds (`details()`) is shown only to a
+ * caller `authenticate` accepts, like every other route.
  *
  * @example
- * const healthz = healthzResponder(KilnServer.ObjectCache, token, () => ({ backend: "fs" }));
+ * const healthz = healthzResponder(KilnServer.ObjectCache, authenticator(token), () => ({ backend: "fs" }));
  * http.createServer((req, res) => healthz(req, res) || routes(req, res));
  */
 export function healthzResponder(
   server: KilnServer,
-  token: string | undefined,
+  authenticate: Authenticate,
   details: () => Record<string, unknown>,
 ): (req: HealthzRequest, res: HealthzResponse) => boolean {
-  const authorized = token === undefined ? () => true : bearerTokenCheck(token);
   return (req, res) => {
     const url = req.url ?? "/";
     if (url !== HEALTHZ_PATH && !url.startsWith(`${HEALTHZ_PATH}?`)) return false;
@@ -54,7 +53,7 @@ export function healthzResponder(
       return true;
     }
     const body: HealthzBody = { status: "ok", server };
-    if (authorized(req.headers.authorization)) body.details = details();
+    if (authenticate(req.headers).principal) body.details = details();
     const text = `${JSON.stringify(body)}\n`;
     res.writeHead(200, {
       "content-type": "application/json",

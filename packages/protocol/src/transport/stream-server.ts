@@ -143,7 +143,7 @@ class ServerStream {
     const schema = this.route.method.input;
     this.req.on("data", (chunk: Buffer) => {
       try {
-        for (const bytes of reader.push(chunk)) this.input.push(fromBinary(schema, bytes));
+        for (const bytes of reader.push(chunk)) this.input.push(parse(schema, bytes));
       } catch (err) {
         this.abort.abort(ConnectError.from(err, Code.InvalidArgument));
       }
@@ -179,6 +179,18 @@ class ServerStream {
     setTrailerStatus(new Headers(ctx.responseTrailer), err).forEach((value, key) => (trailers[key] = value));
     res.addTrailers(trailers);
     res.end();
+  }
+}
+
+/** A request message, or INVALID_ARGUMENT naming the type it is not. */
+function parse(schema: DescMessage, bytes: Uint8Array): MessageShape<DescMessage> {
+  try {
+    return fromBinary(schema, bytes);
+  } catch (err) {
+    throw new ConnectError(
+      `the request is not a valid ${schema.typeName} message (${err instanceof Error ? err.message : String(err)})`,
+      Code.InvalidArgument,
+    );
   }
 }
 

@@ -1,5 +1,6 @@
 import * as fs from "node:fs/promises";
 import { checkLinksStayInside } from "./archive-entries.js";
+import { ExtractionBudget, type ExtractionLimits } from "./extraction-limits.js";
 import { extractTarGz } from "./tar-extract.js";
 import { extractZip } from "./zip-extract.js";
 
@@ -50,10 +51,17 @@ export async function packageFormat(file: string, fileName: string): Promise<Pac
 }
 
 /**
- * Extracts an archive into `dest` (an empty temp dir) and checks that no
- * symlink in the result leads outside it. Throws naming the offending entry.
+ * Extracts an archive into `dest` (an empty temp dir) within `limits`, and checks that no
+ * symlink in the result leads outside it. Throws naming the offending entry, or the limit
+ * (PackageLimitError) before writing the entry that would pass it.
  */
-export async function extractArchive(file: string, format: "tar.gz" | "zip", dest: string): Promise<void> {
-  await (format === "zip" ? extractZip(file, dest) : extractTarGz(file, dest));
+export async function extractArchive(
+  file: string,
+  format: "tar.gz" | "zip",
+  dest: string,
+  limits: ExtractionLimits,
+): Promise<void> {
+  const budget = new ExtractionBudget(limits, (await fs.stat(file)).size);
+  await (format === "zip" ? extractZip(file, dest, budget) : extractTarGz(file, dest, budget));
   await checkLinksStayInside(dest);
 }

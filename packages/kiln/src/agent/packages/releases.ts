@@ -1,6 +1,7 @@
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { extractArchive, packageFormat } from "./archive.js";
+import type { ExtractionLimits } from "./extraction-limits.js";
 import { downloadPackage, type Downloaded, type DownloadOptions } from "./download-file.js";
 import { exists, renameIntoPlace, tempPath, type PackageLayout } from "../../package-store/layout.js";
 import type { PackageUrl } from "./package-url.js";
@@ -14,6 +15,7 @@ export interface Release {
 
 export interface ReleaseOptions extends Omit<DownloadOptions, "signal"> {
   layout: PackageLayout;
+  limits: ExtractionLimits;
   log(line: string): void;
 }
 
@@ -78,7 +80,7 @@ async function createRelease(url: PackageUrl, downloaded: Downloaded, o: Release
   await fs.mkdir(temp);
   try {
     if (format === "file") await placeFile(downloaded.file, temp, url.fileName);
-    else await extractArchive(downloaded.file, format, temp);
+    else await extractArchive(downloaded.file, format, temp, o.limits);
     if (await renameIntoPlace(temp, dir))
       o.log(`installed ${url.display} as release ${sha256} (${format}, ${downloaded.bytes} bytes)`);
     return { dir, sha256 };

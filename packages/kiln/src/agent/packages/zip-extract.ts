@@ -4,6 +4,7 @@ import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import yauzl from "yauzl";
 import { checkEntryPath, checkSymlinkTarget, UnsafeEntryError } from "./archive-entries.js";
+import { PackageLimitError, type ExtractionBudget } from "./extraction-limits.js";
 
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
@@ -67,12 +68,13 @@ function checkLinksNotNested(links: readonly PendingLink[]): void {
 /**
  * Extracts a .zip into `dest` (an empty dir). Files and directories are
  * written first and symlinks made last, so no write can pass through a link
- * from the archive; the first unsafe entry fails the whole extraction.
+ * from the archive; the first unsafe entry, or the first past a limit of
+ * `budget`, fails the whole extraction.
  *
  * @example
- * await extractZip("/tmp/app.zip", "/work/packages/releases/.tmp-1-ab");
+ * await extractZip("/tmp/app.zip", "/work/packages/releases/.tmp-1-ab", new ExtractionBudget(limits, size));
  */
-export async function extractZip(file: string, dest: string): Promise<void> {
+export async function extractZip(file: string, dest: string, budget: ExtractionBudget): Promise<void> {
   let zip: yauzl.ZipFile;
   try {
     zip = await openZip(file);
@@ -84,6 +86,8 @@ export async function extractZip(file: string, dest: string): Promise<void> {
     for (let entry = await nextEntry(zip); entry; entry = await nextEntry(zip)) {
       const name = yauzl.getFileNameLowLevel(entry.generalPurposeBitFlag, entry.fileNameRaw, entry.extraFields, false);
       checkEntryPath(name);
+      // yauzl checks that an entry inflates to exactly its declared size, so the declared size is what is written.
+      budget.add(name, entry.uncompressedSize);
       const mode = (entry.externalFileAttributes >>> 16) & 0xffff;
       const kind = mode & S_IFMT;
       const target = path.join(dest, name);
@@ -108,7 +112,7 @@ export async function extractZip(file: string, dest: string): Promise<void> {
       await fs.promises.symlink(link.target, path.join(dest, link.name));
     }
   } catch (err) {
-    if (err instanceof UnsafeEntryError) throw err;
+    if (err instanceof UnsafeEntryError || err instanceof PackageLimitError) throw err;
     throw new Error(`corrupt .zip: ${(err as Error).message}`, { cause: err });
   } finally {
     zip.close();

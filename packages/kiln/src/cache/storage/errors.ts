@@ -13,3 +13,21 @@ export class StorageFullError extends KilnError {
     super(ErrorCode.ResourceExhausted, message, options);
   }
 }
+
+const DISK_FULL_CODES = new Set(["ENOSPC", "EDQUOT", "SQLITE_FULL"]);
+
+/**
+ * The refusal of a write that ran out of disk (ENOSPC, EDQUOT, or SQLite's SQLITE_FULL), or undefined
+ * for any other error. What the write had put on disk is removed by its own clean-up (temp files,
+ * adopted blobs), so the answer can say nothing was kept.
+ *
+ * @example
+ * const full = diskFullError(err); if (full) return sendError(req, res, full, log);
+ */
+export function diskFullError(err: unknown): StorageFullError | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== "string" || !DISK_FULL_CODES.has(code)) return undefined;
+  return new StorageFullError(`the cache's storage is full (${code}); nothing of this write was kept`, {
+    cause: err,
+  });
+}

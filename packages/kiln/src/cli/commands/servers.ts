@@ -19,10 +19,24 @@ const hostOption = (): Option =>
   new Option("--host <address>", "address to listen on; beyond loopback a --token is required").default(DEFAULT_HOST);
 const dataDirOption = (): Option =>
   new Option("--data-dir <dir>", "where the cluster state lives").default(DEFAULT_DATA_DIR);
+const maxPackageBytesOption = (): Option =>
+  new Option("--max-package-bytes <size>", "largest total size one package may extract to (default 4g)").argParser(
+    byteSize,
+  );
+const maxPackageEntriesOption = (): Option =>
+  new Option(
+    "--max-package-entries <n>",
+    "most files, directories and links in one package (default 100000)",
+  ).argParser(wholeNumber(1));
 const executorsOption = (): Option =>
   new Option("--executors <n>", "executors on this node (default: one per CPU)").argParser(wholeNumber(1, 4096));
 
-interface UpFlags {
+interface PackageLimitFlags {
+  maxPackageBytes?: number;
+  maxPackageEntries?: number;
+}
+
+interface UpFlags extends PackageLimitFlags {
   dataDir: string;
   port: number;
   cachePort?: number;
@@ -38,10 +52,12 @@ interface ServerFlags {
   drainTimeout?: number;
   retries?: number;
   maxTaskBytes?: number;
+  maxRequestBytes?: number;
   defaultResreq?: string;
 }
 
-interface AgentFlags {
+interface AgentFlags extends PackageLimitFlags {
+  reconnectMaxDelay?: number;
   name?: string;
   executors?: number;
   cpus?: number;
@@ -67,6 +83,8 @@ export function registerServerCommands(program: Command): void {
     )
     .addOption(hostOption())
     .addOption(executorsOption())
+    .addOption(maxPackageBytesOption())
+    .addOption(maxPackageEntriesOption())
     .addHelpText("after", "\nThe global --token, when given, is required from every client and agent.\n")
     .action(async (f: UpFlags, cmd: Command) => {
       const { token } = cmd.optsWithGlobals<GlobalOptions>();
@@ -80,6 +98,8 @@ export function registerServerCommands(program: Command): void {
             port: f.port,
             cachePort: f.cachePort,
             executors: f.executors,
+            maxPackageBytes: f.maxPackageBytes,
+            maxPackageEntries: f.maxPackageEntries,
             token,
           }),
         (cluster) =>
@@ -117,6 +137,12 @@ export function registerServerCommands(program: Command): void {
     )
     .addOption(
       new Option(
+        "--max-request-bytes <size>",
+        "largest batch of tasks or agent results in one request or stream message (default 64m)",
+      ).argParser(byteSize),
+    )
+    .addOption(
+      new Option(
         "--default-resreq <resources>",
         "resources for sessions that ask for none (default cpu=1,mem=1g)",
       ).argParser(resreqText),
@@ -143,6 +169,7 @@ export function registerServerCommands(program: Command): void {
             drainTimeoutMs: f.drainTimeout,
             retries: f.retries,
             maxTaskBytes: f.maxTaskBytes,
+            maxRequestBytes: f.maxRequestBytes,
             defaultResreq: f.defaultResreq,
             ...(cacheEndpoint ? { cacheEndpoint } : {}),
           }),
@@ -166,7 +193,14 @@ export function registerServerCommands(program: Command): void {
       ),
     )
     .option("--work-dir <dir>", "where executors install applications and run")
-
+    .addOption(maxPackageBytesOption())
+    .addOption(maxPackageEntriesOption())
+    .addOption(
+      new Option(
+        "--reconnect-max-delay <ms>",
+        "longest wait between attempts to reach a lost control plane (default 2000)",
+      ).argParser(wholeNumber(1)),
+    )
     .addHelpText(
       "after",
       "\nNeeds the global --endpoint (the control plane) and, if it has one, --token.\n" +
@@ -190,6 +224,9 @@ export function registerServerCommands(program: Command): void {
             executors: f.executors,
             cpus: f.cpus,
             workDir: f.workDir,
+            maxPackageBytes: f.maxPackageBytes,
+            maxPackageEntries: f.maxPackageEntries,
+            reconnectMaxDelayMs: f.reconnectMaxDelay,
             cacheEndpoint,
             ...(cacheToken ? { cacheToken } : {}),
           }),
