@@ -2,7 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { kiln } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Outbox } from "../src/agent/outbox.js";
+import { MAX_COMPLETION_BYTES_PER_MESSAGE, Outbox } from "../src/agent/outbox.js";
 
 const completion = (taskId: string, attempt = 1) =>
   create(kiln.CompletionSchema, { executorId: "e-1", sessionId: "s-1", taskId, attempt, returnCode: 0 });
@@ -13,6 +13,16 @@ async function nextCompletions(outbox: Outbox, signal: AbortSignal): Promise<kil
   assert.equal(m?.kind.case, "completions");
   return m.kind.case === "completions" ? m.kind.value.completions : [];
 }
+
+/** A completion whose output is `outputBytes` long. */
+const sized = (taskId: number, outputBytes: number) =>
+  create(kiln.CompletionSchema, {
+    executorId: "e-1",
+    sessionId: "s",
+    taskId: String(taskId),
+    attempt: 1,
+    output: new Uint8Array(outputBytes),
+  });
 
 const ids = (cs: readonly kiln.Completion[]) => cs.map((c) => c.taskId);
 const held = (outbox: Outbox) => outbox.waitingTasks("e-1").map((r) => r.taskId);
@@ -95,5 +105,72 @@ describe("the agent's outbox keeps completions until the control plane acknowled
     assert.equal(ended, false, "the stream ended with a completion unacknowledged");
     outbox.acknowledged(1n);
     assert.equal(await last, undefined);
+  });
+});
+
+describe("the agent's outbox keeps each message within its output budget", () => {
+  it("splits completions made in one turn so no message carries much more than 4 MiB of outputs", async () => {
+    const outbox = new Outbox();
+    const abort = new AbortController();
+    outbox.openFor(abort.signal);
+    // 40 outputs of 1 MiB in one turn: one message would be 40 MiB.
+    for (let i = 0; i < 40; i++) outbox.completion(sized(i, 1024 * 1024));
+    outbox.end();
+    const sizes: number[] = [];
+    for (let m = await outbox.next(abort.signal); m; m = await outbox.next(abort.signal)) {
+      assert.equal(m.kind.case, "completions");
+      if (m.kind.case === "completions") {
+        sizes.push(m.kind.value.completions.reduce((n, c) => n + (c.output?.byteLength ?? 0), 0));
+        outbox.acknowledged(m.kind.value.completions.at(-1)!.seq);
+      }
+    }
+    assert.equal(
+      sizes.reduce((a, b) => a + b, 0),
+      40 * 1024 * 1024,
+      "every completion is sent",
+    );
+    assert.ok(sizes.length >= 10, `${sizes.length} messages`);
+    for (const size of sizes) assert.ok(size <= MAX_COMPLETION_BYTES_PER_MESSAGE, `a message of ${size} bytes`);
+  });
+
+  it("sends an output larger than the per-message budget alone", async () => {
+    const outbox = new Outbox();
+    const abort = new AbortController();
+    outbox.openFor(abort.signal);
+    outbox.completion(sized(1, 10));
+    outbox.completion(sized(2, MAX_COMPLETION_BYTES_PER_MESSAGE + 1));
+    outbox.completion(sized(3, 10));
+    outbox.end();
+    const sent: string[][] = [];
+    for (let m = await outbox.next(abort.signal); m; m = await outbox.next(abort.signal))
+      if (m.kind.case === "completions") {
+        sent.push(m.kind.value.completions.map((c) => c.taskId));
+        outbox.acknowledged(m.kind.value.completions.at(-1)!.seq);
+      }
+    assert.deepEqual(sent, [["1"], ["2"], ["3"]]);
+  });
+
+  it("keeps resent completions within the budget too", async () => {
+    const outbox = new Outbox();
+    const first = new AbortController();
+    outbox.openFor(first.signal);
+    for (let i = 0; i < 12; i++) outbox.completion(sized(i, 1024 * 1024));
+    for (let read = 0; read < 12;) {
+      const m = await outbox.next(first.signal);
+      if (m?.kind.case === "completions") read += m.kind.value.completions.length;
+    }
+    first.abort();
+    const second = new AbortController();
+    outbox.openFor(second.signal);
+    const sizes: number[] = [];
+    for (let resent = 0; resent < 12;) {
+      const m = await outbox.next(second.signal);
+      assert.equal(m?.kind.case, "completions");
+      if (m.kind.case !== "completions") break;
+      resent += m.kind.value.completions.length;
+      sizes.push(m.kind.value.completions.reduce((n, c) => n + (c.output?.byteLength ?? 0), 0));
+    }
+    assert.ok(sizes.length >= 3, `${sizes.length} messages`);
+    for (const size of sizes) assert.ok(size <= MAX_COMPLETION_BYTES_PER_MESSAGE, `a message of ${size} bytes`);
   });
 });
