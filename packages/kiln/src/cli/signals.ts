@@ -7,6 +7,8 @@ import { CommandFailed, UsageError } from "./exit-codes.js";
 export interface Closable {
   /** Where it serves, when it is a server; reported to a supervising `kiln up`. */
   endpoint?: string;
+  /** Settles with the reason if it stops by itself (a control plane whose store failed). */
+  failed?: Promise<Error>;
   close(): Promise<void>;
 }
 
@@ -104,8 +106,16 @@ export async function serveUntilSignal<T extends Closable>(
   }
   announce(started);
   reportReady(started.endpoint);
-  const received = await signal;
-  process.stdout.write(`\n${received}: stopping ${what}...\n`);
+  const stopped = await Promise.race([
+    signal.then((received) => ({ received })),
+    ...(started.failed ? [started.failed.then((failure) => ({ failure }))] : []),
+  ]);
+  if ("failure" in stopped) {
+    process.stderr.write(`${what} stopped: ${stopped.failure.message}\n`);
+    await started.close();
+    throw stopped.failure;
+  }
+  process.stdout.write(`\n${stopped.received}: stopping ${what}...\n`);
   await started.close();
   process.stdout.write(`Stopped.\n`);
 }

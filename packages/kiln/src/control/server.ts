@@ -1,6 +1,6 @@
 import { toJson, type DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
-import { InvalidArgumentError } from "@kiln/protocol";
+import { InvalidArgumentError, type KilnError } from "@kiln/protocol";
 import { StreamRoutes, translateErrors } from "@kiln/protocol/transport";
 import { flame, kiln } from "@kiln/protocol/proto";
 import * as path from "node:path";
@@ -28,12 +28,21 @@ import { WatchHub } from "./watch-hub.js";
 
 export type { ControlPlaneOptions } from "./config.js";
 
+/** How long a control plane whose store failed keeps its listeners, so the refusals it sent arrive. */
+const STOP_GRACE_MS = 500;
+
 export interface ControlPlane {
   /** `http://host:port`, for clients and agents (gRPC and Connect over HTTP/2). */
   endpoint: string;
   port: number;
   /** The same API as Connect JSON over HTTP/1.1 (curl, fetch). */
   httpEndpoint: string;
+  /**
+   * Settles with the reason if the control plane stops by itself: its store could not be written (a
+   * full disk), so what it holds in memory is no longer what it stored. Call close(), then start it
+   * again on the same data dir to go on from what was stored.
+   */
+  failed: Promise<KilnError>;
   close(): Promise<void>;
 }
 
@@ -56,7 +65,11 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     );
 
   const store = SqliteStore.open(path.join(config.dataDir, "kiln.db"), config.durability);
-  const commit = new GroupCommit(store);
+  // A commit that fails while starting fails the start; later, it stops the control plane (see GroupCommit).
+  let storeFailed = (refusal: KilnError): void => {
+    throw refusal;
+  };
+  const commit = new GroupCommit(store, (refusal) => storeFailed(refusal));
   // The callback runs only after both registries exist.
   const apps: ApplicationRegistry = new ApplicationRegistry(commit, (name): boolean => sessions.hasOpenSessions(name));
   const sessions: SessionRegistry = new SessionRegistry(commit, apps, {
@@ -94,6 +107,14 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   commit.onCommit(() => feed.flush());
   commit.onCommit(() => orchestrator.acknowledgeCompletions());
   orchestrator.start();
+  const failed = new Promise<KilnError>((resolve) => {
+    storeFailed = (refusal) => {
+      config.log(`control plane stopping: ${refusal.message}`);
+      orchestrator.stop();
+      // The refusals just sent get a moment to reach their callers before the listeners close.
+      setTimeout(() => resolve(refusal), STOP_GRACE_MS);
+    };
+  });
   orchestrator.recover(snapshot.nodes);
 
   const info = () => clusterInfo(orchestrator.cluster, sessions, config.cacheEndpoint);
@@ -172,6 +193,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     endpoint,
     port: server.port,
     httpEndpoint,
+    failed,
     async close() {
       orchestrator.stop();
       await Promise.all([server.close(), http1.close()]);

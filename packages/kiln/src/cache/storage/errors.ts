@@ -1,4 +1,5 @@
 import { ErrorCode, KilnError } from "@kiln/protocol";
+import { diskFullCode } from "../../util/disk-full.js";
 
 /** A body larger than the server's maxObjectBytes (HTTP 413). */
 export class ObjectTooLargeError extends KilnError {
@@ -14,8 +15,6 @@ export class StorageFullError extends KilnError {
   }
 }
 
-const DISK_FULL_CODES = new Set(["ENOSPC", "EDQUOT", "SQLITE_FULL"]);
-
 /**
  * The refusal of a write that ran out of disk (ENOSPC, EDQUOT, or SQLite's SQLITE_FULL), or undefined
  * for any other error. What the write had put on disk is removed by its own clean-up (temp files,
@@ -25,8 +24,8 @@ const DISK_FULL_CODES = new Set(["ENOSPC", "EDQUOT", "SQLITE_FULL"]);
  * const full = diskFullError(err); if (full) return sendError(req, res, full, log);
  */
 export function diskFullError(err: unknown): StorageFullError | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  if (typeof code !== "string" || !DISK_FULL_CODES.has(code)) return undefined;
+  const code = diskFullCode(err);
+  if (!code) return undefined;
   return new StorageFullError(`the cache's storage is full (${code}); nothing of this write was kept`, {
     cause: err,
   });
