@@ -144,6 +144,13 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
     assert.match(r.stdout, /"state":\s*"succeeded"|Succeed|out\.txt/i, r.stdout);
   });
 
+  /** Prints a fault's figures (docs/reliability.md quotes them). */
+  const report = (fault: string, r: { reruns: string[]; seconds: number; resumed: number }): void =>
+    console.log(
+      `${fault}: ${r.reruns.length} re-runs; new work started ${r.resumed.toFixed(1)} s after the fault ended; ` +
+        `all done ${r.seconds.toFixed(1)} s after it began`,
+    );
+
   /**
    * Runs `tasks` counting tasks with `fault` injected once a quarter of them have started, and checks
    * the outcome: every acknowledged task Succeed in the store, and the re-runs (tasks that started more
@@ -153,7 +160,7 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
     name: string,
     fault: () => Promise<void>,
     allowed: (atFault: Executions, afterFault: Executions) => Set<string> | "none",
-  ): Promise<{ reruns: string[]; seconds: number }> => {
+  ): Promise<{ reruns: string[]; seconds: number; resumed: number }> => {
     const session = `fault-${name}`;
     const tasks = 800;
     const client = start("client", FAULT_CLIENT, ["run", APP, session, String(tasks), "300", "180"], clientEnv);
@@ -168,16 +175,25 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
     const began = Date.now();
     await fault();
     const afterFault = executions(countFile, session);
+    const faultEnded = Date.now();
+    // Back to work: a task that had not started before the fault ended starts (dispatch goes on).
+    await untilDirChanges(
+      base,
+      () => executions(countFile, session).starts.size > Math.min(afterFault.starts.size, tasks - 1),
+      120_000,
+      "new work to start after the fault",
+    );
+    const resumed = (Date.now() - faultEnded) / 1000;
     const code = await client.exited(240_000);
     const seconds = (Date.now() - began) / 1000;
     assert.equal(code, 0, client.output());
-    const report = JSON.parse(client.output().trim().split("\n").at(-1)!) as {
+    const outcome = JSON.parse(client.output().trim().split("\n").at(-1)!) as {
       acknowledged: string[];
       tasks: Record<string, string>;
     };
-    assert.equal(report.acknowledged.length, tasks);
-    for (const id of report.acknowledged) assert.equal(report.tasks[id], "Succeed", `task ${id}: ${report.tasks[id]}`);
-    assert.equal(Object.keys(report.tasks).length, tasks, "no task was created twice");
+    assert.equal(outcome.acknowledged.length, tasks);
+    for (const id of outcome.acknowledged) assert.equal(outcome.tasks[id], "Succeed", `task ${id}: ${outcome.tasks[id]}`);
+    assert.equal(Object.keys(outcome.tasks).length, tasks, "no task was created twice");
     const { starts } = executions(countFile, session);
     const reruns = [...starts].filter(([, where]) => where.length > 1).map(([id]) => id);
     const mayRerun = allowed(atFault, afterFault);
@@ -185,7 +201,7 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
     else
       for (const id of reruns)
         assert.ok(mayRerun.has(id), `task ${id} ran again but was not running on the lost agent`);
-    return { reruns, seconds };
+    return { reruns, seconds, resumed };
   };
 
   it("loses nothing when the control plane is killed -9 and restarted", async () => {
@@ -198,7 +214,7 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
       },
       () => "none",
     );
-    console.log(`control plane kill -9: ${r.reruns.length} re-runs, done ${r.seconds.toFixed(1)} s after the kill`);
+    report(`control plane kill -9`, r);
   });
 
   it("re-runs only what ran on an agent killed -9", async () => {
@@ -211,7 +227,7 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
       },
       ranOn("agent-a"),
     );
-    console.log(`agent kill -9: ${r.reruns.length} re-runs, done ${r.seconds.toFixed(1)} s after the kill`);
+    report(`agent kill -9`, r);
   });
 
   it("keeps serving when the object cache is killed -9 and restarted", async () => {
@@ -252,7 +268,7 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
       },
       ranOn("agent-b"),
     );
-    console.log(`agent link down 35 s: ${r.reruns.length} re-runs, done ${r.seconds.toFixed(1)} s after the cut`);
+    report(`agent link down 35 s`, r);
     await running["agent-b"]!.waitFor(/registered as node/, 60_000);
   });
 
@@ -267,9 +283,7 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
       (atFault, afterFault) =>
         new Set([...ranOn("agent-a")(atFault, afterFault), ...ranOn("agent-b")(atFault, afterFault)]),
     );
-    console.log(
-      `control plane link down 20 s: ${r.reruns.length} re-runs, done ${r.seconds.toFixed(1)} s after the cut`,
-    );
+    report(`control plane link down 20 s`, r);
   });
 });
 
