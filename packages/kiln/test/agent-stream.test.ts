@@ -1,5 +1,5 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { kiln } from "@kiln/protocol/proto";
 import assert from "node:assert/strict";
@@ -10,12 +10,21 @@ import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { startAgent, type Agent } from "../src/agent/agent.js";
 import { listenHttp2, type Listener } from "../src/net/http-server.js";
-import { requireToken } from "../src/net/interceptors.js";
+import { Credentials } from "../src/net/credentials.js";
+import { admitCalls } from "../src/net/interceptors.js";
 import { AsyncQueue } from "@kiln/protocol";
 import { untilChanged } from "../../../test/support/until.js";
 import { alive, bindMessage, fixtureApp, pingApp, task, text } from "./support/agent-helpers.js";
 
 const { ExecutorEvent } = kiln;
+
+/** The control plane's first check, for a stub that knows only the cluster token. */
+function admitToken(credentials: Credentials) {
+  return admitCalls((authorization) => {
+    const auth = credentials.authenticate(authorization);
+    return "refusal" in auth ? new ConnectError(auth.refusal, Code.Unauthenticated) : undefined;
+  });
+}
 
 interface Received {
   connection: number;
@@ -75,7 +84,7 @@ class StubControlPlane {
     };
     const handler = connectNodeAdapter({
       routes: (router) => router.service(kiln.Agent, impl),
-      interceptors: this.token ? [requireToken(this.token)] : [],
+      interceptors: this.token ? [admitToken(new Credentials({ adminToken: this.token }))] : [],
     });
     this.listener = await listenHttp2("127.0.0.1", 0, handler);
   }

@@ -13,6 +13,7 @@ export {
   InvalidArgumentError,
   FailedPreconditionError,
   UnauthenticatedError,
+  PermissionDeniedError,
   TimeoutError,
   TaskFailedError,
   isNotFound,

@@ -20,6 +20,8 @@ export interface ServiceProcessOptions {
   controlPlaneEndpoint: string;
   /** The object cache, passed on so the service can read and write objects. */
   cacheEndpoint?: string;
+  /** The session's task credential (the Bind's), the service's KILN_TOKEN; empty on a cluster without tokens. */
+  taskCredential: string;
   socketPath: string;
   /** The executor's own temp dir: TMPDIR, and the cwd unless the application names one or has a package. */
   tempDir: string;
@@ -116,7 +118,16 @@ export class ServiceProcess {
   }
 }
 
-/** The service's environment: the agent's, the package's, the application's (expanded), then Kiln's own variables. */
+/**
+ * Variables of the agent's environment a service never gets: the cluster and
+ * node tokens (its own KILN_TOKEN is its task credential).
+ */
+export const SECRET_ENV_VARS: readonly string[] = ["KILN_TOKEN", "KILN_NODE_TOKEN"];
+
+/**
+ * The service's environment: the agent's without its secrets, the
+ * package's, the application's (expanded), then Kiln's own variables.
+ */
 export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv {
   const kilnVars: NodeJS.ProcessEnv = {
     KILN_INSTANCE_ENDPOINT: o.socketPath,
@@ -129,9 +140,14 @@ export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv 
     KILN_AGENT_PID: String(process.pid),
     TMPDIR: o.tempDir,
   };
-  const env: NodeJS.ProcessEnv = { ...process.env, ...o.release?.env, ...kilnVars };
+  const inherited: NodeJS.ProcessEnv = { ...process.env };
+  for (const name of SECRET_ENV_VARS) delete inherited[name];
+  const env: NodeJS.ProcessEnv = { ...inherited, ...o.release?.env, ...kilnVars };
   for (const { name, value } of o.application.environments) env[name] = expandVars(value, env);
-  return Object.assign(env, kilnVars);
+  Object.assign(env, kilnVars);
+  // Set last, so an application cannot name a token of its own in place of the one minted for it.
+  if (o.taskCredential) env.KILN_TOKEN = o.taskCredential;
+  return env;
 }
 
 function waitForSpawn(child: ChildProcess): Promise<void> {

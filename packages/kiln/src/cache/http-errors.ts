@@ -11,6 +11,7 @@ const LINGER_MS = 2_000;
 const STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.InvalidArgument]: 400,
   [ErrorCode.Unauthenticated]: 401,
+  [ErrorCode.PermissionDenied]: 403,
   [ErrorCode.NotFound]: 404,
   [ErrorCode.FailedPrecondition]: 409,
   [ErrorCode.AlreadyExists]: 409,

@@ -12,6 +12,11 @@ export interface ControlPlaneOptions {
   httpPort?: number;
   token?: string;
   /**
+   * The node token: admits agents (kiln.v1.Agent) and nothing else. Without
+   * it agents use `token`. Needs `token`, and must differ from it.
+   */
+  nodeToken?: string;
+  /**
    * The object cache this control plane tells clients about (GetClusterInfo),
    * e.g. http://10.0.0.5:7422, so they need not be configured with it.
    */
@@ -43,6 +48,7 @@ export interface ControlPlaneConfig {
   port: number;
   httpPort: number | undefined;
   token: string | undefined;
+  nodeToken: string | undefined;
   cacheEndpoint: string | undefined;
   heartbeatTimeoutMs: number;
   drainTimeoutMs: number;
@@ -66,6 +72,7 @@ export function resolveConfig(o: ControlPlaneOptions): ControlPlaneConfig {
     port: o.port ?? DEFAULT_PORT,
     httpPort: o.httpPort,
     token: o.token || undefined,
+    nodeToken: o.nodeToken || undefined,
     cacheEndpoint: o.cacheEndpoint === undefined ? undefined : normalizeEndpoint("cacheEndpoint", o.cacheEndpoint),
     heartbeatTimeoutMs: o.heartbeatTimeoutMs ?? 15_000,
     drainTimeoutMs: o.drainTimeoutMs ?? 30_000,

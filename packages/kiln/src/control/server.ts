@@ -4,12 +4,14 @@ import { InvalidArgumentError } from "@kiln/protocol";
 import { StreamRoutes, translateErrors } from "@kiln/protocol/transport";
 import { flame, kiln } from "@kiln/protocol/proto";
 import * as path from "node:path";
-import { bearerTokenCheck, isLoopbackHost } from "../net/auth.js";
+import { isLoopbackHost } from "../net/auth.js";
+import { Credentials } from "../net/credentials.js";
 import { healthzResponder, KilnServer } from "../net/healthz.js";
 import { listenHttp1, listenHttp2, type Listener } from "../net/http-server.js";
-import { requireToken, tokenRefusal } from "../net/interceptors.js";
+import { admitCalls } from "../net/interceptors.js";
 import { portInUse } from "../net/port-in-use.js";
 import { agentService } from "./api/agent-service.js";
+import { CallGuard } from "./api/call-scope.js";
 import { frontendService, type FrontendDeps } from "./api/frontend-service.js";
 import { kilnFrontendService } from "./api/kiln-frontend-service.js";
 import { toTaskMessage } from "./api/messages.js";
@@ -53,6 +55,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       `listening on ${config.host} (beyond loopback) requires a token (--token or KILN_TOKEN)`,
     );
 
+  const credentials = new Credentials({ adminToken: config.token, nodeToken: config.nodeToken });
+
   const store = SqliteStore.open(path.join(config.dataDir, "kiln.db"), config.durability);
   const commit = new GroupCommit(store);
   // The callback runs only after both registries exist.
@@ -70,7 +74,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
 
   const hub = new WatchHub(toTaskMessage);
   const feed = new SessionsFeed();
-  const orchestrator = new Orchestrator(config, sessions, apps);
+  const orchestrator = new Orchestrator(config, sessions, apps, credentials);
   sessions.observer = {
     taskChanged: (s, t) => {
       hub.taskChanged(s, t);
@@ -94,8 +98,10 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
 
   const info = () => clusterInfo(orchestrator.cluster, sessions, config.cacheEndpoint);
   const deps: FrontendDeps = { apps, sessions, orchestrator, hub, feed, commit, clusterInfo: info };
-  const flameFrontend = frontendService(deps);
-  const kilnFrontend = kilnFrontendService(deps);
+  const guard = new CallGuard(credentials, sessions);
+  const flameFrontend = guard.scoped(flame.Frontend, frontendService(deps));
+  const kilnFrontend = guard.scoped(kiln.Frontend, kilnFrontendService(deps));
+  const admit = (authorization: string | undefined, path: string) => guard.admit(authorization, path);
   const agent = agentService(orchestrator, config.log);
   // Batches of tasks can be large; each task's input is checked against maxTaskBytes with a clear error.
   const readMaxBytes = Math.max(256 * 1024 * 1024, config.maxTaskBytes * 4);
@@ -105,7 +111,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       router.service(kiln.Frontend, kilnFrontend);
       router.service(kiln.Agent, agent);
     },
-    interceptors: [...(config.token ? [requireToken(config.token)] : []), translateErrors()],
+    interceptors: [admitCalls(admit), translateErrors()],
     readMaxBytes,
   });
   // Known once both ports listen; /healthz names them so a client at the wrong one can be told the right one.
@@ -118,11 +124,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     if (!healthz(req, res)) connectHandler(req, res);
   };
   // gRPC streams (agents, task submission, watches) skip Connect's per-message pipeline; see StreamRoutes.
-  const tokenMatches = config.token ? bearerTokenCheck(config.token) : undefined;
-  const streams = new StreamRoutes({
-    readMaxBytes,
-    ...(tokenMatches ? { authorize: (h) => (tokenMatches(h.authorization) ? undefined : tokenRefusal()) } : {}),
-  })
+  const streams = new StreamRoutes({ readMaxBytes, authorize: (h, path) => admit(h.authorization, path) })
     .add(flame.Frontend, flameFrontend)
     .add(kiln.Frontend, kilnFrontend)
     .add(kiln.Agent, agent);

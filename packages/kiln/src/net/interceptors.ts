@@ -1,16 +1,17 @@
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { bearerTokenCheck } from "./auth.js";
+import type { ConnectError, Interceptor } from "@connectrpc/connect";
 
-/** Rejects every request of every API without the cluster token. */
-export function requireToken(token: string): Interceptor {
-  const tokenMatches = bearerTokenCheck(token);
+/**
+ * The check every call of every API passes first: `admit` decides from the
+ * `authorization` header and the method's path (`/package.Service/Method`)
+ * alone, and returns the error that refuses the call, or undefined.
+ *
+ * @example
+ * connectNodeAdapter({ routes, interceptors: [admitCalls((auth, path) => guard.admit(auth, path))] });
+ */
+export function admitCalls(admit: (authorization: string | undefined, path: string) => ConnectError | undefined): Interceptor {
   return (next) => async (req) => {
-    if (!tokenMatches(req.header.get("authorization") ?? undefined)) throw tokenRefusal();
+    const refusal = admit(req.header.get("authorization") ?? undefined, `/${req.service.typeName}/${req.method.name}`);
+    if (refusal) throw refusal;
     return next(req);
   };
-}
-
-/** The error a request without the cluster token gets, on every API. */
-export function tokenRefusal(): ConnectError {
-  return new ConnectError("missing or invalid token (send `authorization: Bearer <token>`)", Code.Unauthenticated);
 }
