@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { SECRET_ENV_VARS } from "../net/credentials.js";
 import { BindError } from "./bind-error.js";
 import { expandVars } from "./expand-vars.js";
 import type { InstalledRelease } from "./installer.js";
@@ -117,12 +118,6 @@ export class ServiceProcess {
     signalProcessGroup(this.pid, signal);
   }
 }
-
-/**
- * Variables of the agent's environment a service never gets: the cluster and
- * node tokens (its own KILN_TOKEN is its task credential).
- */
-export const SECRET_ENV_VARS: readonly string[] = ["KILN_TOKEN", "KILN_NODE_TOKEN"];
 
 /**
  * The service's environment: the agent's without its secrets, the

@@ -19,10 +19,11 @@ import {
 } from "@kiln/protocol/cache";
 import { randomBytes } from "node:crypto";
 import type * as http from "node:http";
-import { bearerTokenCheck } from "../net/auth.js";
+import type { Credentials, Principal } from "../net/credentials.js";
 import { healthzResponder, KilnServer } from "../net/healthz.js";
 import { BufferedRequest, BufferedResponse, type RouteRequest, type RouteResponse } from "./exchange.js";
 import { MethodNotAllowedError, sendError } from "./http-errors.js";
+import { checkObjectAccess } from "./object-scope.js";
 import { sendObject } from "./read-response.js";
 import type { ObjectStat } from "./storage/backend.js";
 import type { ObjectStore, WriteRequest } from "./storage/object-store.js";
@@ -31,7 +32,10 @@ export interface RouteContext {
   store: ObjectStore;
   /** Advertised in every ObjectRef; known once the server listens. */
   endpoint: string;
+  /** The cluster token (healthz details are shown only with it). */
   token?: string;
+  /** Who may do what: the cluster token, the node token and task credentials. */
+  credentials: Credentials;
   log(line: string): void;
 }
 
@@ -47,46 +51,56 @@ type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
  * JSON; storage semantics live in ObjectStore.
  *
  * @example
- * http.createServer(cacheRoutes({ store, endpoint: "http://127.0.0.1:7422", log: console.log }));
+ * http.createServer(cacheRoutes({ store, endpoint: "http://127.0.0.1:7422", credentials: new Credentials({}), log: console.log }));
  */
 export function cacheRoutes(ctx: RouteContext): Handler {
-  const authorized = ctx.token === undefined ? () => true : bearerTokenCheck(ctx.token);
   const healthz = healthzResponder(KilnServer.ObjectCache, ctx.token, () => healthDetails(ctx));
   return (req, res) => {
     if (healthz(req, res)) return;
-    if (authorized(req.headers.authorization)) return handle(ctx, req, res);
-    const refusal = new UnauthenticatedError("missing or invalid token (send `authorization: Bearer <token>`)");
-    sendError(req, res, refusal, ctx.log);
+    // Decided from the header alone, before any body is read.
+    const auth = ctx.credentials.authenticate(req.headers.authorization);
+    if ("principal" in auth) return handle(ctx, req, res, auth.principal);
+    sendError(req, res, new UnauthenticatedError(auth.refusal), ctx.log);
   };
 }
 
-function handle(ctx: RouteContext, req: RouteRequest, res: RouteResponse): void {
+function handle(ctx: RouteContext, req: RouteRequest, res: RouteResponse, principal: Principal): void {
   try {
-    route(ctx, req, res)?.catch((err: unknown) => sendError(req, res, err, ctx.log));
+    route(ctx, req, res, principal)?.catch((err: unknown) => sendError(req, res, err, ctx.log));
   } catch (err) {
     sendError(req, res, err, ctx.log);
   }
 }
 
-function route(ctx: RouteContext, req: RouteRequest, res: RouteResponse): Promise<void> | void {
+function route(ctx: RouteContext, req: RouteRequest, res: RouteResponse, principal: Principal): Promise<void> | void {
   const url = req.url ?? "/";
   const q = url.indexOf("?");
   const pathname = q < 0 ? url : url.slice(0, q);
   const method = req.method ?? "GET";
-  if (pathname.startsWith(OBJECTS))
-    return objectRoute(ctx, req, res, method, decodePath(pathname.slice(OBJECTS.length)));
+  /** Every route that names keys checks the caller's scope before it touches the store. */
+  const access = (path: string, write: boolean, application = path.split("/")[0]) =>
+    checkObjectAccess(principal, { application, write, what: `${method} ${pathname}` });
+  if (pathname.startsWith(OBJECTS)) {
+    const path = decodePath(pathname.slice(OBJECTS.length));
+    access(path, method !== "GET" && method !== "HEAD");
+    return objectRoute(ctx, req, res, method, path);
+  }
   if (pathname.startsWith(STAT)) {
     allow(method, ["GET"]);
     const key = validateObjectKey(decodePath(pathname.slice(STAT.length)));
+    access(key, false);
     return sendJson(res, 200, ctx.store.stat(key) ?? notFound(key));
   }
   if (pathname === "/v1/list") {
     allow(method, ["GET"]);
-    return list(ctx, res, new URLSearchParams(q < 0 ? "" : url.slice(q + 1)));
+    const params = new URLSearchParams(q < 0 ? "" : url.slice(q + 1));
+    const prefix = params.get("prefix") ?? "";
+    access(prefix, false, prefix === "" ? undefined : prefix.split("/")[0]);
+    return list(ctx, res, params);
   }
   if (pathname === BATCH_PATH) {
     allow(method, ["POST"]);
-    return batch(ctx, req, res);
+    return batch(ctx, req, res, principal);
   }
   if (pathname === "/v1/health") {
     allow(method, ["GET"]);
@@ -129,7 +143,7 @@ function objectRoute(
 }
 
 /** Runs each sub-request through the same routes as a request of its own, at once, and answers in order. */
-async function batch(ctx: RouteContext, req: RouteRequest, res: RouteResponse): Promise<void> {
+async function batch(ctx: RouteContext, req: RouteRequest, res: RouteResponse, principal: Principal): Promise<void> {
   const chunks: Buffer[] = [];
   let length = 0;
   for await (const chunk of req) {
@@ -142,7 +156,7 @@ async function batch(ctx: RouteContext, req: RouteRequest, res: RouteResponse): 
   const replies = await Promise.all(
     items.map(async (item): Promise<SubResponse> => {
       const sub = new BufferedResponse(MAX_BATCHED_RESPONSE_BYTES);
-      handle(ctx, new BufferedRequest(item.method, item.path, item.headers, item.body), sub);
+      handle(ctx, new BufferedRequest(item.method, item.path, item.headers, item.body), sub, principal);
       await sub.done;
       // Too large, or cut off after its headers: the client sends it alone and gets the real answer.
       if (!sub.writableFinished) return { status: SEND_ALONE, headers: {}, body: new Uint8Array(0) };

@@ -33,6 +33,13 @@ export interface CredentialSettings {
   nodeToken?: string;
 }
 
+/**
+ * Environment variables that carry the cluster and node tokens: never passed
+ * on to a service process (its own KILN_TOKEN is its task credential) or to
+ * the children of `kiln up`.
+ */
+export const SECRET_ENV_VARS: readonly string[] = ["KILN_TOKEN", "KILN_NODE_TOKEN"];
+
 /** Task credentials start with this, so a server can tell one from a token without trying the HMAC. */
 export const TASK_CREDENTIAL_PREFIX = "kiln-task.v1.";
 /** A task credential is good for this long unless its session closes first (the control plane checks that). */
@@ -80,7 +87,10 @@ export class Credentials {
   constructor(settings: CredentialSettings) {
     const { adminToken, nodeToken } = settings;
     if (nodeToken && !adminToken)
-      throw new InvalidArgumentError("nodeToken", "needs a cluster token (--token) too: the node token only admits agents");
+      throw new InvalidArgumentError(
+        "nodeToken",
+        "needs a cluster token (--token) too: the node token only admits agents",
+      );
     if (nodeToken && nodeToken === adminToken)
       throw new InvalidArgumentError("nodeToken", "must differ from the cluster token, or it grants everything");
     if (adminToken) {

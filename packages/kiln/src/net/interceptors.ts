@@ -8,7 +8,9 @@ import type { ConnectError, Interceptor } from "@connectrpc/connect";
  * @example
  * connectNodeAdapter({ routes, interceptors: [admitCalls((auth, path) => guard.admit(auth, path))] });
  */
-export function admitCalls(admit: (authorization: string | undefined, path: string) => ConnectError | undefined): Interceptor {
+export function admitCalls(
+  admit: (authorization: string | undefined, path: string) => ConnectError | undefined,
+): Interceptor {
   return (next) => async (req) => {
     const refusal = admit(req.header.get("authorization") ?? undefined, `/${req.service.typeName}/${req.method.name}`);
     if (refusal) throw refusal;

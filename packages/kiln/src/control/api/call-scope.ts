@@ -97,8 +97,7 @@ export class CallGuard {
     for (const method of service.methods) {
       const scopeOf = TASK_METHODS[`${service.typeName}/${method.name}`];
       const original = (impl as Record<string, unknown>)[method.localName] as
-        | ((input: unknown, ctx: HandlerContext) => unknown)
-        | undefined;
+        ((input: unknown, ctx: HandlerContext) => unknown) | undefined;
       if (!scopeOf || !original) continue;
       wrapped[method.localName] = this.wrapMethod(method, scopeOf, original.bind(impl));
     }
@@ -146,7 +145,9 @@ export class CallGuard {
       // The control plane knows at once when a session closes: its credential ends there, not at its expiry.
       const s = this.sessions.get(auth.principal.sessionId);
       if (s?.state !== flame.SessionState.Open)
-        return { refusal: `the task credential of session "${auth.principal.sessionId}" ended when the session closed` };
+        return {
+          refusal: `the task credential of session "${auth.principal.sessionId}" ended when the session closed`,
+        };
     }
     return auth;
   }

@@ -1,0 +1,198 @@
+import { ErrorCode, KilnError } from "@kiln/protocol";
+import { connect, ObjectCache, runJob, type KilnClient, type Session } from "@kiln/sdk";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import * as fs from "node:fs/promises";
+import * as os from "node:os";
+import * as path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { startAgent } from "../src/agent/agent.js";
+import { CLI_ENV, startCli, type CliProcess } from "./cli-helpers.js";
+
+const SCAN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "fixtures/token-scan.mjs");
+// Both carry the marker the scanning job looks for (it builds "kiln" + "secret-" itself).
+const ADMIN = `kilnsecret-admin-${randomBytes(8).toString("hex")}`;
+const NODE = `kilnsecret-node-${randomBytes(8).toString("hex")}`;
+const PLANTED = "kilnsecret-planted";
+const TASK_PREFIX = "kiln-task.v1.";
+
+interface ScanReport {
+  hits: { where: string; found: string }[];
+  ancestors: number[];
+  ancestorsRead: number;
+  processesRead: number;
+  filesRead: number;
+  credential?: string;
+}
+
+function hasCode(code: ErrorCode, pattern?: RegExp) {
+  return (err: unknown) =>
+    err instanceof KilnError &&
+    err.code === code &&
+    (pattern === undefined || pattern.test(err.message)) &&
+    // The refusal never echoes a secret back.
+    !err.message.includes(ADMIN);
+}
+const denied = (pattern?: RegExp) => hasCode(ErrorCode.PermissionDenied, pattern);
+
+/**
+ * Separate `kiln cache`, `kiln server` and `kiln agent` processes, as on a
+ * network: the cluster token reaches the servers on stdin, the node token
+ * the servers in a file removed once they run and the agent on stdin; no
+ * process is given a secret in its environment or arguments.
+ */
+describe("scoped credentials across kiln server, kiln cache and kiln agent", () => {
+  let dir: string;
+  const procs: CliProcess[] = [];
+  let endpoint: string;
+  let cacheEndpoint: string;
+  let admin: KilnClient;
+  let adminCache: ObjectCache;
+  let session: Session;
+  let credential: string;
+
+  before(async () => {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), "kiln-credentials-"));
+    const nodeTokenFile = path.join(dir, "secrets", "node-token");
+    await fs.mkdir(path.dirname(nodeTokenFile), { mode: 0o700 });
+    await fs.writeFile(nodeTokenFile, `${NODE}\n`, { mode: 0o600 });
+    const start = (args: string[], stdin: string) => {
+      const p = startCli(args, {}, stdin);
+      procs.push(p);
+      return p;
+    };
+    const secretArgs = ["--token-file", "-", "--node-token-file", nodeTokenFile];
+    const cache = start(["cache", "--port", "0", "--data-dir", path.join(dir, "cache"), ...secretArgs], `${ADMIN}\n`);
+    cacheEndpoint = (await cache.waitFor(/listening at (http:\/\/\S+)/, 30_000))[1]!;
+    const server = start(
+      ["server", "--port", "0", "--data-dir", path.join(dir, "cp"), "--cache-endpoint", cacheEndpoint, ...secretArgs],
+      `${ADMIN}\n`,
+    );
+    endpoint = (await server.waitFor(/listening at (http:\/\/\S+)/, 30_000))[1]!;
+    await fs.rm(path.dirname(nodeTokenFile), { recursive: true });
+    const agentArgs = ["agent", "--endpoint", endpoint, "--cache-endpoint", cacheEndpoint, "--executors", "2"];
+    const agent = start([...agentArgs, "--work-dir", path.join(dir, "agent"), "--node-token-file", "-"], `${NODE}\n`);
+    await agent.waitFor(/joined/, 30_000);
+    assert.doesNotMatch(agent.output(), /warning/, "a token from a file is not warned about");
+
+    // The control for the scan: a secret it must find.
+    await fs.mkdir(path.join(dir, "planted"));
+    await fs.writeFile(path.join(dir, "planted", "secret.txt"), `${PLANTED}\n`);
+    admin = await connect({ endpoint, token: ADMIN });
+    adminCache = new ObjectCache({ endpoint: cacheEndpoint, token: ADMIN });
+  });
+
+  after(async () => {
+    admin?.close();
+    adminCache?.close();
+    const codes = await Promise.all(procs.reverse().map((p) => p.stop()));
+    try {
+      assert.deepEqual(
+        codes,
+        procs.map(() => 0),
+        procs.map((p) => p.output()).join("\n---\n"),
+      );
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a job finds neither token in its env, any process it can read (ancestors first), or Kiln's files", async () => {
+    session = await admin.createSession({ application: "kiln-exec" });
+    const home = CLI_ENV.HOME!;
+    const result = await runJob(session, {
+      command: [process.execPath, SCAN, dir, path.join(home, ".kiln"), path.join(home, ".config", "kiln")],
+    });
+    const report = JSON.parse(result.stdout) as ScanReport;
+    assert.deepEqual(
+      report.hits,
+      [{ where: path.join(dir, "planted", "secret.txt"), found: PLANTED }],
+      "only the planted secret is found",
+    );
+    // The service process, the agent and the test runner's processes were all read.
+    assert.ok(report.ancestorsRead >= 3, `read ${report.ancestorsRead} of ancestors ${report.ancestors.join(",")}`);
+    assert.ok(report.filesRead > 5, `read ${report.filesRead} files (the stores, the agent's work dir)`);
+    assert.ok(report.credential?.startsWith(TASK_PREFIX), "the service process holds a task credential instead");
+    credential = report.credential!;
+  });
+
+  it("a task credential uses its own application's sessions and objects", async () => {
+    const task = await connect({ endpoint, token: credential });
+    const taskCache = new ObjectCache({ endpoint: cacheEndpoint, token: credential });
+    try {
+      assert.equal((await task.getSession(session.id)).metadata?.id, session.id);
+      // A nested client: a session of its own application, with tasks.
+      const nested = await task.createSession({ application: "kiln-exec" });
+      await nested.close();
+      const ref = await taskCache.putObject(`kiln-exec/${session.id}/mine`, { n: 1 });
+      assert.deepEqual(await taskCache.getObject(ref), { n: 1 });
+      assert.ok((await taskCache.listObjects(`kiln-exec/${session.id}`)).some((o) => o.key === ref.key));
+    } finally {
+      task.close();
+      taskCache.close();
+    }
+  });
+
+  it("a task credential is refused PERMISSION_DENIED outside its application, and from the agent protocol", async () => {
+    const other = await admin.createSession({ application: "kiln-ping" });
+    const otherRef = await adminCache.putObject(`kiln-ping/${other.id}/theirs`, "secret data");
+    const task = await connect({ endpoint, token: credential });
+    const taskCache = new ObjectCache({ endpoint: cacheEndpoint, token: credential });
+    try {
+      await assert.rejects(
+        task.registerApplication("mine", { command: "/bin/true" }),
+        denied(/RegisterApplication: a task credential may only use its own application/),
+      );
+      await assert.rejects(task.unregisterApplication("kiln-ping"), denied());
+      await assert.rejects(task.listSessions(), denied(/ListSession/));
+      await assert.rejects(
+        task.getSession(other.id),
+        denied(new RegExp(`session "${other.id}" of application "kiln-ping"`)),
+      );
+      await assert.rejects(task.createSession({ application: "kiln-ping" }), denied(/application "kiln-ping"/));
+      await assert.rejects(task.getApplication("kiln-ping"), denied());
+      await assert.rejects(taskCache.getObject(otherRef), denied(/scoped to application "kiln-exec"/));
+      await assert.rejects(taskCache.putObject(`kiln-ping/${other.id}/x`, 1), denied());
+      await assert.rejects(taskCache.listObjects("kiln-ping"), denied());
+      await assert.rejects(
+        startAgent({ endpoint, token: credential, workDir: path.join(dir, "rogue-agent"), executors: 1 }),
+        /PERMISSION_DENIED|permission denied.*agent protocol/,
+      );
+    } finally {
+      task.close();
+      taskCache.close();
+      await other.close();
+    }
+  });
+
+  it("the node token serves as an agent (above) but may not list sessions, manage applications or write objects", async () => {
+    const node = await connect({ endpoint, token: NODE });
+    const nodeCache = new ObjectCache({ endpoint: cacheEndpoint, token: NODE });
+    try {
+      await assert.rejects(node.listSessions(), denied(/the node token may only speak kiln.v1.Agent/));
+      await assert.rejects(node.registerApplication("mine", { command: "/bin/true" }), denied());
+      await assert.rejects(node.createSession({ application: "kiln-exec" }), denied());
+      const ref = await adminCache.putObject(`kiln-exec/${session.id}/package-like`, "bytes");
+      assert.equal(await nodeCache.getObject(ref), "bytes", "agents read packages and objects");
+      await assert.rejects(nodeCache.putObject(`kiln-exec/${session.id}/x`, 1), denied(/may only read objects/));
+    } finally {
+      node.close();
+      nodeCache.close();
+    }
+  });
+
+  it("a task credential is refused UNAUTHENTICATED once its session is closed", async () => {
+    await session.close();
+    const task = await connect({ endpoint, token: credential });
+    try {
+      await assert.rejects(
+        task.getSession(session.id),
+        hasCode(ErrorCode.Unauthenticated),
+        "refused at once by the control plane",
+      );
+    } finally {
+      task.close();
+    }
+  });
+});
