@@ -182,6 +182,20 @@ describe("scoped credentials across kiln server, kiln cache and kiln agent", () 
     }
   });
 
+  it("kiln runner-check passes: the Runner's service processes reach the cache with their task credentials", async () => {
+    const check = startCli(
+      ["runner-check", "--json", "--endpoint", endpoint, "--cache-endpoint", cacheEndpoint, "--token-file", "-"],
+      {},
+      `${ADMIN}\n`,
+    );
+    procs.push(check);
+    const code = await check.exited(170_000);
+    const steps = (JSON.parse(check.output()) as { steps: { step: string; ok: boolean; detail: string }[] }).steps;
+    assert.equal(code, 0, check.output());
+    for (const step of ["future chaining", "stateful instance"])
+      assert.ok(steps.find((s) => s.step === step)?.ok, `${step}: ${check.output()}`);
+  });
+
   it("a task credential is refused UNAUTHENTICATED once its session is closed", async () => {
     await session.close();
     const task = await connect({ endpoint, token: credential });
@@ -193,6 +207,64 @@ describe("scoped credentials across kiln server, kiln cache and kiln agent", () 
       );
     } finally {
       task.close();
+    }
+  });
+});
+
+describe("kiln up --token-file: the supervisor's children get the token over stdin", () => {
+  let dir: string;
+  let up: CliProcess | undefined;
+
+  before(async () => {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), "kiln-credentials-up-"));
+  });
+
+  after(async () => {
+    try {
+      if (up) assert.equal(await up.stop(), 0, up.output());
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a job of kiln up's agent finds the token nowhere: not in the agent, the cache or kiln up itself", async () => {
+    const data = path.join(dir, "data");
+    up = startCli(["up", "--data-dir", data, "--port", "0", "--executors", "1", "--token-file", "-"], {}, `${ADMIN}\n`);
+    const m = await up.waitFor(/Kiln is up at (http:\/\/\S+)/, 40_000);
+    assert.doesNotMatch(up.output(), /warning/);
+    const client = await connect({ endpoint: m[1]!, token: ADMIN });
+    try {
+      const session = await client.createSession({ application: "kiln-exec" });
+      const result = await runJob(session, {
+        command: [process.execPath, SCAN, dir, path.join(CLI_ENV.HOME!, ".kiln")],
+      });
+      await session.close();
+      const report = JSON.parse(result.stdout) as ScanReport;
+      assert.deepEqual(report.hits, []);
+      // The service process, the agent, kiln up, and on up to the test runner.
+      assert.ok(report.ancestorsRead >= 3, `read ${report.ancestorsRead} of ancestors ${report.ancestors.join(",")}`);
+      assert.ok(report.credential?.startsWith(TASK_PREFIX));
+    } finally {
+      client.close();
+    }
+  });
+
+  it("kiln up given the token on its command line warns that its services could read it there", async () => {
+    const exposed = startCli([
+      "up",
+      "--data-dir",
+      path.join(dir, "exposed"),
+      "--port",
+      "0",
+      "--executors",
+      "1",
+      "--token",
+      ADMIN,
+    ]);
+    try {
+      await exposed.waitFor(/warning: the cluster token is in this process's command line.*--token-file/, 40_000);
+    } finally {
+      await exposed.stop();
     }
   });
 });
