@@ -13,7 +13,6 @@ export {
   InvalidArgumentError,
   FailedPreconditionError,
   UnauthenticatedError,
-  PermissionDeniedError,
   TimeoutError,
   TaskFailedError,
   isNotFound,
