@@ -1,5 +1,5 @@
 import { ErrorCode, KilnError } from "@kiln/protocol";
-import { connect, ObjectCache, runJob, type KilnClient, type Session } from "@kiln/sdk";
+import { connect, ObjectCache, Runner, runJob, type KilnClient, type Session } from "@kiln/sdk";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs/promises";
@@ -9,8 +9,10 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { startAgent } from "../src/agent/agent.js";
 import { CLI_ENV, startCli, type CliProcess } from "./cli-helpers.js";
+import type * as nestedModule from "./fixtures/runner-project/src/nested.js";
 
-const SCAN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "fixtures/token-scan.mjs");
+const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "fixtures");
+const SCAN = path.join(FIXTURES, "token-scan.mjs");
 // Both carry the marker the scanning job looks for (it builds "kiln" + "secret-" itself).
 const ADMIN = `kilnsecret-admin-${randomBytes(8).toString("hex")}`;
 const NODE = `kilnsecret-node-${randomBytes(8).toString("hex")}`;
@@ -179,6 +181,35 @@ describe("scoped credentials across kiln server, kiln cache and kiln agent", () 
     } finally {
       node.close();
       nodeCache.close();
+    }
+  });
+
+  it("a task credential runs a nested Runner of its own application, and may not register another", async () => {
+    const project = path.join(dir, "project");
+    await fs.cp(path.join(FIXTURES, "runner-project"), project, { recursive: true });
+    const configPath = path.join(dir, "empty-config.yaml");
+    await fs.writeFile(configPath, "");
+    const runner = await Runner.open("nest", {
+      project,
+      endpoint,
+      cacheEndpoint,
+      token: ADMIN,
+      cacheToken: ADMIN,
+      configPath,
+    });
+    try {
+      const addInside = await runner.service(runner.module<typeof nestedModule>("src/nested.ts"), "addInside");
+      assert.deepEqual(await addInside("nest", 20, 22), { sum: 42, registered: false });
+      await assert.rejects(
+        addInside("nest-inner", 1, 2),
+        // Runner.open asks for the application first: another application's, so refused before it could register it.
+        // The remote error arrives by its name and message.
+        (e: unknown) =>
+          (e as Error).name === "KilnError" &&
+          /permission denied: .* application "nest-inner": .*scoped to application "nest"/.test((e as Error).message),
+      );
+    } finally {
+      await runner.close();
     }
   });
 
