@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { startAgent } from "../src/agent/agent.js";
-import { CLI_ENV, startCli, type CliProcess } from "./cli-helpers.js";
+import { CLI_ENV, runCli, startCli, type CliProcess } from "./cli-helpers.js";
 import type * as nestedModule from "./fixtures/runner-project/src/nested.js";
 
 const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "fixtures");
@@ -201,7 +201,7 @@ describe("scoped credentials across kiln server, kiln cache and kiln agent", () 
       const addInside = await runner.service(runner.module<typeof nestedModule>("src/nested.ts"), "addInside");
       assert.deepEqual(await addInside("nest", 20, 22), { sum: 42, registered: false });
       await assert.rejects(
-        addInside("nest-inner", 1, 2),
+        addInside("nest-inner", 1, 2).get(),
         // Runner.open asks for the application first: another application's, so refused before it could register it.
         // The remote error arrives by its name and message.
         (e: unknown) =>
@@ -296,6 +296,42 @@ describe("kiln up --token-file: the supervisor's children get the token over std
       await exposed.waitFor(/warning: the cluster token is in this process's command line.*--token-file/, 40_000);
     } finally {
       await exposed.stop();
+    }
+  });
+});
+
+describe("token flags that cannot work are refused", () => {
+  it("a node token without a cluster token, or equal to it, is refused at start, naming the rule (exit 2)", async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "kiln-credentials-flags-"));
+    try {
+      const base = ["server", "--port", "0", "--data-dir", dir];
+      const alone = await runCli([...base, "--node-token", "n0de"]);
+      assert.equal(alone.code, 2, alone.stderr);
+      assert.match(alone.stderr, /nodeToken: needs a cluster token \(--token\) too/);
+      const same = await runCli([...base, "--token", "t0ken", "--node-token", "t0ken"]);
+      assert.equal(same.code, 2, same.stderr);
+      assert.match(same.stderr, /nodeToken: must differ from the cluster token/);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("--token-file with --token, or a file that cannot be read or is empty, is a usage error (exit 2)", async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "kiln-credentials-flags-"));
+    try {
+      const empty = path.join(dir, "empty");
+      await fs.writeFile(empty, "\n");
+      const both = await runCli(["list", "-s", "--token", "t", "--token-file", empty]);
+      assert.equal(both.code, 2, both.stderr);
+      assert.match(both.stderr, /--token-file: give the token or the file it is in, not both/);
+      const missing = await runCli(["list", "-s", "--token-file", path.join(dir, "nope")]);
+      assert.equal(missing.code, 2, missing.stderr);
+      assert.match(missing.stderr, /--token-file: cannot read .*nope/);
+      const blank = await runCli(["list", "-s", "--token-file", empty]);
+      assert.equal(blank.code, 2, blank.stderr);
+      assert.match(blank.stderr, /--token-file: .*empty holds no token/);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
     }
   });
 });
