@@ -227,17 +227,32 @@ describe("scoped credentials across kiln server, kiln cache and kiln agent", () 
       assert.ok(steps.find((s) => s.step === step)?.ok, `${step}: ${check.output()}`);
   });
 
-  it("a task credential is refused UNAUTHENTICATED once its session is closed", async () => {
+  it("a task credential is refused UNAUTHENTICATED once its session is closed, by the control plane and the cache", async () => {
+    const own = await adminCache.putObject(`kiln-exec/${session.id}/after-close`, "x");
+    // Only the cluster token may revoke.
+    const forged = await fetch(`${cacheEndpoint}/v1/revocations/${session.id}`, {
+      method: "PUT",
+      headers: { authorization: `Bearer ${NODE}` },
+    });
+    assert.equal(forged.status, 403, await forged.text());
+    const cacheProcess = procs[0]!;
     await session.close();
     const task = await connect({ endpoint, token: credential });
+    const taskCache = new ObjectCache({ endpoint: cacheEndpoint, token: credential });
     try {
+      await assert.rejects(task.getSession(session.id), hasCode(ErrorCode.Unauthenticated), "refused at once");
+      // The control plane tells the cache as the session closes.
+      await cacheProcess.waitFor(new RegExp(`task credentials of session ${session.id} revoked`), 10_000);
       await assert.rejects(
-        task.getSession(session.id),
-        hasCode(ErrorCode.Unauthenticated),
-        "refused at once by the control plane",
+        taskCache.getObject(own),
+        (e: unknown) =>
+          hasCode(ErrorCode.Unauthenticated)(e) &&
+          // The SDK says where tokens come from; the cache's own reason is the cause.
+          new RegExp(`session "${session.id}" ended when the session closed`).test(String((e as Error).cause)),
       );
     } finally {
       task.close();
+      taskCache.close();
     }
   });
 });

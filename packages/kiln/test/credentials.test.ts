@@ -2,7 +2,13 @@ import { ErrorCode, InvalidArgumentError, KilnError } from "@kiln/protocol";
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { checkObjectAccess } from "../src/cache/object-scope.js";
-import { Credentials, TASK_CREDENTIAL_PREFIX, type Principal } from "../src/net/credentials.js";
+import { RevokedSessions } from "../src/cache/revocations.js";
+import {
+  Credentials,
+  DEFAULT_TASK_CREDENTIAL_TTL_MS,
+  TASK_CREDENTIAL_PREFIX,
+  type Principal,
+} from "../src/net/credentials.js";
 
 const ADMIN = "admin-s3cret";
 const NODE = "node-s3cret";
@@ -112,5 +118,19 @@ describe("object scopes: what each credential may do in the cache", () => {
     denied(task, "other", false);
     denied(task, "other", true);
     denied(task, undefined, false);
+  });
+});
+
+describe("revoked sessions: the cache's memory of closed sessions", () => {
+  it("refuses a revoked session until its credentials would have expired anyway, then forgets it", () => {
+    const revoked = new RevokedSessions();
+    revoked.revoke("old", NOW);
+    revoked.revoke("new", NOW + 1000);
+    assert.ok(revoked.has("old") && revoked.has("new"));
+    assert.ok(!revoked.has("other"));
+    // Revoking anything prunes what no unexpired credential can name any more.
+    revoked.revoke("later", NOW + DEFAULT_TASK_CREDENTIAL_TTL_MS);
+    assert.ok(!revoked.has("old"), "forgotten after the longest credential lifetime");
+    assert.ok(revoked.has("new") && revoked.has("later"));
   });
 });

@@ -1,10 +1,12 @@
 import {
   InvalidArgumentError,
   NotFoundError,
+  PermissionDeniedError,
   UnauthenticatedError,
   validateListPrefix,
   validateObjectKey,
   validateObjectPrefix,
+  validateName,
 } from "@kiln/protocol";
 import {
   BATCH_CONTENT_TYPE,
@@ -24,6 +26,7 @@ import { healthzResponder, KilnServer } from "../net/healthz.js";
 import { BufferedRequest, BufferedResponse, type RouteRequest, type RouteResponse } from "./exchange.js";
 import { MethodNotAllowedError, sendError } from "./http-errors.js";
 import { checkObjectAccess } from "./object-scope.js";
+import type { RevokedSessions } from "./revocations.js";
 import { sendObject } from "./read-response.js";
 import type { ObjectStat } from "./storage/backend.js";
 import type { ObjectStore, WriteRequest } from "./storage/object-store.js";
@@ -36,6 +39,8 @@ export interface RouteContext {
   token?: string;
   /** Who may do what: the cluster token, the node token and task credentials. */
   credentials: Credentials;
+  /** Sessions whose task credentials are refused before their expiry (PUT /v1/revocations/<session>). */
+  revoked: RevokedSessions;
   log(line: string): void;
 }
 
@@ -43,6 +48,7 @@ const DEFAULT_LIST_LIMIT = 1000;
 const MAX_LIST_LIMIT = 10_000;
 const OBJECTS = "/v1/objects/";
 const STAT = "/v1/stat/";
+const REVOCATIONS = "/v1/revocations/";
 
 type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
 
@@ -51,7 +57,7 @@ type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
  * JSON; storage semantics live in ObjectStore.
  *
  * @example
- * http.createServer(cacheRoutes({ store, endpoint: "http://127.0.0.1:7422", credentials: new Credentials({}), log: console.log }));
+ * http.createServer(cacheRoutes({ store, endpoint: "http://127.0.0.1:7422", credentials: new Credentials({}), revoked: new RevokedSessions(), log: console.log }));
  */
 export function cacheRoutes(ctx: RouteContext): Handler {
   const healthz = healthzResponder(KilnServer.ObjectCache, ctx.token, () => healthDetails(ctx));
@@ -59,8 +65,14 @@ export function cacheRoutes(ctx: RouteContext): Handler {
     if (healthz(req, res)) return;
     // Decided from the header alone, before any body is read.
     const auth = ctx.credentials.authenticate(req.headers.authorization);
-    if ("principal" in auth) return handle(ctx, req, res, auth.principal);
-    sendError(req, res, new UnauthenticatedError(auth.refusal), ctx.log);
+    const refusal =
+      "refusal" in auth
+        ? auth.refusal
+        : auth.principal.role === "task" && ctx.revoked.has(auth.principal.sessionId)
+          ? `the task credential of session "${auth.principal.sessionId}" ended when the session closed`
+          : undefined;
+    if (refusal === undefined && "principal" in auth) return handle(ctx, req, res, auth.principal);
+    sendError(req, res, new UnauthenticatedError(refusal), ctx.log);
   };
 }
 
@@ -101,6 +113,15 @@ function route(ctx: RouteContext, req: RouteRequest, res: RouteResponse, princip
   if (pathname === BATCH_PATH) {
     allow(method, ["POST"]);
     return batch(ctx, req, res, principal);
+  }
+  if (pathname.startsWith(REVOCATIONS)) {
+    allow(method, ["PUT"]);
+    const sessionId = validateName("session", decodePath(pathname.slice(REVOCATIONS.length)));
+    if (principal.role !== "admin")
+      throw new PermissionDeniedError(`${method} ${pathname}`, "only the cluster token revokes task credentials");
+    ctx.revoked.revoke(sessionId);
+    ctx.log(`task credentials of session ${sessionId} revoked`);
+    return sendJson(res, 200, { revoked: sessionId });
   }
   if (pathname === "/v1/health") {
     allow(method, ["GET"]);

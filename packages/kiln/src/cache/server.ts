@@ -4,6 +4,7 @@ import type * as net from "node:net";
 import { isLoopbackHost } from "../net/auth.js";
 import { Credentials } from "../net/credentials.js";
 import { portInUse } from "../net/port-in-use.js";
+import { RevokedSessions } from "./revocations.js";
 import { cacheRoutes, type RouteContext } from "./routes.js";
 import type { Catalog } from "./storage/backend.js";
 import { DEFAULT_DURABILITY, FsCatalog, type FsStorageOptions } from "./storage/fs-backend.js";
@@ -70,7 +71,14 @@ export async function startCacheServer(options: CacheServerOptions): Promise<Cac
     maxObjectBytes: options.maxObjectBytes,
     log,
   });
-  const ctx: RouteContext = { store, endpoint: "", token: options.token, credentials, log };
+  const ctx: RouteContext = {
+    store,
+    endpoint: "",
+    token: options.token,
+    credentials,
+    revoked: new RevokedSessions(),
+    log,
+  };
   // Uploads of any size may take longer than Node's default 5-minute request limit; idle sockets still time out.
   const server = http.createServer({ requestTimeout: 0, keepAliveTimeout: 5_000 }, cacheRoutes(ctx));
   server.timeout = IDLE_TIMEOUT_MS;

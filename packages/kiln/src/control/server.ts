@@ -19,6 +19,7 @@ import { ApplicationRegistry } from "./applications.js";
 import { registerBuiltinApps } from "./builtin-apps.js";
 import { clusterInfo } from "./cluster-info.js";
 import { resolveConfig, type ControlPlaneOptions } from "./config.js";
+import { revokeAtCache } from "./credential-revocation.js";
 import { Orchestrator } from "./orchestrator.js";
 import { SessionRegistry } from "./sessions.js";
 import { SessionsFeed } from "./sessions-feed.js";
@@ -87,6 +88,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       hub.sessionEnded(s);
       feed.sessionChanged(s);
       orchestrator.sessionEnded(s);
+      if (credentials.required && config.cacheEndpoint)
+        void revokeAtCache(config.cacheEndpoint, config.token!, s, config.log);
     },
     sessionDeleted: (s) => feed.sessionDeleted(s),
     workAdded: (s) => orchestrator.workAdded(s),
