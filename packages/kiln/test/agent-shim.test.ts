@@ -222,6 +222,42 @@ describe("executor with test services", () => {
     }
   });
 
+  test("the service never gets the agent's tokens: its KILN_TOKEN is the task credential of its Bind", async () => {
+    const saved = { KILN_TOKEN: process.env.KILN_TOKEN, KILN_NODE_TOKEN: process.env.KILN_NODE_TOKEN };
+    // As an agent started with its tokens in its environment would have them.
+    Object.assign(process.env, { KILN_TOKEN: "agent-cluster-token", KILN_NODE_TOKEN: "agent-node-token" });
+    try {
+      const app = fixtureApp("agent-test-service.ts", {
+        environments: [create(flame.EnvironmentSchema, { name: "STOLEN", value: "${KILN_NODE_TOKEN}${KILN_TOKEN}" })],
+      });
+      const bound = (id: string, taskCredential: string) => {
+        const e = h.start(bindMessage(id, app, { taskCredential }));
+        return h.waitForReport(id, ExecutorEvent.BOUND).then(() => e);
+      };
+      const ask = async (e: Executor, id: string, inputs: string[]) => {
+        inputs.forEach((input, i) => e.enqueue(task(id, i + 1, input)));
+        return (await Promise.all(inputs.map((_, i) => h.waitForCompletion(id, String(i + 1))))).map((c) =>
+          text(c.output),
+        );
+      };
+      const scoped = await bound("e-cred", "kiln-task.v1.minted-for-s-1");
+      assert.deepEqual(await ask(scoped, "e-cred", ["env:KILN_TOKEN", "env:KILN_NODE_TOKEN", "env:STOLEN"]), [
+        "kiln-task.v1.minted-for-s-1",
+        "(unset)",
+        "",
+      ]);
+      await scoped.unbind();
+      // A cluster without tokens mints none: the service gets no KILN_TOKEN at all.
+      const open = await bound("e-open", "");
+      assert.deepEqual(await ask(open, "e-open", ["env:KILN_TOKEN", "env:KILN_NODE_TOKEN"]), ["(unset)", "(unset)"]);
+      await open.unbind();
+    } finally {
+      for (const [name, value] of Object.entries(saved))
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+    }
+  });
+
   test("a Flame-style service (no Invoke stream) runs through unary calls", async () => {
     const e = h.start(
       bindMessage("e-flame", fixtureApp("agent-flame-service.ts"), { concurrency: 4, commonData: enc("cd") }),

@@ -10,7 +10,8 @@ import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { startAgent, type Agent } from "../src/agent/agent.js";
 import { listenHttp2, type Listener } from "../src/net/http-server.js";
-import { authenticator } from "../src/net/auth.js";
+import { UnauthenticatedError } from "@kiln/protocol";
+import { Credentials } from "../src/net/credentials.js";
 import { requestGate } from "../src/net/request-gate.js";
 import { AsyncQueue } from "@kiln/protocol";
 import { untilChanged } from "../../../test/support/until.js";
@@ -82,8 +83,12 @@ class StubControlPlane {
         return outbound;
       },
     };
+    const credentials = new Credentials({ adminToken: this.token });
     const handler = requestGate(
-      { authenticate: authenticator(this.token), limitOf: () => undefined },
+      {
+        admit: (h) => (credentials.isAdmin(h.authorization) ? undefined : new UnauthenticatedError()),
+        limitOf: () => undefined,
+      },
       connectNodeAdapter({ routes: (router) => router.service(kiln.Agent, impl) }),
     );
     this.listener = await listenHttp2("127.0.0.1", 0, handler);

@@ -17,6 +17,7 @@ export const CLI_ENV: NodeJS.ProcessEnv = Object.fromEntries(
         "KILN_ENDPOINT",
         "KILN_CACHE_ENDPOINT",
         "KILN_TOKEN",
+        "KILN_NODE_TOKEN",
         "KILN_CONFIG",
         "FLAME_ENDPOINT",
         "FLAME_CACHE_ENDPOINT",
@@ -94,11 +95,13 @@ export interface CliProcess {
   stop(timeoutMs?: number): Promise<number | null>;
 }
 
-export function startCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): CliProcess {
+/** Starts `kiln ...args`; `stdin`, when given, is written to its stdin, which is then closed (a --token-file -). */
+export function startCli(args: readonly string[], env: NodeJS.ProcessEnv = {}, stdin?: string): CliProcess {
   const child = spawn(process.execPath, [CLI, ...args], {
     env: { ...CLI_ENV, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: [stdin === undefined ? "ignore" : "pipe", "pipe", "pipe"],
   });
+  child.stdin?.end(stdin);
   return watchProcess(child, `kiln ${args.join(" ")}`);
 }
 

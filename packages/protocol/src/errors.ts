@@ -10,6 +10,7 @@ export const ErrorCode = {
   InvalidArgument: "INVALID_ARGUMENT",
   FailedPrecondition: "FAILED_PRECONDITION",
   Unauthenticated: "UNAUTHENTICATED",
+  PermissionDenied: "PERMISSION_DENIED",
   ResourceExhausted: "RESOURCE_EXHAUSTED",
   Unavailable: "UNAVAILABLE",
   DeadlineExceeded: "DEADLINE_EXCEEDED",
@@ -29,6 +30,7 @@ const toConnectCode: Record<ErrorCode, Code> = {
   INVALID_ARGUMENT: Code.InvalidArgument,
   FAILED_PRECONDITION: Code.InvalidArgument,
   UNAUTHENTICATED: Code.Unauthenticated,
+  PERMISSION_DENIED: Code.PermissionDenied,
   RESOURCE_EXHAUSTED: Code.ResourceExhausted,
   UNAVAILABLE: Code.Unavailable,
   DEADLINE_EXCEEDED: Code.DeadlineExceeded,
@@ -45,7 +47,7 @@ const fromConnectCode: Partial<Record<Code, ErrorCode>> = {
   [Code.InvalidArgument]: ErrorCode.InvalidArgument,
   [Code.FailedPrecondition]: ErrorCode.FailedPrecondition,
   [Code.Unauthenticated]: ErrorCode.Unauthenticated,
-  [Code.PermissionDenied]: ErrorCode.Unauthenticated,
+  [Code.PermissionDenied]: ErrorCode.PermissionDenied,
   [Code.ResourceExhausted]: ErrorCode.ResourceExhausted,
   [Code.Unavailable]: ErrorCode.Unavailable,
   [Code.DeadlineExceeded]: ErrorCode.DeadlineExceeded,
@@ -134,6 +136,20 @@ export class FailedPreconditionError extends KilnError {
 export class UnauthenticatedError extends KilnError {
   constructor(message = "missing or invalid token", options?: { cause?: unknown }) {
     super(ErrorCode.Unauthenticated, message, options);
+  }
+}
+
+/**
+ * A valid credential asked for something outside its scope (a task credential
+ * registering an application, a node token listing sessions): `what` names
+ * the refused operation and `why` the scope that does not cover it.
+ *
+ * @example
+ * new PermissionDeniedError('register application "x"', "a task credential may not manage applications")
+ */
+export class PermissionDeniedError extends KilnError {
+  constructor(what: string, why: string) {
+    super(ErrorCode.PermissionDenied, `permission denied: ${what}: ${why}`);
   }
 }
 

@@ -250,6 +250,7 @@ export class Executor {
       release: this.release,
       controlPlaneEndpoint: this.setting.controlPlaneEndpoint,
       cacheEndpoint: this.setting.packages?.cacheEndpoint,
+      taskCredential: this.bindRequest.taskCredential,
       socketPath: this.socketPath,
       tempDir: this.tempDir,
       logDir: this.setting.logDir,

@@ -6,6 +6,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { resolveBuiltinCommand } from "../apps/service-entry.js";
+import { SECRET_ENV_VARS } from "../net/credentials.js";
 import { BindError } from "./bind-error.js";
 import { expandVars } from "./expand-vars.js";
 import type { InstalledRelease } from "./installer.js";
@@ -21,6 +22,8 @@ export interface ServiceProcessOptions {
   controlPlaneEndpoint: string;
   /** The object cache, passed on so the service can read and write objects. */
   cacheEndpoint?: string;
+  /** The session's task credential (the Bind's), the service's KILN_TOKEN; empty on a cluster without tokens. */
+  taskCredential: string;
   socketPath: string;
   /** The executor's own temp dir: TMPDIR, and the cwd unless the application names one or has a package. */
   tempDir: string;
@@ -117,7 +120,10 @@ export class ServiceProcess {
   }
 }
 
-/** The service's environment: the agent's, the package's, the application's (expanded), then Kiln's own variables. */
+/**
+ * The service's environment: the agent's without its secrets, the
+ * package's, the application's (expanded), then Kiln's own variables.
+ */
 export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv {
   const kilnVars: NodeJS.ProcessEnv = {
     KILN_INSTANCE_ENDPOINT: o.socketPath,
@@ -130,9 +136,14 @@ export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv 
     KILN_AGENT_PID: String(process.pid),
     TMPDIR: o.tempDir,
   };
-  const env: NodeJS.ProcessEnv = { ...process.env, ...o.release?.env, ...kilnVars };
+  const inherited: NodeJS.ProcessEnv = { ...process.env };
+  for (const name of SECRET_ENV_VARS) delete inherited[name];
+  const env: NodeJS.ProcessEnv = { ...inherited, ...o.release?.env, ...kilnVars };
   for (const { name, value } of o.application.environments) env[name] = expandVars(value, env);
-  return Object.assign(env, kilnVars);
+  Object.assign(env, kilnVars);
+  // Set last, so an application cannot name a token of its own in place of the one minted for it.
+  if (o.taskCredential) env.KILN_TOKEN = o.taskCredential;
+  return env;
 }
 
 function waitForSpawn(child: ChildProcess): Promise<void> {

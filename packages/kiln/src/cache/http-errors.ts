@@ -7,6 +7,7 @@ import { diskFullError, ObjectTooLargeError } from "./storage/errors.js";
 const STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.InvalidArgument]: 400,
   [ErrorCode.Unauthenticated]: 401,
+  [ErrorCode.PermissionDenied]: 403,
   [ErrorCode.NotFound]: 404,
   [ErrorCode.FailedPrecondition]: 409,
   [ErrorCode.AlreadyExists]: 409,

@@ -1,9 +1,12 @@
 import {
   InvalidArgumentError,
   NotFoundError,
+  PermissionDeniedError,
+  UnauthenticatedError,
   validateListPrefix,
   validateObjectKey,
   validateObjectPrefix,
+  validateName,
 } from "@kiln/protocol";
 import {
   BATCH_CONTENT_TYPE,
@@ -18,10 +21,12 @@ import {
 } from "@kiln/protocol/cache";
 import { randomBytes } from "node:crypto";
 import type * as http from "node:http";
-import type { Authenticate } from "../net/auth.js";
+import type { Credentials, Principal } from "../net/credentials.js";
 import { healthzResponder, KilnServer } from "../net/healthz.js";
 import { BufferedRequest, BufferedResponse, type RouteRequest, type RouteResponse } from "./exchange.js";
 import { BodyTooLargeError, MethodNotAllowedError, sendError } from "./http-errors.js";
+import { checkObjectAccess } from "./object-scope.js";
+import type { RevokedSessions } from "./revocations.js";
 import { sendObject } from "./read-response.js";
 import type { ObjectStat } from "./storage/backend.js";
 import type { ObjectStore, WriteRequest } from "./storage/object-store.js";
@@ -30,8 +35,10 @@ export interface RouteContext {
   store: ObjectStore;
   /** Advertised in every ObjectRef; known once the server listens. */
   endpoint: string;
-  /** Checks each request's credential from its headers, before any body is read. */
-  authenticate: Authenticate;
+  /** Who may do what: the cluster token, the node token and task credentials. */
+  credentials: Credentials;
+  /** Sessions whose task credentials are refused before their expiry (PUT /v1/revocations/<session>). */
+  revoked: RevokedSessions;
   log(line: string): void;
 }
 
@@ -39,6 +46,7 @@ const DEFAULT_LIST_LIMIT = 1000;
 const MAX_LIST_LIMIT = 10_000;
 const OBJECTS = "/v1/objects/";
 const STAT = "/v1/stat/";
+const REVOCATIONS = "/v1/revocations/";
 
 type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
 
@@ -47,45 +55,75 @@ type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
  * JSON; storage semantics live in ObjectStore.
  *
  * @example
- * http.createServer(cacheRoutes({ store, endpoint: "http://127.0.0.1:7422", authenticate: authenticator(token), log: console.log }));
+ * http.createServer(cacheRoutes({ store, endpoint: "http://127.0.0.1:7422", credentials: new Credentials({}), revoked: new RevokedSessions(), log: console.log }));
  */
 export function cacheRoutes(ctx: RouteContext): Handler {
-  const healthz = healthzResponder(KilnServer.ObjectCache, ctx.authenticate, () => healthDetails(ctx));
+  const healthz = healthzResponder(
+    KilnServer.ObjectCache,
+    (h) => ctx.credentials.isAdmin(h.authorization),
+    () => healthDetails(ctx),
+  );
   return (req, res) => {
     if (healthz(req, res)) return;
-    const { refusal } = ctx.authenticate(req.headers);
-    if (refusal) return sendError(req, res, refusal, ctx.log);
-    handle(ctx, req, res);
+    // Decided from the header alone, before any body is read.
+    const auth = ctx.credentials.authenticate(req.headers.authorization);
+    const refusal =
+      "refusal" in auth
+        ? auth.refusal
+        : auth.principal.role === "task" && ctx.revoked.has(auth.principal.sessionId)
+          ? `the task credential of session "${auth.principal.sessionId}" ended when the session closed`
+          : undefined;
+    if (refusal === undefined && "principal" in auth) return handle(ctx, req, res, auth.principal);
+    sendError(req, res, new UnauthenticatedError(refusal), ctx.log);
   };
 }
 
-function handle(ctx: RouteContext, req: RouteRequest, res: RouteResponse): void {
+function handle(ctx: RouteContext, req: RouteRequest, res: RouteResponse, principal: Principal): void {
   try {
-    route(ctx, req, res)?.catch((err: unknown) => sendError(req, res, err, ctx.log));
+    route(ctx, req, res, principal)?.catch((err: unknown) => sendError(req, res, err, ctx.log));
   } catch (err) {
     sendError(req, res, err, ctx.log);
   }
 }
 
-function route(ctx: RouteContext, req: RouteRequest, res: RouteResponse): Promise<void> | void {
+function route(ctx: RouteContext, req: RouteRequest, res: RouteResponse, principal: Principal): Promise<void> | void {
   const url = req.url ?? "/";
   const q = url.indexOf("?");
   const pathname = q < 0 ? url : url.slice(0, q);
   const method = req.method ?? "GET";
-  if (pathname.startsWith(OBJECTS))
-    return objectRoute(ctx, req, res, method, decodePath(pathname.slice(OBJECTS.length)));
+  /** Every route that names keys checks the caller's scope before it touches the store. */
+  const access = (path: string, write: boolean, application = path.split("/")[0]) =>
+    checkObjectAccess(principal, { application, write, what: `${method} ${pathname}` });
+  if (pathname.startsWith(OBJECTS)) {
+    const path = decodePath(pathname.slice(OBJECTS.length));
+    access(path, method !== "GET" && method !== "HEAD");
+    return objectRoute(ctx, req, res, method, path);
+  }
   if (pathname.startsWith(STAT)) {
     allow(method, ["GET"]);
     const key = validateObjectKey(decodePath(pathname.slice(STAT.length)));
+    access(key, false);
     return sendJson(res, 200, ctx.store.stat(key) ?? notFound(key));
   }
   if (pathname === "/v1/list") {
     allow(method, ["GET"]);
-    return list(ctx, res, new URLSearchParams(q < 0 ? "" : url.slice(q + 1)));
+    const params = new URLSearchParams(q < 0 ? "" : url.slice(q + 1));
+    const prefix = params.get("prefix") ?? "";
+    access(prefix, false, prefix === "" ? undefined : prefix.split("/")[0]);
+    return list(ctx, res, params);
   }
   if (pathname === BATCH_PATH) {
     allow(method, ["POST"]);
-    return batch(ctx, req, res);
+    return batch(ctx, req, res, principal);
+  }
+  if (pathname.startsWith(REVOCATIONS)) {
+    allow(method, ["PUT"]);
+    const sessionId = validateName("session", decodePath(pathname.slice(REVOCATIONS.length)));
+    if (principal.role !== "admin")
+      throw new PermissionDeniedError(`${method} ${pathname}`, "only the cluster token revokes task credentials");
+    ctx.revoked.revoke(sessionId);
+    ctx.log(`task credentials of session ${sessionId} revoked`);
+    return sendJson(res, 200, { revoked: sessionId });
   }
   if (pathname === "/v1/health") {
     allow(method, ["GET"]);
@@ -128,7 +166,7 @@ function objectRoute(
 }
 
 /** Runs each sub-request through the same routes as a request of its own, at once, and answers in order. */
-async function batch(ctx: RouteContext, req: RouteRequest, res: RouteResponse): Promise<void> {
+async function batch(ctx: RouteContext, req: RouteRequest, res: RouteResponse, principal: Principal): Promise<void> {
   if (Number(req.headers["content-length"] ?? 0) > MAX_BATCH_REQUEST_BYTES) throw batchTooLarge();
   const chunks: Buffer[] = [];
   let length = 0;
@@ -141,7 +179,7 @@ async function batch(ctx: RouteContext, req: RouteRequest, res: RouteResponse): 
   const replies = await Promise.all(
     items.map(async (item): Promise<SubResponse> => {
       const sub = new BufferedResponse(MAX_BATCHED_RESPONSE_BYTES);
-      handle(ctx, new BufferedRequest(item.method, item.path, item.headers, item.body), sub);
+      handle(ctx, new BufferedRequest(item.method, item.path, item.headers, item.body), sub, principal);
       await sub.done;
       // Too large, or cut off after its headers: the client sends it alone and gets the real answer.
       if (!sub.writableFinished) return { status: SEND_ALONE, headers: {}, body: new Uint8Array(0) };

@@ -1,8 +1,10 @@
 import { InvalidArgumentError } from "@kiln/protocol";
 import * as http from "node:http";
 import type * as net from "node:net";
-import { authenticator, isLoopbackHost } from "../net/auth.js";
+import { isLoopbackHost } from "../net/auth.js";
+import { Credentials } from "../net/credentials.js";
 import { portInUse } from "../net/port-in-use.js";
+import { RevokedSessions } from "./revocations.js";
 import { cacheRoutes, type RouteContext } from "./routes.js";
 import type { Catalog } from "./storage/backend.js";
 import { DEFAULT_DURABILITY, FsCatalog, type FsStorageOptions } from "./storage/fs-backend.js";
@@ -23,8 +25,14 @@ export interface CacheServerOptions {
   host?: string;
   /** Default 7422; 0 picks a free port. */
   port?: number;
-  /** When set, every request needs `authorization: Bearer <token>`. */
+  /**
+   * The cluster token. When set, every request needs a credential: this token
+   * (everything), the node token (reads only) or a task credential the control
+   * plane minted with the same cluster token (its own application's keys).
+   */
   token?: string;
+  /** The node token agents present; without it agents use `token`. */
+  nodeToken?: string;
   /** The endpoint written into ObjectRefs (default `http://<host>:<port>`). */
   advertiseEndpoint?: string;
   storage: FsStorageOptions | MemoryStorageOptions;
@@ -56,13 +64,14 @@ export async function startCacheServer(options: CacheServerOptions): Promise<Cac
       "host",
       `listening on ${host} (beyond loopback) requires a token (--token or KILN_TOKEN)`,
     );
+  const credentials = new Credentials({ adminToken: options.token, nodeToken: options.nodeToken });
   const log = options.log ?? (() => undefined);
   const store = new ObjectStore(openCatalog(options.storage), {
     compaction: options.compaction,
     maxObjectBytes: options.maxObjectBytes,
     log,
   });
-  const ctx: RouteContext = { store, endpoint: "", authenticate: authenticator(options.token), log };
+  const ctx: RouteContext = { store, endpoint: "", credentials, revoked: new RevokedSessions(), log };
   // Uploads of any size may take longer than Node's default 5-minute request limit; idle sockets still time out.
   const server = http.createServer({ requestTimeout: 0, keepAliveTimeout: 5_000 }, cacheRoutes(ctx));
   server.timeout = IDLE_TIMEOUT_MS;

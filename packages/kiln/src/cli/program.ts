@@ -16,6 +16,7 @@ import { registerStatus } from "./commands/status.js";
 import { registerView } from "./commands/view.js";
 import { kilnVersion } from "../util/version.js";
 import { ExitCode, reportError } from "./exit-codes.js";
+import { tokenOption } from "./secrets.js";
 
 /** The `kiln` command tree. Usage errors surface as CommanderError (see exitOverride). */
 export function createProgram(): Command {
@@ -31,6 +32,7 @@ export function createProgram(): Command {
     .addOption(
       new Option("--token <token>", "cluster token: sent by clients and agents, required by servers").env("KILN_TOKEN"),
     )
+    .option("--token-file <file>", "read the cluster token from the first line of FILE (- for stdin)")
     .option(
       "--cache-endpoint <url>",
       "object cache to use (default: KILN_CACHE_ENDPOINT, the config context's cache, the one the control plane advertises, else http://127.0.0.1:7422)",
@@ -39,7 +41,12 @@ export function createProgram(): Command {
     .option("--config <path>", "config file (default: ~/.kiln/config.yaml)")
     .configureHelp({ showGlobalOptions: true })
     .showHelpAfterError("(run with --help for usage)")
-    .exitOverride();
+    .exitOverride()
+    .hook("preAction", () => {
+      // The token read from --token-file is used as --token is; its source marks it as kept out of the environment.
+      if (program.getOptionValue("tokenFile") === undefined) return;
+      program.setOptionValueWithSource("token", tokenOption(program, "token", "tokenFile", "--token-file"), "config");
+    });
   registerServerCommands(program);
   registerCacheCommands(program);
   registerDemo(program);

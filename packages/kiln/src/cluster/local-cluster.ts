@@ -3,6 +3,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { DEFAULT_CACHE_PORT } from "../cache/server.js";
+import { SECRET_ENV_VARS } from "../net/credentials.js";
 import { startControlPlane, type ControlPlane, type ControlPlaneOptions } from "../control/server.js";
 import { superviseProcess, type SupervisedProcess } from "./supervised-process.js";
 import { isReportedStartFailure } from "./supervisor-channel.js";
@@ -56,7 +57,11 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
   const dataDir = options.dataDir ?? path.join(os.homedir(), ".kiln", "data");
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   fs.mkdirSync(dataDir, { recursive: true });
-  const env = { ...process.env, ...(options.token ? { KILN_TOKEN: options.token } : {}) };
+  // The token goes to the children over stdin (--token-file -), never in their environment or arguments,
+  // which the agent's service processes could read from /proc.
+  const env = { ...process.env };
+  for (const name of SECRET_ENV_VARS) delete env[name];
+  const tokenArgs = options.token ? ["--token-file", "-"] : [];
   const children: SupervisedProcess[] = [];
   let cp: ControlPlane | undefined;
   const stopAll = async () => {
@@ -64,7 +69,14 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     await cp?.close();
   };
   const supervise = (name: string, logName: string, args: () => string[]): SupervisedProcess => {
-    const child = superviseProcess({ name, args, env, logFile: path.join(dataDir, logName), log });
+    const child = superviseProcess({
+      name,
+      args: () => [CLI_ENTRY, ...tokenArgs, ...args()],
+      env,
+      ...(options.token ? { stdin: `${options.token}\n` } : {}),
+      logFile: path.join(dataDir, logName),
+      log,
+    });
     children.push(child);
     return child;
   };
@@ -73,7 +85,7 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     // Port 0: the cache takes one the kernel picks and reports it; a restart asks for the same one again.
     let cachePort = cachePortFor(options);
     const cache = supervise("object cache", "cache.log", () => {
-      const args = [CLI_ENTRY, "cache", "--port", String(cachePort), "--data-dir", path.join(dataDir, "cache")];
+      const args = ["cache", "--port", String(cachePort), "--data-dir", path.join(dataDir, "cache")];
       return options.host !== undefined ? [...args, "--host", options.host] : args;
     });
     const cacheEndpoint = (await readyWithin(cache, "the object cache", dataDir, "cache.log")).endpoint!;
@@ -90,7 +102,7 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     });
 
     const executors = options.executors ?? os.availableParallelism();
-    const agentArgs = [CLI_ENTRY, "agent", "--endpoint", cp.endpoint, "--executors", String(executors)];
+    const agentArgs = ["agent", "--endpoint", cp.endpoint, "--executors", String(executors)];
     // On one machine, --executors N means N executors: offer at least that many cpus (the default request is cpu=1).
     if (options.executors !== undefined)
       agentArgs.push("--cpus", String(Math.max(executors, os.availableParallelism())));

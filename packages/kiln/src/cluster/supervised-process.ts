@@ -8,6 +8,8 @@ export interface SupervisedProcessOptions {
   /** Arguments after `node`, asked for at every start (a restart may reuse what the first start learnt). */
   args: () => string[];
   env: NodeJS.ProcessEnv;
+  /** Written to the child's stdin at every start, then stdin is closed: how a secret reaches it outside its environment. */
+  stdin?: string;
   /** stdout and stderr are appended here. */
   logFile: string;
   log(line: string): void;
@@ -69,8 +71,13 @@ export function superviseProcess(o: SupervisedProcessOptions): SupervisedProcess
 
   const start = () => {
     const out = fs.openSync(o.logFile, "a");
-    child = spawn(process.execPath, o.args(), { stdio: ["ignore", out, out, "ipc"], env: o.env });
+    child = spawn(process.execPath, o.args(), {
+      stdio: [o.stdin === undefined ? "ignore" : "pipe", out, out, "ipc"],
+      env: o.env,
+    });
     fs.closeSync(out);
+    child.stdin?.on("error", () => undefined); // a child that died before reading it: its exit is handled below
+    child.stdin?.end(o.stdin);
     child.on("message", onMessage);
     // "close", not "exit": it comes after the channel is drained, so a start failure it reported is known here.
     child.once("close", (code, signal) => {

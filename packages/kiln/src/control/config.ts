@@ -13,6 +13,11 @@ export interface ControlPlaneOptions {
   httpPort?: number;
   token?: string;
   /**
+   * The node token: admits agents (kiln.v1.Agent) and nothing else. Without
+   * it agents use `token`. Needs `token`, and must differ from it.
+   */
+  nodeToken?: string;
+  /**
    * The object cache this control plane tells clients about (GetClusterInfo),
    * e.g. http://10.0.0.5:7422, so they need not be configured with it.
    */
@@ -55,6 +60,7 @@ export interface ControlPlaneConfig {
   port: number;
   httpPort: number | undefined;
   token: string | undefined;
+  nodeToken: string | undefined;
   cacheEndpoint: string | undefined;
   heartbeatTimeoutMs: number;
   drainTimeoutMs: number;
@@ -92,6 +98,7 @@ function withDefaults(o: ControlPlaneOptions): ControlPlaneConfig {
     port: o.port ?? DEFAULT_PORT,
     httpPort: o.httpPort,
     token: o.token || undefined,
+    nodeToken: o.nodeToken || undefined,
     cacheEndpoint: o.cacheEndpoint === undefined ? undefined : normalizeEndpoint("cacheEndpoint", o.cacheEndpoint),
     heartbeatTimeoutMs,
     drainTimeoutMs: o.drainTimeoutMs ?? Math.max(30_000, heartbeatTimeoutMs),

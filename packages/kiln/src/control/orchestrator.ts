@@ -4,6 +4,7 @@ import { InvalidArgumentError, bindFailureEvent, eventMessage, SessionEvent } fr
 import type { ApplicationRegistry } from "./applications.js";
 import type { AgentConnection } from "./agent-connection.js";
 import { ClusterState, newExecutorId, type ExecutorRecord, type NodeRecord } from "./cluster-state.js";
+import type { Credentials } from "../net/credentials.js";
 import type { ControlPlaneConfig } from "./config.js";
 import { whyNoNodeFits } from "./fit.js";
 import { NodeNameTakenError } from "./node-name-taken.js";
@@ -36,6 +37,8 @@ export class Orchestrator {
     private readonly sessions: SessionRegistry,
     private readonly apps: ApplicationRegistry,
     private readonly commit: GroupCommit,
+    /** Mints the task credential each bind hands to the session's service process. */
+    private readonly credentials: Credentials,
   ) {}
 
   start(): void {
@@ -505,6 +508,9 @@ export class Orchestrator {
         application: app.spec,
         ...(s.spec.commonData !== undefined ? { commonData: s.spec.commonData } : {}),
         concurrency: app.concurrency,
+        ...(this.credentials.required
+          ? { taskCredential: this.credentials.mintTaskCredential({ application: app.name, sessionId: s.id }) }
+          : {}),
       }),
     });
   }

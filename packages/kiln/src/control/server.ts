@@ -4,13 +4,15 @@ import { InvalidArgumentError, type KilnError } from "@kiln/protocol";
 import { StreamRoutes, translateErrors } from "@kiln/protocol/transport";
 import { flame, kiln } from "@kiln/protocol/proto";
 import * as path from "node:path";
-import { authenticator, isLoopbackHost } from "../net/auth.js";
+import { isLoopbackHost, type Admit } from "../net/auth.js";
 import { connectHandler } from "../net/connect-handler.js";
+import { Credentials } from "../net/credentials.js";
 import { healthzResponder, KilnServer } from "../net/healthz.js";
 import { listenHttp1, listenHttp2, type Listener } from "../net/http-server.js";
 import { portInUse } from "../net/port-in-use.js";
 import { requestGate } from "../net/request-gate.js";
 import { agentService } from "./api/agent-service.js";
+import { CallGuard } from "./api/call-scope.js";
 import { frontendService, type FrontendDeps } from "./api/frontend-service.js";
 import { kilnFrontendService } from "./api/kiln-frontend-service.js";
 import { toTaskMessage } from "./api/messages.js";
@@ -18,6 +20,7 @@ import { ApplicationRegistry } from "./applications.js";
 import { registerBuiltinApps } from "./builtin-apps.js";
 import { clusterInfo } from "./cluster-info.js";
 import { resolveConfig, type ControlPlaneOptions } from "./config.js";
+import { revokeAtCache } from "./credential-revocation.js";
 import { Orchestrator } from "./orchestrator.js";
 import { RequestLimits } from "./request-limits.js";
 import { SessionRegistry } from "./sessions.js";
@@ -64,6 +67,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       `listening on ${config.host} (beyond loopback) requires a token (--token or KILN_TOKEN)`,
     );
 
+  const credentials = new Credentials({ adminToken: config.token, nodeToken: config.nodeToken });
+
   const store = SqliteStore.open(path.join(config.dataDir, "kiln.db"), config.durability);
   // A commit that fails while starting fails the start; later, it stops the control plane (see GroupCommit).
   let storeFailed = (refusal: KilnError): void => {
@@ -85,7 +90,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
 
   const hub = new WatchHub(toTaskMessage);
   const feed = new SessionsFeed();
-  const orchestrator = new Orchestrator(config, sessions, apps, commit);
+  const orchestrator = new Orchestrator(config, sessions, apps, commit, credentials);
   sessions.observer = {
     taskChanged: (s, t) => {
       hub.taskChanged(s, t);
@@ -98,6 +103,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       hub.sessionEnded(s);
       feed.sessionChanged(s);
       orchestrator.sessionEnded(s);
+      if (credentials.required && config.cacheEndpoint)
+        void revokeAtCache(config.cacheEndpoint, config.token!, s, config.log);
     },
     sessionDeleted: (s) => feed.sessionDeleted(s),
     workAdded: (s) => orchestrator.workAdded(s),
@@ -119,8 +126,10 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
 
   const info = () => clusterInfo(orchestrator.cluster, sessions, config.cacheEndpoint);
   const deps: FrontendDeps = { apps, sessions, orchestrator, hub, feed, commit, clusterInfo: info };
-  const flameFrontend = frontendService(deps);
-  const kilnFrontend = kilnFrontendService(deps);
+  const guard = new CallGuard(credentials, sessions);
+  const flameFrontend = guard.scoped(flame.Frontend, frontendService(deps));
+  const kilnFrontend = guard.scoped(kiln.Frontend, kilnFrontendService(deps));
+  const admit: Admit = (headers, path) => guard.admit(headers.authorization, path);
   const agent = agentService(orchestrator, config.log);
   const services: [DescService, object][] = [
     [flame.Frontend, flameFrontend],
@@ -138,20 +147,23 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     },
     interceptors: [translateErrors()],
   });
-  const authenticate = authenticator(config.token);
   // Known once both ports listen; /healthz names them so a client at the wrong one can be told the right one.
   const endpoints = { endpoint: "", httpEndpoint: "" };
-  const healthz = healthzResponder(KilnServer.ControlPlane, authenticate, () => ({
-    ...endpoints,
-    ...(toJson(kiln.ClusterInfoSchema, info(), { alwaysEmitImplicit: true }) as Record<string, unknown>),
-  }));
+  const healthz = healthzResponder(
+    KilnServer.ControlPlane,
+    (h) => credentials.isAdmin(h.authorization),
+    () => ({
+      ...endpoints,
+      ...(toJson(kiln.ClusterInfoSchema, info(), { alwaysEmitImplicit: true }) as Record<string, unknown>),
+    }),
+  );
   // gRPC streams (agents, task submission, watches) skip Connect's per-message pipeline; see StreamRoutes.
   const streams = new StreamRoutes({ readMaxBytes: limits.streamMessageBytes })
     .add(flame.Frontend, flameFrontend)
     .add(kiln.Frontend, kilnFrontend)
     .add(kiln.Agent, agent);
   // Credentials and declared lengths are checked before any route reads a byte of the body.
-  const gate = { authenticate, limitOf: limits.ofPath };
+  const gate = { admit, limitOf: limits.ofPath };
   const http2Handler = requestGate(gate, streams.handler(api));
   const http1Handler = requestGate(gate, api);
   const closeStore = () => {

@@ -1,4 +1,4 @@
-import { UnauthenticatedError } from "@kiln/protocol";
+import type { KilnError } from "@kiln/protocol";
 import { timingSafeEqual } from "node:crypto";
 import type * as http from "node:http";
 
@@ -9,40 +9,26 @@ export function isLoopbackHost(host: string): boolean {
   return LOOPBACK.test(host);
 }
 
-/** Who a request comes from, once its credential checked out. Today one role: the cluster token's. */
-export interface Principal {
-  readonly role: "admin";
-}
-
-/** A request's credential checked: who sent it, or the refusal to answer with. */
-export type Authentication =
-  | { readonly principal: Principal; readonly refusal?: undefined }
-  | { readonly principal?: undefined; readonly refusal: UnauthenticatedError };
-
 /**
- * Checks a request's credential from its headers alone, before any of its body is read. Every port
- * and route of every Kiln server asks this one function, so what a credential may be lives here.
+ * The check every request of a server passes first, from its headers and path alone, before any of
+ * its body is read: the refusal to answer with (UNAUTHENTICATED for an unknown credential,
+ * PERMISSION_DENIED for a role that may not call the route), or undefined to let it in. What each
+ * credential may do lives in net/credentials.ts and, for the control plane's methods, in
+ * control/api/call-scope.ts.
  */
-export type Authenticate = (headers: http.IncomingHttpHeaders) => Authentication;
-
-const ADMIN: Authentication = { principal: { role: "admin" } };
+export type Admit = (headers: http.IncomingHttpHeaders, path: string) => KilnError | undefined;
 
 /**
- * The {@link Authenticate} of a server with cluster token `token` (`authorization: Bearer <token>`,
- * compared in constant time); with no token, everyone is admin (loopback only, see isLoopbackHost).
+ * A constant-time check of an `authorization` header against `Bearer <token>`.
  *
  * @example
- * const authenticate = authenticator("s3cret");
- * authenticate(req.headers).refusal // undefined only for "Bearer s3cret"
+ * const ok = bearerTokenCheck("s3cret");
+ * ok(req.headers.authorization) // true only for "Bearer s3cret"
  */
-export function authenticator(token: string | undefined): Authenticate {
-  if (token === undefined) return () => ADMIN;
+export function bearerTokenCheck(token: string): (authorization: string | undefined) => boolean {
   const expected = Buffer.from(`Bearer ${token}`);
-  const refused: Authentication = {
-    refusal: new UnauthenticatedError("missing or invalid token (send `authorization: Bearer <token>`)"),
-  };
-  return (headers) => {
-    const given = Buffer.from(headers.authorization ?? "");
-    return given.length === expected.length && timingSafeEqual(given, expected) ? ADMIN : refused;
+  return (authorization) => {
+    const given = Buffer.from(authorization ?? "");
+    return given.length === expected.length && timingSafeEqual(given, expected);
   };
 }

@@ -15,6 +15,7 @@ const LINGER_MS = 2_000;
 /** HTTP statuses of the refusals a request can get before its body is read; the rest are 400. */
 const HTTP_STATUS: Partial<Record<Code, number>> = {
   [Code.Unauthenticated]: 401,
+  [Code.PermissionDenied]: 403,
   [Code.ResourceExhausted]: 413,
 };
 

@@ -1,5 +1,4 @@
 import type * as http from "node:http";
-import type { Authenticate } from "./auth.js";
 
 /** Every Kiln server answers `GET /healthz` with a {@link HealthzBody}. */
 export const HEALTHZ_PATH = "/healthz";
@@ -33,15 +32,15 @@ interface HealthzResponse {
  * Answers `/healthz` for `server` and returns true, or returns false for any
  * other path. Liveness needs no token, so a load balancer or `kiln status`
  * can always ask; what the server holds (`details()`) is shown only to a
- * caller `authenticate` accepts, like every other route.
+ * caller `showsDetails` accepts (the cluster token's).
  *
  * @example
- * const healthz = healthzResponder(KilnServer.ObjectCache, authenticator(token), () => ({ backend: "fs" }));
+ * const healthz = healthzResponder(KilnServer.ObjectCache, (h) => isAdmin(h.authorization), () => ({ backend: "fs" }));
  * http.createServer((req, res) => healthz(req, res) || routes(req, res));
  */
 export function healthzResponder(
   server: KilnServer,
-  authenticate: Authenticate,
+  showsDetails: (headers: http.IncomingHttpHeaders) => boolean,
   details: () => Record<string, unknown>,
 ): (req: HealthzRequest, res: HealthzResponse) => boolean {
   return (req, res) => {
@@ -53,7 +52,7 @@ export function healthzResponder(
       return true;
     }
     const body: HealthzBody = { status: "ok", server };
-    if (authenticate(req.headers).principal) body.details = details();
+    if (showsDetails(req.headers)) body.details = details();
     const text = `${JSON.stringify(body)}\n`;
     res.writeHead(200, {
       "content-type": "application/json",

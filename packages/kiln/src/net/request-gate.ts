@@ -1,7 +1,7 @@
 import { KilnError, ErrorCode } from "@kiln/protocol";
 import type * as http from "node:http";
 import type * as http2 from "node:http2";
-import type { Authenticate } from "./auth.js";
+import type { Admit } from "./auth.js";
 import { endUnreadBody, refuseEarly } from "./early-refusal.js";
 
 /** The largest body a route accepts, and what sets it (a flag, or why it is fixed), for the refusal. */
@@ -11,31 +11,32 @@ export interface BodyLimit {
 }
 
 export interface RequestGateOptions {
-  authenticate: Authenticate;
+  /** The credential check (see {@link Admit}). */
+  admit: Admit;
   /** The body limit of the route at `path` (no query); undefined for a route that has none of its own. */
   limitOf(path: string): BodyLimit | undefined;
 }
 
 /**
  * Puts the checks a request can fail from its headers alone in front of `next`: its credential
- * (UNAUTHENTICATED, 401) and its declared length against its route's limit (RESOURCE_EXHAUSTED, 413,
+ * (UNAUTHENTICATED, 401; PERMISSION_DENIED, 403) and its declared length against its route's limit (RESOURCE_EXHAUSTED, 413,
  * naming the limit). Either refusal goes out before a byte of the body is read. A body without a
  * declared length is counted by the route as it reads (the same limit); if the route answers before
  * reading all of it, what is left is not waited for.
  *
  * @example
- * http.createServer(requestGate({ authenticate, limitOf: () => ({ bytes: 1 << 20, setBy: "fixed" }) }, handler));
+ * http.createServer(requestGate({ admit, limitOf: () => ({ bytes: 1 << 20, setBy: "fixed" }) }, handler));
  */
 export function requestGate<
   Req extends http.IncomingMessage | http2.Http2ServerRequest,
   Res extends http.ServerResponse | http2.Http2ServerResponse,
 >(options: RequestGateOptions, next: (req: Req, res: Res) => void): (req: Req, res: Res) => void {
   return (req, res) => {
-    const { refusal } = options.authenticate(req.headers);
-    if (refusal) return refuseEarly(req, res, refusal);
     const url = req.url ?? "/";
     const q = url.indexOf("?");
     const path = q < 0 ? url : url.slice(0, q);
+    const refusal = options.admit(req.headers, path);
+    if (refusal) return refuseEarly(req, res, refusal);
     const limit = options.limitOf(path);
     const declared = req.headers["content-length"];
     if (limit !== undefined && declared !== undefined && Number(declared) > limit.bytes)

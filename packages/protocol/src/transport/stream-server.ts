@@ -17,8 +17,11 @@ import { drained, Inbox } from "./inbox.js";
 export interface StreamServerOptions {
   /** Largest message this side accepts, bytes. */
   readMaxBytes: number;
-  /** The error that refuses a call before it runs (a missing token), or undefined to let it run. */
-  authorize?: (headers: http2.IncomingHttpHeaders) => ConnectError | undefined;
+  /**
+   * The error that refuses a call before it runs (a missing token), or undefined to let it run;
+   * `path` is the method's, `/package.Service/Method`.
+   */
+  authorize?: (headers: http2.IncomingHttpHeaders, path: string) => ConnectError | undefined;
 }
 
 type Http2Handler = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void;
@@ -97,7 +100,7 @@ class ServerStream {
   async run(): Promise<void> {
     const { method } = this.route;
     const { req, res } = this;
-    const refusal = this.options.authorize?.(req.headers);
+    const refusal = this.options.authorize?.(req.headers, req.url);
     const timeout = parseTimeout(headerValue(req.headers["grpc-timeout"]), MAX_TIMEOUT_MS);
     const ctx = createHandlerContext({
       service: method.parent,

@@ -318,7 +318,8 @@ function isErrorCode(code: string | undefined): code is ErrorCode {
 
 function codeForStatus(status: number): ErrorCode {
   if (status === 400) return ErrorCode.InvalidArgument;
-  if (status === 401 || status === 403) return ErrorCode.Unauthenticated;
+  if (status === 401) return ErrorCode.Unauthenticated;
+  if (status === 403) return ErrorCode.PermissionDenied;
   if (status === 404) return ErrorCode.NotFound;
   if (status === 409 || status === 412 || status === 416) return ErrorCode.FailedPrecondition;
   if (status === 413 || status === 507) return ErrorCode.ResourceExhausted;

@@ -9,6 +9,7 @@ import { UsageError } from "../exit-codes.js";
 import { formatDateTime } from "../format.js";
 import { printJson } from "../json.js";
 import { byteSize, outputOption, wholeNumber, type GlobalOptions } from "../options.js";
+import { nodeTokenFileOption, nodeTokenOf, nodeTokenOption } from "../secrets.js";
 import { serveUntilSignal } from "../signals.js";
 import { renderFields, renderTable } from "../table.js";
 
@@ -51,9 +52,13 @@ export function registerCacheCommands(program: Command): void {
       ).argParser(byteSize),
     )
     .option("--advertise <url>", "endpoint written into object refs (default: http://<host>:<port>)")
+    .addOption(nodeTokenOption("agents' credential here, for reading packages and objects only (needs --token)"))
+    .addOption(nodeTokenFileOption())
     .addHelpText(
       "after",
-      "\nThe global --token, when given, is required from every client.\n" +
+      "\nThe global --token, when given, is required from every client; the same token lets the cache\n" +
+        "check the task credentials the control plane mints (a service process may use its own\n" +
+        "application's keys only).\n" +
         "\nExamples:\n  kiln cache --data-dir /var/lib/kiln/cache\n  kiln cache --storage memory --max-memory 2g\n",
     )
     .action(async (f: CacheServerFlags, cmd: Command) => {
@@ -76,6 +81,7 @@ export function registerCacheCommands(program: Command): void {
             port: f.port,
             storage,
             ...(token ? { token } : {}),
+            nodeToken: nodeTokenOf(cmd),
             ...(f.advertise ? { advertiseEndpoint: f.advertise } : {}),
             log: (line) => process.stderr.write(`${new Date().toISOString()} cache: ${line}\n`),
           }),

@@ -6,6 +6,7 @@ import { DEFAULT_PORT } from "../../control/config.js";
 import { resolveCacheConfig } from "../cache-client.js";
 import { UsageError } from "../exit-codes.js";
 import { byteSize, resreqText, wholeNumber, type GlobalOptions } from "../options.js";
+import { nodeTokenFileOption, nodeTokenOf, nodeTokenOption, warnIfTokenExposed } from "../secrets.js";
 import { DEFAULT_PORT_FLAGS, serveUntilSignal } from "../signals.js";
 
 const DEFAULT_DATA_DIR = path.join(os.homedir(), ".kiln", "data");
@@ -85,9 +86,15 @@ export function registerServerCommands(program: Command): void {
     .addOption(executorsOption())
     .addOption(maxPackageBytesOption())
     .addOption(maxPackageEntriesOption())
-    .addHelpText("after", "\nThe global --token, when given, is required from every client and agent.\n")
+    .addHelpText(
+      "after",
+      "\nThe global --token, when given, is required from every client and agent. Give it with\n" +
+        "--token-file (or - for stdin) so the service processes of this cluster cannot read it from\n" +
+        "this process's environment or command line; its children get it over a pipe.\n",
+    )
     .action(async (f: UpFlags, cmd: Command) => {
       const { token } = cmd.optsWithGlobals<GlobalOptions>();
+      warnIfTokenExposed(cmd, { token: "the cluster token" });
       const { startLocalCluster } = await import("../../cluster/local-cluster.js");
       await serveUntilSignal(
         "the cluster",
@@ -147,9 +154,12 @@ export function registerServerCommands(program: Command): void {
         "resources for sessions that ask for none (default cpu=1,mem=1g)",
       ).argParser(resreqText),
     )
+    .addOption(nodeTokenOption("the credential agents are admitted with, and nothing else (needs --token)"))
+    .addOption(nodeTokenFileOption())
     .addHelpText(
       "after",
-      "\nThe global --token, when given, is required from every client and agent.\n" +
+      "\nThe global --token, when given, is required from every client (and from agents, unless\n" +
+        "--node-token is set: then agents use that, and it admits nothing but the agent protocol).\n" +
         "The global --cache-endpoint is the object cache this control plane tells clients about,\n" +
         "so they find it without being told (kiln status shows it).\n" +
         "\nExample:\n  kiln server --host 0.0.0.0 --token $KILN_TOKEN --cache-endpoint http://10.0.0.5:7422\n",
@@ -165,6 +175,7 @@ export function registerServerCommands(program: Command): void {
             host: f.host,
             port: f.port,
             token,
+            nodeToken: nodeTokenOf(cmd),
             heartbeatTimeoutMs: f.heartbeatTimeout,
             drainTimeoutMs: f.drainTimeout,
             retries: f.retries,
@@ -201,18 +212,25 @@ export function registerServerCommands(program: Command): void {
         "longest wait between attempts to reach a lost control plane (default 2000)",
       ).argParser(wholeNumber(1)),
     )
+    .addOption(nodeTokenOption("sent to the control plane and cache in place of --token"))
+    .addOption(nodeTokenFileOption())
     .addHelpText(
       "after",
-      "\nNeeds the global --endpoint (the control plane) and, if it has one, --token.\n" +
+      "\nNeeds the global --endpoint (the control plane) and, if it has one, --node-token (or --token on a\n" +
+        "cluster without a node token). Give it with --node-token-file (- for stdin): a token in this\n" +
+        "process's environment or command line can be read by the service processes it starts.\n" +
         "cache:// package URLs are fetched from the global --cache-endpoint (default: the cache the control\n" +
         "plane advertises). A node name another live agent holds is refused: the agent exits 1.\n" +
-        "\nExample:\n  kiln agent --endpoint http://10.0.0.5:7420 --token $KILN_TOKEN --executors 8\n",
+        "\nExample:\n  kiln agent --endpoint http://10.0.0.5:7420 --node-token-file - --executors 8 < node-token\n",
     )
     .action(async (f: AgentFlags, cmd: Command) => {
       const globals = cmd.optsWithGlobals<GlobalOptions>();
-      const { endpoint, token } = globals;
+      const { endpoint } = globals;
       if (!endpoint) throw new UsageError("kiln agent needs --endpoint URL (the control plane to join)");
-      const { cacheEndpoint, cacheToken } = await resolveCacheConfig(globals);
+      warnIfTokenExposed(cmd, { token: "the cluster token", nodeToken: "the node token" });
+      const nodeToken = nodeTokenOf(cmd);
+      const token = nodeToken ?? globals.token;
+      const { cacheEndpoint, cacheToken } = await resolveCacheConfig({ ...globals, ...(token ? { token } : {}) });
       const { startAgent } = await import("../../agent/agent.js");
       await serveUntilSignal(
         "the agent",

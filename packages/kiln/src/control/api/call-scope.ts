@@ -1,0 +1,173 @@
+import type { DescMethod, DescService } from "@bufbuild/protobuf";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { PermissionDeniedError, UnauthenticatedError, type KilnError } from "@kiln/protocol";
+import { flame, kiln } from "@kiln/protocol/proto";
+import type { Credentials, TaskPrincipal } from "../../net/credentials.js";
+import type { SessionRegistry } from "../sessions.js";
+
+/** What one request touches: the sessions and applications a task credential must own. */
+interface Scope {
+  sessions?: readonly string[];
+  applications?: readonly string[];
+  /** Every session of the cluster (a sessions feed without ids): never a task's. */
+  allSessions?: boolean;
+}
+
+// Loosely typed so one table covers both services; each entry reads its own method's request.
+/* eslint-disable @typescript-eslint/no-explicit-any */
+type ScopeOf = (req: any) => Scope;
+const bySession: ScopeOf = (r: { sessionId: string }) => ({ sessions: [r.sessionId] });
+
+/**
+ * The methods a task credential may call, each with what it touches. A
+ * method not listed here (application management, nodes, executors, the
+ * session list, the agent protocol) is refused to task credentials outright.
+ */
+const TASK_METHODS: Record<string, ScopeOf> = {
+  [`${flame.Frontend.typeName}/GetApplication`]: (r: flame.GetApplicationRequest) => ({ applications: [r.name] }),
+  [`${flame.Frontend.typeName}/CreateSession`]: (r: flame.CreateSessionRequest) => ({
+    applications: [r.session?.application ?? ""],
+  }),
+  [`${flame.Frontend.typeName}/OpenSession`]: (r: flame.OpenSessionRequest) => ({
+    sessions: [r.sessionId],
+    applications: r.session ? [r.session.application] : [],
+  }),
+  [`${flame.Frontend.typeName}/CloseSession`]: bySession,
+  [`${flame.Frontend.typeName}/DeleteSession`]: bySession,
+  [`${flame.Frontend.typeName}/GetSession`]: bySession,
+  [`${flame.Frontend.typeName}/CreateTask`]: (r: flame.CreateTaskRequest) => ({ sessions: [r.task?.sessionId ?? ""] }),
+  [`${flame.Frontend.typeName}/GetTask`]: bySession,
+  [`${flame.Frontend.typeName}/WatchTask`]: bySession,
+  [`${flame.Frontend.typeName}/ListTask`]: bySession,
+  [`${kiln.Frontend.typeName}/CreateTasks`]: bySession,
+  [`${kiln.Frontend.typeName}/SubmitTasks`]: bySession,
+  [`${kiln.Frontend.typeName}/WatchSession`]: bySession,
+  [`${kiln.Frontend.typeName}/CancelTasks`]: bySession,
+  [`${kiln.Frontend.typeName}/WatchSessions`]: (r: kiln.WatchSessionsRequest) =>
+    r.sessionIds.length > 0 ? { sessions: r.sessionIds } : { allSessions: true },
+  // Clients learn the object cache's endpoint from it.
+  [`${kiln.Frontend.typeName}/GetClusterInfo`]: () => ({}),
+};
+/* eslint-enable @typescript-eslint/no-explicit-any */
+
+const TASK_SCOPE = "a task credential may only use its own application's sessions, tasks and objects";
+
+/**
+ * Who may call what on the control plane. {@link CallGuard.admit} decides
+ * from the headers and the method alone, before any body is read (unknown
+ * credential: UNAUTHENTICATED; a role that may not call the method:
+ * PERMISSION_DENIED); {@link CallGuard.scoped} wraps a service so each
+ * request a task credential sends is checked against its application.
+ */
+export class CallGuard {
+  constructor(
+    private readonly credentials: Credentials,
+    private readonly sessions: SessionRegistry,
+  ) {}
+
+  /** The error that refuses `service/method` to this caller, or undefined to let the call run. */
+  admit(authorization: string | undefined, path: string): KilnError | undefined {
+    const auth = this.authenticate(authorization);
+    if ("refusal" in auth) return new UnauthenticatedError(auth.refusal);
+    const { principal } = auth;
+    const method = path.startsWith("/") ? path.slice(1) : path;
+    const isAgent = method.startsWith(`${kiln.Agent.typeName}/`);
+    if (principal.role === "admin") return undefined;
+    if (principal.role === "node")
+      return isAgent ? undefined : new PermissionDeniedError(method, "the node token may only speak kiln.v1.Agent");
+    if (isAgent) return new PermissionDeniedError(method, "a task credential may not speak the agent protocol");
+    if (!(method in TASK_METHODS)) return new PermissionDeniedError(method, TASK_SCOPE);
+    return undefined;
+  }
+
+  /**
+   * `impl` with every method checking, for a task credential, that the
+   * request stays within its application; a request outside it fails with
+   * PERMISSION_DENIED naming what it touched. Admin calls pass untouched.
+   */
+  scoped<S extends DescService>(service: S, impl: ServiceImpl<S>): ServiceImpl<S> {
+    const wrapped: Record<string, unknown> = { ...impl };
+    for (const method of service.methods) {
+      const scopeOf = TASK_METHODS[`${service.typeName}/${method.name}`];
+      const original = (impl as Record<string, unknown>)[method.localName] as
+        ((input: unknown, ctx: HandlerContext) => unknown) | undefined;
+      if (!scopeOf || !original) continue;
+      wrapped[method.localName] = this.wrapMethod(method, scopeOf, original.bind(impl));
+    }
+    return wrapped as ServiceImpl<S>;
+  }
+
+  private wrapMethod(
+    method: DescMethod,
+    scopeOf: ScopeOf,
+    original: (input: unknown, ctx: HandlerContext) => unknown,
+  ): (input: unknown, ctx: HandlerContext) => unknown {
+    const check = (ctx: HandlerContext, req: unknown) => {
+      const task = this.taskOf(ctx);
+      if (task) this.checkScope(task, method, scopeOf(req));
+    };
+    switch (method.methodKind) {
+      case "unary":
+        return async (req, ctx) => {
+          check(ctx, req);
+          return original(req, ctx);
+        };
+      case "server_streaming":
+        return async function* (req, ctx) {
+          check(ctx, req);
+          yield* original(req, ctx) as AsyncIterable<unknown>;
+        };
+      default:
+        // A stream of requests: each one is checked as it arrives.
+        return (requests, ctx) =>
+          original(
+            (async function* () {
+              for await (const req of requests as AsyncIterable<unknown>) {
+                check(ctx, req);
+                yield req;
+              }
+            })(),
+            ctx,
+          );
+    }
+  }
+
+  private authenticate(authorization: string | undefined) {
+    const auth = this.credentials.authenticate(authorization);
+    if ("principal" in auth && auth.principal.role === "task") {
+      // The control plane knows at once when a session closes: its credential ends there, not at its expiry.
+      const s = this.sessions.get(auth.principal.sessionId);
+      if (s?.state !== flame.SessionState.Open)
+        return {
+          refusal: `the task credential of session "${auth.principal.sessionId}" ended when the session closed`,
+        };
+    }
+    return auth;
+  }
+
+  /** The task credential behind a call `admit` let in; undefined for any other caller. */
+  private taskOf(ctx: HandlerContext): TaskPrincipal | undefined {
+    const auth = this.authenticate(ctx.requestHeader.get("authorization") ?? undefined);
+    if ("refusal" in auth) throw new UnauthenticatedError(auth.refusal);
+    return auth.principal.role === "task" ? auth.principal : undefined;
+  }
+
+  private checkScope(task: TaskPrincipal, method: DescMethod, scope: Scope): void {
+    const what = `${method.parent.typeName}/${method.name}`;
+    const own = task.application;
+    if (scope.allSessions)
+      throw new PermissionDeniedError(`${what} of every session`, `${TASK_SCOPE}: name the sessions to watch`);
+    for (const app of scope.applications ?? [])
+      if (app !== own) throw new PermissionDeniedError(`${what} for application "${app}"`, outside(own));
+    for (const id of scope.sessions ?? []) {
+      // An unknown session is left to the method, which answers NOT_FOUND.
+      const app = this.sessions.get(id)?.application;
+      if (app !== undefined && app !== own)
+        throw new PermissionDeniedError(`${what} on session "${id}" of application "${app}"`, outside(own));
+    }
+  }
+}
+
+function outside(own: string): string {
+  return `this task credential is scoped to application "${own}"`;
+}
