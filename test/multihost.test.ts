@@ -38,6 +38,11 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
   const agentInstall = path.join(base, "opt-kiln");
   const countFile = path.join(base, "executions.log");
   const token = randomBytes(24).toString("hex");
+  // Agents hold only the node token, which speaks the agent protocol and reads objects, nothing else.
+  const nodeToken = randomBytes(24).toString("hex");
+  // Servers read their tokens from a file only they are given; agents get theirs on stdin.
+  const tokenFile = path.join(base, "server-tokens", "token");
+  const nodeTokenFile = path.join(base, "server-tokens", "node-token");
   const serverAddress = net.address?.("server");
   const endpoint = `http://${serverAddress}:7420`;
   const cacheEndpoint = `http://${serverAddress}:7422`;
@@ -59,25 +64,28 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
     const args = ["server", "--host", serverAddress!, "--port", "7420", "--data-dir", path.join(base, "control")];
     args.push("--cache-endpoint", cacheEndpoint);
     args.push("--heartbeat-timeout", String(HEARTBEAT_TIMEOUT_MS), "--drain-timeout", String(DRAIN_TIMEOUT_MS));
-    running.server = start("server", KILN, args, { KILN_TOKEN: token });
+    args.push("--token-file", tokenFile, "--node-token-file", nodeTokenFile);
+    running.server = start("server", KILN, args, {});
     await running.server.waitFor(/control plane listening/, 60_000);
   };
   const startCache = async (): Promise<void> => {
     const args = ["cache", "--host", serverAddress!, "--port", "7422", "--data-dir", path.join(base, "cache")];
-    running.cache = start("server", KILN, args, { KILN_TOKEN: token });
+    args.push("--token-file", tokenFile, "--node-token-file", nodeTokenFile);
+    running.cache = start("server", KILN, args, {});
     await running.cache.waitFor(/cache listening/, 60_000);
   };
   const startAgent = async (agent: Agent): Promise<void> => {
-    const args = ["agent", "--endpoint", endpoint, "--name", agent, "--executors", "4"];
+    const args = ["agent", "--endpoint", endpoint, "--name", agent, "--executors", "4", "--node-token-file", "-"];
     args.push("--work-dir", path.join(base, `work-${agent}`));
     running[agent] = start(
       agent,
       path.join(agentInstall, "packages/kiln/bin/kiln.js"),
       args,
-      { KILN_TOKEN: token },
+      {},
       {
-        hide: [CHECKOUT, path.join(base, "installs")],
+        hide: [CHECKOUT, path.join(base, "installs"), path.dirname(tokenFile)],
         binds: [{ from: path.join(base, "installs", agent), onto: agentInstall }],
+        stdin: `${nodeToken}\n`,
       },
     );
     agentPids[agent].add(String(running[agent].child.pid));
@@ -88,10 +96,10 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
     script: string,
     args: string[],
     env: NodeJS.ProcessEnv,
-    mounts: Parameters<TestNetwork["spawn"]>[3] = {},
+    spawnOptions: Parameters<TestNetwork["spawn"]>[3] = {},
   ): CliProcess =>
     watchProcess(
-      net.spawn(host, process.execPath, [script, ...args], { ...mounts, env: { ...CLI_ENV, ...env } }),
+      net.spawn(host, process.execPath, [script, ...args], { ...spawnOptions, env: { ...CLI_ENV, ...env } }),
       `${host}: kiln ${args[0]}`,
     );
   /** Runs a command on the client host to its end. */
@@ -107,6 +115,9 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
   };
 
   before(async () => {
+    fs.mkdirSync(path.dirname(tokenFile), { mode: 0o700 });
+    fs.writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
+    fs.writeFileSync(nodeTokenFile, `${nodeToken}\n`, { mode: 0o600 });
     for (const agent of AGENTS) copyInstall(CHECKOUT, path.join(base, "installs", agent));
     fs.mkdirSync(agentInstall);
     await startCache();
@@ -192,7 +203,8 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
       tasks: Record<string, string>;
     };
     assert.equal(outcome.acknowledged.length, tasks);
-    for (const id of outcome.acknowledged) assert.equal(outcome.tasks[id], "Succeed", `task ${id}: ${outcome.tasks[id]}`);
+    for (const id of outcome.acknowledged)
+      assert.equal(outcome.tasks[id], "Succeed", `task ${id}: ${outcome.tasks[id]}`);
     assert.equal(Object.keys(outcome.tasks).length, tasks, "no task was created twice");
     const { starts } = executions(countFile, session);
     const reruns = [...starts].filter(([, where]) => where.length > 1).map(([id]) => id);

@@ -69,7 +69,8 @@ export class TestNetwork {
   /**
    * Starts `command` on `host`: in its network namespace, with `binds` mounted first (from → onto)
    * and then `hide` covered by empty directories. The child's pid is the command's own (every wrapper
-   * execs), so signals reach it directly; destroy() kills what is still running.
+   * execs), so signals reach it directly; destroy() kills what is still running. `stdin`, when
+   * given, is written to the child's stdin, which is then closed.
    */
   spawn(
     host: string,
@@ -80,6 +81,8 @@ export class TestNetwork {
       cwd?: string;
       hide?: readonly string[];
       binds?: readonly { from: string; onto: string }[];
+      /** Written to the child's stdin, which is then closed (a secret for `--token-file -`). */
+      stdin?: string;
     } = {},
   ): ChildProcess {
     const mounts = [
@@ -105,8 +108,9 @@ export class TestNetwork {
         command,
         ...args,
       ],
-      { env: o.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] },
+      { env: o.env ?? process.env, stdio: [o.stdin === undefined ? "ignore" : "pipe", "pipe", "pipe"] },
     );
+    child.stdin?.end(o.stdin);
     this.children.add(child);
     child.once("exit", () => this.children.delete(child));
     return child;

@@ -173,6 +173,7 @@ describe("scoped credentials across kiln server, kiln cache and kiln agent", () 
     const nodeCache = new ObjectCache({ endpoint: cacheEndpoint, token: NODE });
     try {
       await assert.rejects(node.listSessions(), denied(/the node token may only speak kiln.v1.Agent/));
+      assert.equal((await node.clusterInfo()).cacheEndpoint, cacheEndpoint, "agents find the cache they fetch from");
       await assert.rejects(node.registerApplication("mine", { command: "/bin/true" }), denied());
       await assert.rejects(node.createSession({ application: "kiln-exec" }), denied());
       const ref = await adminCache.putObject(`kiln-exec/${session.id}/package-like`, "bytes");

@@ -50,6 +50,8 @@ const TASK_METHODS: Record<string, ScopeOf> = {
 };
 /* eslint-enable @typescript-eslint/no-explicit-any */
 
+const NODE_INFO_METHOD = `${kiln.Frontend.typeName}/GetClusterInfo`;
+
 const TASK_SCOPE = "a task credential may only use its own application's sessions, tasks and objects";
 
 /**
@@ -73,8 +75,11 @@ export class CallGuard {
     const method = path.startsWith("/") ? path.slice(1) : path;
     const isAgent = method.startsWith(`${kiln.Agent.typeName}/`);
     if (principal.role === "admin") return undefined;
+    // An agent also asks where the object cache is (GetClusterInfo), to fetch cache:// packages from it.
     if (principal.role === "node")
-      return isAgent ? undefined : new PermissionDeniedError(method, "the node token may only speak kiln.v1.Agent");
+      return isAgent || method === NODE_INFO_METHOD
+        ? undefined
+        : new PermissionDeniedError(method, "the node token may only speak kiln.v1.Agent (and read the cluster info)");
     if (isAgent) return new PermissionDeniedError(method, "a task credential may not speak the agent protocol");
     if (!(method in TASK_METHODS)) return new PermissionDeniedError(method, TASK_SCOPE);
     return undefined;
