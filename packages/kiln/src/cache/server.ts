@@ -1,8 +1,10 @@
 import { InvalidArgumentError } from "@kiln/protocol";
 import * as http from "node:http";
+import * as https from "node:https";
 import type * as net from "node:net";
-import { isLoopbackHost } from "../net/auth.js";
+import { checkExposure } from "../net/auth.js";
 import { portInUse } from "../net/port-in-use.js";
+import { serverTlsOptions, type TlsServerOptions } from "../net/tls.js";
 import { cacheRoutes, type RouteContext } from "./routes.js";
 import type { Catalog } from "./storage/backend.js";
 import { DEFAULT_DURABILITY, FsCatalog, type FsStorageOptions } from "./storage/fs-backend.js";
@@ -25,7 +27,9 @@ export interface CacheServerOptions {
   port?: number;
   /** When set, every request needs `authorization: Bearer <token>`. */
   token?: string;
-  /** The endpoint written into ObjectRefs (default `http://<host>:<port>`). */
+  /** Serve HTTPS with this certificate; with `clientCa`, every client must present a certificate it signed. */
+  tls?: TlsServerOptions;
+  /** The endpoint written into ObjectRefs (default `http://<host>:<port>`, `https://` with `tls`). */
   advertiseEndpoint?: string;
   storage: FsStorageOptions | MemoryStorageOptions;
   compaction?: CompactionOptions;
@@ -51,11 +55,13 @@ export interface CacheServer {
  */
 export async function startCacheServer(options: CacheServerOptions): Promise<CacheServer> {
   const host = options.host ?? "127.0.0.1";
-  if (!isLoopbackHost(host) && !options.token)
-    throw new InvalidArgumentError(
-      "host",
-      `listening on ${host} (beyond loopback) requires a token (--token or KILN_TOKEN)`,
-    );
+  checkExposure(host, options.token, options.tls?.clientCa);
+  const serverOptions: https.ServerOptions = {
+    // Uploads of any size may take longer than Node's default 5-minute request limit; idle sockets still time out.
+    requestTimeout: 0,
+    keepAliveTimeout: 5_000,
+    ...(options.tls ? serverTlsOptions(options.tls) : {}),
+  };
   const log = options.log ?? (() => undefined);
   const store = new ObjectStore(openCatalog(options.storage), {
     compaction: options.compaction,
@@ -63,8 +69,9 @@ export async function startCacheServer(options: CacheServerOptions): Promise<Cac
     log,
   });
   const ctx: RouteContext = { store, endpoint: "", token: options.token, log };
-  // Uploads of any size may take longer than Node's default 5-minute request limit; idle sockets still time out.
-  const server = http.createServer({ requestTimeout: 0, keepAliveTimeout: 5_000 }, cacheRoutes(ctx));
+  const server = options.tls
+    ? https.createServer(serverOptions, cacheRoutes(ctx))
+    : http.createServer(serverOptions, cacheRoutes(ctx));
   server.timeout = IDLE_TIMEOUT_MS;
   const port = options.port ?? DEFAULT_CACHE_PORT;
   try {
@@ -77,7 +84,7 @@ export async function startCacheServer(options: CacheServerOptions): Promise<Cac
     throw err;
   }
   const { port: boundPort } = server.address() as net.AddressInfo;
-  ctx.endpoint = options.advertiseEndpoint ?? `http://${shownHost(host)}:${boundPort}`;
+  ctx.endpoint = options.advertiseEndpoint ?? `${options.tls ? "https" : "http"}://${shownHost(host)}:${boundPort}`;
   log(`cache listening on ${ctx.endpoint} (${describe(options.storage)})`);
 
   return {

@@ -1,5 +1,6 @@
 import { parseResreq, type Resources } from "@kiln/protocol";
 import { normalizeEndpoint } from "@kiln/sdk";
+import type { TlsServerOptions } from "../net/tls.js";
 
 export interface ControlPlaneOptions {
   /** Directory holding the SQLite file. */
@@ -11,6 +12,11 @@ export interface ControlPlaneOptions {
   /** HTTP/1.1 port (Connect JSON). Default port + 1 (or a free port when port is 0). */
   httpPort?: number;
   token?: string;
+  /**
+   * Serve both ports over TLS (HTTP/2 with ALPN h2, and HTTPS) with this
+   * certificate; with `clientCa`, every client must present a certificate it signed.
+   */
+  tls?: TlsServerOptions;
   /**
    * The object cache this control plane tells clients about (GetClusterInfo),
    * e.g. http://10.0.0.5:7422, so they need not be configured with it.
@@ -43,6 +49,7 @@ export interface ControlPlaneConfig {
   port: number;
   httpPort: number | undefined;
   token: string | undefined;
+  tls: TlsServerOptions | undefined;
   cacheEndpoint: string | undefined;
   heartbeatTimeoutMs: number;
   drainTimeoutMs: number;
@@ -66,6 +73,7 @@ export function resolveConfig(o: ControlPlaneOptions): ControlPlaneConfig {
     port: o.port ?? DEFAULT_PORT,
     httpPort: o.httpPort,
     token: o.token || undefined,
+    tls: o.tls,
     cacheEndpoint: o.cacheEndpoint === undefined ? undefined : normalizeEndpoint("cacheEndpoint", o.cacheEndpoint),
     heartbeatTimeoutMs: o.heartbeatTimeoutMs ?? 15_000,
     drainTimeoutMs: o.drainTimeoutMs ?? 30_000,

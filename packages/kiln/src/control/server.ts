@@ -1,10 +1,9 @@
 import { toJson } from "@bufbuild/protobuf";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { InvalidArgumentError } from "@kiln/protocol";
 import { StreamRoutes, translateErrors } from "@kiln/protocol/transport";
 import { flame, kiln } from "@kiln/protocol/proto";
 import * as path from "node:path";
-import { bearerTokenCheck, isLoopbackHost } from "../net/auth.js";
+import { bearerTokenCheck, checkExposure } from "../net/auth.js";
 import { healthzResponder, KilnServer } from "../net/healthz.js";
 import { listenHttp1, listenHttp2, type Listener } from "../net/http-server.js";
 import { requireToken, tokenRefusal } from "../net/interceptors.js";
@@ -47,11 +46,7 @@ export interface ControlPlane {
  */
 export async function startControlPlane(options: ControlPlaneOptions): Promise<ControlPlane> {
   const config = resolveConfig(options);
-  if (!isLoopbackHost(config.host) && !config.token)
-    throw new InvalidArgumentError(
-      "host",
-      `listening on ${config.host} (beyond loopback) requires a token (--token or KILN_TOKEN)`,
-    );
+  checkExposure(config.host, config.token, config.tls?.clientCa);
 
   const store = SqliteStore.open(path.join(config.dataDir, "kiln.db"), config.durability);
   const commit = new GroupCommit(store);
@@ -133,11 +128,11 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   let server: Listener;
   let http1: Listener;
   try {
-    server = await listenHttp2(config.host, config.port, streams.handler(handler)).catch(
+    server = await listenHttp2(config.host, config.port, streams.handler(handler), config.tls).catch(
       portInUse(config.port, "grpc"),
     );
     const httpPort = config.httpPort ?? (config.port === 0 ? 0 : server.port + 1);
-    http1 = await listenHttp1(config.host, httpPort, handler).catch(async (err: unknown) => {
+    http1 = await listenHttp1(config.host, httpPort, handler, config.tls).catch(async (err: unknown) => {
       await server.close();
       return portInUse(httpPort, "json")(err);
     });
@@ -151,10 +146,12 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     : config.host === "0.0.0.0"
       ? "127.0.0.1"
       : config.host;
-  const endpoint = (endpoints.endpoint = `http://${shownHost}:${server.port}`);
-  const httpEndpoint = (endpoints.httpEndpoint = `http://${shownHost}:${http1.port}`);
+  const scheme = config.tls ? "https" : "http";
+  const endpoint = (endpoints.endpoint = `${scheme}://${shownHost}:${server.port}`);
+  const httpEndpoint = (endpoints.httpEndpoint = `${scheme}://${shownHost}:${http1.port}`);
   config.log(
-    `control plane listening on ${endpoint} (gRPC/HTTP2) and ${httpEndpoint} (JSON/HTTP1.1); data in ${config.dataDir}`,
+    `control plane listening on ${endpoint} (gRPC/HTTP2) and ${httpEndpoint} (JSON/HTTP1.1)` +
+      `${config.tls?.clientCa !== undefined ? ", client certificates required" : ""}; data in ${config.dataDir}`,
   );
 
   return {

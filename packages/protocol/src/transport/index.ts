@@ -10,6 +10,7 @@ export {
   TOKEN_HEADER,
   INSTANCE_READ_MAX_BYTES,
   type TransportOptions,
+  type TlsClientOptions,
 } from "./cluster-transport.js";
 export { StreamRoutes, type StreamServerOptions } from "./stream-server.js";
 export { translateErrors } from "./translate-errors.js";

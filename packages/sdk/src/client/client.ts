@@ -1,8 +1,9 @@
 import { createClient } from "@connectrpc/connect";
 import { KilnError, ErrorCode, NotFoundError, validateName } from "@kiln/protocol";
 import { flame, kiln } from "@kiln/protocol/proto";
-import { createClusterTransport } from "@kiln/protocol/transport";
+import { createClusterTransport, type TlsClientOptions } from "@kiln/protocol/transport";
 import { loadConfig, type ConnectOptions } from "./config.js";
+import { readTlsFiles } from "./tls-config.js";
 import { bindContext, ClientContext } from "./context.js";
 import { Session } from "./session.js";
 import {
@@ -29,6 +30,7 @@ export async function connect(options: ConnectOptions = {}): Promise<KilnClient>
   return new KilnClient({
     endpoint: config.endpoint,
     ...(config.token ? { token: config.token } : {}),
+    tls: readTlsFiles(config.tls),
     ...(options.requestTimeoutMs !== undefined ? { requestTimeoutMs: options.requestTimeoutMs } : {}),
   });
 }
@@ -49,7 +51,7 @@ export class KilnClient {
   private readonly closeTransport: () => void;
 
   /** Prefer connect(), which also reads env and the config file. */
-  constructor(options: { endpoint: string; token?: string; requestTimeoutMs?: number }) {
+  constructor(options: { endpoint: string; token?: string; tls?: TlsClientOptions; requestTimeoutMs?: number }) {
     this.endpoint = options.endpoint;
     const { transport, close } = createClusterTransport(options);
     this.closeTransport = close;

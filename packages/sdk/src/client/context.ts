@@ -1,5 +1,5 @@
 import type { CallOptions, Client } from "@connectrpc/connect";
-import { ErrorCode, KilnError, tokenRefusedError, toKilnError } from "@kiln/protocol";
+import { ErrorCode, KilnError, tlsFailureError, tokenRefusedError, toKilnError } from "@kiln/protocol";
 import type { flame as flameProto, kiln as kilnProto } from "@kiln/protocol/proto";
 import { TaskSubmitter } from "./task-submitter.js";
 
@@ -43,6 +43,8 @@ export class ClientContext {
   /** Any failure as a KilnError; after close, every failure is the close itself. */
   toError(err: unknown): KilnError {
     if (this.closedReason) return this.closedReason;
+    const tlsFailure = tlsFailureError("the cluster", this.endpoint, err);
+    if (tlsFailure) return tlsFailure;
     const error = toKilnError(err);
     if (error.code === ErrorCode.Unauthenticated) return tokenRefusedError("the cluster", this.endpoint, error);
     error.endpoint ??= this.endpoint;
