@@ -5,6 +5,8 @@ import { randomUUID } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
+import type { TlsClientOptions } from "@kiln/protocol/transport";
+import { readTlsFiles, type TlsFiles } from "@kiln/sdk";
 import { ControlStream } from "./control-stream.js";
 import { Executor, type ExecutorSetting } from "./executor.js";
 import type { PackageSettings } from "./installer.js";
@@ -31,6 +33,12 @@ export interface AgentOptions {
   cacheEndpoint?: string;
   /** Bearer token for the cache endpoint. */
   cacheToken?: string;
+  /**
+   * For https endpoints (control plane and cache): the CA file to verify them
+   * with, also handed to service processes as KILN_TLS_CA, and the client
+   * certificate a control plane that requires mutual TLS checks (never handed on).
+   */
+  tls?: TlsFiles;
   /** Package download and installer timeouts (defaults: 120 s download, 10 s silence, 600 s install). */
   packageTimeouts?: Pick<PackageSettings, "downloadTimeoutMs" | "connectTimeoutMs" | "installTimeoutMs">;
   /** Default 5000; the control plane's Registered.heartbeat_interval_ms wins when set. */
@@ -84,11 +92,13 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   await fs.mkdir(executorsDir, { recursive: true });
   await fs.mkdir(logDir, { recursive: true });
   const sockets = await socketDirFor(workDir);
+  const tls = readTlsFiles(options.tls ?? {});
   const agent = new NodeAgent(
     options,
     node,
     {
       controlPlaneEndpoint: options.endpoint,
+      ...(options.tls?.ca ? { tlsCaFile: path.resolve(options.tls.ca.path) } : {}),
       socketDir: sockets.dir,
       executorsDir,
       logDir,
@@ -97,10 +107,12 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
         workDir,
         cacheEndpoint: options.cacheEndpoint,
         cacheToken: options.cacheToken,
+        cacheTls: tls,
         ...options.packageTimeouts,
       },
     },
     sockets.owned,
+    tls,
   );
   try {
     await agent.start();
@@ -113,7 +125,7 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
 
 type Dirs = Pick<
   ExecutorSetting,
-  "controlPlaneEndpoint" | "socketDir" | "executorsDir" | "logDir" | "socketTimeoutMs" | "packages"
+  "controlPlaneEndpoint" | "tlsCaFile" | "socketDir" | "executorsDir" | "logDir" | "socketTimeoutMs" | "packages"
 >;
 
 class NodeAgent implements Agent {
@@ -132,6 +144,7 @@ class NodeAgent implements Agent {
     node: kiln.NodeDescription,
     private readonly dirs: Dirs,
     private readonly ownsSocketDir: boolean,
+    tls: TlsClientOptions,
   ) {
     this.nodeName = node.name;
     this.log = options.log ?? defaultLog;
@@ -147,6 +160,7 @@ class NodeAgent implements Agent {
     this.stream = new ControlStream({
       endpoint: options.endpoint,
       token: options.token,
+      tls,
       heartbeatIntervalMs: options.heartbeatIntervalMs ?? 5_000,
       outbox: this.outbox,
       register: () =>

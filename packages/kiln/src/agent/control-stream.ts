@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createClusterTransport } from "@kiln/protocol/transport";
+import { createClusterTransport, type TlsClientOptions } from "@kiln/protocol/transport";
 import { kiln } from "@kiln/protocol/proto";
 import { toKilnError } from "@kiln/protocol";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -10,6 +10,8 @@ import type { Outbox } from "./outbox.js";
 export interface ControlStreamOptions {
   endpoint: string;
   token?: string;
+  /** For an https endpoint: the CA, and the agent's client certificate when the control plane requires one. */
+  tls?: TlsClientOptions;
   /** Used until the control plane's Registered names an interval. */
   heartbeatIntervalMs: number;
   outbox: Outbox;
@@ -111,6 +113,7 @@ export class ControlStream {
     const connection = createClusterTransport({
       endpoint: this.o.endpoint,
       token: this.o.token,
+      ...(this.o.tls ? { tls: this.o.tls } : {}),
       pingIntervalMs: PING_INTERVAL_MS,
       pingTimeoutMs: PING_TIMEOUT_MS,
     });

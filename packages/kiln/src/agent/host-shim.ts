@@ -20,6 +20,8 @@ export interface ServiceProcessOptions {
   controlPlaneEndpoint: string;
   /** The object cache, passed on so the service can read and write objects. */
   cacheEndpoint?: string;
+  /** The CA file the agent trusts, passed on (KILN_TLS_CA) so the service verifies the same servers. */
+  tlsCaFile?: string;
   socketPath: string;
   /** The executor's own temp dir: TMPDIR, and the cwd unless the application names one or has a package. */
   tempDir: string;
@@ -124,6 +126,7 @@ export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv 
     KILN_ENDPOINT: o.controlPlaneEndpoint,
     FLAME_ENDPOINT: o.controlPlaneEndpoint,
     ...(o.cacheEndpoint ? { KILN_CACHE_ENDPOINT: o.cacheEndpoint, FLAME_CACHE_ENDPOINT: o.cacheEndpoint } : {}),
+    ...(o.tlsCaFile ? { KILN_TLS_CA: o.tlsCaFile } : {}),
     KILN_EXECUTOR_ID: o.executorId,
     KILN_SESSION_ID: o.sessionId,
     KILN_AGENT_PID: String(process.pid),

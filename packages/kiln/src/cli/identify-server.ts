@@ -1,6 +1,7 @@
 import { ErrorCode, KilnError } from "@kiln/protocol";
 import * as http from "node:http";
 import * as http2 from "node:http2";
+import * as tls from "node:tls";
 import { HEALTHZ_PATH, KilnServer, type HealthzBody } from "../net/healthz.js";
 
 /** What answered at an endpoint: a Kiln server (and over which HTTP), or another HTTP server. */
@@ -71,7 +72,11 @@ function getHttp2(url: URL, headers: Record<string, string>): Promise<Reply> {
     req.once("response", (h) => {
       readBody(req).then((body) => resolve({ protocol: "HTTP/2", status: Number(h[":status"] ?? 0), body }), reject);
     });
-    req.once("close", () => session.close());
+    req.once("close", () => {
+      // A stream the peer ended without an answer (a TLS server's alert read as HTTP/2) settles the probe too.
+      reject(new Error("the stream closed without a response"));
+      session.close();
+    });
     req.end();
   });
 }
@@ -85,6 +90,26 @@ async function readBody(stream: AsyncIterable<Buffer>): Promise<string> {
     chunks.push(chunk);
   }
   return Buffer.concat(chunks).toString("utf8");
+}
+
+/** Whether a TLS handshake succeeds at `url`'s host and port (any certificate: this only asks what is there). */
+function speaksTls(url: URL): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = tls.connect({
+      host: url.hostname.replace(/^\[(.*)\]$/, "$1"),
+      port: Number(url.port || 80),
+      rejectUnauthorized: false,
+      ALPNProtocols: ["h2", "http/1.1"],
+      timeout: PROBE_TIMEOUT_MS,
+    });
+    const settle = (answer: boolean) => {
+      socket.destroy();
+      resolve(answer);
+    };
+    socket.once("secureConnect", () => settle(true));
+    socket.once("error", () => settle(false));
+    socket.once("timeout", () => settle(false));
+  });
 }
 
 /** Whether `err` (or a cause) is a TLS failure, such as `https://` at a plain-HTTP port ("wrong version number"). */
@@ -110,7 +135,8 @@ function mayBeWrongServer(err: unknown, expected: KilnServer): boolean {
   if (!(err instanceof KilnError)) return false;
   if (expected === KilnServer.ObjectCache)
     return err.code === ErrorCode.Unavailable || / answered HTTP \d+$/.test(err.message);
-  return err.code === ErrorCode.Internal || err.code === ErrorCode.Unavailable;
+  // A TLS server's alert, read as HTTP/2, comes out as a cancelled stream.
+  return err.code === ErrorCode.Internal || err.code === ErrorCode.Unavailable || err.code === ErrorCode.Cancelled;
 }
 
 const NAMES: Record<KilnServer, string> = {
@@ -137,6 +163,8 @@ export async function explainWrongServer(
   if (!mayBeWrongServer(err, expected)) return undefined;
   const url = new URL(endpoint);
   const port = `port ${url.port || (url.protocol === "https:" ? 443 : 80)}`;
+  if (url.protocol === "http:" && (await speaksTls(url)))
+    return `${port} speaks TLS: use https://${url.host} (and --tls-ca or KILN_TLS_CA with the CA that signed its certificate)`;
   const found = await identifyServer(endpoint, token);
   const what = found ? describeServer(found) : undefined;
   if (url.protocol === "https:" && isTlsFailure(err))

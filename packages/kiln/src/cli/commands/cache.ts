@@ -9,12 +9,13 @@ import { UsageError } from "../exit-codes.js";
 import { formatDateTime } from "../format.js";
 import { printJson } from "../json.js";
 import { byteSize, outputOption, wholeNumber, type GlobalOptions } from "../options.js";
+import { addServerTlsOptions, resolveServerTls, type ServerTlsFlags } from "../server-tls.js";
 import { serveUntilSignal } from "../signals.js";
 import { renderFields, renderTable } from "../table.js";
 
 const DEFAULT_CACHE_DIR = path.join(os.homedir(), ".kiln", "data", "cache");
 
-interface CacheServerFlags {
+interface CacheServerFlags extends ServerTlsFlags {
   host: string;
   port: number;
   storage: "fs" | "memory";
@@ -50,7 +51,8 @@ export function registerCacheCommands(program: Command): void {
         "memory: bytes allowed on disk; writes beyond fail (default: no limit)",
       ).argParser(byteSize),
     )
-    .option("--advertise <url>", "endpoint written into object refs (default: http://<host>:<port>)")
+    .option("--advertise <url>", "endpoint written into object refs (default: http://<host>:<port>)");
+  addServerTlsOptions(cache, { clientCa: true })
     .addHelpText(
       "after",
       "\nThe global --token, when given, is required from every client.\n" +
@@ -58,6 +60,7 @@ export function registerCacheCommands(program: Command): void {
     )
     .action(async (f: CacheServerFlags, cmd: Command) => {
       const { token } = cmd.optsWithGlobals<GlobalOptions>();
+      const tls = resolveServerTls(f, path.join(f.dataDir, "tls"), f.host);
       const { startCacheServer } = await import("../../cache/server.js");
       const storage =
         f.storage === "fs"
@@ -76,11 +79,15 @@ export function registerCacheCommands(program: Command): void {
             port: f.port,
             storage,
             ...(token ? { token } : {}),
+            ...(tls ? { tls: tls.options } : {}),
             ...(f.advertise ? { advertiseEndpoint: f.advertise } : {}),
             log: (line) => process.stderr.write(`${new Date().toISOString()} cache: ${line}\n`),
           }),
         (server) =>
-          process.stdout.write(`Kiln object cache listening at ${server.endpoint} (${f.storage}: ${f.dataDir})\n`),
+          process.stdout.write(
+            `Kiln object cache listening at ${server.endpoint} (${f.storage}: ${f.dataDir})\n` +
+              (tls?.localCa ? `  TLS: clients trust ${tls.localCa.file} (--tls-ca or KILN_TLS_CA)\n` : ""),
+          ),
       );
     });
   registerCacheClientCommands(cache);

@@ -1,11 +1,21 @@
 import * as os from "node:os";
 import * as path from "node:path";
 import { Option, type Command } from "commander";
-import { DEFAULT_ENDPOINT } from "@kiln/sdk";
+import { InvalidArgumentError } from "@kiln/protocol";
+import { DEFAULT_ENDPOINT, loadConfig, type TlsFiles } from "@kiln/sdk";
 import { DEFAULT_PORT } from "../../control/config.js";
 import { resolveCacheConfig } from "../cache-client.js";
 import { UsageError } from "../exit-codes.js";
-import { byteSize, resreqText, wholeNumber, type GlobalOptions } from "../options.js";
+import {
+  byteSize,
+  resreqText,
+  settingUsageError,
+  tlsFileOptions,
+  wholeNumber,
+  type GlobalOptions,
+} from "../options.js";
+import { addServerTlsOptions, resolveServerTls, type ServerTls, type ServerTlsFlags } from "../server-tls.js";
+import { writeUpContext } from "../up-context.js";
 import { DEFAULT_PORT_FLAGS, serveUntilSignal } from "../signals.js";
 
 const DEFAULT_DATA_DIR = path.join(os.homedir(), ".kiln", "data");
@@ -22,7 +32,7 @@ const dataDirOption = (): Option =>
 const executorsOption = (): Option =>
   new Option("--executors <n>", "executors on this node (default: one per CPU)").argParser(wholeNumber(1, 4096));
 
-interface UpFlags {
+interface UpFlags extends ServerTlsFlags {
   dataDir: string;
   port: number;
   cachePort?: number;
@@ -30,7 +40,7 @@ interface UpFlags {
   executors?: number;
 }
 
-interface ServerFlags {
+interface ServerFlags extends ServerTlsFlags {
   dataDir: string;
   port: number;
   host: string;
@@ -53,9 +63,15 @@ function kilnCommand(endpoint: string, command: string): string {
   return endpoint === DEFAULT_ENDPOINT ? `kiln ${command}` : `kiln --endpoint ${endpoint} ${command}`;
 }
 
+/** One line for the start banner: what clients must trust, when the server made its own CA. */
+function trustLine(tls: ServerTls | undefined): string {
+  if (!tls?.localCa) return "";
+  return `  TLS: clients trust ${tls.localCa.file} (--tls-ca or KILN_TLS_CA; SHA-256 ${tls.localCa.fingerprint})\n`;
+}
+
 /** Adds `kiln up`, `kiln server` and `kiln agent`. */
 export function registerServerCommands(program: Command): void {
-  program
+  const up = program
     .command("up")
     .description("run a whole cluster on this machine (control plane + one agent) until Ctrl-C")
     .addOption(dataDirOption())
@@ -66,10 +82,20 @@ export function registerServerCommands(program: Command): void {
       ),
     )
     .addOption(hostOption())
-    .addOption(executorsOption())
-    .addHelpText("after", "\nThe global --token, when given, is required from every client and agent.\n")
+    .addOption(executorsOption());
+  addServerTlsOptions(up, { clientCa: false })
+    .addHelpText(
+      "after",
+      "\nThe global --token, when given, is required from every client and agent.\n" +
+        "With --tls, the config context kiln-up is written (endpoints and the CA to trust), and made the\n" +
+        "current context unless another one is, so `kiln ping` needs no flags; see docs/security.md.\n",
+    )
     .action(async (f: UpFlags, cmd: Command) => {
-      const { token } = cmd.optsWithGlobals<GlobalOptions>();
+      const globals = cmd.optsWithGlobals<GlobalOptions>();
+      const { token } = globals;
+      const tls = resolveServerTls(f, path.join(f.dataDir, "tls"), f.host);
+      // The local agent verifies the servers with the local CA, or with the CA the user gave for their certificate.
+      const agentCa = tls?.localCa?.file ?? globals.tlsCa;
       const { startLocalCluster } = await import("../../cluster/local-cluster.js");
       await serveUntilSignal(
         "the cluster",
@@ -81,10 +107,17 @@ export function registerServerCommands(program: Command): void {
             cachePort: f.cachePort,
             executors: f.executors,
             token,
+            ...(tls ? { tls: { ...tls.files, ...(agentCa ? { caFile: path.resolve(agentCa) } : {}) } } : {}),
           }),
         (cluster) =>
           process.stdout.write(
             `Kiln is up at ${cluster.endpoint}\n  object cache: ${cluster.cacheEndpoint}\n  data: ${f.dataDir}\n` +
+              trustLine(tls) +
+              writeUpContext(globals.config, {
+                endpoint: cluster.endpoint,
+                cacheEndpoint: cluster.cacheEndpoint,
+                ...(tls?.localCa ? { caFile: tls.localCa.file } : {}),
+              }) +
               `Try \`${kilnCommand(cluster.endpoint, "ping")}\` or \`${kilnCommand(cluster.endpoint, "list -n")}\` ` +
               `in another terminal${token ? " (with the same --token or KILN_TOKEN)" : ""}. Press Ctrl-C to stop.\n`,
           ),
@@ -92,7 +125,7 @@ export function registerServerCommands(program: Command): void {
       );
     });
 
-  program
+  const server = program
     .command("server")
     .description("run the control plane only (agents join with `kiln agent --endpoint URL`)")
     .addOption(dataDirOption())
@@ -127,33 +160,36 @@ export function registerServerCommands(program: Command): void {
         "The global --cache-endpoint is the object cache this control plane tells clients about,\n" +
         "so they find it without being told (kiln status shows it).\n" +
         "\nExample:\n  kiln server --host 0.0.0.0 --token $KILN_TOKEN --cache-endpoint http://10.0.0.5:7422\n",
-    )
-    .action(async (f: ServerFlags, cmd: Command) => {
-      const { token, cacheEndpoint } = cmd.optsWithGlobals<GlobalOptions>();
-      const { startControlPlane } = await import("../../control/server.js");
-      await serveUntilSignal(
-        "the control plane",
-        () =>
-          startControlPlane({
-            dataDir: f.dataDir,
-            host: f.host,
-            port: f.port,
-            token,
-            heartbeatTimeoutMs: f.heartbeatTimeout,
-            drainTimeoutMs: f.drainTimeout,
-            retries: f.retries,
-            maxTaskBytes: f.maxTaskBytes,
-            defaultResreq: f.defaultResreq,
-            ...(cacheEndpoint ? { cacheEndpoint } : {}),
-          }),
-        (cp) =>
-          process.stdout.write(
-            `Kiln control plane listening at ${cp.endpoint} (data: ${f.dataDir})\n` +
-              (cacheEndpoint ? `  object cache (told to clients): ${cacheEndpoint}\n` : "") +
-              `Agents join with \`kiln agent --endpoint ${cp.endpoint}\`; try \`${kilnCommand(cp.endpoint, "list -n")}\`.\n`,
-          ),
-      );
-    });
+    );
+  addServerTlsOptions(server, { clientCa: true }).action(async (f: ServerFlags, cmd: Command) => {
+    const { token, cacheEndpoint } = cmd.optsWithGlobals<GlobalOptions>();
+    const tls = resolveServerTls(f, path.join(f.dataDir, "tls"), f.host);
+    const { startControlPlane } = await import("../../control/server.js");
+    await serveUntilSignal(
+      "the control plane",
+      () =>
+        startControlPlane({
+          dataDir: f.dataDir,
+          host: f.host,
+          port: f.port,
+          token,
+          heartbeatTimeoutMs: f.heartbeatTimeout,
+          drainTimeoutMs: f.drainTimeout,
+          retries: f.retries,
+          maxTaskBytes: f.maxTaskBytes,
+          defaultResreq: f.defaultResreq,
+          ...(cacheEndpoint ? { cacheEndpoint } : {}),
+          ...(tls ? { tls: tls.options } : {}),
+        }),
+      (cp) =>
+        process.stdout.write(
+          `Kiln control plane listening at ${cp.endpoint} (data: ${f.dataDir})\n` +
+            trustLine(tls) +
+            (cacheEndpoint ? `  object cache (told to clients): ${cacheEndpoint}\n` : "") +
+            `Agents join with \`kiln agent --endpoint ${cp.endpoint}\`; try \`${kilnCommand(cp.endpoint, "list -n")}\`.\n`,
+        ),
+    );
+  });
 
   program
     .command("agent")
@@ -170,6 +206,8 @@ export function registerServerCommands(program: Command): void {
     .addHelpText(
       "after",
       "\nNeeds the global --endpoint (the control plane) and, if it has one, --token.\n" +
+        "For https:// endpoints: the global --tls-ca (also handed to service processes as KILN_TLS_CA), and\n" +
+        "--tls-client-cert/--tls-client-key when the control plane requires client certificates.\n" +
         "cache:// package URLs are fetched from the global --cache-endpoint (default: the cache the control\n" +
         "plane advertises). A node name another live agent holds is refused: the agent exits 1.\n" +
         "\nExample:\n  kiln agent --endpoint http://10.0.0.5:7420 --token $KILN_TOKEN --executors 8\n",
@@ -179,6 +217,7 @@ export function registerServerCommands(program: Command): void {
       const { endpoint, token } = globals;
       if (!endpoint) throw new UsageError("kiln agent needs --endpoint URL (the control plane to join)");
       const { cacheEndpoint, cacheToken } = await resolveCacheConfig(globals);
+      const tls = agentTlsFiles(globals, endpoint);
       const { startAgent } = await import("../../agent/agent.js");
       await serveUntilSignal(
         "the agent",
@@ -192,8 +231,23 @@ export function registerServerCommands(program: Command): void {
             workDir: f.workDir,
             cacheEndpoint,
             ...(cacheToken ? { cacheToken } : {}),
+            tls,
           }),
         (agent) => process.stdout.write(`Kiln agent ${agent.nodeName} joined ${endpoint}\n`),
       );
     });
+}
+
+/** The agent's TLS files: the global flags, else KILN_TLS_* env, else the config context (as every client resolves them). */
+function agentTlsFiles(globals: GlobalOptions, endpoint: string): TlsFiles {
+  try {
+    return loadConfig({
+      endpoint,
+      ...(globals.context ? { context: globals.context } : {}),
+      ...(globals.config ? { configPath: globals.config } : {}),
+      ...tlsFileOptions(globals),
+    }).tls;
+  } catch (err) {
+    throw err instanceof InvalidArgumentError ? settingUsageError(err) : err;
+  }
 }
