@@ -152,6 +152,9 @@ export function tokenRefusedError(server: string, endpoint: string, cause?: unkn
   return error;
 }
 
+/** A server that requires mutual TLS refused this client's certificate, or its lack of one: no token helps. */
+export class ClientCertificateRefusedError extends UnauthenticatedError {}
+
 /** Node's codes for a server certificate the client could not verify. */
 const UNTRUSTED_CERTIFICATE = new Set([
   "SELF_SIGNED_CERT_IN_CHAIN",
@@ -191,7 +194,7 @@ export function tlsFailureError(server: string, endpoint: string, err: unknown):
         { cause: err },
       );
     else if (CLIENT_CERTIFICATE_REFUSED.test(code))
-      error = new UnauthenticatedError(
+      error = new ClientCertificateRefusedError(
         `${server} at ${endpoint} requires a client certificate it trusts (${code}): ` +
           `give one (--tls-client-cert and --tls-client-key, or KILN_TLS_CLIENT_CERT and KILN_TLS_CLIENT_KEY)`,
         { cause: err },

@@ -2,7 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createClusterTransport, type TlsClientOptions } from "@kiln/protocol/transport";
 import { kiln } from "@kiln/protocol/proto";
-import { toKilnError } from "@kiln/protocol";
+import { tlsFailureError, toKilnError } from "@kiln/protocol";
 import { setTimeout as sleep } from "node:timers/promises";
 import { errorMessage } from "./bind-error.js";
 import type { Outbox } from "./outbox.js";
@@ -93,8 +93,10 @@ export class ControlStream {
     while (!this.closing) {
       const { registered, error } = await this.connectOnce();
       if (this.closing) return;
-      if (error !== undefined && !this.everRegistered && isRefusal(error)) {
-        const refusal = toKilnError(error);
+      // A certificate either side refuses will not be accepted on a retry either.
+      const tlsFailure = error === undefined ? undefined : tlsFailureError("the control plane", this.o.endpoint, error);
+      if (error !== undefined && !this.everRegistered && (tlsFailure || isRefusal(error))) {
+        const refusal = tlsFailure ?? toKilnError(error);
         this.rejectFirst(
           new Error(`the control plane at ${this.o.endpoint} refused this agent: ${refusal.message} (${refusal.code})`),
         );

@@ -1,4 +1,4 @@
-import { ErrorCode, KilnError } from "@kiln/protocol";
+import { ClientCertificateRefusedError, ErrorCode, KilnError } from "@kiln/protocol";
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as tls from "node:tls";
@@ -131,6 +131,8 @@ function isTlsFailure(err: unknown): boolean {
  * not a refusal a Kiln server sent with its own code.
  */
 function mayBeWrongServer(err: unknown, expected: KilnServer): boolean {
+  // The right server, speaking TLS, that wants a client certificate: its refusal already says so.
+  if (err instanceof ClientCertificateRefusedError) return false;
   if (isTlsFailure(err)) return true;
   if (!(err instanceof KilnError)) return false;
   if (expected === KilnServer.ObjectCache)
