@@ -7,7 +7,7 @@ import { ErrorCode, KilnClient, ObjectCache, type KilnError } from "@kiln/sdk";
 import { startAgent } from "../src/agent/agent.js";
 import { startCacheServer, type CacheServer } from "../src/cache/server.js";
 import { startControlPlane, type ControlPlane } from "../src/control/server.js";
-import { createCertificateAuthority, issueCertificate, serverNames, type KeyPair } from "../src/net/local-ca.js";
+import { createCertificateAuthority, issueCertificate, serverNames } from "../src/net/local-ca.js";
 import { runCli, startCli, type CliProcess } from "./cli-helpers.js";
 import { tempDir } from "./support/control-plane.js";
 
