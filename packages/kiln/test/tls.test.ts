@@ -4,7 +4,10 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { ErrorCode, KilnClient, ObjectCache, type KilnError } from "@kiln/sdk";
+import { create } from "@bufbuild/protobuf";
+import { flame } from "@kiln/protocol/proto";
 import { startAgent } from "../src/agent/agent.js";
+import { serviceEnvironment } from "../src/agent/host-shim.js";
 import { startCacheServer, type CacheServer } from "../src/cache/server.js";
 import { startControlPlane, type ControlPlane } from "../src/control/server.js";
 import { createCertificateAuthority, issueCertificate, serverNames } from "../src/net/local-ca.js";
@@ -277,5 +280,37 @@ describe("kiln up --tls", () => {
     const after = await runCli(["list", "-n"], 30_000, env);
     assert.equal(after.code, 0, after.stderr);
     assert.equal(await again.stop(), 0, again.output());
+  });
+});
+
+describe("service processes under TLS", () => {
+  it("get the agent's CA file as KILN_TLS_CA, and never its client certificate", () => {
+    const saved = { cert: process.env.KILN_TLS_CLIENT_CERT, key: process.env.KILN_TLS_CLIENT_KEY };
+    process.env.KILN_TLS_CLIENT_CERT = "/agent/client.pem";
+    process.env.KILN_TLS_CLIENT_KEY = "/agent/client-key.pem";
+    try {
+      const env = serviceEnvironment({
+        executorId: "e1",
+        sessionId: "s1",
+        application: create(flame.ApplicationSpecSchema, { command: "true" }),
+        controlPlaneEndpoint: "https://127.0.0.1:7420",
+        cacheEndpoint: "https://127.0.0.1:7422",
+        tlsCaFile: "/data/tls/ca.pem",
+        socketPath: "/tmp/x.sock",
+        tempDir: "/tmp",
+        logDir: "/tmp",
+        socketTimeoutMs: 1000,
+      });
+      assert.equal(env.KILN_TLS_CA, "/data/tls/ca.pem");
+      assert.equal(env.KILN_TLS_CLIENT_CERT, undefined);
+      assert.equal(env.KILN_TLS_CLIENT_KEY, undefined);
+    } finally {
+      for (const [name, value] of [
+        ["KILN_TLS_CLIENT_CERT", saved.cert],
+        ["KILN_TLS_CLIENT_KEY", saved.key],
+      ] as const)
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+    }
   });
 });

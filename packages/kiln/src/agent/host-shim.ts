@@ -118,6 +118,9 @@ export class ServiceProcess {
   }
 }
 
+/** Where the agent may have found its client certificate (the SDK's env names); not passed on. */
+const AGENT_TLS_CREDENTIALS = ["KILN_TLS_CLIENT_CERT", "KILN_TLS_CLIENT_KEY"];
+
 /** The service's environment: the agent's, the package's, the application's (expanded), then Kiln's own variables. */
 export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv {
   const kilnVars: NodeJS.ProcessEnv = {
@@ -133,6 +136,8 @@ export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv 
     TMPDIR: o.tempDir,
   };
   const env: NodeJS.ProcessEnv = { ...process.env, ...o.release?.env, ...kilnVars };
+  // The agent's client certificate is its own credential: user code never gets it.
+  for (const name of AGENT_TLS_CREDENTIALS) delete env[name];
   for (const { name, value } of o.application.environments) env[name] = expandVars(value, env);
   return Object.assign(env, kilnVars);
 }
