@@ -130,8 +130,17 @@ describe("TLS: control plane and object cache", () => {
 
   it("names TLS when a client speaks plain http:// to a TLS port", async () => {
     const plain = cp.endpoint.replace("https://", "http://");
+    const client = new KilnClient({ endpoint: plain, requestTimeoutMs: 10_000 });
+    try {
+      await assert.rejects(
+        client.listApplications(),
+        expectCode(ErrorCode.FailedPrecondition, /speaks TLS: use https:\/\/.*KILN_TLS_CA/),
+      );
+    } finally {
+      client.close();
+    }
     const r = await runCli(["--endpoint", plain, "list", "-a"]);
-    assert.equal(r.code, 3, r.stderr);
+    assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, /speaks TLS: use https:\/\//);
     const c = await runCli(["--cache-endpoint", cache.endpoint.replace("https://", "http://"), "cache", "ls", "app"]);
     assert.equal(c.code, 3, c.stderr);

@@ -1,7 +1,7 @@
 import { ClientCertificateRefusedError, ErrorCode, KilnError } from "@kiln/protocol";
 import * as http from "node:http";
 import * as http2 from "node:http2";
-import * as tls from "node:tls";
+import { speaksTls } from "@kiln/protocol/transport";
 import { HEALTHZ_PATH, KilnServer, type HealthzBody } from "../net/healthz.js";
 
 /** What answered at an endpoint: a Kiln server (and over which HTTP), or another HTTP server. */
@@ -90,26 +90,6 @@ async function readBody(stream: AsyncIterable<Buffer>): Promise<string> {
     chunks.push(chunk);
   }
   return Buffer.concat(chunks).toString("utf8");
-}
-
-/** Whether a TLS handshake succeeds at `url`'s host and port (any certificate: this only asks what is there). */
-function speaksTls(url: URL): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = tls.connect({
-      host: url.hostname.replace(/^\[(.*)\]$/, "$1"),
-      port: Number(url.port || 80),
-      rejectUnauthorized: false,
-      ALPNProtocols: ["h2", "http/1.1"],
-      timeout: PROBE_TIMEOUT_MS,
-    });
-    const settle = (answer: boolean) => {
-      socket.destroy();
-      resolve(answer);
-    };
-    socket.once("secureConnect", () => settle(true));
-    socket.once("error", () => settle(false));
-    socket.once("timeout", () => settle(false));
-  });
 }
 
 /** Whether `err` (or a cause) is a TLS failure, such as `https://` at a plain-HTTP port ("wrong version number"). */
