@@ -292,6 +292,38 @@ describe("kiln up --tls", () => {
   });
 });
 
+describe("kiln server --tls and kiln cache --tls", () => {
+  const running: CliProcess[] = [];
+  after(async () => {
+    await Promise.all(running.map((p) => p.stop()));
+  });
+
+  it("make a local CA in their data dirs and serve https that clients trusting it use", async () => {
+    const dataDir = tempDir("server-tls");
+    const server = startCli(["server", "--tls", "--port", "0", "--data-dir", dataDir]);
+    running.push(server);
+    const endpoint = (await server.waitFor(/listening at (https:\/\/\S+)/, 30_000))[1]!;
+    await server.waitFor(/TLS: clients trust .*ca\.pem/, 10_000);
+    const caFile = path.join(dataDir, "tls", "ca.pem");
+    const list = await runCli(["--endpoint", endpoint, "--tls-ca", caFile, "list", "-a"]);
+    assert.equal(list.code, 0, list.stderr);
+
+    const cacheDir = tempDir("cache-tls");
+    const cache = startCli(["cache", "--tls", "--port", "0", "--data-dir", cacheDir]);
+    running.push(cache);
+    const cacheEndpoint = (await cache.waitFor(/listening at (https:\/\/\S+)/, 30_000))[1]!;
+    const file = path.join(cacheDir, "hello.txt");
+    fs.writeFileSync(file, "hello over TLS");
+    const cacheCa = path.join(cacheDir, "tls", "ca.pem");
+    const put = await runCli(["--cache-endpoint", cacheEndpoint, "--tls-ca", cacheCa, "cache", "put", "a/s/x", file]);
+    assert.equal(put.code, 0, put.stderr);
+    const get = await runCli(["--cache-endpoint", cacheEndpoint, "--tls-ca", cacheCa, "cache", "get", "a/s/x"]);
+    assert.equal(get.stdout, "hello over TLS");
+    assert.equal(await server.stop(), 0, server.output());
+    assert.equal(await cache.stop(), 0, cache.output());
+  });
+});
+
 describe("service processes under TLS", () => {
   it("get the agent's CA file as KILN_TLS_CA, and never its client certificate", () => {
     const saved = { cert: process.env.KILN_TLS_CLIENT_CERT, key: process.env.KILN_TLS_CLIENT_KEY };
