@@ -13,6 +13,7 @@ import { startControlPlane, type ControlPlane } from "../src/control/server.js";
 import { createCertificateAuthority, issueCertificate, serverNames } from "../src/net/local-ca.js";
 import { runCli, startCli, type CliProcess } from "./cli-helpers.js";
 import { tempDir } from "./support/control-plane.js";
+import { waitFor } from "./support/processes.js";
 
 /** A CA, a server certificate for this machine, a client certificate, and each written to a PEM file. */
 function testPki(dir: string) {
@@ -178,6 +179,7 @@ describe("mutual TLS: the control plane requires client certificates", () => {
   const dir = tempDir("mtls");
   const pki = testPki(dir);
   let cp: ControlPlane;
+  const logged: string[] = [];
   before(async () => {
     // Beyond loopback without a token: client certificates are the credential.
     cp = await startControlPlane({
@@ -185,7 +187,7 @@ describe("mutual TLS: the control plane requires client certificates", () => {
       host: "0.0.0.0",
       port: 0,
       tls: { ...pki.server, clientCa: pki.ca.cert },
-      log: () => {},
+      log: (line) => logged.push(line),
     });
   });
   after(() => cp.close());
@@ -200,6 +202,10 @@ describe("mutual TLS: the control plane requires client certificates", () => {
         tls: { ca: { path: pki.caFile, field: "tlsCa" } },
       }),
       /refused this agent: .*requires a client certificate/,
+    );
+    // The operator sees why in the control plane's log.
+    await waitFor("the refused handshake in the log", () =>
+      logged.find((l) => /refused a TLS connection from .*CERTIFICATE/.test(l)),
     );
     const agent = await startAgent({
       ...base,

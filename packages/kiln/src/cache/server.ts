@@ -4,7 +4,7 @@ import * as https from "node:https";
 import type * as net from "node:net";
 import { checkExposure } from "../net/auth.js";
 import { portInUse } from "../net/port-in-use.js";
-import { serverTlsOptions, type TlsServerOptions } from "../net/tls.js";
+import { logRefusedConnections, serverTlsOptions, type TlsServerOptions } from "../net/tls.js";
 import { cacheRoutes, type RouteContext } from "./routes.js";
 import type { Catalog } from "./storage/backend.js";
 import { DEFAULT_DURABILITY, FsCatalog, type FsStorageOptions } from "./storage/fs-backend.js";
@@ -69,9 +69,14 @@ export async function startCacheServer(options: CacheServerOptions): Promise<Cac
     log,
   });
   const ctx: RouteContext = { store, endpoint: "", token: options.token, log };
-  const server = options.tls
-    ? https.createServer(serverOptions, cacheRoutes(ctx))
-    : http.createServer(serverOptions, cacheRoutes(ctx));
+  let server: http.Server;
+  if (options.tls) {
+    const tlsServer = https.createServer(serverOptions, cacheRoutes(ctx));
+    logRefusedConnections(tlsServer, log);
+    server = tlsServer;
+  } else {
+    server = http.createServer(serverOptions, cacheRoutes(ctx));
+  }
   server.timeout = IDLE_TIMEOUT_MS;
   const port = options.port ?? DEFAULT_CACHE_PORT;
   try {

@@ -125,14 +125,15 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     commit.flushNow();
     store.close();
   };
+  const secure = config.tls ? { tls: config.tls, log: config.log } : undefined;
   let server: Listener;
   let http1: Listener;
   try {
-    server = await listenHttp2(config.host, config.port, streams.handler(handler), config.tls).catch(
+    server = await listenHttp2(config.host, config.port, streams.handler(handler), secure).catch(
       portInUse(config.port, "grpc"),
     );
     const httpPort = config.httpPort ?? (config.port === 0 ? 0 : server.port + 1);
-    http1 = await listenHttp1(config.host, httpPort, handler, config.tls).catch(async (err: unknown) => {
+    http1 = await listenHttp1(config.host, httpPort, handler, secure).catch(async (err: unknown) => {
       await server.close();
       return portInUse(httpPort, "json")(err);
     });

@@ -2,7 +2,13 @@ import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as https from "node:https";
 import type * as net from "node:net";
-import { serverTlsOptions, type TlsServerOptions } from "./tls.js";
+import { logRefusedConnections, serverTlsOptions, type TlsServerOptions } from "./tls.js";
+
+/** TLS for a listener, and where to log the connections it refuses. */
+export interface SecureListen {
+  tls: TlsServerOptions;
+  log(line: string): void;
+}
 
 type Handler = (
   req: http.IncomingMessage | http2.Http2ServerRequest,
@@ -26,9 +32,16 @@ export async function listenHttp2(
   host: string,
   port: number,
   handler: (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
-  tls?: TlsServerOptions,
+  secure?: SecureListen,
 ): Promise<Listener> {
-  const server = tls ? http2.createSecureServer(serverTlsOptions(tls), handler) : http2.createServer({}, handler);
+  let server: http2.Http2Server | http2.Http2SecureServer;
+  if (secure) {
+    const tlsServer = http2.createSecureServer(serverTlsOptions(secure.tls), handler);
+    logRefusedConnections(tlsServer, secure.log);
+    server = tlsServer;
+  } else {
+    server = http2.createServer({}, handler);
+  }
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (s) => {
     sessions.add(s);
@@ -46,9 +59,16 @@ export async function listenHttp1(
   host: string,
   port: number,
   handler: Handler,
-  tls?: TlsServerOptions,
+  secure?: SecureListen,
 ): Promise<Listener> {
-  const server = tls ? https.createServer(serverTlsOptions(tls), handler) : http.createServer(handler);
+  let server: http.Server;
+  if (secure) {
+    const tlsServer = https.createServer(serverTlsOptions(secure.tls), handler);
+    logRefusedConnections(tlsServer, secure.log);
+    server = tlsServer;
+  } else {
+    server = http.createServer(handler);
+  }
   server.keepAliveTimeout = 5_000;
   return listen(server, host, port, () => server.closeAllConnections());
 }

@@ -48,6 +48,17 @@ function readPem(flag: string, file: string): string {
 }
 
 /**
+ * Logs each connection a TLS server refused in the handshake (no client
+ * certificate, one from another CA, cleartext at a TLS port), so an operator
+ * sees why an agent cannot join; the client sees only a closed connection.
+ */
+export function logRefusedConnections(server: tls.Server, log: (line: string) => void): void {
+  server.on("tlsClientError", (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
+    log(`refused a TLS connection from ${socket.remoteAddress ?? "?"}: ${err.code ?? err.message}`);
+  });
+}
+
+/**
  * The options of `https.createServer` / `http2.createSecureServer` for
  * `options`, checked first: a key that does not match its certificate, or
  * text that is not a certificate, is refused naming the setting.
