@@ -2,6 +2,10 @@
  * `npm run bench`: `kiln ping -p -t 30000` against a fresh `kiln up` on this
  * machine. Prints tasks/s, p50/p99 task latency and the peak RSS (VmHWM) of
  * every process of the cluster. A benchmark, not a test: it asserts nothing.
+ *
+ * `npm run bench -- --tls`: the same run without and with `kiln up --tls`,
+ * alternately (BENCH_ROUNDS pairs, default 3), then each side's median and
+ * the ratio, so the cost of TLS is measured on one build in one sitting.
  */
 import { spawn, execFileSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -11,9 +15,8 @@ import type { PingSummary } from "../packages/kiln/src/cli/ping-workload.js";
 
 const CLI = path.resolve("packages/kiln/dist/cli/main.js");
 const tasks = Number(process.env.BENCH_TASKS ?? 30_000);
-const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-bench-"));
-const port = 17420 + Math.floor(Math.random() * 500) * 2;
-const endpoint = `http://127.0.0.1:${port}`;
+const compareTls = process.argv.includes("--tls");
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 
 function peakRss(pid: number): number | undefined {
   try {
@@ -65,77 +68,117 @@ function describe(pid: number): string {
   }
 }
 
-const up = spawn(process.execPath, [CLI, "up", "--data-dir", dataDir, "--port", String(port)], {
-  stdio: ["ignore", "pipe", "pipe"],
-});
-let upLog = "";
-up.stdout.on("data", (d: Buffer) => (upLog += d));
-up.stderr.on("data", (d: Buffer) => (upLog += d));
-
-try {
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    try {
-      const nodes = execFileSync(process.execPath, [CLI, "list", "-n", "--endpoint", endpoint], { stdio: "pipe" });
-      if (nodes.toString().includes("Ready")) break;
-    } catch {
-      /* not up yet */
-    }
-    if (Date.now() > deadline) throw new Error(`kiln up did not become ready:\n${upLog}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  // Peak RSS is sampled while the run is going: service processes exit when the cluster stops.
-  // CPU time is taken at the first and last sample, so it counts the run, not the start-up.
-  const peaks = new Map<number, { name: string; rss: number; cpuStart: number; cpuEnd: number }>();
-  const sample = () => {
-    for (const pid of [up.pid!, ...descendants(up.pid!)]) {
-      const rss = peakRss(pid);
-      const cpu = cpuSeconds(pid);
-      if (rss === undefined || cpu === undefined) continue;
-      const seen = peaks.get(pid);
-      peaks.set(pid, {
-        name: describe(pid),
-        rss: Math.max(rss, seen?.rss ?? 0),
-        cpuStart: seen?.cpuStart ?? cpu,
-        cpuEnd: cpu,
-      });
-    }
-  };
-  sample();
-  const sampler = setInterval(sample, 250);
-  const ping = spawn(process.execPath, [CLI, "ping", "-p", "-t", String(tasks), "-o", "json", "--endpoint", endpoint], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  let out = "";
-  ping.stdout.on("data", (d: Buffer) => (out += d));
-  const pingPeak = { rss: 0, cpu: 0 };
-  const pingSampler = setInterval(() => {
-    pingPeak.rss = Math.max(pingPeak.rss, peakRss(ping.pid!) ?? 0);
-    pingPeak.cpu = cpuSeconds(ping.pid!) ?? pingPeak.cpu;
-  }, 100);
-  const code = await new Promise<number | null>((resolve) => ping.once("exit", resolve));
-  clearInterval(sampler);
-  clearInterval(pingSampler);
-  sample();
-  if (code !== 0) throw new Error(`kiln ping exited with ${code}:\n${out}`);
-  const summary = JSON.parse(out) as PingSummary;
-  const mb = (b: number) => `${(b / 1024 / 1024).toFixed(0)} MB`;
-  console.log(
-    `machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, ${mb(os.totalmem())} RAM, Node ${process.version}`,
+/** One fresh cluster (with TLS or without) and one ping run against it; prints the figures, returns the summary. */
+async function benchOnce(tls: boolean): Promise<PingSummary> {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-bench-"));
+  const port = 17420 + Math.floor(Math.random() * 500) * 2;
+  const endpoint = `${tls ? "https" : "http"}://127.0.0.1:${port}`;
+  // kiln up --tls writes a config context: keep it away from the user's config.
+  const configFile = path.join(dataDir, "config.yaml");
+  fs.writeFileSync(configFile, "");
+  const env = { ...process.env, KILN_CONFIG: configFile };
+  const clientFlags = [
+    "--endpoint",
+    endpoint,
+    ...(tls ? ["--tls-ca", path.join(dataDir, "data", "tls", "ca.pem")] : []),
+  ];
+  const up = spawn(
+    process.execPath,
+    [CLI, "up", "--data-dir", path.join(dataDir, "data"), "--port", String(port), ...(tls ? ["--tls"] : [])],
+    { stdio: ["ignore", "pipe", "pipe"], env },
   );
-  console.log(`tasks:        ${summary.succeeded}/${summary.tasks} succeeded, ${summary.failed} failed`);
-  console.log(`duration:     ${summary.durationMs.toFixed(0)} ms`);
-  console.log(`throughput:   ${summary.tasksPerSecond.toFixed(0)} tasks/s`);
-  console.log(`latency:      p50 ${summary.latencyMs.p50.toFixed(1)} ms, p99 ${summary.latencyMs.p99.toFixed(1)} ms`);
-  const cpu = (s: number) => `${s.toFixed(2).padStart(6)} s`;
-  console.log(`peak RSS and CPU time during the run (client CPU includes its start-up):`);
-  console.log(`  ${"kiln ping (client)".padEnd(36)} ${mb(pingPeak.rss).padStart(7)}  ${cpu(pingPeak.cpu)}`);
-  for (const [pid, p] of peaks)
-    console.log(`  ${`${p.name} [${pid}]`.padEnd(36)} ${mb(p.rss).padStart(7)}  ${cpu(p.cpuEnd - p.cpuStart)}`);
-} finally {
-  up.kill("SIGTERM");
-  const timer = setTimeout(() => up.kill("SIGKILL"), 20_000);
-  await new Promise((r) => up.once("exit", r));
-  clearTimeout(timer);
-  fs.rmSync(dataDir, { recursive: true, force: true });
+  let upLog = "";
+  up.stdout.on("data", (d: Buffer) => (upLog += d));
+  up.stderr.on("data", (d: Buffer) => (upLog += d));
+
+  try {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      try {
+        const nodes = execFileSync(process.execPath, [CLI, "list", "-n", ...clientFlags], { stdio: "pipe", env });
+        if (nodes.toString().includes("Ready")) break;
+      } catch {
+        /* not up yet */
+      }
+      if (Date.now() > deadline) throw new Error(`kiln up did not become ready:\n${upLog}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    // Peak RSS is sampled while the run is going: service processes exit when the cluster stops.
+    // CPU time is taken at the first and last sample, so it counts the run, not the start-up.
+    const peaks = new Map<number, { name: string; rss: number; cpuStart: number; cpuEnd: number }>();
+    const sample = () => {
+      for (const pid of [up.pid!, ...descendants(up.pid!)]) {
+        const rss = peakRss(pid);
+        const cpu = cpuSeconds(pid);
+        if (rss === undefined || cpu === undefined) continue;
+        const seen = peaks.get(pid);
+        peaks.set(pid, {
+          name: describe(pid),
+          rss: Math.max(rss, seen?.rss ?? 0),
+          cpuStart: seen?.cpuStart ?? cpu,
+          cpuEnd: cpu,
+        });
+      }
+    };
+    sample();
+    const sampler = setInterval(sample, 250);
+    const ping = spawn(process.execPath, [CLI, "ping", "-p", "-t", String(tasks), "-o", "json", ...clientFlags], {
+      stdio: ["ignore", "pipe", "inherit"],
+      env,
+    });
+    let out = "";
+    ping.stdout.on("data", (d: Buffer) => (out += d));
+    const pingPeak = { rss: 0, cpu: 0 };
+    const pingSampler = setInterval(() => {
+      pingPeak.rss = Math.max(pingPeak.rss, peakRss(ping.pid!) ?? 0);
+      pingPeak.cpu = cpuSeconds(ping.pid!) ?? pingPeak.cpu;
+    }, 100);
+    const code = await new Promise<number | null>((resolve) => ping.once("exit", resolve));
+    clearInterval(sampler);
+    clearInterval(pingSampler);
+    sample();
+    if (code !== 0) throw new Error(`kiln ping exited with ${code}:\n${out}`);
+    const summary = JSON.parse(out) as PingSummary;
+    const mb = (b: number) => `${(b / 1024 / 1024).toFixed(0)} MB`;
+    console.log(`--- ${tls ? "TLS" : "cleartext"} ---`);
+    console.log(
+      `machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, ${mb(os.totalmem())} RAM, Node ${process.version}`,
+    );
+    console.log(`tasks:        ${summary.succeeded}/${summary.tasks} succeeded, ${summary.failed} failed`);
+    console.log(`duration:     ${summary.durationMs.toFixed(0)} ms`);
+    console.log(`throughput:   ${summary.tasksPerSecond.toFixed(0)} tasks/s`);
+    console.log(`latency:      p50 ${summary.latencyMs.p50.toFixed(1)} ms, p99 ${summary.latencyMs.p99.toFixed(1)} ms`);
+    const cpu = (s: number) => `${s.toFixed(2).padStart(6)} s`;
+    console.log(`peak RSS and CPU time during the run (client CPU includes its start-up):`);
+    console.log(`  ${"kiln ping (client)".padEnd(36)} ${mb(pingPeak.rss).padStart(7)}  ${cpu(pingPeak.cpu)}`);
+    for (const [pid, p] of peaks)
+      console.log(`  ${`${p.name} [${pid}]`.padEnd(36)} ${mb(p.rss).padStart(7)}  ${cpu(p.cpuEnd - p.cpuStart)}`);
+    return summary;
+  } finally {
+    up.kill("SIGTERM");
+    const timer = setTimeout(() => up.kill("SIGKILL"), 20_000);
+    await new Promise((r) => up.once("exit", r));
+    clearTimeout(timer);
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+if (!compareTls) {
+  await benchOnce(false);
+} else {
+  const plain: number[] = [];
+  const secure: number[] = [];
+  for (let round = 1; round <= rounds; round++) {
+    plain.push((await benchOnce(false)).tasksPerSecond);
+    secure.push((await benchOnce(true)).tasksPerSecond);
+  }
+  const show = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(", ");
+  console.log(`=== ${rounds} alternations, ${tasks} tasks each ===`);
+  console.log(`cleartext:  ${show(plain)} tasks/s (median ${median(plain).toFixed(0)})`);
+  console.log(`TLS:        ${show(secure)} tasks/s (median ${median(secure).toFixed(0)})`);
+  // Each pair ran back to back, so its ratio cancels what the machine was doing then; the median drops outliers.
+  const ratios = plain.map((p, i) => secure[i]! / p);
+  console.log(`TLS / cleartext per pair: ${ratios.map((r) => `${(r * 100).toFixed(1)}%`).join(", ")}`);
+  console.log(`TLS / cleartext (median pair): ${(median(ratios) * 100).toFixed(1)}% of the throughput`);
 }

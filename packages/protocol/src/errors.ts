@@ -171,6 +171,61 @@ export function tokenRefusedError(server: string, endpoint: string, cause?: unkn
   return error;
 }
 
+/** A server that requires mutual TLS refused this client's certificate, or its lack of one: no token helps. */
+export class ClientCertificateRefusedError extends UnauthenticatedError {}
+
+/** Node's codes for a server certificate the client could not verify. */
+const UNTRUSTED_CERTIFICATE = new Set([
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "CERT_HAS_EXPIRED",
+  "CERT_NOT_YET_VALID",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+]);
+
+/** OpenSSL's codes for a server's alert that it refused this client's certificate (or its absence). */
+const CLIENT_CERTIFICATE_REFUSED =
+  /^ERR_SSL_(TLSV13_ALERT_CERTIFICATE_REQUIRED|SSLV3_ALERT_BAD_CERTIFICATE|TLSV1_ALERT_UNKNOWN_CA)$/;
+
+/**
+ * `err` as the TLS failure it is, naming `server` at `endpoint` and what to
+ * set: a server certificate this client does not trust (FAILED_PRECONDITION:
+ * give the CA) or a client certificate the server refused (UNAUTHENTICATED);
+ * undefined for any other error.
+ *
+ * @example
+ * tlsFailureError("the cluster", "https://10.0.0.5:7420", err)?.message
+ * // "the cluster at https://10.0.0.5:7420 presented a certificate this client does not trust (…): give its CA …"
+ */
+export function tlsFailureError(server: string, endpoint: string, err: unknown): KilnError | undefined {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (typeof code !== "string") continue;
+    let error: KilnError | undefined;
+    if (UNTRUSTED_CERTIFICATE.has(code))
+      error = new KilnError(
+        ErrorCode.FailedPrecondition,
+        `${server} at ${endpoint} presented a certificate this client does not trust (${e.message}): ` +
+          `give the CA that signed it (--tls-ca, KILN_TLS_CA, the tlsCa option, or the config context's cluster.tls-ca)`,
+        { cause: err },
+      );
+    else if (CLIENT_CERTIFICATE_REFUSED.test(code))
+      error = new ClientCertificateRefusedError(
+        `${server} at ${endpoint} requires a client certificate it trusts (${code}): ` +
+          `give one (--tls-client-cert and --tls-client-key, or KILN_TLS_CLIENT_CERT and KILN_TLS_CLIENT_KEY)`,
+        { cause: err },
+      );
+    if (error) {
+      error.endpoint = endpoint;
+      return error;
+    }
+  }
+  return undefined;
+}
+
 export class TimeoutError extends KilnError {
   constructor(what: string, ms: number) {
     super(ErrorCode.DeadlineExceeded, `${what} timed out after ${ms} ms`);

@@ -56,8 +56,11 @@ export {
   type ResolvedCacheConfig,
 } from "./client/config.js";
 export { discoverCacheConfig, openObjectCache, type DiscoverCacheOptions } from "./client/cache-discovery.js";
+export { readTlsFiles, type TlsFile, type TlsFiles, type TlsFileOptions } from "./client/tls-config.js";
+export type { TlsClientOptions } from "@kiln/protocol/transport";
 export {
   ObjectCache,
+  objectCacheFor,
   type ObjectCacheOptions,
   type ObjectTarget,
   type GetObjectOptions,

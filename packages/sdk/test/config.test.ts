@@ -106,9 +106,36 @@ describe("loadConfig", () => {
       token: "local-secret",
       context: "local",
       source: "config",
+      tls: {},
       configPath,
       configFound: true,
     });
+  });
+
+  test("TLS files: options, then KILN_TLS_*, then the context (relative to the config file); a certificate needs its key", () => {
+    const secure = writeConfig(
+      "secure.yaml",
+      "current-context: s\ncontexts:\n  - name: s\n    cluster:\n      endpoint: https://10.0.0.1:7420\n" +
+        "      tls-ca: certs/ca.pem\n      tls-client-cert: me.pem\n      tls-client-key: me-key.pem\n",
+    );
+    const dir = path.dirname(secure);
+    const fromContext = loadConfig({ env: {}, configPath: secure });
+    assert.deepEqual(fromContext.tls, {
+      ca: { path: path.join(dir, "certs", "ca.pem"), field: "contexts[0].cluster.tls-ca" },
+      cert: { path: path.join(dir, "me.pem"), field: "contexts[0].cluster.tls-client-cert" },
+      key: { path: path.join(dir, "me-key.pem"), field: "contexts[0].cluster.tls-client-key" },
+    });
+    // Another endpoint keeps the context's CA (trust) but not its client certificate (a credential).
+    const elsewhere = loadConfig({ env: {}, configPath: secure, endpoint: "https://10.0.0.9:7420" });
+    assert.deepEqual(Object.keys(elsewhere.tls), ["ca"]);
+    const fromEnv = loadConfig({ env: { KILN_TLS_CA: "/etc/ca.pem" }, configPath: secure });
+    assert.deepEqual(fromEnv.tls.ca, { path: "/etc/ca.pem", field: "KILN_TLS_CA" });
+    const fromOptions = loadConfig({ env: { KILN_TLS_CA: "/etc/ca.pem" }, configPath: secure, tlsCa: "/x.pem" });
+    assert.deepEqual(fromOptions.tls.ca, { path: "/x.pem", field: "tlsCa" });
+    assert.throws(
+      () => loadConfig({ env: {}, configPath, tlsClientCert: "/me.pem" }),
+      (e: InvalidArgumentError) => e.field === "tlsClientCert" && /tlsClientKey is not set/.test(e.message),
+    );
   });
 
   test("a named context overrides current-context, and its endpoint is normalized", () => {

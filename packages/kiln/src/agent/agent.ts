@@ -5,6 +5,8 @@ import { randomUUID } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
+import type { TlsClientOptions } from "@kiln/protocol/transport";
+import { readTlsFiles, type TlsFiles } from "@kiln/sdk";
 import { ControlStream, DEFAULT_RECONNECT_MAX_DELAY_MS } from "./control-stream.js";
 import { Executor, type ExecutorSetting } from "./executor.js";
 import type { PackageSettings } from "./installer.js";
@@ -31,6 +33,12 @@ export interface AgentOptions {
   cacheEndpoint?: string;
   /** Bearer token for the cache endpoint. */
   cacheToken?: string;
+  /**
+   * For https endpoints (control plane and cache): the CA file to verify them
+   * with, also handed to service processes as KILN_TLS_CA, and the client
+   * certificate a control plane that requires mutual TLS checks (never handed on).
+   */
+  tls?: TlsFiles;
   /** Package download and installer timeouts (defaults: 120 s download, 10 s silence, 600 s install). */
   packageTimeouts?: Pick<PackageSettings, "downloadTimeoutMs" | "connectTimeoutMs" | "installTimeoutMs">;
   /** Largest total size one package may extract to, bytes; default 4 GiB. */
@@ -93,11 +101,13 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   await fs.mkdir(executorsDir, { recursive: true });
   await fs.mkdir(logDir, { recursive: true });
   const sockets = await socketDirFor(workDir);
+  const tls = readTlsFiles(options.tls ?? {});
   const agent = new NodeAgent(
     options,
     node,
     {
       controlPlaneEndpoint: options.endpoint,
+      ...(options.tls?.ca ? { tlsCaFile: path.resolve(options.tls.ca.path) } : {}),
       socketDir: sockets.dir,
       executorsDir,
       logDir,
@@ -106,11 +116,13 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
         workDir,
         cacheEndpoint: options.cacheEndpoint,
         cacheToken: options.cacheToken,
+        cacheTls: tls,
         ...options.packageTimeouts,
         limits: { maxBytes: options.maxPackageBytes, maxEntries: options.maxPackageEntries },
       },
     },
     sockets.owned,
+    tls,
   );
   try {
     await agent.start();
@@ -129,7 +141,7 @@ function checkWhole(field: string, flag: string, value: number | undefined): voi
 
 type Dirs = Pick<
   ExecutorSetting,
-  "controlPlaneEndpoint" | "socketDir" | "executorsDir" | "logDir" | "socketTimeoutMs" | "packages"
+  "controlPlaneEndpoint" | "tlsCaFile" | "socketDir" | "executorsDir" | "logDir" | "socketTimeoutMs" | "packages"
 >;
 
 class NodeAgent implements Agent {
@@ -148,6 +160,7 @@ class NodeAgent implements Agent {
     node: kiln.NodeDescription,
     private readonly dirs: Dirs,
     private readonly ownsSocketDir: boolean,
+    tls: TlsClientOptions,
   ) {
     this.nodeName = node.name;
     this.log = options.log ?? defaultLog;
@@ -163,6 +176,7 @@ class NodeAgent implements Agent {
     this.stream = new ControlStream({
       endpoint: options.endpoint,
       token: options.token,
+      tls,
       heartbeatIntervalMs: options.heartbeatIntervalMs ?? 5_000,
       reconnectMaxDelayMs: options.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS,
       outbox: this.outbox,

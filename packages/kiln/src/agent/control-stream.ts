@@ -1,8 +1,8 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createClusterTransport } from "@kiln/protocol/transport";
+import { createClusterTransport, type TlsClientOptions } from "@kiln/protocol/transport";
 import { kiln } from "@kiln/protocol/proto";
-import { toKilnError } from "@kiln/protocol";
+import { tlsFailureError, toKilnError } from "@kiln/protocol";
 import { setTimeout as sleep } from "node:timers/promises";
 import { errorMessage } from "./bind-error.js";
 import type { Outbox } from "./outbox.js";
@@ -10,6 +10,8 @@ import type { Outbox } from "./outbox.js";
 export interface ControlStreamOptions {
   endpoint: string;
   token?: string;
+  /** For an https endpoint: the CA, and the agent's client certificate when the control plane requires one. */
+  tls?: TlsClientOptions;
   /** Used until the control plane's Registered names an interval. */
   heartbeatIntervalMs: number;
   /** Longest wait between reconnect attempts; see {@link reconnectDelayMs}. */
@@ -102,8 +104,10 @@ export class ControlStream {
     while (!this.closing) {
       const { registered, error } = await this.connectOnce();
       if (this.closing) return;
-      if (error !== undefined && !this.everRegistered && isRefusal(error)) {
-        const refusal = toKilnError(error);
+      // A certificate either side refuses will not be accepted on a retry either.
+      const tlsFailure = error === undefined ? undefined : tlsFailureError("the control plane", this.o.endpoint, error);
+      if (error !== undefined && !this.everRegistered && (tlsFailure || isRefusal(error))) {
+        const refusal = tlsFailure ?? toKilnError(error);
         this.rejectFirst(
           new Error(`the control plane at ${this.o.endpoint} refused this agent: ${refusal.message} (${refusal.code})`),
         );
@@ -122,6 +126,7 @@ export class ControlStream {
     const connection = createClusterTransport({
       endpoint: this.o.endpoint,
       token: this.o.token,
+      ...(this.o.tls ? { tls: this.o.tls } : {}),
       pingIntervalMs: PING_INTERVAL_MS,
       pingTimeoutMs: PING_TIMEOUT_MS,
     });

@@ -15,6 +15,8 @@ import { TaskNotDelivered } from "./invoke-stream.js";
 /** Where executors keep their files, and what they tell the agent. */
 export interface ExecutorSetting {
   controlPlaneEndpoint: string;
+  /** The CA file service processes are told to trust (KILN_TLS_CA). */
+  tlsCaFile?: string;
   /** Holds `<short-id>.sock`. */
   socketDir: string;
   /** Holds each executor's temp dir, removed at unbind. */
@@ -251,6 +253,7 @@ export class Executor {
       controlPlaneEndpoint: this.setting.controlPlaneEndpoint,
       cacheEndpoint: this.setting.packages?.cacheEndpoint,
       taskCredential: this.bindRequest.taskCredential,
+      ...(this.setting.tlsCaFile ? { tlsCaFile: this.setting.tlsCaFile } : {}),
       socketPath: this.socketPath,
       tempDir: this.tempDir,
       logDir: this.setting.logDir,

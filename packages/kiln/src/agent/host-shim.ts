@@ -24,6 +24,8 @@ export interface ServiceProcessOptions {
   cacheEndpoint?: string;
   /** The session's task credential (the Bind's), the service's KILN_TOKEN; empty on a cluster without tokens. */
   taskCredential: string;
+  /** The CA file the agent trusts, passed on (KILN_TLS_CA) so the service verifies the same servers. */
+  tlsCaFile?: string;
   socketPath: string;
   /** The executor's own temp dir: TMPDIR, and the cwd unless the application names one or has a package. */
   tempDir: string;
@@ -120,8 +122,11 @@ export class ServiceProcess {
   }
 }
 
+/** Where the agent may have found its client certificate (the SDK's env names); not passed on. */
+const AGENT_TLS_CREDENTIALS = ["KILN_TLS_CLIENT_CERT", "KILN_TLS_CLIENT_KEY"];
+
 /**
- * The service's environment: the agent's without its secrets, the
+ * The service's environment: the agent's without its secrets (tokens, client certificate), the
  * package's, the application's (expanded), then Kiln's own variables.
  */
 export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv {
@@ -131,13 +136,15 @@ export function serviceEnvironment(o: ServiceProcessOptions): NodeJS.ProcessEnv 
     KILN_ENDPOINT: o.controlPlaneEndpoint,
     FLAME_ENDPOINT: o.controlPlaneEndpoint,
     ...(o.cacheEndpoint ? { KILN_CACHE_ENDPOINT: o.cacheEndpoint, FLAME_CACHE_ENDPOINT: o.cacheEndpoint } : {}),
+    ...(o.tlsCaFile ? { KILN_TLS_CA: o.tlsCaFile } : {}),
     KILN_EXECUTOR_ID: o.executorId,
     KILN_SESSION_ID: o.sessionId,
     KILN_AGENT_PID: String(process.pid),
     TMPDIR: o.tempDir,
   };
   const inherited: NodeJS.ProcessEnv = { ...process.env };
-  for (const name of SECRET_ENV_VARS) delete inherited[name];
+  // The agent's tokens and client certificate are its own credentials: user code never gets them.
+  for (const name of [...SECRET_ENV_VARS, ...AGENT_TLS_CREDENTIALS]) delete inherited[name];
   const env: NodeJS.ProcessEnv = { ...inherited, ...o.release?.env, ...kilnVars };
   for (const { name, value } of o.application.environments) env[name] = expandVars(value, env);
   Object.assign(env, kilnVars);

@@ -1,4 +1,5 @@
 import { kiln, type flame } from "@kiln/protocol/proto";
+import type { TlsClientOptions } from "@kiln/protocol/transport";
 import { BindError, errorMessage } from "./bind-error.js";
 import { installBinary } from "./packages/binary-installer.js";
 import { expectedSha256 } from "./packages/digest.js";
@@ -25,6 +26,8 @@ export interface PackageSettings {
   /** The object cache that `cache://<key>` URLs name, e.g. http://127.0.0.1:7422. */
   cacheEndpoint?: string;
   cacheToken?: string;
+  /** For an https cache endpoint: its CA, and the agent's client certificate. */
+  cacheTls?: TlsClientOptions;
   /** Whole download; default 120 000. */
   downloadTimeoutMs?: number;
   /** Connecting, first byte, and any pause in a download; default 10 000. */
@@ -109,6 +112,7 @@ export async function installApplication(
         log: ctx.log,
         cacheEndpoint: ctx.cacheEndpoint,
         cacheToken: ctx.cacheToken,
+        ...(ctx.cacheTls ? { cacheTls: ctx.cacheTls } : {}),
         downloadTimeoutMs: ctx.downloadTimeoutMs ?? DEFAULT_DOWNLOAD_TIMEOUT_MS,
         idleTimeoutMs: ctx.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
       },

@@ -1,9 +1,11 @@
 import { InvalidArgumentError } from "@kiln/protocol";
 import * as http from "node:http";
+import * as https from "node:https";
 import type * as net from "node:net";
-import { isLoopbackHost } from "../net/auth.js";
+import { checkExposure } from "../net/auth.js";
 import { Credentials } from "../net/credentials.js";
 import { portInUse } from "../net/port-in-use.js";
+import { logRefusedConnections, serverTlsOptions, type TlsServerOptions } from "../net/tls.js";
 import { RevokedSessions } from "./revocations.js";
 import { cacheRoutes, type RouteContext } from "./routes.js";
 import type { Catalog } from "./storage/backend.js";
@@ -33,7 +35,9 @@ export interface CacheServerOptions {
   token?: string;
   /** The node token agents present; without it agents use `token`. */
   nodeToken?: string;
-  /** The endpoint written into ObjectRefs (default `http://<host>:<port>`). */
+  /** Serve HTTPS with this certificate; with `clientCa`, every client must present a certificate it signed. */
+  tls?: TlsServerOptions;
+  /** The endpoint written into ObjectRefs (default `http://<host>:<port>`, `https://` with `tls`). */
   advertiseEndpoint?: string;
   storage: FsStorageOptions | MemoryStorageOptions;
   compaction?: CompactionOptions;
@@ -59,12 +63,14 @@ export interface CacheServer {
  */
 export async function startCacheServer(options: CacheServerOptions): Promise<CacheServer> {
   const host = options.host ?? "127.0.0.1";
-  if (!isLoopbackHost(host) && !options.token)
-    throw new InvalidArgumentError(
-      "host",
-      `listening on ${host} (beyond loopback) requires a token (--token or KILN_TOKEN)`,
-    );
+  checkExposure(host, options.token, options.tls?.clientCa);
   const credentials = new Credentials({ adminToken: options.token, nodeToken: options.nodeToken });
+  const serverOptions: https.ServerOptions = {
+    // Uploads of any size may take longer than Node's default 5-minute request limit; idle sockets still time out.
+    requestTimeout: 0,
+    keepAliveTimeout: 5_000,
+    ...(options.tls ? serverTlsOptions(options.tls) : {}),
+  };
   const log = options.log ?? (() => undefined);
   const store = new ObjectStore(openCatalog(options.storage), {
     compaction: options.compaction,
@@ -72,8 +78,14 @@ export async function startCacheServer(options: CacheServerOptions): Promise<Cac
     log,
   });
   const ctx: RouteContext = { store, endpoint: "", credentials, revoked: new RevokedSessions(), log };
-  // Uploads of any size may take longer than Node's default 5-minute request limit; idle sockets still time out.
-  const server = http.createServer({ requestTimeout: 0, keepAliveTimeout: 5_000 }, cacheRoutes(ctx));
+  let server: http.Server;
+  if (options.tls) {
+    const tlsServer = https.createServer(serverOptions, cacheRoutes(ctx));
+    logRefusedConnections(tlsServer, log);
+    server = tlsServer;
+  } else {
+    server = http.createServer(serverOptions, cacheRoutes(ctx));
+  }
   server.timeout = IDLE_TIMEOUT_MS;
   const port = options.port ?? DEFAULT_CACHE_PORT;
   try {
@@ -86,7 +98,7 @@ export async function startCacheServer(options: CacheServerOptions): Promise<Cac
     throw err;
   }
   const { port: boundPort } = server.address() as net.AddressInfo;
-  ctx.endpoint = options.advertiseEndpoint ?? `http://${shownHost(host)}:${boundPort}`;
+  ctx.endpoint = options.advertiseEndpoint ?? `${options.tls ? "https" : "http"}://${shownHost(host)}:${boundPort}`;
   log(`cache listening on ${ctx.endpoint} (${describe(options.storage)})`);
 
   return {

@@ -1,9 +1,9 @@
 import { InvalidArgumentError, KilnError } from "@kiln/protocol";
-import { discoverCacheConfig, ObjectCache, type ResolvedCacheConfig } from "@kiln/sdk";
+import { discoverCacheConfig, objectCacheFor, type ObjectCache, type ResolvedCacheConfig } from "@kiln/sdk";
 import { KilnServer } from "../net/healthz.js";
 import { isTokenRefused, isUnreachable, TokenRefusedError, UnreachableError, UsageError } from "./exit-codes.js";
 import { explainWrongServer } from "./identify-server.js";
-import { settingUsageError, type GlobalOptions } from "./options.js";
+import { settingUsageError, tlsFileOptions, type GlobalOptions } from "./options.js";
 
 /**
  * The object cache the global options point at: --cache-endpoint, else
@@ -19,6 +19,7 @@ export async function resolveCacheConfig(globals: GlobalOptions): Promise<Resolv
       ...(globals.token ? { token: globals.token, cacheToken: globals.token } : {}),
       ...(globals.context ? { context: globals.context } : {}),
       ...(globals.config ? { configPath: globals.config } : {}),
+      ...tlsFileOptions(globals),
     });
   } catch (err) {
     throw err instanceof InvalidArgumentError ? settingUsageError(err) : err;
@@ -34,9 +35,15 @@ export async function resolveCacheConfig(globals: GlobalOptions): Promise<Resolv
  * await withCache(cmd.optsWithGlobals(), (cache) => cache.listObjects("my-app"));
  */
 export async function withCache<T>(globals: GlobalOptions, fn: (cache: ObjectCache) => Promise<T>): Promise<T> {
-  const { cacheEndpoint, cacheToken } = await resolveCacheConfig(globals);
+  const resolved = await resolveCacheConfig(globals);
+  const { cacheEndpoint, cacheToken } = resolved;
   // Already resolved with the command's --config/--context: reading the config again would ignore them.
-  const cache = new ObjectCache({ endpoint: cacheEndpoint, ...(cacheToken ? { token: cacheToken } : {}) });
+  let cache: ObjectCache;
+  try {
+    cache = objectCacheFor(resolved);
+  } catch (err) {
+    throw err instanceof InvalidArgumentError ? settingUsageError(err) : err;
+  }
   try {
     return await fn(cache);
   } catch (err) {

@@ -3,7 +3,7 @@ import { connect, type KilnClient } from "@kiln/sdk";
 import { KilnServer } from "../net/healthz.js";
 import { isTokenRefused, isUnreachable, TokenRefusedError, UnreachableError } from "./exit-codes.js";
 import { explainWrongServer } from "./identify-server.js";
-import { settingUsageError, type GlobalOptions } from "./options.js";
+import { settingUsageError, tlsFileOptions, type GlobalOptions } from "./options.js";
 
 /**
  * A client of the cluster the global options name. connect() only reads
@@ -18,6 +18,7 @@ export function connectWith(globals: GlobalOptions): Promise<KilnClient> {
     token: globals.token,
     context: globals.context,
     configPath: globals.config,
+    ...tlsFileOptions(globals),
   }).catch((err: unknown) => {
     throw err instanceof InvalidArgumentError ? settingUsageError(err) : err;
   });

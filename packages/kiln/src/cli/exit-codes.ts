@@ -1,4 +1,4 @@
-import { ErrorCode, KilnError, toKilnError } from "@kiln/protocol";
+import { ClientCertificateRefusedError, ErrorCode, KilnError, toKilnError } from "@kiln/protocol";
 
 /**
  * The exit status of every `kiln` command. Scripts rely on these; they never change meaning.
@@ -91,7 +91,11 @@ export class TokenRefusedError extends Error {
 
 /** Whether a server refused the token (code UNAUTHENTICATED). */
 export function isTokenRefused(err: unknown): boolean {
-  return err instanceof KilnError && err.code === ErrorCode.Unauthenticated;
+  return (
+    err instanceof KilnError &&
+    err.code === ErrorCode.Unauthenticated &&
+    !(err instanceof ClientCertificateRefusedError)
+  );
 }
 
 const CONNECTION_ERRNOS = new Set([

@@ -1,6 +1,7 @@
-import { ErrorCode, KilnError } from "@kiln/protocol";
+import { ClientCertificateRefusedError, ErrorCode, KilnError } from "@kiln/protocol";
 import * as http from "node:http";
 import * as http2 from "node:http2";
+import { speaksTls } from "@kiln/protocol/transport";
 import { HEALTHZ_PATH, KilnServer, type HealthzBody } from "../net/healthz.js";
 
 /** What answered at an endpoint: a Kiln server (and over which HTTP), or another HTTP server. */
@@ -71,7 +72,11 @@ function getHttp2(url: URL, headers: Record<string, string>): Promise<Reply> {
     req.once("response", (h) => {
       readBody(req).then((body) => resolve({ protocol: "HTTP/2", status: Number(h[":status"] ?? 0), body }), reject);
     });
-    req.once("close", () => session.close());
+    req.once("close", () => {
+      // A stream the peer ended without an answer (a TLS server's alert read as HTTP/2) settles the probe too.
+      reject(new Error("the stream closed without a response"));
+      session.close();
+    });
     req.end();
   });
 }
@@ -106,11 +111,14 @@ function isTlsFailure(err: unknown): boolean {
  * not a refusal a Kiln server sent with its own code.
  */
 function mayBeWrongServer(err: unknown, expected: KilnServer): boolean {
+  // The right server, speaking TLS, that wants a client certificate: its refusal already says so.
+  if (err instanceof ClientCertificateRefusedError) return false;
   if (isTlsFailure(err)) return true;
   if (!(err instanceof KilnError)) return false;
   if (expected === KilnServer.ObjectCache)
     return err.code === ErrorCode.Unavailable || / answered HTTP \d+$/.test(err.message);
-  return err.code === ErrorCode.Internal || err.code === ErrorCode.Unavailable;
+  // A TLS server's alert, read as HTTP/2, comes out as a cancelled stream.
+  return err.code === ErrorCode.Internal || err.code === ErrorCode.Unavailable || err.code === ErrorCode.Cancelled;
 }
 
 const NAMES: Record<KilnServer, string> = {
@@ -137,6 +145,8 @@ export async function explainWrongServer(
   if (!mayBeWrongServer(err, expected)) return undefined;
   const url = new URL(endpoint);
   const port = `port ${url.port || (url.protocol === "https:" ? 443 : 80)}`;
+  if (url.protocol === "http:" && (await speaksTls(url)))
+    return `${port} speaks TLS: use https://${url.host} (and --tls-ca or KILN_TLS_CA with the CA that signed its certificate)`;
   const found = await identifyServer(endpoint, token);
   const what = found ? describeServer(found) : undefined;
   if (url.protocol === "https:" && isTlsFailure(err))

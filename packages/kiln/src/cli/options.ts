@@ -13,6 +13,24 @@ export interface GlobalOptions {
   token?: string;
   context?: string;
   config?: string;
+  /** The CA a client verifies `https://` servers with (the SDK also reads KILN_TLS_CA). */
+  tlsCa?: string;
+  /** A client certificate and key for servers that require mutual TLS. */
+  tlsClientCert?: string;
+  tlsClientKey?: string;
+}
+
+/** The global options' TLS files, as the SDK's connect options name them. */
+export function tlsFileOptions(globals: GlobalOptions): {
+  tlsCa?: string;
+  tlsClientCert?: string;
+  tlsClientKey?: string;
+} {
+  return {
+    ...(globals.tlsCa ? { tlsCa: globals.tlsCa } : {}),
+    ...(globals.tlsClientCert ? { tlsClientCert: globals.tlsClientCert } : {}),
+    ...(globals.tlsClientKey ? { tlsClientKey: globals.tlsClientKey } : {}),
+  };
 }
 
 /** The SDK's names for the settings the global options carry, and the flag each is typed as. */
@@ -21,6 +39,9 @@ const SETTING_FLAGS: Record<string, string> = {
   endpoint: "--endpoint",
   cacheEndpoint: "--cache-endpoint",
   context: "--context",
+  tlsCa: "--tls-ca",
+  tlsClientCert: "--tls-client-cert",
+  tlsClientKey: "--tls-client-key",
 };
 
 /**

@@ -39,6 +39,15 @@ export function createProgram(): Command {
     )
     .option("--context <name>", "config context to use (default: the config's current context)")
     .option("--config <path>", "config file (default: ~/.kiln/config.yaml)")
+    .option(
+      "--tls-ca <file>",
+      "CA certificate (PEM) to verify https:// servers with (default: KILN_TLS_CA, the config context's, else the system's)",
+    )
+    .option(
+      "--tls-client-cert <file>",
+      "client certificate (PEM) for servers that require one (default: KILN_TLS_CLIENT_CERT)",
+    )
+    .option("--tls-client-key <file>", "key of --tls-client-cert (default: KILN_TLS_CLIENT_KEY)")
     .configureHelp({ showGlobalOptions: true })
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride()

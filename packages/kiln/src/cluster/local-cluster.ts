@@ -5,6 +5,7 @@ import { fileURLToPath } from "node:url";
 import { DEFAULT_CACHE_PORT } from "../cache/server.js";
 import { SECRET_ENV_VARS } from "../net/credentials.js";
 import { startControlPlane, type ControlPlane, type ControlPlaneOptions } from "../control/server.js";
+import { readServerTlsFiles, type TlsServerFiles } from "../net/tls.js";
 import { superviseProcess, type SupervisedProcess } from "./supervised-process.js";
 import { isReportedStartFailure } from "./supervisor-channel.js";
 
@@ -17,6 +18,11 @@ export interface LocalClusterOptions {
   /** Executors on the local node; also its advertised cpu count. Default: the machine's cpus. */
   executors?: number;
   token?: string;
+  /**
+   * Serve the control plane and the cache over TLS with these files; the
+   * agent verifies them with `caFile` (and hands it to service processes).
+   */
+  tls?: Omit<TlsServerFiles, "clientCaFile"> & { caFile?: string };
   log?: (line: string) => void;
   /** Extra control-plane settings (timeouts, retries…). */
   controlPlane?: Partial<ControlPlaneOptions>;
@@ -86,6 +92,7 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     let cachePort = cachePortFor(options);
     const cache = supervise("object cache", "cache.log", () => {
       const args = ["cache", "--port", String(cachePort), "--data-dir", path.join(dataDir, "cache")];
+      if (options.tls) args.push("--tls-cert", options.tls.certFile, "--tls-key", options.tls.keyFile);
       return options.host !== undefined ? [...args, "--host", options.host] : args;
     });
     const cacheEndpoint = (await readyWithin(cache, "the object cache", dataDir, "cache.log")).endpoint!;
@@ -97,6 +104,7 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
       ...(options.host !== undefined ? { host: options.host } : {}),
       ...(options.port !== undefined ? { port: options.port } : {}),
       ...(options.token !== undefined ? { token: options.token } : {}),
+      ...(options.tls ? { tls: readServerTlsFiles(options.tls) } : {}),
       cacheEndpoint,
       log,
     });
@@ -110,6 +118,7 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     if (options.maxPackageBytes !== undefined) agentArgs.push("--max-package-bytes", String(options.maxPackageBytes));
     if (options.maxPackageEntries !== undefined)
       agentArgs.push("--max-package-entries", String(options.maxPackageEntries));
+    if (options.tls?.caFile) agentArgs.push("--tls-ca", options.tls.caFile);
     const agent = supervise("agent", "agent.log", () => agentArgs);
     await readyWithin(agent, "the local agent", dataDir, "agent.log");
 

@@ -1,6 +1,7 @@
 import { InvalidArgumentError, parseResreq, type Resources } from "@kiln/protocol";
 import { TASK_ENVELOPE_BYTES } from "./request-limits.js";
 import { normalizeEndpoint } from "@kiln/sdk";
+import type { TlsServerOptions } from "../net/tls.js";
 
 export interface ControlPlaneOptions {
   /** Directory holding the SQLite file. */
@@ -17,6 +18,11 @@ export interface ControlPlaneOptions {
    * it agents use `token`. Needs `token`, and must differ from it.
    */
   nodeToken?: string;
+  /**
+   * Serve both ports over TLS (HTTP/2 with ALPN h2, and HTTPS) with this
+   * certificate; with `clientCa`, every client must present a certificate it signed.
+   */
+  tls?: TlsServerOptions;
   /**
    * The object cache this control plane tells clients about (GetClusterInfo),
    * e.g. http://10.0.0.5:7422, so they need not be configured with it.
@@ -61,6 +67,7 @@ export interface ControlPlaneConfig {
   httpPort: number | undefined;
   token: string | undefined;
   nodeToken: string | undefined;
+  tls: TlsServerOptions | undefined;
   cacheEndpoint: string | undefined;
   heartbeatTimeoutMs: number;
   drainTimeoutMs: number;
@@ -99,6 +106,7 @@ function withDefaults(o: ControlPlaneOptions): ControlPlaneConfig {
     httpPort: o.httpPort,
     token: o.token || undefined,
     nodeToken: o.nodeToken || undefined,
+    tls: o.tls,
     cacheEndpoint: o.cacheEndpoint === undefined ? undefined : normalizeEndpoint("cacheEndpoint", o.cacheEndpoint),
     heartbeatTimeoutMs,
     drainTimeoutMs: o.drainTimeoutMs ?? Math.max(30_000, heartbeatTimeoutMs),

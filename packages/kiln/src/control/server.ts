@@ -1,10 +1,10 @@
 import { toJson, type DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
-import { InvalidArgumentError, type KilnError } from "@kiln/protocol";
+import type { KilnError } from "@kiln/protocol";
 import { StreamRoutes, translateErrors } from "@kiln/protocol/transport";
 import { flame, kiln } from "@kiln/protocol/proto";
 import * as path from "node:path";
-import { isLoopbackHost, type Admit } from "../net/auth.js";
+import { checkExposure, type Admit } from "../net/auth.js";
 import { connectHandler } from "../net/connect-handler.js";
 import { Credentials } from "../net/credentials.js";
 import { healthzResponder, KilnServer } from "../net/healthz.js";
@@ -61,11 +61,7 @@ export interface ControlPlane {
  */
 export async function startControlPlane(options: ControlPlaneOptions): Promise<ControlPlane> {
   const config = resolveConfig(options);
-  if (!isLoopbackHost(config.host) && !config.token)
-    throw new InvalidArgumentError(
-      "host",
-      `listening on ${config.host} (beyond loopback) requires a token (--token or KILN_TOKEN)`,
-    );
+  checkExposure(config.host, config.token, config.tls?.clientCa);
 
   const credentials = new Credentials({ adminToken: config.token, nodeToken: config.nodeToken });
 
@@ -170,6 +166,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     commit.flushNow();
     store.close();
   };
+  const secure = config.tls ? { tls: config.tls, log: config.log } : undefined;
   let server: Listener;
   let http1: Listener;
   try {
@@ -177,14 +174,18 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       config.host,
       config.port,
       (req, res) => healthz(req, res) || http2Handler(req, res),
+      secure,
     ).catch(portInUse(config.port, "grpc"));
     const httpPort = config.httpPort ?? (config.port === 0 ? 0 : server.port + 1);
-    http1 = await listenHttp1(config.host, httpPort, (req, res) => healthz(req, res) || http1Handler(req, res)).catch(
-      async (err: unknown) => {
-        await server.close();
-        return portInUse(httpPort, "json")(err);
-      },
-    );
+    http1 = await listenHttp1(
+      config.host,
+      httpPort,
+      (req, res) => healthz(req, res) || http1Handler(req, res),
+      secure,
+    ).catch(async (err: unknown) => {
+      await server.close();
+      return portInUse(httpPort, "json")(err);
+    });
   } catch (err) {
     orchestrator.stop();
     closeStore();
@@ -195,10 +196,12 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     : config.host === "0.0.0.0"
       ? "127.0.0.1"
       : config.host;
-  const endpoint = (endpoints.endpoint = `http://${shownHost}:${server.port}`);
-  const httpEndpoint = (endpoints.httpEndpoint = `http://${shownHost}:${http1.port}`);
+  const scheme = config.tls ? "https" : "http";
+  const endpoint = (endpoints.endpoint = `${scheme}://${shownHost}:${server.port}`);
+  const httpEndpoint = (endpoints.httpEndpoint = `${scheme}://${shownHost}:${http1.port}`);
   config.log(
-    `control plane listening on ${endpoint} (gRPC/HTTP2) and ${httpEndpoint} (JSON/HTTP1.1); data in ${config.dataDir}`,
+    `control plane listening on ${endpoint} (gRPC/HTTP2) and ${httpEndpoint} (JSON/HTTP1.1)` +
+      `${config.tls?.clientCa !== undefined ? ", client certificates required" : ""}; data in ${config.dataDir}`,
   );
 
   return {

@@ -1,4 +1,4 @@
-import type { KilnError } from "@kiln/protocol";
+import { InvalidArgumentError, type KilnError } from "@kiln/protocol";
 import { timingSafeEqual } from "node:crypto";
 import type * as http from "node:http";
 
@@ -7,6 +7,19 @@ const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
 /** Whether `host` only accepts connections from this machine (the rule for running without a token). */
 export function isLoopbackHost(host: string): boolean {
   return LOOPBACK.test(host);
+}
+
+/**
+ * Refuses to listen beyond loopback with nobody checked: such a listener
+ * needs the token, or mutual TLS (a client certificate from `clientCa` is
+ * required of every connection).
+ */
+export function checkExposure(host: string, token: string | undefined, clientCa: string | undefined): void {
+  if (isLoopbackHost(host) || token || clientCa !== undefined) return;
+  throw new InvalidArgumentError(
+    "host",
+    `listening on ${host} (beyond loopback) requires a token (--token or KILN_TOKEN) or client certificates (--tls-client-ca)`,
+  );
 }
 
 /**

@@ -1,6 +1,14 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
+import * as https from "node:https";
 import type * as net from "node:net";
+import { logRefusedConnections, serverTlsOptions, type TlsServerOptions } from "./tls.js";
+
+/** TLS for a listener, and where to log the connections it refuses. */
+export interface SecureListen {
+  tls: TlsServerOptions;
+  log(line: string): void;
+}
 
 type Handler = (
   req: http.IncomingMessage | http2.Http2ServerRequest,
@@ -13,18 +21,27 @@ export interface Listener {
 }
 
 /**
- * Cleartext HTTP/2 (gRPC, and Connect/JSON for h2c clients such as
- * `curl --http2-prior-knowledge`). HTTP/1.1 needs its own port: Node's
- * HTTP/2 session reads from the native socket handle, so a connection whose
- * first bytes were sniffed cannot be handed to it without a slow JS stream
- * wrapper (measured at a third of the request rate).
+ * HTTP/2 (gRPC, and Connect/JSON for HTTP/2 clients): cleartext (h2c, as
+ * `curl --http2-prior-knowledge` speaks it), or with `tls` over TLS with
+ * ALPN h2 only. HTTP/1.1 needs its own port: Node's HTTP/2 session reads
+ * from the native socket handle, so a connection whose first bytes were
+ * sniffed cannot be handed to it without a slow JS stream wrapper (measured
+ * at a third of the request rate).
  */
 export async function listenHttp2(
   host: string,
   port: number,
   handler: (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
+  secure?: SecureListen,
 ): Promise<Listener> {
-  const server = http2.createServer({}, handler);
+  let server: http2.Http2Server | http2.Http2SecureServer;
+  if (secure) {
+    const tlsServer = http2.createSecureServer(serverTlsOptions(secure.tls), handler);
+    logRefusedConnections(tlsServer, secure.log);
+    server = tlsServer;
+  } else {
+    server = http2.createServer({}, handler);
+  }
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (s) => {
     sessions.add(s);
@@ -37,9 +54,21 @@ export async function listenHttp2(
   });
 }
 
-/** HTTP/1.1 for Connect's JSON protocol, so plain `curl` and `fetch` work. */
-export async function listenHttp1(host: string, port: number, handler: Handler): Promise<Listener> {
-  const server = http.createServer(handler);
+/** HTTP/1.1 for Connect's JSON protocol, so plain `curl` and `fetch` work; HTTPS with `tls`. */
+export async function listenHttp1(
+  host: string,
+  port: number,
+  handler: Handler,
+  secure?: SecureListen,
+): Promise<Listener> {
+  let server: http.Server;
+  if (secure) {
+    const tlsServer = https.createServer(serverTlsOptions(secure.tls), handler);
+    logRefusedConnections(tlsServer, secure.log);
+    server = tlsServer;
+  } else {
+    server = http.createServer(handler);
+  }
   server.keepAliveTimeout = 5_000;
   return listen(server, host, port, () => server.closeAllConnections());
 }

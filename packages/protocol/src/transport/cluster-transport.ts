@@ -7,10 +7,23 @@ import { streamCaller } from "./stream-call.js";
 /** Header carrying the cluster token on every request. */
 export const TOKEN_HEADER = "authorization";
 
+/**
+ * What a client needs for `https://` endpoints, as PEM text: the CA that
+ * signed the server's certificate (default: the system's CAs), and the
+ * client certificate a server that requires mutual TLS checks.
+ */
+export interface TlsClientOptions {
+  ca?: string;
+  cert?: string;
+  key?: string;
+}
+
 export interface TransportOptions {
-  /** `http://host:port` (h2c) or `https://host:port`. */
+  /** `http://host:port` (h2c) or `https://host:port` (TLS, ALPN h2). */
   endpoint: string;
   token?: string;
+  /** For `https://` endpoints; ignored for `http://`. */
+  tls?: TlsClientOptions;
   /** Largest message this side accepts, bytes. */
   readMaxBytes?: number;
   /**
@@ -68,12 +81,25 @@ class GuardedSessionManager extends Http2SessionManager {
 export function createClusterTransport(options: TransportOptions): { transport: Transport; close(): void } {
   const url = new URL(options.endpoint);
   const baseUrl = `${url.protocol}//${url.host}`;
-  const sessionManager = new GuardedSessionManager(baseUrl, {
-    idleConnectionTimeoutMs: 60_000,
-    ...(options.pingIntervalMs !== undefined ? { pingIntervalMs: options.pingIntervalMs } : {}),
-    ...(options.pingTimeoutMs !== undefined ? { pingTimeoutMs: options.pingTimeoutMs } : {}),
-  });
+  const sessionManager = new GuardedSessionManager(
+    baseUrl,
+    {
+      idleConnectionTimeoutMs: 60_000,
+      ...(options.pingIntervalMs !== undefined ? { pingIntervalMs: options.pingIntervalMs } : {}),
+      ...(options.pingTimeoutMs !== undefined ? { pingTimeoutMs: options.pingTimeoutMs } : {}),
+    },
+    url.protocol === "https:" ? secureSessionOptions(options.tls) : {},
+  );
   return overSessions(sessionManager, baseUrl, options.readMaxBytes ?? 256 * 1024 * 1024, options.token);
+}
+
+/** TLS settings for an HTTP/2 session: only what was given, so the system's CAs stay the default. */
+function secureSessionOptions(tls: TlsClientOptions | undefined): http2.SecureClientSessionOptions {
+  return {
+    ...(tls?.ca !== undefined ? { ca: tls.ca } : {}),
+    ...(tls?.cert !== undefined ? { cert: tls.cert } : {}),
+    ...(tls?.key !== undefined ? { key: tls.key } : {}),
+  };
 }
 
 /** Largest message either end of the agent ↔ service socket accepts: it only bounds a broken peer. */

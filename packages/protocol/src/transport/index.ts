@@ -10,9 +10,11 @@ export {
   TOKEN_HEADER,
   INSTANCE_READ_MAX_BYTES,
   type TransportOptions,
+  type TlsClientOptions,
 } from "./cluster-transport.js";
 export { StreamRoutes, type StreamServerOptions } from "./stream-server.js";
 export { translateErrors } from "./translate-errors.js";
+export { speaksTls } from "./speaks-tls.js";
 export { BatchQueue } from "./batch-queue.js";
 export { LazyAbort } from "./lazy-abort.js";
 export { SOCKET_ENV_VARS, resolveSocketPath, acceptsConnections, removeStaleSocket } from "./instance-socket.js";

@@ -1,4 +1,4 @@
-import { ObjectCache } from "../objects/cache-client.js";
+import { objectCacheFor, type ObjectCache } from "../objects/cache-client.js";
 import { KilnClient } from "./client.js";
 import {
   loadCacheConfig,
@@ -8,6 +8,7 @@ import {
   type ConnectOptions,
   type ResolvedCacheConfig,
 } from "./config.js";
+import { readTlsFiles } from "./tls-config.js";
 
 /** How long a client waits for the control plane to say where its cache is, before it uses the default. */
 const DISCOVERY_TIMEOUT_MS = 5_000;
@@ -40,6 +41,7 @@ export async function discoverCacheConfig(
     new KilnClient({
       endpoint: cluster.endpoint,
       ...(cluster.token ? { token: cluster.token } : {}),
+      tls: readTlsFiles(cluster.tls),
       requestTimeoutMs: DISCOVERY_TIMEOUT_MS,
     });
   let advertised: string;
@@ -60,6 +62,8 @@ export async function discoverCacheConfig(
       ` (advertised by the control plane at ${cluster.endpoint})`,
     ),
     ...(cacheToken ? { cacheToken } : {}),
+    // Like the token, the cluster's TLS files go to the cache it advertises, unless the cache's own are set.
+    tls: { ...cluster.tls, ...configured.tls },
     source: "control-plane",
   };
 }
@@ -72,6 +76,5 @@ export async function discoverCacheConfig(
  * try { console.log(await cache.listObjects("my-app")); } finally { cache.close(); }
  */
 export async function openObjectCache(options: DiscoverCacheOptions = {}, client?: KilnClient): Promise<ObjectCache> {
-  const { cacheEndpoint, cacheToken } = await discoverCacheConfig(options, client);
-  return new ObjectCache({ endpoint: cacheEndpoint, ...(cacheToken ? { token: cacheToken } : {}) });
+  return objectCacheFor(await discoverCacheConfig(options, client));
 }

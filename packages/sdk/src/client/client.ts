@@ -1,8 +1,9 @@
 import { createClient } from "@connectrpc/connect";
 import { KilnError, ErrorCode, InvalidArgumentError, NotFoundError, validateName } from "@kiln/protocol";
 import { flame, kiln } from "@kiln/protocol/proto";
-import { createClusterTransport } from "@kiln/protocol/transport";
+import { createClusterTransport, type TlsClientOptions } from "@kiln/protocol/transport";
 import { loadConfig, type ConnectOptions } from "./config.js";
+import { readTlsFiles } from "./tls-config.js";
 import { bindContext, ClientContext } from "./context.js";
 import { Session } from "./session.js";
 import {
@@ -30,6 +31,7 @@ export async function connect(options: ConnectOptions = {}): Promise<KilnClient>
   return new KilnClient({
     endpoint: config.endpoint,
     ...(config.token ? { token: config.token } : {}),
+    tls: readTlsFiles(config.tls),
     ...(options.requestTimeoutMs !== undefined ? { requestTimeoutMs: options.requestTimeoutMs } : {}),
     ...(options.patienceMs !== undefined ? { patienceMs: options.patienceMs } : {}),
   });
@@ -51,7 +53,13 @@ export class KilnClient {
   private readonly closeTransport: () => void;
 
   /** Prefer connect(), which also reads env and the config file. */
-  constructor(options: { endpoint: string; token?: string; requestTimeoutMs?: number; patienceMs?: number }) {
+  constructor(options: {
+    endpoint: string;
+    token?: string;
+    tls?: TlsClientOptions;
+    requestTimeoutMs?: number;
+    patienceMs?: number;
+  }) {
     this.endpoint = options.endpoint;
     const patienceMs = options.patienceMs ?? DEFAULT_PATIENCE_MS;
     if (!(patienceMs >= 0 && Number.isFinite(patienceMs)))

@@ -3,6 +3,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parse as parseYaml } from "yaml";
 import { InvalidArgumentError } from "@kiln/protocol";
+import { contextFilePath, resolveTlsFiles, type ContextTls, type TlsFileOptions, type TlsFiles } from "./tls-config.js";
 
 /** Where a client connects when nothing says otherwise. */
 export const DEFAULT_ENDPOINT = "http://127.0.0.1:7420";
@@ -11,7 +12,7 @@ export const DEFAULT_ENDPOINT = "http://127.0.0.1:7420";
 export const DEFAULT_CACHE_ENDPOINT = "http://127.0.0.1:7422";
 
 /** How to reach a cluster. Every field is optional; see {@link loadConfig} for the resolution order. */
-export interface ConnectOptions {
+export interface ConnectOptions extends TlsFileOptions {
   /** `http://host:port` or `https://host:port`. */
   endpoint?: string;
   token?: string;
@@ -42,13 +43,15 @@ export interface ResolvedConfig {
   context?: string;
   /** Which layer supplied the endpoint. */
   source: "options" | "env" | "config" | "default";
+  /** The PEM files for an `https://` endpoint (see {@link readTlsFiles}). */
+  tls: TlsFiles;
   /** The config file consulted (it may not exist). */
   configPath: string;
   configFound: boolean;
 }
 
 /** Where the object cache is and which token it gets; see {@link loadCacheConfig}. */
-export interface CacheConfigOptions {
+export interface CacheConfigOptions extends TlsFileOptions {
   /** `http://host:port` of the object cache. */
   cacheEndpoint?: string;
   /** Token for the object cache. */
@@ -68,6 +71,8 @@ export interface ResolvedCacheConfig {
   context?: string;
   /** "control-plane": not configured, so the cluster's control plane was asked (see discoverCacheConfig). */
   source: "options" | "env" | "config" | "control-plane" | "default";
+  /** The PEM files for an `https://` endpoint (see {@link readTlsFiles}). */
+  tls: TlsFiles;
   configPath: string;
   configFound: boolean;
 }
@@ -79,6 +84,8 @@ interface ContextEntry {
   token?: string;
   /** The cache endpoint, or why it is unusable (a Flame config's grpc:// cache, say): only cache users fail. */
   cacheEndpoint?: string | InvalidArgumentError;
+  /** `cluster.tls-ca`, `cluster.tls-client-cert`, `cluster.tls-client-key`. */
+  tls?: ContextTls;
 }
 
 /** A context entry that breaks a rule: it fails only the commands that use it. */
@@ -124,12 +131,14 @@ export function loadConfig(options: LoadConfigOptions = {}): ResolvedConfig {
   const endpoint = source === "config" ? rawEndpoint : normalizeEndpoint(field, rawEndpoint);
   const contextToken = context?.endpoint === endpoint ? context.token : undefined;
   const token = options.token || env.KILN_TOKEN || contextToken;
+  const tls = resolveTlsFiles(options, env, context?.tls, context?.endpoint === endpoint);
 
   return {
     endpoint,
     ...(token ? { token } : {}),
     ...(context ? { context: context.name } : {}),
     source,
+    tls,
     configPath,
     configFound: file !== undefined,
   };
@@ -162,12 +171,14 @@ export function loadCacheConfig(options: CacheConfigOptions = {}): ResolvedCache
   const cacheEndpoint = source === "config" ? rawEndpoint : normalizeEndpoint(field, rawEndpoint);
   const contextToken = context?.cacheEndpoint === cacheEndpoint ? context.token : undefined;
   const cacheToken = options.cacheToken || contextToken || env.KILN_TOKEN;
+  const tls = resolveTlsFiles(options, env, context?.tls, context?.cacheEndpoint === cacheEndpoint);
 
   return {
     cacheEndpoint,
     ...(cacheToken ? { cacheToken } : {}),
     ...(context ? { context: context.name } : {}),
     source,
+    tls,
     configPath,
     configFound: file !== undefined,
   };
@@ -251,7 +262,7 @@ function parseConfig(doc: unknown, configPath: string): ConfigFile {
   rawContexts.forEach((raw: unknown, i) => {
     const name = isRecord(raw) && typeof raw.name === "string" && raw.name ? raw.name : undefined;
     try {
-      const entry = parseContext(raw, `contexts[${i}]`, fail, where);
+      const entry = parseContext(raw, `contexts[${i}]`, fail, configPath);
       if (contexts.some((c) => c.name === entry.name)) fail(`contexts[${i}].name`, `"${entry.name}" is given twice`);
       contexts.push(entry);
     } catch (e) {
@@ -266,8 +277,9 @@ function parseContext(
   raw: unknown,
   at: string,
   fail: (field: string, rule: string) => never,
-  where: string,
+  configPath: string,
 ): ContextEntry {
+  const where = ` (in ${configPath})`;
   if (!isRecord(raw)) return fail(at, "must be a mapping with name and cluster");
   const name = optionalString(raw.name, `${at}.name`, fail);
   if (!name) return fail(`${at}.name`, "is required");
@@ -279,10 +291,32 @@ function parseContext(
   if (!isRecord(cache)) return fail(`${at}.cache`, "must be a mapping with endpoint");
   const cacheEndpoint = optionalString(cache.endpoint, `${at}.cache.endpoint`, fail);
   const entry: ContextEntry = { name };
+  const tls = parseContextTls(cluster, `${at}.cluster`, fail, configPath);
+  if (tls) entry.tls = tls;
   if (endpoint !== undefined) entry.endpoint = endpointOrError(`${at}.cluster.endpoint`, endpoint, where);
   if (token) entry.token = token;
   if (cacheEndpoint !== undefined) entry.cacheEndpoint = endpointOrError(`${at}.cache.endpoint`, cacheEndpoint, where);
   return entry;
+}
+
+/** The context's TLS files; relative paths start from the config file's folder. */
+function parseContextTls(
+  cluster: Record<string, unknown>,
+  at: string,
+  fail: (field: string, rule: string) => never,
+  configPath: string,
+): ContextTls | undefined {
+  const tls: ContextTls = {};
+  for (const [slot, key] of [
+    ["ca", "tls-ca"],
+    ["cert", "tls-client-cert"],
+    ["key", "tls-client-key"],
+  ] as const) {
+    const field = `${at}.${key}`;
+    const file = optionalString(cluster[key], field, fail);
+    if (file) tls[slot] = { path: contextFilePath(configPath, file), field };
+  }
+  return Object.keys(tls).length > 0 ? tls : undefined;
 }
 
 function endpointOrError(field: string, text: string, where: string): string | InvalidArgumentError {

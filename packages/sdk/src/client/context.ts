@@ -1,6 +1,7 @@
 import type { CallOptions, Client } from "@connectrpc/connect";
-import { ErrorCode, KilnError, tokenRefusedError, toKilnError } from "@kiln/protocol";
+import { ErrorCode, KilnError, tlsFailureError, tokenRefusedError, toKilnError } from "@kiln/protocol";
 import type { flame as flameProto, kiln as kilnProto } from "@kiln/protocol/proto";
+import { speaksTls } from "@kiln/protocol/transport";
 import { TaskSubmitter } from "./task-submitter.js";
 
 /** Something that holds a stream open and must stop when the client closes. */
@@ -45,6 +46,8 @@ export class ClientContext {
   /** Any failure as a KilnError; after close, every failure is the close itself. */
   toError(err: unknown): KilnError {
     if (this.closedReason) return this.closedReason;
+    const tlsFailure = tlsFailureError("the cluster", this.endpoint, err);
+    if (tlsFailure) return tlsFailure;
     const error = toKilnError(err);
     if (error.code === ErrorCode.Unauthenticated) return tokenRefusedError("the cluster", this.endpoint, error);
     error.endpoint ??= this.endpoint;
@@ -57,8 +60,29 @@ export class ClientContext {
     try {
       return await rpc(this.unary);
     } catch (e) {
-      throw this.toError(e);
+      const error = this.toError(e);
+      throw (await this.cleartextAtTls(error)) ?? error;
     }
+  }
+
+  /**
+   * When an `http://` call failed the way HTTP/2 fails against a TLS server
+   * (its alert read as frames), and a TLS handshake there succeeds, the
+   * error that says so; else undefined.
+   */
+  private async cleartextAtTls(error: KilnError): Promise<KilnError | undefined> {
+    const url = new URL(this.endpoint);
+    const garbled: string[] = [ErrorCode.Cancelled, ErrorCode.Internal, ErrorCode.Unavailable];
+    if (url.protocol !== "http:" || this.closed || !garbled.includes(error.code)) return undefined;
+    if (!(await speaksTls(url))) return undefined;
+    const tlsError = new KilnError(
+      ErrorCode.FailedPrecondition,
+      `the cluster at ${this.endpoint} speaks TLS: use https://${url.host} ` +
+        `(and tlsCa, KILN_TLS_CA or --tls-ca with the CA that signed its certificate)`,
+      { cause: error },
+    );
+    tlsError.endpoint = this.endpoint;
+    return tlsError;
   }
 
   track(s: Stoppable): void {

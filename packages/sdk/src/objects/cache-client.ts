@@ -20,7 +20,14 @@ import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Transform, type Readable } from "node:stream";
-import { loadCacheConfig, normalizeEndpoint, type CacheConfigOptions } from "../client/config.js";
+import {
+  loadCacheConfig,
+  normalizeEndpoint,
+  type CacheConfigOptions,
+  type ResolvedCacheConfig,
+} from "../client/config.js";
+import { readTlsFiles } from "../client/tls-config.js";
+import type { TlsClientOptions } from "@kiln/protocol/transport";
 import type { WholeResponse } from "./cache-request.js";
 import { CacheHttp, readAll, type ResponseHeaders } from "./http.js";
 import { LocalObjectCache, type CachedObject } from "./local-cache.js";
@@ -28,9 +35,11 @@ import { defaultMerge, type MergeFunction } from "./merge.js";
 import { CacheHeader, chainSha256, decodeParts, PartsDecoder } from "@kiln/protocol/cache";
 
 export interface ObjectCacheOptions {
-  /** The cache's `http://host:port`. Refs naming any other endpoint are refused. */
+  /** The cache's `http://host:port` or `https://host:port`. Refs naming any other endpoint are refused. */
   endpoint: string;
   token?: string;
+  /** For an `https://` endpoint: the CA to verify it with (default: the system's), a client certificate. */
+  tls?: TlsClientOptions;
   /** A request fails with TimeoutError when the connection is silent this long. Default 60 000. */
   requestTimeoutMs?: number;
   /** Bytes of objects kept on this side for incremental reads; 0 turns it off. Default 64 MiB. */
@@ -70,6 +79,20 @@ export interface ObjectStat {
   updatedAt: number;
 }
 
+/**
+ * An ObjectCache for a resolved cache configuration: its endpoint, token and TLS files (read now).
+ *
+ * @example
+ * const cache = objectCacheFor(loadCacheConfig({ context: "prod" }));
+ */
+export function objectCacheFor(config: Pick<ResolvedCacheConfig, "cacheEndpoint" | "cacheToken" | "tls">): ObjectCache {
+  return new ObjectCache({
+    endpoint: config.cacheEndpoint,
+    ...(config.cacheToken ? { token: config.cacheToken } : {}),
+    tls: readTlsFiles(config.tls),
+  });
+}
+
 const DEFAULT_TIMEOUT_MS = 60_000;
 const DEFAULT_LOCAL_CACHE_BYTES = 64 * 1024 * 1024;
 const LIST_PAGE = 1000;
@@ -105,8 +128,7 @@ export class ObjectCache {
    * const cache = ObjectCache.fromConfig({ context: "prod" });
    */
   static fromConfig(options: CacheConfigOptions = {}): ObjectCache {
-    const { cacheEndpoint, cacheToken } = loadCacheConfig(options);
-    return new ObjectCache({ endpoint: cacheEndpoint, ...(cacheToken ? { token: cacheToken } : {}) });
+    return objectCacheFor(loadCacheConfig(options));
   }
 
   constructor(options: ObjectCacheOptions) {
@@ -114,6 +136,7 @@ export class ObjectCache {
     this.http = new CacheHttp({
       endpoint: this.endpoint,
       ...(options.token ? { token: options.token } : {}),
+      ...(options.tls ? { tls: options.tls } : {}),
       timeoutMs: options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS,
       ...(options.maxConnections !== undefined ? { maxConnections: options.maxConnections } : {}),
       batchRequests: options.batchRequests ?? true,

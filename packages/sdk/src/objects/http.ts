@@ -1,5 +1,6 @@
 import { PassThrough, type Readable } from "node:stream";
 import { Pool, util, type Dispatcher } from "undici";
+import type { TlsClientOptions } from "@kiln/protocol/transport";
 import {
   ERROR_CODE_HEADER,
   ErrorCode,
@@ -8,6 +9,7 @@ import {
   KilnError,
   NotFoundError,
   TimeoutError,
+  tlsFailureError,
   tokenRefusedError,
   UnauthenticatedError,
 } from "@kiln/protocol";
@@ -35,6 +37,8 @@ export interface StreamRequest {
 export interface CacheHttpOptions {
   endpoint: string;
   token?: string;
+  /** For an `https://` endpoint. */
+  tls?: TlsClientOptions;
   /** A request fails with TimeoutError when its connection is silent this long (connect, response, body). */
   timeoutMs: number;
   /** Connections for small requests (they are pipelined). Default 4. */
@@ -97,6 +101,7 @@ export class CacheHttp {
       connectTimeout: options.timeoutMs,
       headersTimeout: options.timeoutMs,
       bodyTimeout: options.timeoutMs,
+      ...(options.tls ? { connect: { ...options.tls } } : {}),
     };
     this.requests = options.batchRequests ? new RequestBatcher((spec) => this.sendOne(spec)) : undefined;
     this.small = new Pool(options.endpoint, {
@@ -187,6 +192,8 @@ export class CacheHttp {
   private failure(err: unknown, spec: { method: string; path: string }): Error {
     if (!(err instanceof Error)) return new Error(String(err));
     if (err instanceof KilnError) return err;
+    const tlsFailure = tlsFailureError("the object cache", this.endpoint, err);
+    if (tlsFailure) return tlsFailure;
     const code = (err as NodeJS.ErrnoException).code ?? "";
     let failure: KilnError;
     if (TIMEOUT_CODES.has(code))

@@ -4,10 +4,12 @@ import { Sha256Counter } from "@kiln/protocol";
 import { downloaderFor } from "./downloaders.js";
 import { tempPath } from "../../package-store/layout.js";
 import type { PackageUrl } from "./package-url.js";
+import type { TlsClientOptions } from "@kiln/protocol/transport";
 
 export interface DownloadOptions {
   cacheEndpoint?: string;
   cacheToken?: string;
+  cacheTls?: TlsClientOptions;
   /** The whole download, from connecting to the last byte. */
   downloadTimeoutMs: number;
   /** Connecting, the first byte, and any pause between bytes. */

@@ -3,6 +3,7 @@ import * as fs from "node:fs";
 import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { httpGet } from "./http-download.js";
+import type { TlsClientOptions } from "@kiln/protocol/transport";
 import type { PackageUrl } from "./package-url.js";
 
 /** What a downloader may need besides the URL. */
@@ -10,6 +11,8 @@ export interface SourceContext {
   /** The object cache `cache://` URLs refer to, e.g. http://127.0.0.1:7422. */
   cacheEndpoint?: string;
   cacheToken?: string;
+  /** For an https cache endpoint: its CA, and the agent's client certificate. */
+  cacheTls?: TlsClientOptions;
   /** Longest silence allowed from a remote host. */
   idleTimeoutMs: number;
   signal: AbortSignal;
@@ -48,7 +51,13 @@ const openCache: Downloader = async (url, ctx) => {
   const base = ctx.cacheEndpoint.endsWith("/") ? ctx.cacheEndpoint : `${ctx.cacheEndpoint}/`;
   const target = new URL(`v1/objects/${components.map(encodeURIComponent).join("/")}`, base);
   const headers = ctx.cacheToken ? { authorization: `Bearer ${ctx.cacheToken}` } : undefined;
-  const res = await httpGet(target, { headers, idleTimeoutMs: ctx.idleTimeoutMs, signal: ctx.signal, maxRedirects: 0 });
+  const res = await httpGet(target, {
+    headers,
+    ...(ctx.cacheTls ? { tls: ctx.cacheTls } : {}),
+    idleTimeoutMs: ctx.idleTimeoutMs,
+    signal: ctx.signal,
+    maxRedirects: 0,
+  });
   if (res.headers["kiln-format"] === "parts") {
     res.destroy();
     throw new Error(`cache object ${key} has patches applied; a package must be one plain object (upload it again)`);

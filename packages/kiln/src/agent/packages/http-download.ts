@@ -1,8 +1,11 @@
 import * as http from "node:http";
 import * as https from "node:https";
+import type { TlsClientOptions } from "@kiln/protocol/transport";
 
 export interface HttpGetOptions {
   headers?: Record<string, string>;
+  /** For https: the CA to verify the server with and a client certificate; only ever sent to `url`'s origin. */
+  tls?: TlsClientOptions;
   /** Longest silence allowed: connecting, waiting for the response, and between body chunks. */
   idleTimeoutMs: number;
   signal: AbortSignal;
@@ -27,7 +30,8 @@ export function httpGet(url: URL, o: HttpGetOptions): Promise<http.IncomingMessa
     const get = url.protocol === "https:" ? https.get : http.get;
     let response: http.IncomingMessage | undefined;
     // agent: false, so no pooled keep-alive socket outlives the download.
-    const req = get(url, { headers: o.headers, timeout: o.idleTimeoutMs, signal: o.signal, agent: false }, (res) => {
+    const options = { headers: o.headers, timeout: o.idleTimeoutMs, signal: o.signal, agent: false, ...o.tls };
+    const req = get(url, options, (res) => {
       response = res;
       const status = res.statusCode ?? 0;
       if (status === 200) return resolve(res);
@@ -58,8 +62,13 @@ async function followRedirect(from: URL, location: string, o: HttpGetOptions): P
   if (to.protocol !== "http:" && to.protocol !== "https:")
     throw new Error(`redirected to ${to.protocol} URL, only http and https redirects are followed`);
   // Credentials meant for one origin are not handed to another.
-  const headers = to.origin === from.origin ? o.headers : undefined;
-  return httpGet(to, { ...o, headers, maxRedirects: o.maxRedirects - 1 });
+  const sameOrigin = to.origin === from.origin;
+  return httpGet(to, {
+    ...o,
+    headers: sameOrigin ? o.headers : undefined,
+    tls: sameOrigin ? o.tls : undefined,
+    maxRedirects: o.maxRedirects - 1,
+  });
 }
 
 /** `: <message>` from a JSON error body, else the start of a text body; "" if there is nothing useful. */

@@ -10,12 +10,13 @@ import { formatDateTime } from "../format.js";
 import { printJson } from "../json.js";
 import { byteSize, outputOption, wholeNumber, type GlobalOptions } from "../options.js";
 import { nodeTokenFileOption, nodeTokenOf, nodeTokenOption } from "../secrets.js";
+import { addServerTlsOptions, resolveServerTls, type ServerTlsFlags } from "../server-tls.js";
 import { serveUntilSignal } from "../signals.js";
 import { renderFields, renderTable } from "../table.js";
 
 const DEFAULT_CACHE_DIR = path.join(os.homedir(), ".kiln", "data", "cache");
 
-interface CacheServerFlags {
+interface CacheServerFlags extends ServerTlsFlags {
   host: string;
   port: number;
   storage: "fs" | "memory";
@@ -53,7 +54,8 @@ export function registerCacheCommands(program: Command): void {
     )
     .option("--advertise <url>", "endpoint written into object refs (default: http://<host>:<port>)")
     .addOption(nodeTokenOption("agents' credential here, for reading packages and objects only (needs --token)"))
-    .addOption(nodeTokenFileOption())
+    .addOption(nodeTokenFileOption());
+  addServerTlsOptions(cache, { clientCa: true })
     .addHelpText(
       "after",
       "\nThe global --token, when given, is required from every client; the same token lets the cache\n" +
@@ -63,6 +65,7 @@ export function registerCacheCommands(program: Command): void {
     )
     .action(async (f: CacheServerFlags, cmd: Command) => {
       const { token } = cmd.optsWithGlobals<GlobalOptions>();
+      const tls = resolveServerTls(f, path.join(f.dataDir, "tls"), f.host);
       const { startCacheServer } = await import("../../cache/server.js");
       const storage =
         f.storage === "fs"
@@ -82,11 +85,15 @@ export function registerCacheCommands(program: Command): void {
             storage,
             ...(token ? { token } : {}),
             nodeToken: nodeTokenOf(cmd),
+            ...(tls ? { tls: tls.options } : {}),
             ...(f.advertise ? { advertiseEndpoint: f.advertise } : {}),
             log: (line) => process.stderr.write(`${new Date().toISOString()} cache: ${line}\n`),
           }),
         (server) =>
-          process.stdout.write(`Kiln object cache listening at ${server.endpoint} (${f.storage}: ${f.dataDir})\n`),
+          process.stdout.write(
+            `Kiln object cache listening at ${server.endpoint} (${f.storage}: ${f.dataDir})\n` +
+              (tls?.localCa ? `  TLS: clients trust ${tls.localCa.file} (--tls-ca or KILN_TLS_CA)\n` : ""),
+          ),
       );
     });
   registerCacheClientCommands(cache);

@@ -1,11 +1,21 @@
 import * as os from "node:os";
 import * as path from "node:path";
 import { Option, type Command } from "commander";
-import { DEFAULT_ENDPOINT } from "@kiln/sdk";
+import { InvalidArgumentError } from "@kiln/protocol";
+import { DEFAULT_ENDPOINT, loadConfig, type TlsFiles } from "@kiln/sdk";
 import { DEFAULT_PORT } from "../../control/config.js";
 import { resolveCacheConfig } from "../cache-client.js";
 import { UsageError } from "../exit-codes.js";
-import { byteSize, resreqText, wholeNumber, type GlobalOptions } from "../options.js";
+import {
+  byteSize,
+  resreqText,
+  settingUsageError,
+  tlsFileOptions,
+  wholeNumber,
+  type GlobalOptions,
+} from "../options.js";
+import { addServerTlsOptions, resolveServerTls, type ServerTls, type ServerTlsFlags } from "../server-tls.js";
+import { writeUpContext } from "../up-context.js";
 import { nodeTokenFileOption, nodeTokenOf, nodeTokenOption, warnIfTokenExposed } from "../secrets.js";
 import { DEFAULT_PORT_FLAGS, serveUntilSignal } from "../signals.js";
 
@@ -37,7 +47,7 @@ interface PackageLimitFlags {
   maxPackageEntries?: number;
 }
 
-interface UpFlags extends PackageLimitFlags {
+interface UpFlags extends PackageLimitFlags, ServerTlsFlags {
   dataDir: string;
   port: number;
   cachePort?: number;
@@ -45,7 +55,7 @@ interface UpFlags extends PackageLimitFlags {
   executors?: number;
 }
 
-interface ServerFlags {
+interface ServerFlags extends ServerTlsFlags {
   dataDir: string;
   port: number;
   host: string;
@@ -70,9 +80,15 @@ function kilnCommand(endpoint: string, command: string): string {
   return endpoint === DEFAULT_ENDPOINT ? `kiln ${command}` : `kiln --endpoint ${endpoint} ${command}`;
 }
 
+/** One line for the start banner: what clients must trust, when the server made its own CA. */
+function trustLine(tls: ServerTls | undefined): string {
+  if (!tls?.localCa) return "";
+  return `  TLS: clients trust ${tls.localCa.file} (--tls-ca or KILN_TLS_CA; SHA-256 ${tls.localCa.fingerprint})\n`;
+}
+
 /** Adds `kiln up`, `kiln server` and `kiln agent`. */
 export function registerServerCommands(program: Command): void {
-  program
+  const up = program
     .command("up")
     .description("run a whole cluster on this machine (control plane + one agent) until Ctrl-C")
     .addOption(dataDirOption())
@@ -85,16 +101,23 @@ export function registerServerCommands(program: Command): void {
     .addOption(hostOption())
     .addOption(executorsOption())
     .addOption(maxPackageBytesOption())
-    .addOption(maxPackageEntriesOption())
+    .addOption(maxPackageEntriesOption());
+  addServerTlsOptions(up, { clientCa: false })
     .addHelpText(
       "after",
       "\nThe global --token, when given, is required from every client and agent. Give it with\n" +
         "--token-file (or - for stdin) so the service processes of this cluster cannot read it from\n" +
-        "this process's environment or command line; its children get it over a pipe.\n",
+        "this process's environment or command line; its children get it over a pipe.\n" +
+        "With --tls, the config context kiln-up is written (endpoints and the CA to trust), and made the\n" +
+        "current context unless another one is, so `kiln ping` needs no flags; see docs/security.md.\n",
     )
     .action(async (f: UpFlags, cmd: Command) => {
-      const { token } = cmd.optsWithGlobals<GlobalOptions>();
+      const globals = cmd.optsWithGlobals<GlobalOptions>();
+      const { token } = globals;
       warnIfTokenExposed(cmd, { token: "the cluster token" });
+      const tls = resolveServerTls(f, path.join(f.dataDir, "tls"), f.host);
+      // The local agent verifies the servers with the local CA, or with the CA the user gave for their certificate.
+      const agentCa = tls?.localCa?.file ?? globals.tlsCa;
       const { startLocalCluster } = await import("../../cluster/local-cluster.js");
       await serveUntilSignal(
         "the cluster",
@@ -108,10 +131,17 @@ export function registerServerCommands(program: Command): void {
             maxPackageBytes: f.maxPackageBytes,
             maxPackageEntries: f.maxPackageEntries,
             token,
+            ...(tls ? { tls: { ...tls.files, ...(agentCa ? { caFile: path.resolve(agentCa) } : {}) } } : {}),
           }),
         (cluster) =>
           process.stdout.write(
             `Kiln is up at ${cluster.endpoint}\n  object cache: ${cluster.cacheEndpoint}\n  data: ${f.dataDir}\n` +
+              trustLine(tls) +
+              writeUpContext(globals.config, {
+                endpoint: cluster.endpoint,
+                cacheEndpoint: cluster.cacheEndpoint,
+                ...(tls?.localCa ? { caFile: tls.localCa.file } : {}),
+              }) +
               `Try \`${kilnCommand(cluster.endpoint, "ping")}\` or \`${kilnCommand(cluster.endpoint, "list -n")}\` ` +
               `in another terminal${token ? " (with the same --token or KILN_TOKEN)" : ""}. Press Ctrl-C to stop.\n`,
           ),
@@ -119,7 +149,7 @@ export function registerServerCommands(program: Command): void {
       );
     });
 
-  program
+  const server = program
     .command("server")
     .description("run the control plane only (agents join with `kiln agent --endpoint URL`)")
     .addOption(dataDirOption())
@@ -163,35 +193,38 @@ export function registerServerCommands(program: Command): void {
         "The global --cache-endpoint is the object cache this control plane tells clients about,\n" +
         "so they find it without being told (kiln status shows it).\n" +
         "\nExample:\n  kiln server --host 0.0.0.0 --token $KILN_TOKEN --cache-endpoint http://10.0.0.5:7422\n",
-    )
-    .action(async (f: ServerFlags, cmd: Command) => {
-      const { token, cacheEndpoint } = cmd.optsWithGlobals<GlobalOptions>();
-      const { startControlPlane } = await import("../../control/server.js");
-      await serveUntilSignal(
-        "the control plane",
-        () =>
-          startControlPlane({
-            dataDir: f.dataDir,
-            host: f.host,
-            port: f.port,
-            token,
-            nodeToken: nodeTokenOf(cmd),
-            heartbeatTimeoutMs: f.heartbeatTimeout,
-            drainTimeoutMs: f.drainTimeout,
-            retries: f.retries,
-            maxTaskBytes: f.maxTaskBytes,
-            maxRequestBytes: f.maxRequestBytes,
-            defaultResreq: f.defaultResreq,
-            ...(cacheEndpoint ? { cacheEndpoint } : {}),
-          }),
-        (cp) =>
-          process.stdout.write(
-            `Kiln control plane listening at ${cp.endpoint} (data: ${f.dataDir})\n` +
-              (cacheEndpoint ? `  object cache (told to clients): ${cacheEndpoint}\n` : "") +
-              `Agents join with \`kiln agent --endpoint ${cp.endpoint}\`; try \`${kilnCommand(cp.endpoint, "list -n")}\`.\n`,
-          ),
-      );
-    });
+    );
+  addServerTlsOptions(server, { clientCa: true }).action(async (f: ServerFlags, cmd: Command) => {
+    const { token, cacheEndpoint } = cmd.optsWithGlobals<GlobalOptions>();
+    const tls = resolveServerTls(f, path.join(f.dataDir, "tls"), f.host);
+    const { startControlPlane } = await import("../../control/server.js");
+    await serveUntilSignal(
+      "the control plane",
+      () =>
+        startControlPlane({
+          dataDir: f.dataDir,
+          host: f.host,
+          port: f.port,
+          token,
+          nodeToken: nodeTokenOf(cmd),
+          heartbeatTimeoutMs: f.heartbeatTimeout,
+          drainTimeoutMs: f.drainTimeout,
+          retries: f.retries,
+          maxTaskBytes: f.maxTaskBytes,
+          maxRequestBytes: f.maxRequestBytes,
+          defaultResreq: f.defaultResreq,
+          ...(cacheEndpoint ? { cacheEndpoint } : {}),
+          ...(tls ? { tls: tls.options } : {}),
+        }),
+      (cp) =>
+        process.stdout.write(
+          `Kiln control plane listening at ${cp.endpoint} (data: ${f.dataDir})\n` +
+            trustLine(tls) +
+            (cacheEndpoint ? `  object cache (told to clients): ${cacheEndpoint}\n` : "") +
+            `Agents join with \`kiln agent --endpoint ${cp.endpoint}\`; try \`${kilnCommand(cp.endpoint, "list -n")}\`.\n`,
+        ),
+    );
+  });
 
   program
     .command("agent")
@@ -219,6 +252,8 @@ export function registerServerCommands(program: Command): void {
       "\nNeeds the global --endpoint (the control plane) and, if it has one, --node-token (or --token on a\n" +
         "cluster without a node token). Give it with --node-token-file (- for stdin): a token in this\n" +
         "process's environment or command line can be read by the service processes it starts.\n" +
+        "For https:// endpoints: the global --tls-ca (also handed to service processes as KILN_TLS_CA), and\n" +
+        "--tls-client-cert/--tls-client-key when the control plane requires client certificates.\n" +
         "cache:// package URLs are fetched from the global --cache-endpoint (default: the cache the control\n" +
         "plane advertises). A node name another live agent holds is refused: the agent exits 1.\n" +
         "\nExample:\n  kiln agent --endpoint http://10.0.0.5:7420 --node-token-file - --executors 8 < node-token\n",
@@ -231,6 +266,7 @@ export function registerServerCommands(program: Command): void {
       const nodeToken = nodeTokenOf(cmd);
       const token = nodeToken ?? globals.token;
       const { cacheEndpoint, cacheToken } = await resolveCacheConfig({ ...globals, ...(token ? { token } : {}) });
+      const tls = agentTlsFiles(globals, endpoint);
       const { startAgent } = await import("../../agent/agent.js");
       await serveUntilSignal(
         "the agent",
@@ -247,8 +283,23 @@ export function registerServerCommands(program: Command): void {
             reconnectMaxDelayMs: f.reconnectMaxDelay,
             cacheEndpoint,
             ...(cacheToken ? { cacheToken } : {}),
+            tls,
           }),
         (agent) => process.stdout.write(`Kiln agent ${agent.nodeName} joined ${endpoint}\n`),
       );
     });
+}
+
+/** The agent's TLS files: the global flags, else KILN_TLS_* env, else the config context (as every client resolves them). */
+function agentTlsFiles(globals: GlobalOptions, endpoint: string): TlsFiles {
+  try {
+    return loadConfig({
+      endpoint,
+      ...(globals.context ? { context: globals.context } : {}),
+      ...(globals.config ? { configPath: globals.config } : {}),
+      ...tlsFileOptions(globals),
+    }).tls;
+  } catch (err) {
+    throw err instanceof InvalidArgumentError ? settingUsageError(err) : err;
+  }
 }
