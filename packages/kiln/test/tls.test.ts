@@ -175,6 +175,70 @@ describe("TLS: control plane and object cache", () => {
   });
 });
 
+describe("mutual TLS for nodes on a cluster with a token", () => {
+  const dir = tempDir("mtls-nodes");
+  const pki = testPki(dir);
+  const [ADMIN, NODE] = ["admin-token-for-mtls", "node-token-for-mtls"];
+  let cp: ControlPlane;
+  let cache: CacheServer;
+  before(async () => {
+    const tls = { ...pki.server, clientCa: pki.ca.cert };
+    cp = await startControlPlane({ dataDir: dir, port: 0, token: ADMIN, nodeToken: NODE, tls, log: () => {} });
+    const storage = { kind: "fs" as const, dir: path.join(dir, "cache") };
+    cache = await startCacheServer({ port: 0, token: ADMIN, nodeToken: NODE, tls, storage });
+  });
+  after(async () => {
+    await cp.close();
+    await cache.close();
+  });
+
+  it("requires the agent's certificate, and lets clients and services in on their tokens alone", async () => {
+    const base = { endpoint: cp.endpoint, token: NODE, executors: 1, log: () => {} };
+    const ca = { path: pki.caFile, field: "tlsCa" };
+    await assert.rejects(
+      startAgent({ ...base, name: "no-cert", workDir: tempDir("mtls-nodes-a"), tls: { ca } }),
+      /requires a client certificate signed by its --tls-client-ca for the agent protocol/,
+    );
+    const agent = await startAgent({
+      ...base,
+      name: "with-cert",
+      workDir: tempDir("mtls-nodes-b"),
+      tls: {
+        ca,
+        cert: { path: pki.clientCertFile, field: "tlsClientCert" },
+        key: { path: pki.clientKeyFile, field: "tlsClientKey" },
+      },
+    });
+    try {
+      // What a client or a service process does: a token, no certificate.
+      const nodes = await runCli(["--endpoint", cp.endpoint, "--tls-ca", pki.caFile, "--token", ADMIN, "list", "-n"]);
+      assert.equal(nodes.code, 0, nodes.stderr);
+      assert.match(nodes.stdout, /with-cert/);
+    } finally {
+      await agent.close();
+    }
+  });
+
+  it("accepts the node token at the cache only with the node's certificate", async () => {
+    const admin = new ObjectCache({ endpoint: cache.endpoint, token: ADMIN, tls: { ca: pki.ca.cert } });
+    const node = new ObjectCache({ endpoint: cache.endpoint, token: NODE, tls: { ca: pki.ca.cert } });
+    const certifiedNode = new ObjectCache({
+      endpoint: cache.endpoint,
+      token: NODE,
+      tls: { ca: pki.ca.cert, cert: pki.client.cert, key: pki.client.key },
+    });
+    try {
+      const ref = await admin.putObject("app/s1/x", "value");
+      await assert.rejects(node.getObject(ref), expectCode(ErrorCode.Unauthenticated, /refused/));
+      assert.equal(await certifiedNode.getObject(ref), "value");
+    } finally {
+      admin.close();
+      node.close();
+      certifiedNode.close();
+    }
+  });
+});
+
 describe("mutual TLS: the control plane requires client certificates", () => {
   const dir = tempDir("mtls");
   const pki = testPki(dir);

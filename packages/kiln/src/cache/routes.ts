@@ -22,6 +22,7 @@ import {
 import { randomBytes } from "node:crypto";
 import type * as http from "node:http";
 import type { Credentials, Principal } from "../net/credentials.js";
+import { isCertified } from "../net/tls.js";
 import { healthzResponder, KilnServer } from "../net/healthz.js";
 import { BufferedRequest, BufferedResponse, type RouteRequest, type RouteResponse } from "./exchange.js";
 import { BodyTooLargeError, MethodNotAllowedError, sendError } from "./http-errors.js";
@@ -39,6 +40,8 @@ export interface RouteContext {
   credentials: Credentials;
   /** Sessions whose task credentials are refused before their expiry (PUT /v1/revocations/<session>). */
   revoked: RevokedSessions;
+  /** Mutual TLS for nodes: the node token is accepted only with a verified client certificate. */
+  nodesNeedCertificates?: boolean;
   log(line: string): void;
 }
 
@@ -72,7 +75,10 @@ export function cacheRoutes(ctx: RouteContext): Handler {
         ? auth.refusal
         : auth.principal.role === "task" && ctx.revoked.has(auth.principal.sessionId)
           ? `the task credential of session "${auth.principal.sessionId}" ended when the session closed`
-          : undefined;
+          : auth.principal.role === "node" && ctx.nodesNeedCertificates && !isCertified(req)
+            ? "this cache requires a client certificate signed by its --tls-client-ca with the node token " +
+              "(give the agent --tls-client-cert and --tls-client-key)"
+            : undefined;
     if (refusal === undefined && "principal" in auth) return handle(ctx, req, res, auth.principal);
     sendError(req, res, new UnauthenticatedError(refusal), ctx.log);
   };

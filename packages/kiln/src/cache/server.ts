@@ -35,7 +35,10 @@ export interface CacheServerOptions {
   token?: string;
   /** The node token agents present; without it agents use `token`. */
   nodeToken?: string;
-  /** Serve HTTPS with this certificate; with `clientCa`, every client must present a certificate it signed. */
+  /**
+   * Serve HTTPS with this certificate; with `clientCa`, a client certificate it signed is the credential
+   * (no token), or, beside a token, what the node token needs as well (mutual TLS for nodes).
+   */
   tls?: TlsServerOptions;
   /** The endpoint written into ObjectRefs (default `http://<host>:<port>`, `https://` with `tls`). */
   advertiseEndpoint?: string;
@@ -65,11 +68,16 @@ export async function startCacheServer(options: CacheServerOptions): Promise<Cac
   const host = options.host ?? "127.0.0.1";
   checkExposure(host, options.token, options.tls?.clientCa);
   const credentials = new Credentials({ adminToken: options.token, nodeToken: options.nodeToken });
+  // With a token, mutual TLS is for nodes: the node token needs a certificate too; clients and services use tokens.
+  const tls =
+    options.tls?.clientCa !== undefined && options.token
+      ? { ...options.tls, clientCertificates: "nodes" as const }
+      : options.tls;
   const serverOptions: https.ServerOptions = {
     // Uploads of any size may take longer than Node's default 5-minute request limit; idle sockets still time out.
     requestTimeout: 0,
     keepAliveTimeout: 5_000,
-    ...(options.tls ? serverTlsOptions(options.tls) : {}),
+    ...(tls ? serverTlsOptions(tls) : {}),
   };
   const log = options.log ?? (() => undefined);
   const store = new ObjectStore(openCatalog(options.storage), {
@@ -77,7 +85,14 @@ export async function startCacheServer(options: CacheServerOptions): Promise<Cac
     maxObjectBytes: options.maxObjectBytes,
     log,
   });
-  const ctx: RouteContext = { store, endpoint: "", credentials, revoked: new RevokedSessions(), log };
+  const ctx: RouteContext = {
+    store,
+    endpoint: "",
+    credentials,
+    revoked: new RevokedSessions(),
+    nodesNeedCertificates: tls?.clientCertificates === "nodes",
+    log,
+  };
   let server: http.Server;
   if (options.tls) {
     const tlsServer = https.createServer(serverOptions, cacheRoutes(ctx));

@@ -30,7 +30,7 @@ export function addServerTlsOptions(command: Command, { clientCa }: { clientCa: 
     command.addOption(
       new Option(
         "--tls-client-ca <file>",
-        "require a client certificate signed by this CA (PEM) from every connection (mutual TLS)",
+        "require a client certificate signed by this CA (PEM): of agents when there is a --token, else of every connection",
       ),
     );
   return command;

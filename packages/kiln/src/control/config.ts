@@ -20,7 +20,8 @@ export interface ControlPlaneOptions {
   nodeToken?: string;
   /**
    * Serve both ports over TLS (HTTP/2 with ALPN h2, and HTTPS) with this
-   * certificate; with `clientCa`, every client must present a certificate it signed.
+   * certificate; with `clientCa`, a client certificate it signed is the credential (no token),
+   * or, beside a token, what the agent protocol needs as well (mutual TLS for nodes).
    */
   tls?: TlsServerOptions;
   /**

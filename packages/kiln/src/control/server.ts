@@ -122,10 +122,15 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
 
   const info = () => clusterInfo(orchestrator.cluster, sessions, config.cacheEndpoint);
   const deps: FrontendDeps = { apps, sessions, orchestrator, hub, feed, commit, clusterInfo: info };
-  const guard = new CallGuard(credentials, sessions);
+  // With a token, mutual TLS is for nodes: clients and service processes keep using tokens.
+  const tls =
+    config.tls?.clientCa !== undefined && config.token
+      ? { ...config.tls, clientCertificates: "nodes" as const }
+      : config.tls;
+  const guard = new CallGuard(credentials, sessions, tls?.clientCertificates === "nodes");
   const flameFrontend = guard.scoped(flame.Frontend, frontendService(deps));
   const kilnFrontend = guard.scoped(kiln.Frontend, kilnFrontendService(deps));
-  const admit: Admit = (headers, path) => guard.admit(headers.authorization, path);
+  const admit: Admit = (headers, path, peer) => guard.admit(headers.authorization, path, peer);
   const agent = agentService(orchestrator, config.log);
   const services: [DescService, object][] = [
     [flame.Frontend, flameFrontend],
@@ -166,7 +171,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     commit.flushNow();
     store.close();
   };
-  const secure = config.tls ? { tls: config.tls, log: config.log } : undefined;
+  const secure = tls ? { tls, log: config.log } : undefined;
   let server: Listener;
   let http1: Listener;
   try {
@@ -201,7 +206,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   const httpEndpoint = (endpoints.httpEndpoint = `${scheme}://${shownHost}:${http1.port}`);
   config.log(
     `control plane listening on ${endpoint} (gRPC/HTTP2) and ${httpEndpoint} (JSON/HTTP1.1)` +
-      `${config.tls?.clientCa !== undefined ? ", client certificates required" : ""}; data in ${config.dataDir}`,
+      `${tls?.clientCa === undefined ? "" : tls.clientCertificates === "nodes" ? ", client certificates required of agents" : ", client certificates required"}; data in ${config.dataDir}`,
   );
 
   return {

@@ -29,7 +29,13 @@ export function checkExposure(host: string, token: string | undefined, clientCa:
  * credential may do lives in net/credentials.ts and, for the control plane's methods, in
  * control/api/call-scope.ts.
  */
-export type Admit = (headers: http.IncomingHttpHeaders, path: string) => KilnError | undefined;
+export type Admit = (headers: http.IncomingHttpHeaders, path: string, peer: Peer) => KilnError | undefined;
+
+/** What the connection says about the caller, beside its headers. */
+export interface Peer {
+  /** It presented a client certificate signed by the server's client CA (mutual TLS). */
+  certified: boolean;
+}
 
 /**
  * A constant-time check of an `authorization` header against `Bearer <token>`.

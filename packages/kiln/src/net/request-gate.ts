@@ -3,6 +3,7 @@ import type * as http from "node:http";
 import type * as http2 from "node:http2";
 import type { Admit } from "./auth.js";
 import { endUnreadBody, refuseEarly } from "./early-refusal.js";
+import { isCertified } from "./tls.js";
 
 /** The largest body a route accepts, and what sets it (a flag, or why it is fixed), for the refusal. */
 export interface BodyLimit {
@@ -35,7 +36,7 @@ export function requestGate<
     const url = req.url ?? "/";
     const q = url.indexOf("?");
     const path = q < 0 ? url : url.slice(0, q);
-    const refusal = options.admit(req.headers, path);
+    const refusal = options.admit(req.headers, path, { certified: isCertified(req) });
     if (refusal) return refuseEarly(req, res, refusal);
     const limit = options.limitOf(path);
     const declared = req.headers["content-length"];

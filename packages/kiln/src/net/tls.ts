@@ -6,12 +6,25 @@ import * as tls from "node:tls";
  * What a listener needs to serve TLS, as PEM text: its certificate (chain)
  * and key, and, for mutual TLS, the CA whose client certificates it
  * accepts. With `clientCa` a connection without such a certificate is
- * refused during the handshake, before any request is read.
+ * refused during the handshake, before any request is read, unless
+ * `clientCertificates` is "nodes": then the certificate is asked for and
+ * verified in the handshake, and required only of the agent's credentials
+ * (see {@link isCertified}), so clients and service processes can use tokens.
  */
 export interface TlsServerOptions {
   cert: string;
   key: string;
   clientCa?: string;
+  /** Who must present a client certificate: every connection (default), or agents only. */
+  clientCertificates?: "all" | "nodes";
+}
+
+/**
+ * Whether the connection a request came on presented a client certificate the
+ * server verified against its client CA (false over cleartext).
+ */
+export function isCertified(req: { socket: unknown }): boolean {
+  return (req.socket as tls.TLSSocket | null)?.authorized === true;
 }
 
 /** The PEM files of a {@link TlsServerOptions}, as the CLI's flags name them. */
@@ -67,7 +80,9 @@ export function serverTlsOptions(options: TlsServerOptions): tls.TlsOptions {
   const secure: tls.TlsOptions = {
     cert: options.cert,
     key: options.key,
-    ...(options.clientCa !== undefined ? { ca: options.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
+    ...(options.clientCa !== undefined
+      ? { ca: options.clientCa, requestCert: true, rejectUnauthorized: options.clientCertificates !== "nodes" }
+      : {}),
   };
   try {
     tls.createSecureContext(secure);

@@ -2,6 +2,7 @@ import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { PermissionDeniedError, UnauthenticatedError, type KilnError } from "@kiln/protocol";
 import { flame, kiln } from "@kiln/protocol/proto";
+import type { Peer } from "../../net/auth.js";
 import type { Credentials, TaskPrincipal } from "../../net/credentials.js";
 import type { SessionRegistry } from "../sessions.js";
 
@@ -65,15 +66,22 @@ export class CallGuard {
   constructor(
     private readonly credentials: Credentials,
     private readonly sessions: SessionRegistry,
+    /** Mutual TLS for nodes: the agent protocol needs a verified client certificate as well as its token. */
+    private readonly nodesNeedCertificates = false,
   ) {}
 
   /** The error that refuses `service/method` to this caller, or undefined to let the call run. */
-  admit(authorization: string | undefined, path: string): KilnError | undefined {
+  admit(authorization: string | undefined, path: string, peer: Peer = { certified: false }): KilnError | undefined {
     const auth = this.authenticate(authorization);
     if ("refusal" in auth) return new UnauthenticatedError(auth.refusal);
     const { principal } = auth;
     const method = path.startsWith("/") ? path.slice(1) : path;
     const isAgent = method.startsWith(`${kiln.Agent.typeName}/`);
+    if (isAgent && this.nodesNeedCertificates && !peer.certified)
+      return new UnauthenticatedError(
+        "this control plane requires a client certificate signed by its --tls-client-ca for the agent protocol " +
+          "(give the agent --tls-client-cert and --tls-client-key)",
+      );
     if (principal.role === "admin") return undefined;
     // An agent also asks where the object cache is (GetClusterInfo), to fetch cache:// packages from it.
     if (principal.role === "node")
