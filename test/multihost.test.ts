@@ -1,5 +1,5 @@
 /**
- * A Kiln cluster on several hosts, over TLS with scoped tokens, and what it survives. Each host is a Linux network namespace on
+ * A Kiln cluster on several hosts, over TLS (mutual for the agents) with scoped tokens, and what it survives. Each host is a Linux network namespace on
  * a test network of its own (test/support/netns.ts): the control plane and object cache on one, an
  * agent on each of two others, the client on a fourth. Every agent runs from its own copy of Kiln
  * with the checkout (the control plane's install) and the other agent's copy hidden from it, so
@@ -51,6 +51,9 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
   const caFile = path.join(base, "tls-public", "ca.pem");
   const serverCert = path.join(base, "server-tokens", "server.pem");
   const serverKey = path.join(base, "server-tokens", "server-key.pem");
+  // Mutual TLS for nodes: agents present a certificate of the same CA beside their node token.
+  const agentCert = path.join(base, "tls-public", "agent.pem");
+  const agentKey = path.join(base, "tls-public", "agent-key.pem");
   const clientEnv = { ...CLI_ENV, KILN_ENDPOINT: endpoint, KILN_TOKEN: token, KILN_TLS_CA: caFile };
   const running: Partial<Record<"server" | "cache" | Agent, CliProcess>> = {};
   // Every process each agent has been (it is restarted after a kill): execution records name the agent's pid.
@@ -70,20 +73,20 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
     args.push("--cache-endpoint", cacheEndpoint);
     args.push("--heartbeat-timeout", String(HEARTBEAT_TIMEOUT_MS), "--drain-timeout", String(DRAIN_TIMEOUT_MS));
     args.push("--token-file", tokenFile, "--node-token-file", nodeTokenFile);
-    args.push("--tls-cert", serverCert, "--tls-key", serverKey);
+    args.push("--tls-cert", serverCert, "--tls-key", serverKey, "--tls-client-ca", caFile);
     running.server = start("server", KILN, args, {});
     await running.server.waitFor(/control plane listening/, 60_000);
   };
   const startCache = async (): Promise<void> => {
     const args = ["cache", "--host", serverAddress!, "--port", "7422", "--data-dir", path.join(base, "cache")];
     args.push("--token-file", tokenFile, "--node-token-file", nodeTokenFile);
-    args.push("--tls-cert", serverCert, "--tls-key", serverKey);
+    args.push("--tls-cert", serverCert, "--tls-key", serverKey, "--tls-client-ca", caFile);
     running.cache = start("server", KILN, args, {});
     await running.cache.waitFor(/cache listening/, 60_000);
   };
   const startAgent = async (agent: Agent): Promise<void> => {
     const args = ["agent", "--endpoint", endpoint, "--name", agent, "--executors", "4", "--node-token-file", "-"];
-    args.push("--tls-ca", caFile);
+    args.push("--tls-ca", caFile, "--tls-client-cert", agentCert, "--tls-client-key", agentKey);
     args.push("--work-dir", path.join(base, `work-${agent}`));
     running[agent] = start(
       agent,
@@ -132,6 +135,9 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
     fs.writeFileSync(caFile, ca.cert);
     fs.writeFileSync(serverCert, cert.cert);
     fs.writeFileSync(serverKey, cert.key, { mode: 0o600 });
+    const agentPair = issueCertificate(ca, { commonName: "kiln agent", client: true });
+    fs.writeFileSync(agentCert, agentPair.cert);
+    fs.writeFileSync(agentKey, agentPair.key, { mode: 0o600 });
     for (const agent of AGENTS) copyInstall(CHECKOUT, path.join(base, "installs", agent));
     fs.mkdirSync(agentInstall);
     await startCache();
