@@ -229,7 +229,10 @@ describe("mutual TLS for nodes on a cluster with a token", () => {
     });
     try {
       const ref = await admin.putObject("app/s1/x", "value");
-      await assert.rejects(node.getObject(ref), expectCode(ErrorCode.Unauthenticated, /refused/));
+      await assert.rejects(
+        node.getObject(ref),
+        expectCode(ErrorCode.Unauthenticated, /refused the token \(this cache requires a client certificate/),
+      );
       assert.equal(await certifiedNode.getObject(ref), "value");
     } finally {
       admin.close();

@@ -163,12 +163,21 @@ export class PermissionDeniedError extends KilnError {
  */
 export function tokenRefusedError(server: string, endpoint: string, cause?: unknown): UnauthenticatedError {
   const error = new UnauthenticatedError(
-    `${server} at ${endpoint} refused the token (missing or invalid): set KILN_TOKEN or pass a token ` +
+    `${server} at ${endpoint} refused the token (${refusalReason(cause)}): set KILN_TOKEN or pass a token ` +
       `(connect({ token }), ObjectCache({ token })), or give the config context a token`,
     { cause },
   );
   error.endpoint = endpoint;
   return error;
+}
+
+/**
+ * The server's own reason for a refusal when it says more than that the token is missing or wrong
+ * (a task credential whose session closed, a certificate the node token needs), else "missing or invalid".
+ */
+function refusalReason(cause: unknown): string {
+  const message = cause instanceof ConnectError ? cause.rawMessage : cause instanceof Error ? cause.message : "";
+  return message && !/^missing or invalid token/.test(message) ? message : "missing or invalid";
 }
 
 /** A server that requires mutual TLS refused this client's certificate, or its lack of one: no token helps. */
