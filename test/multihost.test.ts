@@ -34,7 +34,8 @@ const network = TestNetwork.create(["server", ...AGENTS, "client"]);
 
 describe("a cluster on several hosts", { skip: typeof network === "string" ? network : false }, () => {
   const net = network as TestNetwork;
-  const base = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-multihost-"));
+  // Made in before(), so a suite that skips leaves nothing behind.
+  const base = path.join(os.tmpdir(), `kiln-multihost-${process.pid}-${randomBytes(4).toString("hex")}`);
   // Every agent sees its own copy of Kiln at this one path, so an application's paths are the same on each.
   const agentInstall = path.join(base, "opt-kiln");
   const countFile = path.join(base, "executions.log");
@@ -126,6 +127,7 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
   };
 
   before(async () => {
+    fs.mkdirSync(base);
     fs.mkdirSync(path.dirname(tokenFile), { mode: 0o700 });
     fs.writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
     fs.writeFileSync(nodeTokenFile, `${nodeToken}\n`, { mode: 0o600 });
@@ -149,9 +151,12 @@ describe("a cluster on several hosts", { skip: typeof network === "string" ? net
   });
 
   after(async () => {
-    await Promise.all(Object.values(running).map((p) => p?.stop(5_000)));
-    net.destroy();
-    fs.rmSync(base, { recursive: true, force: true });
+    try {
+      await Promise.all(Object.values(running).map((p) => p?.stop(5_000)));
+    } finally {
+      net.destroy();
+      fs.rmSync(base, { recursive: true, force: true });
+    }
   });
 
   it("runs 20,000 ping tasks across both agents", async () => {

@@ -49,6 +49,8 @@ export class TestNetwork {
       network.destroy();
       return `network namespaces cannot be made here: ${(err as Error).message}`;
     }
+    // However the test process ends, nothing of the network outlives it (destroy is idempotent).
+    process.once("exit", () => network.destroy());
     return network;
   }
 
