@@ -259,6 +259,25 @@ describe("kiln against a running cluster", () => {
     assert.doesNotMatch((await kiln("list", "-a")).stdout, /cli-e2e-/);
   });
 
+  it("unregister of an application with an open session drains it until the session closes", async () => {
+    const file = path.join(dir, "drain.yaml");
+    await writeFile(file, "metadata:\n  name: cli-e2e-drain\nspec:\n  command: /bin/true\n");
+    assert.equal((await kiln("register", "-f", file)).code, 0);
+    assert.equal((await kiln("create", "-a", "cli-e2e-drain", "--id", "cli-e2e-drain-1")).code, 0);
+    const unregistered = await kiln("unregister", "-a", "cli-e2e-drain");
+    assert.equal(unregistered.code, 0, unregistered.stderr);
+    assert.equal(
+      unregistered.stdout,
+      "Application cli-e2e-drain is being unregistered: it takes no new sessions and is removed when its open sessions close.\n",
+    );
+    assert.match((await kiln("view", "-a", "cli-e2e-drain")).stdout, /^State:\s+Draining$/m);
+    const refused = await kiln("create", "-a", "cli-e2e-drain");
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /application "cli-e2e-drain" is being unregistered.*\(FAILED_PRECONDITION\)\n$/);
+    assert.equal((await kiln("close", "-s", "cli-e2e-drain-1")).code, 0);
+    assert.equal((await kiln("view", "-a", "cli-e2e-drain")).code, 1, "removed when its last session closed");
+  });
+
   it("register and update with bad documents report every problem and change nothing", async () => {
     const file = path.join(dir, "bad.yaml");
     await writeFile(

@@ -103,17 +103,18 @@ describe("control plane: applications", () => {
     assert.ok(!names.includes("wd") && !names.includes("sch") && !names.includes("lbl"));
   });
 
-  it("refuses to unregister an application with open sessions", async () => {
+  it("drains an application unregistered with open sessions (see application-drain.test.ts)", async () => {
     await t.frontend.registerApplication({ name: "busy", application: appSpec() });
     await t.frontend.createSession({ sessionId: "busy-1", session: sessionSpec({ application: "busy" }) });
+    await t.frontend.unregisterApplication({ name: "busy" });
     await rejects(
-      t.frontend.unregisterApplication({ name: "busy" }),
+      t.frontend.createSession({ sessionId: "busy-2", session: sessionSpec({ application: "busy" }) }),
       Code.InvalidArgument,
-      "open sessions",
+      'application "busy" is being unregistered',
       "FAILED_PRECONDITION",
     );
     await t.frontend.closeSession({ sessionId: "busy-1" });
-    await t.frontend.unregisterApplication({ name: "busy" });
+    await rejects(t.frontend.getApplication({ name: "busy" }), Code.NotFound, "busy");
   });
 });
 

@@ -54,7 +54,9 @@ export function formatResources(r: flame.ResourceRequirement | undefined): strin
 
 export const sessionStateName = (s: flame.SessionState): string => flame.SessionState[s] ?? String(s);
 export const taskStateName = (s: flame.TaskState): string => flame.TaskState[s] ?? String(s);
-export const applicationStateName = (s: flame.ApplicationState): string => flame.ApplicationState[s] ?? String(s);
+/** Kiln disables an application only while it drains (unregistered, waiting for its open sessions to close). */
+export const applicationStateName = (s: flame.ApplicationState): string =>
+  s === flame.ApplicationState.Disabled ? "Draining" : (flame.ApplicationState[s] ?? String(s));
 export const shimName = (s: flame.Shim): string => flame.Shim[s] ?? String(s);
 export const nodeStateName = (s: flame.NodeState): string => flame.NodeState[s] ?? String(s);
 /** `ExecutorIdle` → `Idle`, as Flame prints it. */

@@ -20,6 +20,7 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 export interface ApplicationRecord {
   name: string;
   spec: flame.ApplicationSpec;
+  /** Disabled while it drains: unregistered with open sessions, removed when the last one closes (see isDraining). */
   state: flame.ApplicationState;
   creationTime: number;
   /** From the kiln.concurrency label; 1 when absent (a Flame service handles one task at a time). */
@@ -79,9 +80,22 @@ export function validateApplicationSpec(spec: flame.ApplicationSpec): { concurre
   return { concurrency };
 }
 
+/**
+ * True while an unregistered application waits for its open sessions to close. Kiln disables an
+ * application for nothing else, so flame.v1's Disabled is the stored and shown form of draining.
+ */
+export function isDraining(app: ApplicationRecord): boolean {
+  return app.state === flame.ApplicationState.Disabled;
+}
+
+/** What unregister did: removed the application, or left it draining until its open sessions close. */
+export type Unregistered = "removed" | "draining";
+
 /** Applications in memory, written through to the store. */
 export class ApplicationRegistry {
   private readonly apps = new Map<string, ApplicationRecord>();
+  /** Hears of every application removed (unregistered at once, or at the end of its drain). */
+  onRemoved: ((name: string) => void) | undefined;
 
   constructor(
     private readonly commit: GroupCommit,
@@ -110,7 +124,8 @@ export class ApplicationRegistry {
     if (!spec) throw new InvalidArgumentError("application", "is required");
     const { concurrency } = validateApplicationSpec(spec);
     const existing = this.apps.get(name);
-    if (existing && !options.upsert) throw new AlreadyExistsError("application", name);
+    // Registering a draining application again means it is wanted after all: that ends the drain.
+    if (existing && !isDraining(existing) && !options.upsert) throw new AlreadyExistsError("application", name);
     const record: ApplicationRecord = {
       name,
       spec,
@@ -128,12 +143,42 @@ export class ApplicationRegistry {
     return this.register(name, spec, { upsert: true });
   }
 
-  unregister(name: string): void {
-    this.require(name);
-    if (this.hasOpenSessions(name))
-      throw new FailedPreconditionError(`application "${name}" has open sessions; close them first`);
-    this.apps.delete(name);
-    this.commit.write((s) => s.deleteApplication(name));
+  /**
+   * Removes an application at once when none of its sessions is open; else marks it draining (it
+   * takes no new sessions) and removes it when the last one closes (see settle).
+   */
+  unregister(name: string): Unregistered {
+    const app = this.require(name);
+    if (!this.hasOpenSessions(name)) {
+      this.remove(name);
+      return "removed";
+    }
+    if (!isDraining(app)) {
+      app.state = flame.ApplicationState.Disabled;
+      this.persist(app);
+    }
+    return "draining";
+  }
+
+  /** Removes `name` if it is draining and none of its sessions is open: when one of them closed, and at start. */
+  settle(name: string): void {
+    const app = this.apps.get(name);
+    if (app && isDraining(app) && !this.hasOpenSessions(name)) this.remove(name);
+  }
+
+  /** settle() for every application (after loading the store: a drain may have ended while it was down). */
+  settleAll(): void {
+    for (const name of [...this.apps.keys()]) this.settle(name);
+  }
+
+  /** Refuses a new session of an application that is being unregistered. */
+  requireAcceptingSessions(name: string): ApplicationRecord {
+    const app = this.require(name);
+    if (isDraining(app))
+      throw new FailedPreconditionError(
+        `application "${name}" is being unregistered: it takes no new sessions and is removed when its open sessions close`,
+      );
+    return app;
   }
 
   get(name: string): ApplicationRecord | undefined {
@@ -148,6 +193,12 @@ export class ApplicationRegistry {
 
   list(): ApplicationRecord[] {
     return [...this.apps.values()];
+  }
+
+  private remove(name: string): void {
+    this.apps.delete(name);
+    this.commit.write((s) => s.deleteApplication(name));
+    this.onRemoved?.(name);
   }
 
   private persist(r: ApplicationRecord): void {

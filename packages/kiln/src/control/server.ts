@@ -20,7 +20,7 @@ import { ApplicationRegistry } from "./applications.js";
 import { registerBuiltinApps } from "./builtin-apps.js";
 import { clusterInfo } from "./cluster-info.js";
 import { resolveConfig, type ControlPlaneOptions } from "./config.js";
-import { revokeAtCache } from "./credential-revocation.js";
+import { ObjectCacheNotices } from "./object-cache-notices.js";
 import { Orchestrator } from "./orchestrator.js";
 import { RequestLimits } from "./request-limits.js";
 import { SessionRegistry } from "./sessions.js";
@@ -78,9 +78,16 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     maxTaskBytes: config.maxTaskBytes,
     defaultResreq: config.defaultResreq,
   });
+  // Objects go with what owns them: the cache hears when a session is deleted or an application removed.
+  const cacheNotices = config.cacheEndpoint
+    ? new ObjectCacheNotices(config.cacheEndpoint, config.token, config.log)
+    : undefined;
+  apps.onRemoved = (name) => void cacheNotices?.applicationRemoved(name);
   const snapshot = store.load();
   apps.load(snapshot.applications);
   sessions.load(snapshot);
+  // Before the built-in apps, whose registration would end a drain of one of them.
+  apps.settleAll();
   registerBuiltinApps(apps);
   commit.flushNow();
 
@@ -99,10 +106,12 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       hub.sessionEnded(s);
       feed.sessionChanged(s);
       orchestrator.sessionEnded(s);
-      if (credentials.required && config.cacheEndpoint)
-        void revokeAtCache(config.cacheEndpoint, config.token!, s, config.log);
+      if (credentials.required) void cacheNotices?.sessionClosed(s);
     },
-    sessionDeleted: (s) => feed.sessionDeleted(s),
+    sessionDeleted: (s) => {
+      feed.sessionDeleted(s);
+      void cacheNotices?.sessionDeleted(s);
+    },
     workAdded: (s) => orchestrator.workAdded(s),
   };
   commit.onCommit(() => orchestrator.dispatchDirty());

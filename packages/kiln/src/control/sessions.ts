@@ -183,10 +183,9 @@ export class SessionRegistry {
 
   create(id: string, spec: flame.SessionSpec | undefined): SessionRecord {
     if (!spec) throw new InvalidArgumentError("session", "is required");
-    const app = this.apps.get(spec.application);
     if (!spec.application) throw new InvalidArgumentError("session.application", "is required");
     validateName("session.application", spec.application);
-    if (!app) throw new NotFoundError("application", spec.application);
+    const app = this.apps.requireAcceptingSessions(spec.application);
     const sessionId = id === "" ? `${spec.application}-${randomSuffix()}` : validateName("session_id", id);
     if (this.sessions.has(sessionId)) throw new AlreadyExistsError("session", sessionId);
     const resolved = this.resolveSpec(spec, app.spec.maxInstances);
@@ -229,6 +228,8 @@ export class SessionRegistry {
     s.pending.clear();
     this.persistSession(s);
     this.observer?.sessionEnded(s);
+    // The last open session of an application being unregistered ends its drain.
+    this.apps.settle(s.application);
     return s;
   }
 

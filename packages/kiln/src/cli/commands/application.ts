@@ -1,3 +1,4 @@
+import { ErrorCode, KilnError } from "@kiln/protocol";
 import type { KilnClient } from "@kiln/sdk";
 import { readFile } from "node:fs/promises";
 import type { Command } from "commander";
@@ -95,12 +96,24 @@ export function registerApplicationCommands(program: Command): void {
 
   program
     .command("unregister")
-    .description("remove an application (it must have no open sessions)")
+    .description("remove an application; one with open sessions drains: no new sessions, removed when they close")
     .requiredOption("-a, --application <name>", "the application to remove")
     .action((options: { application: string }, cmd: Command) =>
       withClient(cmd.optsWithGlobals<GlobalOptions>(), async (client) => {
-        await client.unregisterApplication(options.application);
-        process.stdout.write(`Application ${options.application} was unregistered.\n`);
+        const name = options.application;
+        await client.unregisterApplication(name);
+        const draining = await client.getApplication(name).then(
+          () => true,
+          (err: unknown) => {
+            if (err instanceof KilnError && err.code === ErrorCode.NotFound) return false;
+            throw err;
+          },
+        );
+        process.stdout.write(
+          draining
+            ? `Application ${name} is being unregistered: it takes no new sessions and is removed when its open sessions close.\n`
+            : `Application ${name} was unregistered.\n`,
+        );
       }),
     );
 }
