@@ -23,6 +23,7 @@ import { resolveConfig, type ControlPlaneOptions } from "./config.js";
 import { revokeAtCache } from "./credential-revocation.js";
 import { Orchestrator } from "./orchestrator.js";
 import { RequestLimits } from "./request-limits.js";
+import { Retention } from "./retention.js";
 import { SessionRegistry } from "./sessions.js";
 import { SessionsFeed } from "./sessions-feed.js";
 import { GroupCommit } from "./store/group-commit.js";
@@ -87,10 +88,12 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   const hub = new WatchHub(toTaskMessage);
   const feed = new SessionsFeed();
   const orchestrator = new Orchestrator(config, sessions, apps, commit, credentials);
+  const retention = new Retention(sessions, config.retentionMs);
   sessions.observer = {
     taskChanged: (s, t) => {
       hub.taskChanged(s, t);
       feed.taskChanged(s);
+      retention.taskChanged(s);
       // Watchers hear of changes after a commit; a dispatch (Running) writes nothing, so ask for one.
       commit.flushSoon();
     },
@@ -99,10 +102,14 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       hub.sessionEnded(s);
       feed.sessionChanged(s);
       orchestrator.sessionEnded(s);
+      retention.sessionEnded(s);
       if (credentials.required && config.cacheEndpoint)
         void revokeAtCache(config.cacheEndpoint, config.token!, s, config.log);
     },
-    sessionDeleted: (s) => feed.sessionDeleted(s),
+    sessionDeleted: (s) => {
+      feed.sessionDeleted(s);
+      retention.sessionDeleted(s);
+    },
     workAdded: (s) => orchestrator.workAdded(s),
   };
   commit.onCommit(() => orchestrator.dispatchDirty());
@@ -114,11 +121,13 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     storeFailed = (refusal) => {
       config.log(`control plane stopping: ${refusal.message}`);
       orchestrator.stop();
+      retention.stop();
       // The refusals just sent get a moment to reach their callers before the listeners close.
       setTimeout(() => resolve(refusal), STOP_GRACE_MS);
     };
   });
   orchestrator.recover(snapshot.nodes);
+  retention.start();
 
   const info = () => clusterInfo(orchestrator.cluster, sessions, config.cacheEndpoint);
   const deps: FrontendDeps = { apps, sessions, orchestrator, hub, feed, commit, clusterInfo: info };
@@ -193,6 +202,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     });
   } catch (err) {
     orchestrator.stop();
+    retention.stop();
     closeStore();
     throw err;
   }
@@ -216,6 +226,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     failed,
     async close() {
       orchestrator.stop();
+      retention.stop();
       await Promise.all([server.close(), http1.close()]);
       closeStore();
     },
