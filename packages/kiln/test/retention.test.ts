@@ -6,8 +6,10 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, it } from "node:test";
 import { untilDirChanges } from "../../../test/support/until.js";
+import Database from "better-sqlite3";
 import { startAgent } from "../src/agent/agent.js";
 import { resolveConfig } from "../src/control/config.js";
+import { MIGRATIONS } from "../src/control/store/migrations.js";
 import { enc } from "./support/agent-helpers.js";
 import { pingInput } from "./support/ping-app.js";
 import { appSpec, startTestControlPlane, tempDir, type TestControlPlane } from "./support/control-plane.js";
@@ -129,6 +131,34 @@ describe("retention of closed sessions", () => {
       watch.abort();
       await agent.close();
       await t.close();
+    }
+  });
+
+  it("converts a store made without auto_vacuum once, at open, keeping what it holds", async () => {
+    const dataDir = tempDir("retention-old");
+    const old = new Database(path.join(dataDir, "kiln.db"));
+    old.pragma("journal_mode = WAL");
+    for (const [v, sql] of MIGRATIONS.entries()) {
+      old.exec(sql);
+      old.pragma(`user_version = ${v + 1}`);
+    }
+    old
+      .prepare("INSERT INTO applications (name, spec, state, creation_time) VALUES (?, ?, ?, ?)")
+      .run("kept", Buffer.alloc(0), 0, 1);
+    assert.equal(old.pragma("auto_vacuum", { simple: true }), 0);
+    old.close();
+    const t = await startTestControlPlane({ dataDir });
+    try {
+      const app = await t.frontend.getApplication({ name: "kept" });
+      assert.equal(app.metadata?.name, "kept");
+    } finally {
+      await t.close();
+    }
+    const after = new Database(path.join(dataDir, "kiln.db"), { readonly: true });
+    try {
+      assert.equal(after.pragma("auto_vacuum", { simple: true }), 2, "INCREMENTAL");
+    } finally {
+      after.close();
     }
   });
 
