@@ -9,7 +9,16 @@ import { CLI, CLI_ENV, closedPort, runCli } from "./cli-helpers.js";
 const GLOBAL_OPTIONS = ["--endpoint", "--token", "--cache-endpoint", "--context", "--config"];
 
 const COMMAND_OPTIONS: Record<string, string[]> = {
-  up: ["--data-dir", "--port", "--host", "--executors", "--cache-port", "--max-package-bytes", "--max-package-entries"],
+  up: [
+    "--data-dir",
+    "--port",
+    "--host",
+    "--executors",
+    "--cache-port",
+    "--retention",
+    "--max-package-bytes",
+    "--max-package-entries",
+  ],
   server: [
     "--data-dir",
     "--host",
@@ -20,6 +29,7 @@ const COMMAND_OPTIONS: Record<string, string[]> = {
     "--max-task-bytes",
     "--max-request-bytes",
     "--default-resreq",
+    "--retention",
   ],
   agent: [
     "--name",
@@ -134,6 +144,16 @@ describe("usage errors exit 2 without touching the cluster", () => {
     ["a bad output format", ["list", "-a", "-o", "xml"], /Allowed choices are table, json/],
     ["a task count that is not a number", ["ping", "-t", "ten"], /"ten" is not a whole number/],
     ["a zero task count", ["ping", "-t", "0"], /must be from 1/],
+    [
+      "a retention that is not a duration",
+      ["server", "--retention", "10", "--port", "0"],
+      /--retention <duration>' argument '10' is invalid\. "10" is not a duration/,
+    ],
+    [
+      "a retention of kiln up that is not a duration",
+      ["up", "--retention", "1.5h", "--port", "0"],
+      /"1\.5h" is not a duration/,
+    ],
     ["a bad resource request", ["create", "-a", "x", "-r", "cpu=lots"], /resreq\.cpu: "lots" must be a whole number/],
     ["create without an application", ["create"], /^error: -a is required \(or flmctl's spelling, --app\)$/m],
     ["create with -a and --app", ["create", "-a", "x", "--app", "y"], /-a and --app say the same thing/],

@@ -110,6 +110,19 @@ export function byteSize(value: string): number {
   }
 }
 
+const DURATION_UNITS_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** A duration such as `7d`, `12h`, `30m`, `90s`, `500ms` or `0`, in ms. A bare number other than 0 says no unit, so it is refused. */
+export function duration(value: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)?$/.exec(value.trim());
+  const ms = m && (m[2] !== undefined || Number(m[1]) === 0) ? Number(m[1]) * DURATION_UNITS_MS[m[2] ?? "ms"]! : NaN;
+  if (!Number.isSafeInteger(ms))
+    throw new InvalidArgumentError(
+      `"${value}" is not a duration (a whole number with a unit: ms, s, m, h or d, as in 7d or 30m; or 0).`,
+    );
+  return ms;
+}
+
 /** `-o, --output <format>`: `table` (default, for people) or `json` (for scripts). */
 export function outputOption(): Option {
   return new Option("-o, --output <format>", "output format").choices(["table", "json"]).default("table");

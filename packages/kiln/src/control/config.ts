@@ -58,6 +58,11 @@ export interface ControlPlaneOptions {
   scheduleIntervalMs?: number;
   /** "full" also survives power loss; "normal" (default) survives process kills. */
   durability?: "normal" | "full";
+  /**
+   * Closed sessions (their tasks and events) are deleted once closed this long. Default 7 days;
+   * 0 keeps nothing after close.
+   */
+  retentionMs?: number;
   log?: (line: string) => void;
 }
 
@@ -80,6 +85,7 @@ export interface ControlPlaneConfig {
   defaultResreq: Resources;
   scheduleIntervalMs: number;
   durability: "normal" | "full";
+  retentionMs: number;
   log: (line: string) => void;
 }
 
@@ -87,6 +93,7 @@ export const DEFAULT_PORT = 7420;
 const BUILTIN_RESREQ: Resources = { cpu: 1, memory: 2 ** 30, gpu: 0 };
 
 const MAX_HEARTBEAT_INTERVAL_MS = 5_000;
+export const DEFAULT_RETENTION_MS = 7 * 24 * 3_600_000;
 
 /**
  * The options with defaults filled in, or an InvalidArgumentError naming the first setting (and its
@@ -124,6 +131,7 @@ function withDefaults(o: ControlPlaneOptions): ControlPlaneConfig {
     },
     scheduleIntervalMs: o.scheduleIntervalMs ?? 100,
     durability: o.durability ?? "normal",
+    retentionMs: o.retentionMs ?? DEFAULT_RETENTION_MS,
     log: o.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)),
   };
 }
@@ -141,6 +149,7 @@ function checkConfig(c: ControlPlaneConfig): void {
   whole("maxTaskBytes", "--max-task-bytes", c.maxTaskBytes, 1);
   whole("maxRequestBytes", "--max-request-bytes", c.maxRequestBytes, 1);
   whole("scheduleIntervalMs", "the scheduling tick", c.scheduleIntervalMs, 1);
+  whole("retentionMs", "--retention", c.retentionMs, 0);
   if (c.heartbeatTimeoutMs < 2 * c.heartbeatIntervalMs)
     throw new InvalidArgumentError(
       "heartbeatTimeoutMs",

@@ -23,6 +23,7 @@ import { resolveConfig, type ControlPlaneOptions } from "./config.js";
 import { ObjectCacheNotices } from "./object-cache-notices.js";
 import { Orchestrator } from "./orchestrator.js";
 import { RequestLimits } from "./request-limits.js";
+import { Retention } from "./retention.js";
 import { SessionRegistry } from "./sessions.js";
 import { SessionsFeed } from "./sessions-feed.js";
 import { GroupCommit } from "./store/group-commit.js";
@@ -94,10 +95,12 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   const hub = new WatchHub(toTaskMessage);
   const feed = new SessionsFeed();
   const orchestrator = new Orchestrator(config, sessions, apps, commit, credentials);
+  const retention = new Retention(sessions, config.retentionMs);
   sessions.observer = {
     taskChanged: (s, t) => {
       hub.taskChanged(s, t);
       feed.taskChanged(s);
+      retention.taskChanged(s);
       // Watchers hear of changes after a commit; a dispatch (Running) writes nothing, so ask for one.
       commit.flushSoon();
     },
@@ -106,10 +109,12 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       hub.sessionEnded(s);
       feed.sessionChanged(s);
       orchestrator.sessionEnded(s);
+      retention.sessionEnded(s);
       if (credentials.required) void cacheNotices?.sessionClosed(s);
     },
     sessionDeleted: (s) => {
       feed.sessionDeleted(s);
+      retention.sessionDeleted(s);
       void cacheNotices?.sessionDeleted(s);
     },
     workAdded: (s) => orchestrator.workAdded(s),
@@ -123,11 +128,13 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     storeFailed = (refusal) => {
       config.log(`control plane stopping: ${refusal.message}`);
       orchestrator.stop();
+      retention.stop();
       // The refusals just sent get a moment to reach their callers before the listeners close.
       setTimeout(() => resolve(refusal), STOP_GRACE_MS);
     };
   });
   orchestrator.recover(snapshot.nodes);
+  retention.start();
 
   const info = () => clusterInfo(orchestrator.cluster, sessions, config.cacheEndpoint);
   const deps: FrontendDeps = { apps, sessions, orchestrator, hub, feed, commit, clusterInfo: info };
@@ -202,6 +209,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     });
   } catch (err) {
     orchestrator.stop();
+    retention.stop();
     closeStore();
     throw err;
   }
@@ -225,6 +233,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     failed,
     async close() {
       orchestrator.stop();
+      retention.stop();
       await Promise.all([server.close(), http1.close()]);
       closeStore();
     },

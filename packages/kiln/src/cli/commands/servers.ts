@@ -8,6 +8,7 @@ import { resolveCacheConfig } from "../cache-client.js";
 import { UsageError } from "../exit-codes.js";
 import {
   byteSize,
+  duration,
   resreqText,
   settingUsageError,
   tlsFileOptions,
@@ -39,6 +40,11 @@ const maxPackageEntriesOption = (): Option =>
     "--max-package-entries <n>",
     "most files, directories and links in one package (default 100000)",
   ).argParser(wholeNumber(1));
+const retentionOption = (): Option =>
+  new Option(
+    "--retention <duration>",
+    "delete closed sessions, their tasks and events, once closed this long: 7d, 12h, 30m, or 0 for at once (default 7d)",
+  ).argParser(duration);
 const executorsOption = (): Option =>
   new Option("--executors <n>", "executors on this node (default: one per CPU)").argParser(wholeNumber(1, 4096));
 
@@ -49,6 +55,7 @@ interface PackageLimitFlags {
 
 interface UpFlags extends PackageLimitFlags, ServerTlsFlags {
   dataDir: string;
+  retention?: number;
   port: number;
   cachePort?: number;
   host: string;
@@ -65,6 +72,7 @@ interface ServerFlags extends ServerTlsFlags {
   maxTaskBytes?: number;
   maxRequestBytes?: number;
   defaultResreq?: string;
+  retention?: number;
 }
 
 interface AgentFlags extends PackageLimitFlags {
@@ -100,6 +108,7 @@ export function registerServerCommands(program: Command): void {
     )
     .addOption(hostOption())
     .addOption(executorsOption())
+    .addOption(retentionOption())
     .addOption(maxPackageBytesOption())
     .addOption(maxPackageEntriesOption());
   addServerTlsOptions(up, { clientCa: false })
@@ -131,6 +140,7 @@ export function registerServerCommands(program: Command): void {
             maxPackageBytes: f.maxPackageBytes,
             maxPackageEntries: f.maxPackageEntries,
             token,
+            ...(f.retention !== undefined ? { controlPlane: { retentionMs: f.retention } } : {}),
             ...(tls ? { tls: { ...tls.files, ...(agentCa ? { caFile: path.resolve(agentCa) } : {}) } } : {}),
           }),
         (cluster) =>
@@ -184,6 +194,7 @@ export function registerServerCommands(program: Command): void {
         "resources for sessions that ask for none (default cpu=1,mem=1g)",
       ).argParser(resreqText),
     )
+    .addOption(retentionOption())
     .addOption(nodeTokenOption("the credential agents are admitted with, and nothing else (needs --token)"))
     .addOption(nodeTokenFileOption())
     .addHelpText(
@@ -213,6 +224,7 @@ export function registerServerCommands(program: Command): void {
           maxTaskBytes: f.maxTaskBytes,
           maxRequestBytes: f.maxRequestBytes,
           defaultResreq: f.defaultResreq,
+          retentionMs: f.retention,
           ...(cacheEndpoint ? { cacheEndpoint } : {}),
           ...(tls ? { tls: tls.options } : {}),
         }),

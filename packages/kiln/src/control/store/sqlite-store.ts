@@ -1,7 +1,7 @@
 import type Database from "better-sqlite3";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { IdleCheckpoints, openOwnedDatabase } from "../../util/sqlite-file.js";
+import { IdleCheckpoints, openOwnedDatabase, SpaceReclaimer, useIncrementalVacuum } from "../../util/sqlite-file.js";
 import { MIGRATIONS } from "./migrations.js";
 
 /** An event as stored: code, optional message, Unix ms. */
@@ -91,11 +91,15 @@ export class SqliteStore {
   // Made once: better-sqlite3 builds a new wrapper on every db.transaction() call, a fifth of a lone commit.
   private readonly inTransaction: (fn: () => unknown) => unknown;
   private readonly checkpoints: IdleCheckpoints;
+  private readonly reclaimer: SpaceReclaimer;
+  /** A session was deleted in the transaction under way: its pages are given back after the commit. */
+  private freed = false;
 
   private constructor(db: Database.Database) {
     this.db = db;
     this.inTransaction = db.transaction((fn: () => unknown) => fn());
     this.checkpoints = new IdleCheckpoints(db);
+    this.reclaimer = new SpaceReclaimer(db);
     this.stmts = {
       putApplication: db.prepare(
         "INSERT INTO applications (name, spec, state, creation_time) VALUES (?, ?, ?, ?) " +
@@ -139,6 +143,7 @@ export class SqliteStore {
     try {
       // NORMAL in WAL mode survives a process kill (-9); FULL also survives power loss.
       db.pragma(`synchronous = ${durability === "full" ? "FULL" : "NORMAL"}`);
+      useIncrementalVacuum(db);
       migrate(db);
     } catch (err) {
       db.close();
@@ -150,6 +155,10 @@ export class SqliteStore {
   transaction<T>(fn: () => T): T {
     const result = this.inTransaction(fn) as T;
     this.checkpoints.wrote();
+    if (this.freed) {
+      this.freed = false;
+      this.reclaimer.reclaim();
+    }
     return result;
   }
 
@@ -170,6 +179,7 @@ export class SqliteStore {
     this.stmts.deleteSessionEvents.run(id);
     this.stmts.deleteSessionSubmissions.run(id);
     this.stmts.deleteSession.run(id);
+    this.freed = true;
   }
 
   putSubmission(s: StoredSubmission): void {
@@ -264,6 +274,7 @@ export class SqliteStore {
 
   close(): void {
     this.checkpoints.stop();
+    this.reclaimer.stop();
     this.db.close();
   }
 }
