@@ -115,47 +115,61 @@ export class CallGuard {
     scopeOf: ScopeOf,
     original: (input: unknown, ctx: HandlerContext) => unknown,
   ): (input: unknown, ctx: HandlerContext) => unknown {
-    const check = (ctx: HandlerContext, req: unknown) => {
-      const task = this.taskOf(ctx);
+    const taskOf = (ctx: HandlerContext) => this.taskOf(ctx);
+    const refuseIfClosed = (task: TaskPrincipal) => this.refuseIfClosed(task);
+    const check = (task: TaskPrincipal | undefined, req: unknown) => {
       if (task) this.checkScope(task, method, scopeOf(req));
     };
     switch (method.methodKind) {
       case "unary":
         return async (req, ctx) => {
-          check(ctx, req);
+          check(taskOf(ctx), req);
           return original(req, ctx);
         };
       case "server_streaming":
         return async function* (req, ctx) {
-          check(ctx, req);
+          check(taskOf(ctx), req);
           yield* original(req, ctx) as AsyncIterable<unknown>;
         };
       default:
-        // A stream of requests: each one is checked as it arrives.
-        return (requests, ctx) =>
-          original(
+        // A stream of requests: its credential is verified once, and each request is checked as it
+        // arrives (the session may close meanwhile, which ends a task credential).
+        return (requests, ctx) => {
+          const task = taskOf(ctx);
+          return original(
             (async function* () {
               for await (const req of requests as AsyncIterable<unknown>) {
-                check(ctx, req);
+                if (task) refuseIfClosed(task);
+                check(task, req);
                 yield req;
               }
             })(),
             ctx,
           );
+        };
     }
   }
 
   private authenticate(authorization: string | undefined) {
     const auth = this.credentials.authenticate(authorization);
     if ("principal" in auth && auth.principal.role === "task") {
-      // The control plane knows at once when a session closes: its credential ends there, not at its expiry.
-      const s = this.sessions.get(auth.principal.sessionId);
-      if (s?.state !== flame.SessionState.Open)
-        return {
-          refusal: `the task credential of session "${auth.principal.sessionId}" ended when the session closed`,
-        };
+      const refusal = this.closedRefusal(auth.principal);
+      if (refusal) return { refusal };
     }
     return auth;
+  }
+
+  /** The control plane knows at once when a session closes: its credential ends there, not at its expiry. */
+  private closedRefusal(task: TaskPrincipal): string | undefined {
+    const s = this.sessions.get(task.sessionId);
+    return s?.state === flame.SessionState.Open
+      ? undefined
+      : `the task credential of session "${task.sessionId}" ended when the session closed`;
+  }
+
+  private refuseIfClosed(task: TaskPrincipal): void {
+    const refusal = this.closedRefusal(task);
+    if (refusal) throw new UnauthenticatedError(refusal);
   }
 
   /** The task credential behind a call `admit` let in; undefined for any other caller. */
