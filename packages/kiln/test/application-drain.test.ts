@@ -18,7 +18,7 @@ import { closedPort } from "./cli-helpers.js";
 import { appSpec, startTestControlPlane, tempDir } from "./support/control-plane.js";
 
 /** A registry over a real store, with the set of apps that have open sessions in the test's hands. */
-function registryAt(file: string, open: Set<string>) {
+async function registryAt(file: string, open: Set<string>) {
   const store = SqliteStore.open(file);
   const commit = new GroupCommit(store, (refusal) => {
     throw refusal;
@@ -26,21 +26,21 @@ function registryAt(file: string, open: Set<string>) {
   const apps = new ApplicationRegistry(commit, (name) => open.has(name));
   const removed: string[] = [];
   apps.onRemoved = (name) => removed.push(name);
-  apps.load(store.load().applications);
+  apps.load((await store.loadWorkingSet()).applications);
   return {
     apps,
     removed,
-    close() {
-      commit.flushNow();
-      store.close();
+    async close() {
+      await commit.settle();
+      await store.close();
     },
   };
 }
 
-describe("application drain: the registry's state", () => {
-  it("removes an idle application at once, and drains one with open sessions until settle finds none", () => {
+describe("application drain: the registry's state", async () => {
+  it("removes an idle application at once, and drains one with open sessions until settle finds none", async () => {
     const open = new Set(["busy"]);
-    const r = registryAt(path.join(tempDir("drain-unit"), "kiln.db"), open);
+    const r = await registryAt(path.join(tempDir("drain-unit"), "kiln.db"), open);
     r.apps.register("idle", appSpec());
     r.apps.register("busy", appSpec());
     assert.equal(r.apps.unregister("idle"), "removed");
@@ -58,11 +58,11 @@ describe("application drain: the registry's state", () => {
     r.apps.settle("busy");
     assert.equal(r.apps.get("busy"), undefined);
     assert.deepEqual(r.removed, ["idle", "busy"]);
-    r.close();
+    await r.close();
   });
 
-  it("registering or updating a draining application ends the drain", () => {
-    const r = registryAt(path.join(tempDir("drain-unit"), "kiln.db"), new Set(["a", "b"]));
+  it("registering or updating a draining application ends the drain", async () => {
+    const r = await registryAt(path.join(tempDir("drain-unit"), "kiln.db"), new Set(["a", "b"]));
     r.apps.register("a", appSpec());
     r.apps.register("b", appSpec());
     r.apps.unregister("a");
@@ -75,27 +75,27 @@ describe("application drain: the registry's state", () => {
       assert.ok(r.apps.get(name), `${name} is no longer draining`);
     }
     assert.deepEqual(r.removed, []);
-    r.close();
+    await r.close();
   });
 
-  it("keeps draining across a restart, and settleAll removes a drained one", () => {
+  it("keeps draining across a restart, and settleAll removes a drained one", async () => {
     const file = path.join(tempDir("drain-unit"), "kiln.db");
     const open = new Set(["busy", "still"]);
-    const first = registryAt(file, open);
+    const first = await registryAt(file, open);
     first.apps.register("busy", appSpec());
     first.apps.register("still", appSpec());
     first.apps.unregister("busy");
     first.apps.unregister("still");
-    first.close();
+    await first.close();
 
     open.delete("busy");
-    const second = registryAt(file, open);
+    const second = await registryAt(file, open);
     assert.ok(isDraining(second.apps.require("busy")) && isDraining(second.apps.require("still")));
     second.apps.settleAll();
     assert.equal(second.apps.get("busy"), undefined);
     assert.ok(isDraining(second.apps.require("still")));
     assert.deepEqual(second.removed, ["busy"]);
-    second.close();
+    await second.close();
   });
 });
 

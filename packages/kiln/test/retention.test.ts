@@ -9,7 +9,7 @@ import { untilDirChanges } from "../../../test/support/until.js";
 import Database from "better-sqlite3";
 import { startAgent } from "../src/agent/agent.js";
 import { resolveConfig } from "../src/control/config.js";
-import { MIGRATIONS } from "../src/control/store/migrations.js";
+import { MIGRATIONS } from "../src/control/store/sqlite-migrations.js";
 import { enc } from "./support/agent-helpers.js";
 import { pingInput } from "./support/ping-app.js";
 import { appSpec, startTestControlPlane, tempDir, type TestControlPlane } from "./support/control-plane.js";

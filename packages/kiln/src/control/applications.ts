@@ -10,7 +10,7 @@ import { flame } from "@kiln/protocol/proto";
 import AjvModule from "ajv";
 import * as path from "node:path";
 import type { GroupCommit } from "./store/group-commit.js";
-import type { StoredApplication } from "./store/sqlite-store.js";
+import type { StoredApplication } from "./store/store.js";
 
 /** Label that sets how many tasks one executor of the application runs at once: `kiln.concurrency=8`. */
 export const CONCURRENCY_LABEL = "kiln.concurrency";

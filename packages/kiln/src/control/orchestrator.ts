@@ -226,7 +226,7 @@ export class Orchestrator {
           }
         }
         for (const r of l.tasks) {
-          const t = session?.tasks[Number(r.taskId) - 1];
+          const t = session && this.sessions.liveTask(session, r.taskId);
           if (!t || !known.assigned.has(t) || t.attempt !== r.attempt) forget.push(r);
         }
         continue;
@@ -240,7 +240,7 @@ export class Orchestrator {
       // The control plane restarted while this executor kept running: adopt it and the tasks it still holds.
       const e = this.newExecutor(node, session, l.executorId, ExecutorState.ExecutorBound);
       for (const r of l.tasks) {
-        const t = session.tasks[Number(r.taskId) - 1];
+        const t = this.sessions.liveTask(session, r.taskId);
         if (t && t.state === TaskState.Pending && t.attempt === r.attempt) {
           this.sessions.adopt(session, t, e.id, node.hostname);
           e.assigned.add(t);
@@ -338,7 +338,7 @@ export class Orchestrator {
       conn.received(c.seq);
       const s = this.sessions.get(c.sessionId);
       const e = this.cluster.executors.get(c.executorId);
-      const t = s?.tasks[Number(c.taskId) - 1];
+      const t = s && this.sessions.liveTask(s, c.taskId);
       // Fencing: only the executor holding this attempt may finish the task.
       if (!s || !e || !t || e.node.connection !== conn) continue;
       if (t.state !== TaskState.Running || t.executorId !== e.id || t.attempt !== c.attempt) continue;

@@ -74,7 +74,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   const commit = new GroupCommit(store, (refusal) => storeFailed(refusal));
   // The callback runs only after both registries exist.
   const apps: ApplicationRegistry = new ApplicationRegistry(commit, (name): boolean => sessions.hasOpenSessions(name));
-  const sessions: SessionRegistry = new SessionRegistry(commit, apps, {
+  const sessions: SessionRegistry = new SessionRegistry(commit, store, apps, {
     retries: config.retries,
     maxTaskBytes: config.maxTaskBytes,
     defaultResreq: config.defaultResreq,
@@ -84,13 +84,13 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     ? new ObjectCacheNotices(config.cacheEndpoint, config.token, config.log)
     : undefined;
   apps.onRemoved = (name) => void cacheNotices?.applicationRemoved(name);
-  const snapshot = store.load();
+  const snapshot = await store.loadWorkingSet();
   apps.load(snapshot.applications);
   sessions.load(snapshot);
   // Before the built-in apps, whose registration would end a drain of one of them.
   apps.settleAll();
   registerBuiltinApps(apps);
-  commit.flushNow();
+  await commit.settle();
 
   const hub = new WatchHub(toTaskMessage);
   const feed = new SessionsFeed();
@@ -183,9 +183,10 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   const gate = { admit, limitOf: limits.ofPath };
   const http2Handler = requestGate(gate, streams.handler(api));
   const http1Handler = requestGate(gate, api);
-  const closeStore = () => {
-    commit.flushNow();
-    store.close();
+  const closeStore = async () => {
+    // A failed store has nothing more to take; what it refused was never acknowledged.
+    await commit.settle().catch(() => undefined);
+    await store.close();
   };
   const secure = tls ? { tls, log: config.log } : undefined;
   let server: Listener;
@@ -210,7 +211,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   } catch (err) {
     orchestrator.stop();
     retention.stop();
-    closeStore();
+    await closeStore();
     throw err;
   }
   const shownHost = config.host.includes(":")
@@ -235,7 +236,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       orchestrator.stop();
       retention.stop();
       await Promise.all([server.close(), http1.close()]);
-      closeStore();
+      await closeStore();
     },
   };
 }

@@ -12,7 +12,15 @@ import { flame } from "@kiln/protocol/proto";
 import { randomInt } from "node:crypto";
 import type { ApplicationRegistry } from "./applications.js";
 import type { GroupCommit } from "./store/group-commit.js";
-import type { StoredEvent, StoredSession, StoreSnapshot, StoredTask } from "./store/sqlite-store.js";
+import type {
+  SessionProgress,
+  Store,
+  StoredEvent,
+  StoredSession,
+  StoredTask,
+  StoreWriter,
+  WorkingSet,
+} from "./store/store.js";
 import { SubmissionKeys } from "./submission-keys.js";
 import { TaskQueue } from "./task-queue.js";
 
@@ -36,8 +44,15 @@ export interface SessionRecord {
   state: flame.SessionState;
   creationTime: number;
   completionTime?: number;
-  /** Index = task id - 1 (ids are consecutive from 1). Deleted sessions drop the whole array. */
-  tasks: TaskRecord[];
+  /**
+   * The tasks in memory by id: every unfinished one, and finished ones until the commit that stores
+   * them has landed. Older ones are read from the store (SessionRegistry.findTask, tasksInOrder).
+   */
+  live: Map<number, TaskRecord>;
+  /** The highest task id given out (ids are consecutive from 1). */
+  taskCount: number;
+  /** Sequence number of the last task change: each change gets the next (TaskRecord.seq). */
+  seq: number;
   pending: TaskQueue;
   counts: { pending: number; running: number; succeed: number; failed: number; cancelled: number };
   events: StoredEvent[];
@@ -96,7 +111,9 @@ function countKey(state: number): keyof SessionRecord["counts"] {
  */
 export class SessionRegistry {
   private readonly sessions = new Map<string, SessionRecord>();
+  /** Tasks and sessions changed this turn, written once each in the turn's commit (see persistTask). */
   private readonly dirty = new Set<TaskRecord>();
+  private readonly dirtySessions = new Set<SessionRecord>();
   private readonly keys = new SubmissionKeys();
   private lastKeyPrune = 0;
   /**
@@ -109,6 +126,7 @@ export class SessionRegistry {
 
   constructor(
     private readonly commit: GroupCommit,
+    private readonly store: Store,
     private readonly apps: ApplicationRegistry,
     private readonly limits: SessionLimits,
   ) {}
@@ -117,10 +135,16 @@ export class SessionRegistry {
    * Rebuilds memory from the store. Running tasks go back to Pending; they
    * and every other Pending task wait for releaseRecovered() before dispatch.
    */
-  load(snapshot: StoreSnapshot): void {
-    for (const { session: row, events } of snapshot.sessions) {
+  load(snapshot: WorkingSet): void {
+    for (const { session: row, progress, events } of snapshot.sessions) {
       const spec = fromBinary(flame.SessionSpecSchema, row.spec);
-      this.sessions.set(row.id, this.newRecord(row.id, spec, row.state, row.creationTime, row.completionTime, events));
+      const record = this.newRecord(row.id, spec, row.state, row.creationTime, row.completionTime, events);
+      record.taskCount = progress.taskCount;
+      record.seq = progress.lastSeq;
+      record.counts.succeed = progress.succeed;
+      record.counts.failed = progress.failed;
+      record.counts.cancelled = progress.cancelled;
+      this.sessions.set(row.id, record);
     }
     const now = Date.now();
     for (const t of snapshot.tasks) {
@@ -131,12 +155,13 @@ export class SessionRegistry {
         // Written by a version that stored Running; today a running task is stored as Pending.
         task.state = TaskState.Pending;
         task.events.push({ code: TaskState.Pending, message: "control plane restarted; task requeued", time: now });
+        task.seq = ++s.seq;
         this.persistTask(task);
       }
       // The last dispatch (Pending → Running, not stored) may have used stored attempt + 1; an agent
       // that still runs it reports that attempt, and adopt() matches it.
       if (task.state === TaskState.Pending) task.attempt++;
-      s.tasks[task.id - 1] = task;
+      s.live.set(task.id, task);
       s.counts[countKey(task.state)]++;
       if (task.state === TaskState.Pending) this.recovered.push(task);
     }
@@ -275,7 +300,7 @@ export class SessionRegistry {
           `is ${input.byteLength} bytes, over the limit of ${this.limits.maxTaskBytes} bytes (put large data in the object cache)`,
         );
     });
-    const first = s.tasks.length + 1;
+    const first = s.taskCount + 1;
     const created: TaskRecord[] = [];
     for (let i = 0; i < inputs.length; i++) {
       const input = inputs[i]!;
@@ -287,12 +312,14 @@ export class SessionRegistry {
         attempt: 0,
         retries: 0,
         creationTime: now,
+        seq: ++s.seq,
         events: [{ code: TaskState.Pending, message: "created", time: now }],
       };
-      s.tasks.push(task);
+      s.live.set(task.id, task);
       s.pending.push(task);
       created.push(task);
     }
+    s.taskCount += inputs.length;
     s.counts.pending += inputs.length;
     for (const t of created) {
       this.persistTask(t);
@@ -332,11 +359,65 @@ export class SessionRegistry {
     }
   }
 
-  getTask(sessionId: string, taskId: string): TaskRecord {
+  /** A task in memory (unfinished, or finished and not yet stored), or undefined. */
+  liveTask(s: SessionRecord, taskId: string): TaskRecord | undefined {
+    return s.live.get(Number(taskId));
+  }
+
+  /** A task wherever it is: in memory, or read from the store once finished. */
+  async findTask(sessionId: string, taskId: string): Promise<StoredTask> {
     const s = this.require(sessionId);
-    const task = /^\d+$/.test(taskId) ? s.tasks[Number(taskId) - 1] : undefined;
+    const id = this.requireTaskId(s, taskId);
+    const task = s.live.get(id) ?? (await this.store.getTask(sessionId, id));
+    // Deleted while it was read.
     if (!task) throw new NotFoundError("task", `${sessionId}/${taskId}`);
     return task;
+  }
+
+  /**
+   * A session's tasks in id order, `pageSize` at a time, from the store merged with memory: a task in
+   * memory is newer than its stored row. Memory is looked at first, so a task finished and let go of
+   * while a page is read is in the store by then.
+   */
+  async *tasksInOrder(
+    s: SessionRecord,
+    options: { afterId?: number; limit?: number; changedAfter?: number; pageSize?: number } = {},
+  ): AsyncGenerator<StoredTask> {
+    const changedAfter = options.changedAfter;
+    const live = [...s.live.values()]
+      .filter((t) => changedAfter === undefined || t.seq > changedAfter)
+      .sort((a, b) => a.id - b.id);
+    const pageSize = options.pageSize ?? 1000;
+    let remaining = options.limit ?? Infinity;
+    let afterId = options.afterId ?? 0;
+    let i = 0;
+    while (i < live.length && live[i]!.id <= afterId) i++;
+    for (;;) {
+      const asked = Math.min(pageSize, remaining);
+      const rows = await this.store.listTasks(s.id, {
+        afterId,
+        limit: asked,
+        ...(changedAfter !== undefined ? { changedAfter } : {}),
+      });
+      for (const row of rows) {
+        for (; i < live.length && live[i]!.id < row.id; i++) {
+          if (remaining-- <= 0) return;
+          yield live[i]!;
+        }
+        if (remaining-- <= 0) return;
+        yield i < live.length && live[i]!.id === row.id ? live[i++]! : row;
+        afterId = row.id;
+      }
+      if (rows.length < asked || remaining <= 0) break;
+    }
+    // Tasks in memory past the last stored row (the newest, not stored yet).
+    for (; i < live.length && remaining-- > 0; i++) yield live[i]!;
+  }
+
+  private requireTaskId(s: SessionRecord, taskId: string): number {
+    const id = /^\d+$/.test(taskId) ? Number(taskId) : 0;
+    if (id < 1 || id > s.taskCount) throw new NotFoundError("task", `${s.id}/${taskId}`);
+    return id;
   }
 
   /** The next pending task of a session, or undefined. */
@@ -408,11 +489,11 @@ export class SessionRegistry {
   /** Cancels non-terminal tasks (all, or the given ids). Returns the tasks that were Running (their executors should drop them). */
   cancel(sessionId: string, taskIds: readonly string[]): { cancelled: number; wereRunning: RunningTask[] } {
     const s = this.require(sessionId);
-    const wanted = taskIds.length > 0 ? new Set(taskIds.map((id) => this.getTask(sessionId, id))) : undefined;
+    const wanted = taskIds.length > 0 ? new Set(taskIds.map((id) => this.requireTaskId(s, id))) : undefined;
     const wereRunning: RunningTask[] = [];
     const cancelled = this.cancelWhere(
       s,
-      (t) => !isTerminal(t.state) && (!wanted || wanted.has(t)),
+      (t) => !isTerminal(t.state) && (!wanted || wanted.has(t.id)),
       "cancelled by request",
       wereRunning,
     );
@@ -436,8 +517,8 @@ export class SessionRegistry {
     wereRunning?: RunningTask[],
   ): number {
     let n = 0;
-    for (const t of s.tasks) {
-      if (!t || !match(t)) continue;
+    for (const t of s.live.values()) {
+      if (!match(t)) continue;
       if (t.state === TaskState.Running && t.executorId) wereRunning?.push({ task: t, executorId: t.executorId });
       delete t.executorId;
       this.end(s, t, TaskState.Cancelled, reason);
@@ -460,6 +541,8 @@ export class SessionRegistry {
     s.counts[countKey(to)]++;
     task.state = to;
     task.events.push({ code: to, message: eventMessage(to, message), time: Date.now() });
+    task.seq = ++s.seq;
+    this.progressed(s);
   }
 
   private resolveSpec(spec: flame.SessionSpec, appMax: number | undefined): flame.SessionSpec {
@@ -517,7 +600,9 @@ export class SessionRegistry {
       state,
       creationTime,
       ...(completionTime !== undefined ? { completionTime } : {}),
-      tasks: [],
+      live: new Map(),
+      taskCount: 0,
+      seq: 0,
       pending: new TaskQueue(),
       counts: { pending: 0, running: 0, succeed: 0, failed: 0, cancelled: 0 },
       events,
@@ -542,17 +627,46 @@ export class SessionRegistry {
   /**
    * Marks a task for writing. A task changed several times in one turn
    * (created, started and finished) is written once, as an upsert, in the
-   * turn's commit.
+   * turn's commit; once that commit has landed, a finished task leaves memory.
    */
   private persistTask(t: TaskRecord): void {
-    if (this.dirty.size === 0) {
-      this.commit.write((store) => {
-        for (const task of this.dirty) if (this.sessions.has(task.sessionId)) store.upsertTask(task);
-        this.dirty.clear();
-      });
-    }
+    this.progressed(this.sessions.get(t.sessionId)!);
     this.dirty.add(t);
   }
+
+  /**
+   * Marks a session's counts and change number for writing. Every change a watcher can see is numbered,
+   * a dispatch (not stored) too, so the session's number is stored in the commit whose hooks show the
+   * change: after a restart numbering goes on past anything a watcher saw.
+   */
+  private progressed(s: SessionRecord): void {
+    if (this.dirty.size === 0 && this.dirtySessions.size === 0) this.commit.write((store) => this.writeDirty(store));
+    this.dirtySessions.add(s);
+  }
+
+  private writeDirty(store: StoreWriter): () => void {
+    const finished: TaskRecord[] = [];
+    for (const task of this.dirty) {
+      if (!this.sessions.has(task.sessionId)) continue;
+      store.upsertTask(task);
+      if (isTerminal(task.state)) finished.push(task);
+    }
+    for (const s of this.dirtySessions)
+      if (this.sessions.get(s.id) === s) store.putSessionProgress(s.id, progressOf(s));
+    this.dirty.clear();
+    this.dirtySessions.clear();
+    return () => {
+      for (const task of finished) {
+        const s = this.sessions.get(task.sessionId);
+        if (s?.live.get(task.id) === task) s.live.delete(task.id);
+      }
+    };
+  }
+}
+
+function progressOf(s: SessionRecord): SessionProgress {
+  const { succeed, failed, cancelled } = s.counts;
+  return { taskCount: s.taskCount, succeed, failed, cancelled, lastSeq: s.seq };
 }
 
 function randomSuffix(): string {

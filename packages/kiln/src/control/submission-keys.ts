@@ -1,4 +1,4 @@
-import type { StoredSubmission } from "./store/sqlite-store.js";
+import type { StoredSubmission } from "./store/store.js";
 
 /** How long a CreateTasks idempotency key is remembered: far longer than any client's patience. */
 export const SUBMISSION_KEY_RETENTION_MS = 10 * 60_000;

@@ -2,11 +2,17 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { flame, kiln } from "@kiln/protocol/proto";
 import { AsyncQueue } from "@kiln/protocol";
 import { isTerminal, type SessionRecord, type TaskRecord } from "./sessions.js";
+import type { StoredTask } from "./store/store.js";
+
+/** Updates per snapshot message, so a session of any size is sent in messages of bounded size. */
+const SNAPSHOT_CHUNK = 1000;
 
 interface SessionWatcher {
   omitOutput: boolean;
   queue: AsyncQueue<kiln.WatchSessionResponse>;
   buffer: kiln.TaskUpdate[];
+  /** Its snapshot is still being read: changes wait in `buffer` until it is sent. */
+  snapshotting: boolean;
 }
 
 interface TaskWatcher {
@@ -28,17 +34,51 @@ export class WatchHub {
 
   constructor(private readonly toMessage: (t: TaskRecord) => flame.Task) {}
 
+  /**
+   * Opens a session watch. With a snapshot (the session's tasks in id order, see
+   * SessionRegistry.tasksInOrder, which looks at memory before it returns its first task) the changes
+   * made while it is read wait until it is sent, and those it already shows are left out.
+   */
   watchSession(
     s: SessionRecord,
-    options: { snapshot: boolean; omitOutput: boolean },
+    options: { snapshot?: AsyncIterable<StoredTask>; omitOutput: boolean },
   ): AsyncQueue<kiln.WatchSessionResponse> {
-    const w: SessionWatcher = { omitOutput: options.omitOutput, queue: new AsyncQueue(), buffer: [] };
-    const updates = options.snapshot ? s.tasks.map((t) => toUpdate(t, options.omitOutput)) : [];
-    w.queue.push(create(kiln.WatchSessionResponseSchema, { ready: true, updates }));
+    const w: SessionWatcher = {
+      omitOutput: options.omitOutput,
+      queue: new AsyncQueue(),
+      buffer: [],
+      snapshotting: options.snapshot !== undefined,
+    };
     let set = this.sessionWatchers.get(s.id);
     if (!set) this.sessionWatchers.set(s.id, (set = new Set()));
     set.add(w);
+    if (options.snapshot) void this.sendSnapshot(w, s.seq, options.snapshot);
+    else w.queue.push(create(kiln.WatchSessionResponseSchema, { ready: true }));
     return w.queue;
+  }
+
+  private async sendSnapshot(w: SessionWatcher, seqAtStart: number, tasks: AsyncIterable<StoredTask>): Promise<void> {
+    // Stored rows changed after the watch opened: buffered changes they already show are dropped.
+    const shown = new Map<string, number>();
+    let chunk: kiln.TaskUpdate[] = [];
+    try {
+      for await (const t of tasks) {
+        if (t.seq > seqAtStart) shown.set(String(t.id), t.seq);
+        chunk.push(toUpdate(t, w.omitOutput));
+        if (chunk.length === SNAPSHOT_CHUNK) {
+          w.queue.push(create(kiln.WatchSessionResponseSchema, { updates: chunk }));
+          chunk = [];
+        }
+      }
+    } catch (err) {
+      w.queue.fail(err);
+      return;
+    }
+    const later = w.buffer.filter((u) => u.seq > BigInt(shown.get(u.taskId) ?? -1));
+    w.buffer = [];
+    w.snapshotting = false;
+    w.queue.push(create(kiln.WatchSessionResponseSchema, { ready: true, updates: [...chunk, ...later] }));
+    this.endFinishedSessions();
   }
 
   unwatchSession(sessionId: string, queue: AsyncQueue<kiln.WatchSessionResponse>): void {
@@ -101,7 +141,7 @@ export class WatchHub {
   flush(): void {
     for (const w of this.dirty) {
       if ("buffer" in w) {
-        if (w.buffer.length === 0) continue;
+        if (w.buffer.length === 0 || w.snapshotting) continue;
         w.queue.push(create(kiln.WatchSessionResponseSchema, { updates: w.buffer }));
         w.buffer = [];
       } else if (w.latest) {
@@ -115,9 +155,17 @@ export class WatchHub {
       }
     }
     this.dirty.clear();
+    this.endFinishedSessions();
+  }
+
+  /** Ends the watch streams of sessions that ended and have no running tasks left. */
+  private endFinishedSessions(): void {
     for (const [id, s] of this.endedSessions) {
       if (s.counts.running > 0) continue;
-      for (const w of this.sessionWatchers.get(id) ?? []) {
+      const watchers = this.sessionWatchers.get(id) ?? [];
+      // A watcher still reading its snapshot is told once it has it.
+      if ([...watchers].some((w) => w.snapshotting)) continue;
+      for (const w of watchers) {
         w.queue.push(create(kiln.WatchSessionResponseSchema, { sessionClosed: true }));
         w.queue.end();
       }
@@ -127,9 +175,10 @@ export class WatchHub {
   }
 }
 
-function toUpdate(t: TaskRecord, omitOutput: boolean): kiln.TaskUpdate {
+function toUpdate(t: StoredTask, omitOutput: boolean): kiln.TaskUpdate {
   const init: MessageInitShape<typeof kiln.TaskUpdateSchema> = {
     taskId: String(t.id),
+    seq: BigInt(t.seq),
     state: t.state,
     time: BigInt(t.events[t.events.length - 1]?.time ?? t.creationTime),
   };

@@ -96,20 +96,29 @@ export function frontendService(d: FrontendDeps): ServiceImpl<typeof flame.Front
     async createTask(req) {
       const sessionId = req.task?.sessionId ?? "";
       const first = sessions.createTasks(sessionId, [req.task?.input ?? new Uint8Array()]);
+      // As created (Pending), as Flame answers: by the commit it may already be running.
+      const created = toTaskMessage(sessions.liveTask(sessions.require(sessionId), String(first))!);
       await commit.flushed();
-      return toTaskMessage(sessions.getTask(sessionId, String(first)));
+      return created;
     },
-    getTask(req) {
-      return toTaskMessage(sessions.getTask(req.sessionId, req.taskId));
+    async getTask(req) {
+      return toTaskMessage(await sessions.findTask(req.sessionId, req.taskId));
     },
     async *watchTask(req, ctx) {
-      const task = sessions.getTask(req.sessionId, req.taskId);
+      const s = sessions.require(req.sessionId);
+      const task = sessions.liveTask(s, req.taskId);
+      if (!task) {
+        // Finished (and stored): its last state is all there is to watch.
+        yield toTaskMessage(await sessions.findTask(req.sessionId, req.taskId));
+        return;
+      }
       const queue = hub.watchTask(task);
       yield* untilAborted(queue, ctx.signal, () => hub.unwatchTask(task, queue));
     },
     async *listTask(req) {
       const s = sessions.require(req.sessionId);
-      for (const t of s.tasks) yield toTaskMessage(t);
+      // Page by page from the store: a session of any size is streamed, never built in memory.
+      for await (const t of sessions.tasksInOrder(s)) yield toTaskMessage(t);
     },
   };
 }

@@ -46,7 +46,10 @@ export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Fr
     },
     async *watchSession(req, ctx) {
       const s = sessions.require(req.sessionId);
-      const queue = hub.watchSession(s, { snapshot: req.snapshot, omitOutput: req.omitOutput });
+      const queue = hub.watchSession(s, {
+        ...(req.snapshot ? { snapshot: sessions.tasksInOrder(s) } : {}),
+        omitOutput: req.omitOutput,
+      });
       if (s.state === flame.SessionState.Closed) {
         hub.sessionEnded(s);
         // The hub ends streams at a commit; on an idle cluster none may come without asking.

@@ -1,8 +1,8 @@
 import { create } from "@bufbuild/protobuf";
 import { flame } from "@kiln/protocol/proto";
 import { eventMessage } from "@kiln/protocol";
-import type { StoredEvent } from "../store/sqlite-store.js";
-import type { SessionRecord, TaskRecord } from "../sessions.js";
+import type { StoredEvent, StoredTask } from "../store/store.js";
+import type { SessionRecord } from "../sessions.js";
 
 function toEvents(events: readonly StoredEvent[]): flame.Event[] {
   return events.map((e) =>
@@ -30,7 +30,7 @@ export function toSessionMessage(s: SessionRecord, events: readonly StoredEvent[
   });
 }
 
-export function toTaskMessage(t: TaskRecord): flame.Task {
+export function toTaskMessage(t: StoredTask): flame.Task {
   return create(flame.TaskSchema, {
     metadata: { id: String(t.id), name: String(t.id) },
     spec: {

@@ -1,70 +1,36 @@
+import { FailedPreconditionError } from "@kiln/protocol";
 import type Database from "better-sqlite3";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { IdleCheckpoints, openOwnedDatabase, SpaceReclaimer, useIncrementalVacuum } from "../../util/sqlite-file.js";
-import { MIGRATIONS } from "./migrations.js";
+import { MIGRATIONS } from "./sqlite-migrations.js";
+import type {
+  Durability,
+  SessionProgress,
+  Store,
+  StoredApplication,
+  StoredEvent,
+  StoredSession,
+  StoredSubmission,
+  StoredTask,
+  StoreWriter,
+  TaskPage,
+  WorkingSet,
+} from "./store.js";
 
-/** An event as stored: code, optional message, Unix ms. */
-export interface StoredEvent {
-  code: number;
-  message?: string;
-  time: number;
-}
-
-export interface StoredApplication {
-  name: string;
-  /** flame.v1.ApplicationSpec, protobuf binary. */
-  spec: Uint8Array;
-  state: number;
-  creationTime: number;
-}
-
-export interface StoredSession {
+interface SessionRow {
   id: string;
   application: string;
-  /** flame.v1.SessionSpec (resolved defaults), protobuf binary. */
-  spec: Uint8Array;
+  spec: Buffer;
   state: number;
-  creationTime: number;
-  completionTime?: number;
+  creation_time: number;
+  completion_time: number | null;
+  task_count: number;
+  succeed: number;
+  failed: number;
+  cancelled: number;
+  last_seq: number;
 }
-
-export interface StoredTask {
-  sessionId: string;
-  id: number;
-  state: number;
-  input?: Uint8Array;
-  output?: Uint8Array;
-  message?: string;
-  /** Fencing token: incremented at every dispatch. */
-  attempt: number;
-  /** Times the task was requeued after losing its executor. */
-  retries: number;
-  creationTime: number;
-  completionTime?: number;
-  events: StoredEvent[];
-}
-
-/** A CreateTasks request's idempotency key and the tasks it created. */
-export interface StoredSubmission {
-  sessionId: string;
-  key: string;
-  firstTaskId: number;
-  count: number;
-  /** Unix ms of the first request. */
-  time: number;
-}
-
-export interface StoreSnapshot {
-  applications: StoredApplication[];
-  sessions: { session: StoredSession; events: StoredEvent[] }[];
-  tasks: StoredTask[];
-  submissions: StoredSubmission[];
-  /** Nodes registered and not given up on when the store was last written (see Orchestrator.recover). */
-  nodes: string[];
-}
-
-export type Durability = "normal" | "full";
 
 interface TaskRow {
   session_id: string;
@@ -77,15 +43,15 @@ interface TaskRow {
   retries: number;
   creation_time: number;
   completion_time: number | null;
+  seq: number;
   events: string;
 }
 
 /**
- * The control plane's SQLite file (WAL). Every method is one statement and
- * synchronous; callers group them with `transaction` (see GroupCommit) so a
- * burst of work is one commit, not one per row.
+ * The control plane's SQLite file (WAL), the embedded default store. Commits are synchronous: the
+ * writer's methods run their statements as they are called, inside the transaction `commit` opens.
  */
-export class SqliteStore {
+export class SqliteStore implements Store, StoreWriter {
   private readonly db: Database.Database;
   private readonly stmts;
   // Made once: better-sqlite3 builds a new wrapper on every db.transaction() call, a fifth of a lone commit.
@@ -95,8 +61,9 @@ export class SqliteStore {
   /** A session was deleted in the transaction under way: its pages are given back after the commit. */
   private freed = false;
 
-  private constructor(db: Database.Database) {
+  private constructor(db: Database.Database, file: string) {
     this.db = db;
+    this.description = `sqlite ${file}`;
     this.inTransaction = db.transaction((fn: () => unknown) => fn());
     this.checkpoints = new IdleCheckpoints(db);
     this.reclaimer = new SpaceReclaimer(db);
@@ -109,6 +76,9 @@ export class SqliteStore {
       putSession: db.prepare(
         "INSERT INTO sessions (id, application, spec, state, creation_time, completion_time) VALUES (?, ?, ?, ?, ?, ?) " +
           "ON CONFLICT(id) DO UPDATE SET spec = excluded.spec, state = excluded.state, completion_time = excluded.completion_time",
+      ),
+      putSessionProgress: db.prepare(
+        "UPDATE sessions SET task_count = ?, succeed = ?, failed = ?, cancelled = ?, last_seq = ? WHERE id = ?",
       ),
       deleteSession: db.prepare("DELETE FROM sessions WHERE id = ?"),
       deleteSessionTasks: db.prepare("DELETE FROM tasks WHERE session_id = ?"),
@@ -124,10 +94,15 @@ export class SqliteStore {
         "INSERT INTO session_events (session_id, seq, code, message, time) VALUES (?, ?, ?, ?, ?)",
       ),
       upsertTask: db.prepare(
-        "INSERT INTO tasks (session_id, id, state, input, output, message, attempt, retries, creation_time, completion_time, events) " +
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, id) DO UPDATE SET state = excluded.state, " +
+        "INSERT INTO tasks (session_id, id, state, input, output, message, attempt, retries, creation_time, completion_time, seq, events) " +
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, id) DO UPDATE SET state = excluded.state, " +
           "output = excluded.output, message = excluded.message, attempt = excluded.attempt, retries = excluded.retries, " +
-          "completion_time = excluded.completion_time, events = excluded.events",
+          "completion_time = excluded.completion_time, seq = excluded.seq, events = excluded.events",
+      ),
+      getTask: db.prepare("SELECT * FROM tasks WHERE session_id = ? AND id = ?"),
+      listTasks: db.prepare("SELECT * FROM tasks WHERE session_id = ? AND id > ? ORDER BY id LIMIT ?"),
+      listChangedTasks: db.prepare(
+        "SELECT * FROM tasks WHERE session_id = ? AND id > ? AND seq > ? ORDER BY id LIMIT ?",
       ),
     };
   }
@@ -136,6 +111,8 @@ export class SqliteStore {
    * Opens (creating if needed) the store at `file` and runs pending migrations.
    * Throws FailedPreconditionError when another control plane holds the file.
    */
+  readonly description: string;
+
   static open(file: string, durability: Durability = "normal"): SqliteStore {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     // A control plane restarting waits up to 5 s for the old one to let go of the file.
@@ -149,17 +126,16 @@ export class SqliteStore {
       db.close();
       throw err;
     }
-    return new SqliteStore(db);
+    return new SqliteStore(db, file);
   }
 
-  transaction<T>(fn: () => T): T {
-    const result = this.inTransaction(fn) as T;
+  commit(apply: (w: StoreWriter) => void): void {
+    this.inTransaction(() => apply(this));
     this.checkpoints.wrote();
     if (this.freed) {
       this.freed = false;
       this.reclaimer.reclaim();
     }
-    return result;
   }
 
   putApplication(app: StoredApplication): void {
@@ -172,6 +148,10 @@ export class SqliteStore {
 
   putSession(s: StoredSession): void {
     this.stmts.putSession.run(s.id, s.application, s.spec, s.state, s.creationTime, s.completionTime ?? null);
+  }
+
+  putSessionProgress(id: string, p: SessionProgress): void {
+    this.stmts.putSessionProgress.run(p.taskCount, p.succeed, p.failed, p.cancelled, p.lastSeq, id);
   }
 
   deleteSession(id: string): void {
@@ -216,12 +196,12 @@ export class SqliteStore {
       t.retries,
       t.creationTime,
       t.completionTime ?? null,
+      t.seq,
       JSON.stringify(t.events),
     );
   }
 
-  /** Everything, for rebuilding the in-memory working set at start. */
-  load(): StoreSnapshot {
+  loadWorkingSet(): Promise<WorkingSet> {
     const applications = (
       this.db.prepare("SELECT name, spec, state, creation_time FROM applications").all() as {
         name: string;
@@ -238,16 +218,7 @@ export class SqliteStore {
       if (!list) eventsBySession.set(r.session_id, (list = []));
       list.push({ code: r.code, time: r.time, ...(r.message !== null ? { message: r.message } : {}) });
     }
-    const sessions = (
-      this.db.prepare("SELECT id, application, spec, state, creation_time, completion_time FROM sessions").all() as {
-        id: string;
-        application: string;
-        spec: Buffer;
-        state: number;
-        creation_time: number;
-        completion_time: number | null;
-      }[]
-    ).map((r) => ({
+    const sessions = (this.db.prepare("SELECT * FROM sessions").all() as SessionRow[]).map((r) => ({
       session: {
         id: r.id,
         application: r.application,
@@ -256,9 +227,19 @@ export class SqliteStore {
         creationTime: r.creation_time,
         ...(r.completion_time !== null ? { completionTime: r.completion_time } : {}),
       },
+      progress: {
+        taskCount: r.task_count,
+        succeed: r.succeed,
+        failed: r.failed,
+        cancelled: r.cancelled,
+        lastSeq: r.last_seq,
+      },
       events: eventsBySession.get(r.id) ?? [],
     }));
-    const tasks = (this.db.prepare("SELECT * FROM tasks ORDER BY session_id, id").all() as TaskRow[]).map(fromRow);
+    // The condition is the partial index's, so only unfinished tasks are read.
+    const tasks = (
+      this.db.prepare("SELECT * FROM tasks WHERE state < 2 ORDER BY session_id, id").all() as TaskRow[]
+    ).map(fromRow);
     const submissions = (
       this.db.prepare("SELECT session_id, key, first_task_id, count, time FROM submissions ORDER BY time").all() as {
         session_id: string;
@@ -269,13 +250,28 @@ export class SqliteStore {
       }[]
     ).map((r) => ({ sessionId: r.session_id, key: r.key, firstTaskId: r.first_task_id, count: r.count, time: r.time }));
     const nodes = (this.db.prepare("SELECT name FROM nodes").all() as { name: string }[]).map((r) => r.name);
-    return { applications, sessions, tasks, submissions, nodes };
+    return Promise.resolve({ applications, sessions, tasks, submissions, nodes });
   }
 
-  close(): void {
+  getTask(sessionId: string, id: number): Promise<StoredTask | undefined> {
+    const row = this.stmts.getTask.get(sessionId, id) as TaskRow | undefined;
+    return Promise.resolve(row && fromRow(row));
+  }
+
+  listTasks(sessionId: string, page: TaskPage): Promise<StoredTask[]> {
+    const rows = (
+      page.changedAfter === undefined
+        ? this.stmts.listTasks.all(sessionId, page.afterId, page.limit)
+        : this.stmts.listChangedTasks.all(sessionId, page.afterId, page.changedAfter, page.limit)
+    ) as TaskRow[];
+    return Promise.resolve(rows.map(fromRow));
+  }
+
+  close(): Promise<void> {
     this.checkpoints.stop();
     this.reclaimer.stop();
     this.db.close();
+    return Promise.resolve();
   }
 }
 
@@ -291,6 +287,7 @@ function fromRow(r: TaskRow): StoredTask {
     retries: r.retries,
     creationTime: r.creation_time,
     ...(r.completion_time !== null ? { completionTime: r.completion_time } : {}),
+    seq: r.seq,
     events: JSON.parse(r.events) as StoredEvent[],
   };
 }
@@ -298,7 +295,9 @@ function fromRow(r: TaskRow): StoredTask {
 function migrate(db: Database.Database): void {
   const current = db.pragma("user_version", { simple: true }) as number;
   if (current > MIGRATIONS.length)
-    throw new Error(`store schema version ${current} is newer than this Kiln (knows ${MIGRATIONS.length})`);
+    throw new FailedPreconditionError(
+      `the store's schema is version ${current}, newer than this Kiln knows (${MIGRATIONS.length}): run the Kiln that wrote it, or a newer one`,
+    );
   for (let v = current; v < MIGRATIONS.length; v++) {
     db.transaction(() => {
       db.exec(MIGRATIONS[v]!);

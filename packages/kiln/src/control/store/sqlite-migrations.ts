@@ -57,4 +57,23 @@ export const MIGRATIONS: readonly string[] = [
     name TEXT PRIMARY KEY
   );
   `,
+  // 3: the working set. Finished tasks stay on disk: a session's counts and last change number are kept on
+  // its row, each task has the change number a resuming watcher asks by, and unfinished tasks (all
+  // start-up reads of tasks) have an index of their own.
+  `
+  ALTER TABLE sessions ADD COLUMN task_count INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE sessions ADD COLUMN succeed INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE sessions ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE sessions ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE sessions ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE tasks ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+  UPDATE sessions SET
+    task_count = (SELECT coalesce(max(id), 0) FROM tasks WHERE session_id = sessions.id),
+    succeed = (SELECT count(*) FROM tasks WHERE session_id = sessions.id AND state = 2),
+    failed = (SELECT count(*) FROM tasks WHERE session_id = sessions.id AND state = 3),
+    cancelled = (SELECT count(*) FROM tasks WHERE session_id = sessions.id AND state = 4);
+  UPDATE tasks SET seq = id;
+  UPDATE sessions SET last_seq = task_count;
+  CREATE INDEX tasks_unfinished ON tasks (session_id, id) WHERE state < 2;
+  `,
 ];
