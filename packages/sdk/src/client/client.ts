@@ -188,6 +188,31 @@ export class KilnClient {
   }
 
   /**
+   * One page of sessions in id order (kiln.v1 ListSessions), optionally of one application or in one
+   * state: at most `limit` (default 1,000, at most 10,000). `next` is the `afterSessionId` of the next
+   * page, undefined after the last.
+   *
+   * @example
+   * const { sessions, next } = await client.listSessionsPage({ state: flame.SessionState.Open, limit: 100 });
+   */
+  async listSessionsPage(
+    options: { afterSessionId?: string; limit?: number; application?: string; state?: flame.SessionState } = {},
+  ): Promise<{ sessions: flame.Session[]; next: string | undefined }> {
+    const r = await this.ctx.call((o) =>
+      this.ctx.kiln.listSessions(
+        {
+          afterSessionId: options.afterSessionId ?? "",
+          limit: options.limit ?? 0,
+          application: options.application ?? "",
+          ...(options.state !== undefined ? { state: options.state } : {}),
+        },
+        o,
+      ),
+    );
+    return { sessions: r.sessions, next: r.nextAfterSessionId === "" ? undefined : r.nextAfterSessionId };
+  }
+
+  /**
    * Session changes as they are committed (kiln.v1 WatchSessions): first
    * every session that exists (or those in `sessionIds`, each of which must
    * exist), then, one batch per commit, the sessions that changed (task

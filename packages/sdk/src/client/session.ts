@@ -118,6 +118,35 @@ export class Session {
   }
 
   /**
+   * One page of the session's tasks in id order (kiln.v1 ListTasks): ids above `afterTaskId`, at most
+   * `limit` (default 1,000, at most 10,000) and about 4 MiB. `next` is the `afterTaskId` of the next
+   * page, undefined after the last.
+   *
+   * @example
+   * for (let after: string | undefined = "0"; after !== undefined; ) {
+   *   const page = await session.listTasksPage({ afterTaskId: after, limit: 500 });
+   *   show(page.tasks);
+   *   after = page.next;
+   * }
+   */
+  async listTasksPage(
+    options: { afterTaskId?: string; limit?: number; omitData?: boolean } = {},
+  ): Promise<{ tasks: flame.Task[]; next: string | undefined }> {
+    const r = await this.ctx.call((o) =>
+      this.ctx.kiln.listTasks(
+        {
+          sessionId: this.id,
+          afterTaskId: BigInt(options.afterTaskId ?? "0"),
+          limit: options.limit ?? 0,
+          omitData: options.omitData ?? false,
+        },
+        o,
+      ),
+    );
+    return { tasks: r.tasks, next: r.nextAfterTaskId === 0n ? undefined : String(r.nextAfterTaskId) };
+  }
+
+  /**
    * Each state change of one task, ending at its terminal state, or quietly
    * when `signal` aborts. Throws TimeoutError when `timeoutMs` passes first.
    *

@@ -48,6 +48,9 @@ const TASK_METHODS: Record<string, ScopeOf> = {
     r.sessionIds.length > 0 ? { sessions: r.sessionIds } : { allSessions: true },
   // Clients learn the object cache's endpoint from it.
   [`${kiln.Frontend.typeName}/GetClusterInfo`]: () => ({}),
+  [`${kiln.Frontend.typeName}/ListTasks`]: bySession,
+  [`${kiln.Frontend.typeName}/ListSessions`]: (r: kiln.ListSessionsRequest) =>
+    r.application !== "" ? { applications: [r.application] } : { allSessions: true },
 };
 /* eslint-enable @typescript-eslint/no-explicit-any */
 
@@ -183,7 +186,7 @@ export class CallGuard {
     const what = `${method.parent.typeName}/${method.name}`;
     const own = task.application;
     if (scope.allSessions)
-      throw new PermissionDeniedError(`${what} of every session`, `${TASK_SCOPE}: name the sessions to watch`);
+      throw new PermissionDeniedError(`${what} of every session`, `${TASK_SCOPE}: name its sessions (or its application, to list sessions)`);
     for (const app of scope.applications ?? [])
       if (app !== own) throw new PermissionDeniedError(`${what} for application "${app}"`, outside(own));
     for (const id of scope.sessions ?? []) {

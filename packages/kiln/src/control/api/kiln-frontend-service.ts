@@ -1,8 +1,20 @@
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { AsyncQueue, toKilnError, untilAborted } from "@kiln/protocol";
+import { AsyncQueue, InvalidArgumentError, toKilnError, untilAborted } from "@kiln/protocol";
 import { flame, kiln } from "@kiln/protocol/proto";
 import type { FrontendDeps } from "./frontend-service.js";
+import { toSessionMessage, toTaskMessage } from "./messages.js";
+
+const DEFAULT_PAGE = 1_000;
+const MAX_PAGE = 10_000;
+/** A page of tasks ends past this many bytes of inputs and outputs (it holds at least one task). */
+const PAGE_BYTES = 4 * 1024 * 1024;
+
+/** A page's size from a request's `limit` (0: the default). */
+function pageLimit(limit: number): number {
+  if (limit > MAX_PAGE) throw new InvalidArgumentError("limit", `is ${limit}, over the maximum of ${MAX_PAGE}`);
+  return limit === 0 ? DEFAULT_PAGE : limit;
+}
 
 /**
  * kiln.v1.Frontend: batch task creation (unary or streamed), one watch stream per session, cancel,
@@ -71,6 +83,47 @@ export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Fr
     },
     getClusterInfo() {
       return d.clusterInfo();
+    },
+    async listTasks(req) {
+      const s = sessions.require(req.sessionId);
+      const limit = pageLimit(req.limit);
+      const tasks: flame.Task[] = [];
+      let bytes = 0;
+      let last = 0;
+      let more = false;
+      // One more than the page, to know whether another page follows.
+      for await (const t of sessions.tasksInOrder(s, {
+        afterId: Number(req.afterTaskId),
+        limit: limit + 1,
+        pageSize: Math.min(limit + 1, DEFAULT_PAGE),
+      })) {
+        if (tasks.length === limit || bytes > PAGE_BYTES) {
+          more = true;
+          break;
+        }
+        tasks.push(toTaskMessage(t, req.omitData));
+        if (!req.omitData) bytes += (t.input?.byteLength ?? 0) + (t.output?.byteLength ?? 0);
+        last = t.id;
+      }
+      return create(kiln.ListTasksResponseSchema, { tasks, nextAfterTaskId: BigInt(more ? last : 0) });
+    },
+    listSessions(req) {
+      const limit = pageLimit(req.limit);
+      const after = req.afterSessionId;
+      const matching = sessions
+        .list()
+        .filter(
+          (s) =>
+            s.id > after &&
+            (req.application === "" || s.application === req.application) &&
+            (req.state === undefined || s.state === req.state),
+        )
+        .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      const page = matching.slice(0, limit);
+      return create(kiln.ListSessionsResponseSchema, {
+        sessions: page.map((s) => toSessionMessage(s)),
+        nextAfterSessionId: matching.length > limit ? page[page.length - 1]!.id : "",
+      });
     },
   };
 }

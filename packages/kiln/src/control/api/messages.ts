@@ -30,13 +30,14 @@ export function toSessionMessage(s: SessionRecord, events: readonly StoredEvent[
   });
 }
 
-export function toTaskMessage(t: StoredTask): flame.Task {
+/** A task as the API shows it; `omitData` leaves its input and output out. */
+export function toTaskMessage(t: StoredTask, omitData = false): flame.Task {
   return create(flame.TaskSchema, {
     metadata: { id: String(t.id), name: String(t.id) },
     spec: {
       sessionId: t.sessionId,
-      ...(t.input ? { input: t.input } : {}),
-      ...(t.output ? { output: t.output } : {}),
+      ...(t.input && !omitData ? { input: t.input } : {}),
+      ...(t.output && !omitData ? { output: t.output } : {}),
     },
     status: {
       state: t.state,

@@ -8,7 +8,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Session, TaskState } from "../../flame/v1/types_pb.js";
+import type { Session, SessionState, Task, TaskState } from "../../flame/v1/types_pb.js";
 import { file_flame_v1_types } from "../../flame/v1/types_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -18,9 +18,137 @@ import type { Message } from "@bufbuild/protobuf";
 export const file_kiln_v1_frontend: GenFile =
   /*@__PURE__*/
   fileDesc(
-    "ChZraWxuL3YxL2Zyb250ZW5kLnByb3RvEgdraWxuLnYxIlEKEkNyZWF0ZVRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmlucHV0cxgCIAMoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkiOwoTQ3JlYXRlVGFza3NSZXNwb25zZRIVCg1maXJzdF90YXNrX2lkGAEgASgEEg0KBWNvdW50GAIgASgNIm8KE1N1Ym1pdFRhc2tzUmVzcG9uc2USFQoNZmlyc3RfdGFza19pZBgBIAEoBBINCgVjb3VudBgCIAEoDRIoCgVlcnJvchgDIAEoCzIULmtpbG4udjEuU3VibWl0RXJyb3JIAIgBAUIICgZfZXJyb3IiLAoLU3VibWl0RXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIlAKE1dhdGNoU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIQCghzbmFwc2hvdBgCIAEoCBITCgtvbWl0X291dHB1dBgDIAEoCCKeAQoKVGFza1VwZGF0ZRIPCgd0YXNrX2lkGAEgASgJEiIKBXN0YXRlGAIgASgOMhMuZmxhbWUudjEuVGFza1N0YXRlEgwKBHRpbWUYAyABKAMSEwoGb3V0cHV0GAQgASgMSACIAQESFAoHbWVzc2FnZRgFIAEoCUgBiAEBEgsKA3NlcRgGIAEoBEIJCgdfb3V0cHV0QgoKCF9tZXNzYWdlImMKFFdhdGNoU2Vzc2lvblJlc3BvbnNlEg0KBXJlYWR5GAEgASgIEiQKB3VwZGF0ZXMYAiADKAsyEy5raWxuLnYxLlRhc2tVcGRhdGUSFgoOc2Vzc2lvbl9jbG9zZWQYAyABKAgiOgoSQ2FuY2VsVGFza3NSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEAoIdGFza19pZHMYAiADKAkiKAoTQ2FuY2VsVGFza3NSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKA0iVgoUV2F0Y2hTZXNzaW9uc1JlcXVlc3QSEwoLc2Vzc2lvbl9pZHMYASADKAkSDgoGZXZlbnRzGAIgASgIEhkKEW9taXRfdGFza19jaGFuZ2VzGAMgASgIImgKFVdhdGNoU2Vzc2lvbnNSZXNwb25zZRINCgVyZWFkeRgBIAEoCBIjCghzZXNzaW9ucxgCIAMoCzIRLmZsYW1lLnYxLlNlc3Npb24SGwoTZGVsZXRlZF9zZXNzaW9uX2lkcxgDIAMoCSIXChVHZXRDbHVzdGVySW5mb1JlcXVlc3QihAEKC0NsdXN0ZXJJbmZvEg8KB3ZlcnNpb24YASABKAkSFgoOY2FjaGVfZW5kcG9pbnQYAiABKAkSDQoFbm9kZXMYAyABKA0SEwoLcmVhZHlfbm9kZXMYBCABKA0SEQoJZXhlY3V0b3JzGAUgASgNEhUKDW9wZW5fc2Vzc2lvbnMYBiABKA0y1QMKCEZyb250ZW5kEkgKC0NyZWF0ZVRhc2tzEhsua2lsbi52MS5DcmVhdGVUYXNrc1JlcXVlc3QaHC5raWxuLnYxLkNyZWF0ZVRhc2tzUmVzcG9uc2USTAoLU3VibWl0VGFza3MSGy5raWxuLnYxLkNyZWF0ZVRhc2tzUmVxdWVzdBocLmtpbG4udjEuU3VibWl0VGFza3NSZXNwb25zZSgBMAESTQoMV2F0Y2hTZXNzaW9uEhwua2lsbi52MS5XYXRjaFNlc3Npb25SZXF1ZXN0Gh0ua2lsbi52MS5XYXRjaFNlc3Npb25SZXNwb25zZTABEkgKC0NhbmNlbFRhc2tzEhsua2lsbi52MS5DYW5jZWxUYXNrc1JlcXVlc3QaHC5raWxuLnYxLkNhbmNlbFRhc2tzUmVzcG9uc2USUAoNV2F0Y2hTZXNzaW9ucxIdLmtpbG4udjEuV2F0Y2hTZXNzaW9uc1JlcXVlc3QaHi5raWxuLnYxLldhdGNoU2Vzc2lvbnNSZXNwb25zZTABEkYKDkdldENsdXN0ZXJJbmZvEh4ua2lsbi52MS5HZXRDbHVzdGVySW5mb1JlcXVlc3QaFC5raWxuLnYxLkNsdXN0ZXJJbmZvYgZwcm90bzM",
+    "ChZraWxuL3YxL2Zyb250ZW5kLnByb3RvEgdraWxuLnYxIl8KEExpc3RUYXNrc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIVCg1hZnRlcl90YXNrX2lkGAIgASgEEg0KBWxpbWl0GAMgASgNEhEKCW9taXRfZGF0YRgEIAEoCCJOChFMaXN0VGFza3NSZXNwb25zZRIdCgV0YXNrcxgBIAMoCzIOLmZsYW1lLnYxLlRhc2sSGgoSbmV4dF9hZnRlcl90YXNrX2lkGAIgASgEIokBChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhgKEGFmdGVyX3Nlc3Npb25faWQYASABKAkSDQoFbGltaXQYAiABKA0SEwoLYXBwbGljYXRpb24YAyABKAkSKgoFc3RhdGUYBCABKA4yFi5mbGFtZS52MS5TZXNzaW9uU3RhdGVIAIgBAUIICgZfc3RhdGUiWgoUTGlzdFNlc3Npb25zUmVzcG9uc2USIwoIc2Vzc2lvbnMYASADKAsyES5mbGFtZS52MS5TZXNzaW9uEh0KFW5leHRfYWZ0ZXJfc2Vzc2lvbl9pZBgCIAEoCSJRChJDcmVhdGVUYXNrc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZpbnB1dHMYAiADKAwSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJIjsKE0NyZWF0ZVRhc2tzUmVzcG9uc2USFQoNZmlyc3RfdGFza19pZBgBIAEoBBINCgVjb3VudBgCIAEoDSJvChNTdWJtaXRUYXNrc1Jlc3BvbnNlEhUKDWZpcnN0X3Rhc2tfaWQYASABKAQSDQoFY291bnQYAiABKA0SKAoFZXJyb3IYAyABKAsyFC5raWxuLnYxLlN1Ym1pdEVycm9ySACIAQFCCAoGX2Vycm9yIiwKC1N1Ym1pdEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSJQChNXYXRjaFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEAoIc25hcHNob3QYAiABKAgSEwoLb21pdF9vdXRwdXQYAyABKAgingEKClRhc2tVcGRhdGUSDwoHdGFza19pZBgBIAEoCRIiCgVzdGF0ZRgCIAEoDjITLmZsYW1lLnYxLlRhc2tTdGF0ZRIMCgR0aW1lGAMgASgDEhMKBm91dHB1dBgEIAEoDEgAiAEBEhQKB21lc3NhZ2UYBSABKAlIAYgBARILCgNzZXEYBiABKARCCQoHX291dHB1dEIKCghfbWVzc2FnZSJjChRXYXRjaFNlc3Npb25SZXNwb25zZRINCgVyZWFkeRgBIAEoCBIkCgd1cGRhdGVzGAIgAygLMhMua2lsbi52MS5UYXNrVXBkYXRlEhYKDnNlc3Npb25fY2xvc2VkGAMgASgIIjoKEkNhbmNlbFRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHRhc2tfaWRzGAIgAygJIigKE0NhbmNlbFRhc2tzUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgNIlYKFFdhdGNoU2Vzc2lvbnNSZXF1ZXN0EhMKC3Nlc3Npb25faWRzGAEgAygJEg4KBmV2ZW50cxgCIAEoCBIZChFvbWl0X3Rhc2tfY2hhbmdlcxgDIAEoCCJoChVXYXRjaFNlc3Npb25zUmVzcG9uc2USDQoFcmVhZHkYASABKAgSIwoIc2Vzc2lvbnMYAiADKAsyES5mbGFtZS52MS5TZXNzaW9uEhsKE2RlbGV0ZWRfc2Vzc2lvbl9pZHMYAyADKAkiFwoVR2V0Q2x1c3RlckluZm9SZXF1ZXN0IoQBCgtDbHVzdGVySW5mbxIPCgd2ZXJzaW9uGAEgASgJEhYKDmNhY2hlX2VuZHBvaW50GAIgASgJEg0KBW5vZGVzGAMgASgNEhMKC3JlYWR5X25vZGVzGAQgASgNEhEKCWV4ZWN1dG9ycxgFIAEoDRIVCg1vcGVuX3Nlc3Npb25zGAYgASgNMuYECghGcm9udGVuZBJICgtDcmVhdGVUYXNrcxIbLmtpbG4udjEuQ3JlYXRlVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DcmVhdGVUYXNrc1Jlc3BvbnNlEkwKC1N1Ym1pdFRhc2tzEhsua2lsbi52MS5DcmVhdGVUYXNrc1JlcXVlc3QaHC5raWxuLnYxLlN1Ym1pdFRhc2tzUmVzcG9uc2UoATABEk0KDFdhdGNoU2Vzc2lvbhIcLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVxdWVzdBodLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVzcG9uc2UwARJICgtDYW5jZWxUYXNrcxIbLmtpbG4udjEuQ2FuY2VsVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DYW5jZWxUYXNrc1Jlc3BvbnNlElAKDVdhdGNoU2Vzc2lvbnMSHS5raWxuLnYxLldhdGNoU2Vzc2lvbnNSZXF1ZXN0Gh4ua2lsbi52MS5XYXRjaFNlc3Npb25zUmVzcG9uc2UwARJGCg5HZXRDbHVzdGVySW5mbxIeLmtpbG4udjEuR2V0Q2x1c3RlckluZm9SZXF1ZXN0GhQua2lsbi52MS5DbHVzdGVySW5mbxJCCglMaXN0VGFza3MSGS5raWxuLnYxLkxpc3RUYXNrc1JlcXVlc3QaGi5raWxuLnYxLkxpc3RUYXNrc1Jlc3BvbnNlEksKDExpc3RTZXNzaW9ucxIcLmtpbG4udjEuTGlzdFNlc3Npb25zUmVxdWVzdBodLmtpbG4udjEuTGlzdFNlc3Npb25zUmVzcG9uc2ViBnByb3RvMw",
     [file_flame_v1_types],
   );
+
+/**
+ * @generated from message kiln.v1.ListTasksRequest
+ */
+export type ListTasksRequest = Message<"kiln.v1.ListTasksRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * The last id of the previous page; 0 for the first page.
+   *
+   * @generated from field: uint64 after_task_id = 2;
+   */
+  afterTaskId: bigint;
+
+  /**
+   * At most this many tasks (0: 1,000; at most 10,000).
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+
+  /**
+   * Leave inputs and outputs out (states, times and events only).
+   *
+   * @generated from field: bool omit_data = 4;
+   */
+  omitData: boolean;
+};
+
+/**
+ * Describes the message kiln.v1.ListTasksRequest.
+ * Use `create(ListTasksRequestSchema)` to create a new message.
+ */
+export const ListTasksRequestSchema: GenMessage<ListTasksRequest> = /*@__PURE__*/ messageDesc(file_kiln_v1_frontend, 0);
+
+/**
+ * @generated from message kiln.v1.ListTasksResponse
+ */
+export type ListTasksResponse = Message<"kiln.v1.ListTasksResponse"> & {
+  /**
+   * @generated from field: repeated flame.v1.Task tasks = 1;
+   */
+  tasks: Task[];
+
+  /**
+   * The id to pass as after_task_id for the next page; 0 when this was the last.
+   *
+   * @generated from field: uint64 next_after_task_id = 2;
+   */
+  nextAfterTaskId: bigint;
+};
+
+/**
+ * Describes the message kiln.v1.ListTasksResponse.
+ * Use `create(ListTasksResponseSchema)` to create a new message.
+ */
+export const ListTasksResponseSchema: GenMessage<ListTasksResponse> =
+  /*@__PURE__*/
+  messageDesc(file_kiln_v1_frontend, 1);
+
+/**
+ * @generated from message kiln.v1.ListSessionsRequest
+ */
+export type ListSessionsRequest = Message<"kiln.v1.ListSessionsRequest"> & {
+  /**
+   * The last id of the previous page; empty for the first page.
+   *
+   * @generated from field: string after_session_id = 1;
+   */
+  afterSessionId: string;
+
+  /**
+   * At most this many sessions (0: 1,000; at most 10,000).
+   *
+   * @generated from field: uint32 limit = 2;
+   */
+  limit: number;
+
+  /**
+   * Only sessions of this application (empty: all). A task credential must name its own.
+   *
+   * @generated from field: string application = 3;
+   */
+  application: string;
+
+  /**
+   * Only sessions in this state.
+   *
+   * @generated from field: optional flame.v1.SessionState state = 4;
+   */
+  state?: SessionState | undefined;
+};
+
+/**
+ * Describes the message kiln.v1.ListSessionsRequest.
+ * Use `create(ListSessionsRequestSchema)` to create a new message.
+ */
+export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> =
+  /*@__PURE__*/
+  messageDesc(file_kiln_v1_frontend, 2);
+
+/**
+ * @generated from message kiln.v1.ListSessionsResponse
+ */
+export type ListSessionsResponse = Message<"kiln.v1.ListSessionsResponse"> & {
+  /**
+   * @generated from field: repeated flame.v1.Session sessions = 1;
+   */
+  sessions: Session[];
+
+  /**
+   * The id to pass as after_session_id for the next page; empty when this was the last.
+   *
+   * @generated from field: string next_after_session_id = 2;
+   */
+  nextAfterSessionId: string;
+};
+
+/**
+ * Describes the message kiln.v1.ListSessionsResponse.
+ * Use `create(ListSessionsResponseSchema)` to create a new message.
+ */
+export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> =
+  /*@__PURE__*/
+  messageDesc(file_kiln_v1_frontend, 3);
 
 /**
  * @generated from message kiln.v1.CreateTasksRequest
@@ -55,7 +183,7 @@ export type CreateTasksRequest = Message<"kiln.v1.CreateTasksRequest"> & {
  */
 export const CreateTasksRequestSchema: GenMessage<CreateTasksRequest> =
   /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 0);
+  messageDesc(file_kiln_v1_frontend, 4);
 
 /**
  * @generated from message kiln.v1.CreateTasksResponse
@@ -78,7 +206,7 @@ export type CreateTasksResponse = Message<"kiln.v1.CreateTasksResponse"> & {
  */
 export const CreateTasksResponseSchema: GenMessage<CreateTasksResponse> =
   /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 1);
+  messageDesc(file_kiln_v1_frontend, 5);
 
 /**
  * @generated from message kiln.v1.SubmitTasksResponse
@@ -108,7 +236,7 @@ export type SubmitTasksResponse = Message<"kiln.v1.SubmitTasksResponse"> & {
  */
 export const SubmitTasksResponseSchema: GenMessage<SubmitTasksResponse> =
   /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 2);
+  messageDesc(file_kiln_v1_frontend, 6);
 
 /**
  * @generated from message kiln.v1.SubmitError
@@ -131,7 +259,7 @@ export type SubmitError = Message<"kiln.v1.SubmitError"> & {
  * Describes the message kiln.v1.SubmitError.
  * Use `create(SubmitErrorSchema)` to create a new message.
  */
-export const SubmitErrorSchema: GenMessage<SubmitError> = /*@__PURE__*/ messageDesc(file_kiln_v1_frontend, 3);
+export const SubmitErrorSchema: GenMessage<SubmitError> = /*@__PURE__*/ messageDesc(file_kiln_v1_frontend, 7);
 
 /**
  * @generated from message kiln.v1.WatchSessionRequest
@@ -163,7 +291,7 @@ export type WatchSessionRequest = Message<"kiln.v1.WatchSessionRequest"> & {
  */
 export const WatchSessionRequestSchema: GenMessage<WatchSessionRequest> =
   /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 4);
+  messageDesc(file_kiln_v1_frontend, 8);
 
 /**
  * @generated from message kiln.v1.TaskUpdate
@@ -208,7 +336,7 @@ export type TaskUpdate = Message<"kiln.v1.TaskUpdate"> & {
  * Describes the message kiln.v1.TaskUpdate.
  * Use `create(TaskUpdateSchema)` to create a new message.
  */
-export const TaskUpdateSchema: GenMessage<TaskUpdate> = /*@__PURE__*/ messageDesc(file_kiln_v1_frontend, 5);
+export const TaskUpdateSchema: GenMessage<TaskUpdate> = /*@__PURE__*/ messageDesc(file_kiln_v1_frontend, 9);
 
 /**
  * @generated from message kiln.v1.WatchSessionResponse
@@ -238,7 +366,7 @@ export type WatchSessionResponse = Message<"kiln.v1.WatchSessionResponse"> & {
  */
 export const WatchSessionResponseSchema: GenMessage<WatchSessionResponse> =
   /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 6);
+  messageDesc(file_kiln_v1_frontend, 10);
 
 /**
  * @generated from message kiln.v1.CancelTasksRequest
@@ -263,7 +391,7 @@ export type CancelTasksRequest = Message<"kiln.v1.CancelTasksRequest"> & {
  */
 export const CancelTasksRequestSchema: GenMessage<CancelTasksRequest> =
   /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 7);
+  messageDesc(file_kiln_v1_frontend, 11);
 
 /**
  * @generated from message kiln.v1.CancelTasksResponse
@@ -283,7 +411,7 @@ export type CancelTasksResponse = Message<"kiln.v1.CancelTasksResponse"> & {
  */
 export const CancelTasksResponseSchema: GenMessage<CancelTasksResponse> =
   /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 8);
+  messageDesc(file_kiln_v1_frontend, 12);
 
 /**
  * @generated from message kiln.v1.WatchSessionsRequest
@@ -321,7 +449,7 @@ export type WatchSessionsRequest = Message<"kiln.v1.WatchSessionsRequest"> & {
  */
 export const WatchSessionsRequestSchema: GenMessage<WatchSessionsRequest> =
   /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 9);
+  messageDesc(file_kiln_v1_frontend, 13);
 
 /**
  * @generated from message kiln.v1.WatchSessionsResponse
@@ -349,7 +477,7 @@ export type WatchSessionsResponse = Message<"kiln.v1.WatchSessionsResponse"> & {
  */
 export const WatchSessionsResponseSchema: GenMessage<WatchSessionsResponse> =
   /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 10);
+  messageDesc(file_kiln_v1_frontend, 14);
 
 /**
  * @generated from message kiln.v1.GetClusterInfoRequest
@@ -362,7 +490,7 @@ export type GetClusterInfoRequest = Message<"kiln.v1.GetClusterInfoRequest"> & {
  */
 export const GetClusterInfoRequestSchema: GenMessage<GetClusterInfoRequest> =
   /*@__PURE__*/
-  messageDesc(file_kiln_v1_frontend, 11);
+  messageDesc(file_kiln_v1_frontend, 15);
 
 /**
  * @generated from message kiln.v1.ClusterInfo
@@ -410,7 +538,7 @@ export type ClusterInfo = Message<"kiln.v1.ClusterInfo"> & {
  * Describes the message kiln.v1.ClusterInfo.
  * Use `create(ClusterInfoSchema)` to create a new message.
  */
-export const ClusterInfoSchema: GenMessage<ClusterInfo> = /*@__PURE__*/ messageDesc(file_kiln_v1_frontend, 12);
+export const ClusterInfoSchema: GenMessage<ClusterInfo> = /*@__PURE__*/ messageDesc(file_kiln_v1_frontend, 16);
 
 /**
  * @generated from service kiln.v1.Frontend
@@ -491,5 +619,27 @@ export const Frontend: GenService<{
     methodKind: "unary";
     input: typeof GetClusterInfoRequestSchema;
     output: typeof ClusterInfoSchema;
+  };
+  /**
+   * One page of a session's tasks in id order, read from the store: tasks
+   * with ids above `after_task_id`, at most `limit` of them and about 4 MiB.
+   * Pass `next_after_task_id` back to get the next page.
+   *
+   * @generated from rpc kiln.v1.Frontend.ListTasks
+   */
+  listTasks: {
+    methodKind: "unary";
+    input: typeof ListTasksRequestSchema;
+    output: typeof ListTasksResponseSchema;
+  };
+  /**
+   * One page of sessions in id order, optionally of one application or state.
+   *
+   * @generated from rpc kiln.v1.Frontend.ListSessions
+   */
+  listSessions: {
+    methodKind: "unary";
+    input: typeof ListSessionsRequestSchema;
+    output: typeof ListSessionsResponseSchema;
   };
 }> = /*@__PURE__*/ serviceDesc(file_kiln_v1_frontend, 0);
