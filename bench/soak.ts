@@ -17,7 +17,8 @@
  * Sizes: `--scale F` multiplies every default size (`--scale 0.05` for a quick run); `--sessions`,
  * `--tasks-per-session`, `--in-flight`, `--one-session-tasks`, `--startup-tasks`,
  * `--startup-sessions` set one exactly (or SOAK_SESSIONS, SOAK_SCALE, ...). `--store URL` is passed
- * to every `kiln server`; the store-file figures are then left out.
+ * to every `kiln server`; the store-file figures are then left out, and since every phase then writes
+ * to that one database, give each run (or each `--phase`) a fresh one.
  */
 import { withTimeout } from "@kiln/protocol";
 import { connect, type KilnClient } from "@kiln/sdk";
