@@ -28,11 +28,35 @@ export interface ExecutorRecord {
   /** Tasks the service runs at once, and how many the agent may hold (running + queued). */
   concurrency: number;
   window: number;
-  assigned: Set<TaskRecord>;
+  assigned: AssignedTasks;
   /** Unix ms since when the executor has had no work, for delay-release. */
   idleSince: number | undefined;
   /** Marked by the scheduler to give its capacity to another session: no new tasks, unbind once empty. */
   reclaim: boolean;
+}
+
+/**
+ * The tasks an executor holds (running or queued at its agent), with the bytes of their inputs: what
+ * the stream to the agent and the agent's queue hold of them, bounded by the dispatcher.
+ */
+export class AssignedTasks extends Set<TaskRecord> {
+  inputBytes = 0;
+
+  override add(t: TaskRecord): this {
+    if (!this.has(t)) this.inputBytes += t.input?.byteLength ?? 0;
+    return super.add(t);
+  }
+
+  override delete(t: TaskRecord): boolean {
+    if (!super.delete(t)) return false;
+    this.inputBytes -= t.input?.byteLength ?? 0;
+    return true;
+  }
+
+  override clear(): void {
+    this.inputBytes = 0;
+    super.clear();
+  }
 }
 
 /** Nodes and the executors on them, indexed for the scheduler and the dispatcher. */

@@ -3,7 +3,7 @@ import { flame, kiln } from "@kiln/protocol/proto";
 import { InvalidArgumentError, bindFailureEvent, eventMessage, SessionEvent } from "@kiln/protocol";
 import type { ApplicationRegistry } from "./applications.js";
 import type { AgentConnection } from "./agent-connection.js";
-import { ClusterState, newExecutorId, type ExecutorRecord, type NodeRecord } from "./cluster-state.js";
+import { AssignedTasks, ClusterState, newExecutorId, type ExecutorRecord, type NodeRecord } from "./cluster-state.js";
 import type { Credentials } from "../net/credentials.js";
 import type { ControlPlaneConfig } from "./config.js";
 import { whyNoNodeFits } from "./fit.js";
@@ -15,6 +15,8 @@ import type { GroupCommit } from "./store/group-commit.js";
 const { ExecutorState, NodeState, SessionState, TaskState } = flame;
 const DEFAULT_DELAY_RELEASE_S = 60;
 const MAX_BIND_BACKOFF_MS = 30_000;
+/** Input bytes an executor may hold beyond its first task (its window is bounded by count too). */
+const EXECUTOR_INPUT_BYTES = 8 * 1024 * 1024;
 
 /**
  * Turns the scheduler's plans into executor binds and unbinds, feeds bound
@@ -383,7 +385,8 @@ export class Orchestrator {
     for (const e of this.cluster.executorsOf(s.id)) {
       const conn = e.node.connection;
       if (e.state !== ExecutorState.ExecutorBound || e.reclaim || !conn) continue;
-      while (e.assigned.size < e.window) {
+      // Bounded by count and by bytes: a window of large inputs must not pile up towards a slow agent.
+      while (e.assigned.size < e.window && (e.assigned.size === 0 || e.assigned.inputBytes < EXECUTOR_INPUT_BYTES)) {
         const t = this.sessions.nextPending(s);
         if (!t) return;
         this.sessions.start(s, t, e.id, e.node.hostname);
@@ -526,7 +529,7 @@ export class Orchestrator {
       concurrency,
       // A service that runs one task at a time gets one: a second would wait there while another executor idles.
       window: concurrency === 1 ? 1 : concurrency * 2,
-      assigned: new Set(),
+      assigned: new AssignedTasks(),
       idleSince: undefined,
       reclaim: false,
     };
