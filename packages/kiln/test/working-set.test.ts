@@ -64,7 +64,10 @@ describe("working set", () => {
     try {
       r.apps.register("app", appSpec({ command: "/bin/true" }));
       const s = r.sessions.create("s1", create(flame.SessionSpecSchema, { application: "app" }));
-      r.sessions.createTasks("s1", Array.from({ length: 10 }, (_, i) => enc(`in-${i + 1}`)));
+      r.sessions.createTasks(
+        "s1",
+        Array.from({ length: 10 }, (_, i) => enc(`in-${i + 1}`)),
+      );
       finishSome(r.sessions, s, 6);
       assert.equal(s.live.size, 10, "finished tasks stay in memory until their commit has landed");
       await r.commit.flushed();
@@ -107,7 +110,10 @@ describe("working set", () => {
     try {
       first.apps.register("app", appSpec({ command: "/bin/true" }));
       const s = first.sessions.create("s1", create(flame.SessionSpecSchema, { application: "app" }));
-      first.sessions.createTasks("s1", Array.from({ length: 50 }, () => enc("x")));
+      first.sessions.createTasks(
+        "s1",
+        Array.from({ length: 50 }, () => enc("x")),
+      );
       finishSome(first.sessions, s, 40);
       first.sessions.cancel("s1", ["41", "42"]);
       // Dispatched, not stored: its change number must still not be given out again after a restart.

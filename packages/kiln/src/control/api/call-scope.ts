@@ -186,7 +186,10 @@ export class CallGuard {
     const what = `${method.parent.typeName}/${method.name}`;
     const own = task.application;
     if (scope.allSessions)
-      throw new PermissionDeniedError(`${what} of every session`, `${TASK_SCOPE}: name its sessions (or its application, to list sessions)`);
+      throw new PermissionDeniedError(
+        `${what} of every session`,
+        `${TASK_SCOPE}: name its sessions (or its application, to list sessions)`,
+      );
     for (const app of scope.applications ?? [])
       if (app !== own) throw new PermissionDeniedError(`${what} for application "${app}"`, outside(own));
     for (const id of scope.sessions ?? []) {
