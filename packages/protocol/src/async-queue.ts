@@ -51,9 +51,14 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
 
   private next(): Promise<IteratorResult<T>> {
     if (this.head < this.items.length) {
-      const value = this.items[this.head++]!;
+      const value = this.items[this.head]!;
+      // Let go of what was handed out: a reader that never quite catches up must not keep it all.
+      (this.items as (T | undefined)[])[this.head++] = undefined;
       if (this.head === this.items.length) {
         this.items = [];
+        this.head = 0;
+      } else if (this.head > 1024 && this.head * 2 > this.items.length) {
+        this.items = this.items.slice(this.head);
         this.head = 0;
       }
       return Promise.resolve({ value, done: false });

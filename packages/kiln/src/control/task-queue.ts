@@ -26,7 +26,9 @@ export class TaskQueue {
       if (isPending(t)) return t;
     }
     while (this.head < this.items.length) {
-      const t = this.items[this.head++]!;
+      const t = this.items[this.head]!;
+      // A task taken leaves the queue at once: the finished ones behind the head must not stay in memory.
+      (this.items as (TaskRecord | undefined)[])[this.head++] = undefined;
       if (this.head > 4096 && this.head * 2 > this.items.length) {
         this.items = this.items.slice(this.head);
         this.head = 0;
