@@ -26,7 +26,7 @@ async function registryAt(file: string, open: Set<string>) {
   const apps = new ApplicationRegistry(commit, (name) => open.has(name));
   const removed: string[] = [];
   apps.onRemoved = (name) => removed.push(name);
-  apps.load((await store.loadWorkingSet()).applications);
+  apps.load((await store.loadWorkingSet(1)).applications);
   return {
     apps,
     removed,

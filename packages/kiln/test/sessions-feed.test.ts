@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { SessionsFeed } from "../src/control/sessions-feed.js";
 import type { SessionRecord } from "../src/control/sessions.js";
+import { TaskBacklog } from "../src/control/task-backlog.js";
 import { TaskQueue } from "../src/control/task-queue.js";
 
 function record(id: string): SessionRecord {
@@ -16,6 +17,7 @@ function record(id: string): SessionRecord {
     state: flame.SessionState.Open,
     creationTime: 1,
     live: new Map(),
+    backlog: new TaskBacklog(),
     taskCount: 0,
     seq: 0,
     pending: new TaskQueue(),

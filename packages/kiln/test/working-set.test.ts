@@ -18,16 +18,17 @@ import { appSpec, tempDir } from "./support/control-plane.js";
 const { TaskState } = flame;
 const enc = (s: string) => new TextEncoder().encode(s);
 
-async function openRegistry(file: string) {
+async function openRegistry(file: string, pendingInMemory = 1000) {
   const store = SqliteStore.open(file);
   const commit = new GroupCommit(store);
   const apps = new ApplicationRegistry(commit, () => false);
   const sessions = new SessionRegistry(commit, store, apps, {
+    pendingInMemory,
     retries: 3,
     maxTaskBytes: 1 << 20,
     defaultResreq: { cpu: 1, memory: 0, gpu: 0 },
   });
-  const ws = await store.loadWorkingSet();
+  const ws = await store.loadWorkingSet(pendingInMemory);
   apps.load(ws.applications);
   sessions.load(ws);
   return {
@@ -142,5 +143,130 @@ describe("working set", () => {
     } finally {
       await second.close();
     }
+  });
+
+  describe("a session's backlog: pending tasks past its share of memory wait in the store", () => {
+    /** Takes every task the session will give, waiting for backlog reads between; returns the ids in order. */
+    async function drainInOrder(sessions: SessionRegistry, s: SessionRecord): Promise<number[]> {
+      const ids: number[] = [];
+      for (let idle = 0; idle < 100 && s.counts.pending > 0;) {
+        const t = sessions.nextPending(s);
+        if (!t) {
+          idle++;
+          await new Promise(setImmediate);
+          continue;
+        }
+        ids.push(t.id);
+        sessions.start(s, t, "e1", "host");
+        sessions.finish(s, t, 0, undefined, undefined, "host");
+      }
+      return ids;
+    }
+
+    it("keeps the share in memory and reads the rest back in id order as tasks are taken", async () => {
+      const r = await openRegistry(path.join(tempDir("backlog"), "kiln.db"), 4);
+      try {
+        r.sessions.releaseRecovered();
+        r.apps.register("app", appSpec({ command: "/bin/true" }));
+        const s = r.sessions.create("s1", create(flame.SessionSpecSchema, { application: "app" }));
+        r.sessions.createTasks(
+          "s1",
+          Array.from({ length: 7 }, () => enc("x")),
+        );
+        r.sessions.createTasks(
+          "s1",
+          Array.from({ length: 3 }, () => enc("y")),
+        );
+        assert.equal(s.live.size, 4);
+        assert.equal(s.backlog.size, 6);
+        assert.equal(s.counts.pending, 10);
+        await r.commit.flushed();
+        assert.deepEqual(await drainInOrder(r.sessions, s), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert.equal(s.backlog.size, 0);
+        assert.equal((await r.sessions.findTask("s1", "9")).state, TaskState.Succeed);
+      } finally {
+        await r.close();
+      }
+    });
+
+    it("cancels backlog tasks in the store, one or all, and tells watchers of each", async () => {
+      const r = await openRegistry(path.join(tempDir("backlog-cancel"), "kiln.db"), 4);
+      try {
+        const changed: string[] = [];
+        r.sessions.observer = {
+          taskChanged: (_s, t) => changed.push(`${t.id}:${t.state}`),
+          sessionChanged: () => {},
+          sessionEnded: () => {},
+          sessionDeleted: () => {},
+          workAdded: () => {},
+        };
+        r.apps.register("app", appSpec({ command: "/bin/true" }));
+        const s = r.sessions.create("s1", create(flame.SessionSpecSchema, { application: "app" }));
+        r.sessions.createTasks(
+          "s1",
+          Array.from({ length: 10 }, () => enc("x")),
+        );
+        await r.commit.flushed();
+        changed.length = 0;
+        assert.equal(r.sessions.cancel("s1", ["7"]).cancelled, 1);
+        assert.deepEqual(changed, [`7:${TaskState.Cancelled}`]);
+        await r.commit.flushed();
+        const seventh = await r.sessions.findTask("s1", "7");
+        assert.equal(seventh.state, TaskState.Cancelled);
+        assert.deepEqual(
+          seventh.events.map((e) => e.code),
+          [TaskState.Pending, TaskState.Cancelled],
+          "the store appended the event",
+        );
+        assert.equal(seventh.seq, s.seq, "the change is numbered");
+        r.sessions.close("s1");
+        await r.commit.flushed();
+        assert.deepEqual(s.counts, { pending: 0, running: 0, succeed: 0, failed: 0, cancelled: 10 });
+        const states = (await all(r.sessions.tasksInOrder(s))).map((t) => t.state);
+        assert.deepEqual(states, Array(10).fill(TaskState.Cancelled));
+        assert.equal(changed.length, 10, "watchers heard of every task, the backlog's too");
+      } finally {
+        await r.close();
+      }
+    });
+
+    it("starts with the share of unfinished tasks and the others as a backlog, released after recovery", async () => {
+      const file = path.join(tempDir("backlog-restart"), "kiln.db");
+      const first = await openRegistry(file, 1000);
+      try {
+        first.apps.register("app", appSpec({ command: "/bin/true" }));
+        const s = first.sessions.create("s1", create(flame.SessionSpecSchema, { application: "app" }));
+        first.sessions.createTasks(
+          "s1",
+          Array.from({ length: 10 }, () => enc("x")),
+        );
+        first.sessions.cancel("s1", ["6"]);
+        await first.commit.flushed();
+        assert.equal(s.live.size, 9);
+      } finally {
+        await first.close();
+      }
+      const second = await openRegistry(file, 4);
+      try {
+        assert.deepEqual(
+          second.ws.tasks.map((t) => t.id),
+          [1, 2, 3, 4],
+        );
+        assert.deepEqual(
+          second.ws.backlog.map(({ from, to }) => [from, to]),
+          [
+            [5, 5],
+            [7, 10],
+          ],
+        );
+        const s = second.sessions.require("s1");
+        assert.equal(s.counts.pending, 9);
+        assert.deepEqual(await drainInOrder(second.sessions, s), [], "nothing is read back before recovery ends");
+        second.sessions.releaseRecovered();
+        assert.deepEqual(await drainInOrder(second.sessions, s), [1, 2, 3, 4, 5, 7, 8, 9, 10]);
+      } finally {
+        await second.close();
+      }
+    });
   });
 });

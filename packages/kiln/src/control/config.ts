@@ -48,6 +48,11 @@ export interface ControlPlaneOptions {
   /** Largest task input or common data accepted, bytes. Default 16 MiB. */
   maxTaskBytes?: number;
   /**
+   * Pending tasks a session keeps in memory; those past them wait only in the store and are read back
+   * in order as executors take tasks. Default 10,000.
+   */
+  pendingTasksInMemory?: number;
+  /**
    * Largest request carrying many tasks (CreateTasks, each SubmitTasks message) or an agent's batch of
    * results (each Agent stream message), bytes. Default 64 MiB; at least maxTaskBytes + 64 KiB.
    */
@@ -81,6 +86,7 @@ export interface ControlPlaneConfig {
   retries: number;
   bindRetryLimit: number;
   maxTaskBytes: number;
+  pendingTasksInMemory: number;
   maxRequestBytes: number;
   defaultResreq: Resources;
   scheduleIntervalMs: number;
@@ -123,6 +129,7 @@ function withDefaults(o: ControlPlaneOptions): ControlPlaneConfig {
     retries: o.retries ?? 3,
     bindRetryLimit: o.bindRetryLimit ?? 5,
     maxTaskBytes: o.maxTaskBytes ?? 16 * 1024 * 1024,
+    pendingTasksInMemory: o.pendingTasksInMemory ?? 10_000,
     maxRequestBytes: o.maxRequestBytes ?? 64 * 1024 * 1024,
     // A resource left out of --default-resreq keeps the built-in default.
     defaultResreq: {
@@ -147,6 +154,7 @@ function checkConfig(c: ControlPlaneConfig): void {
   whole("retries", "--retries", c.retries, 0);
   whole("bindRetryLimit", "bind retries", c.bindRetryLimit, 1);
   whole("maxTaskBytes", "--max-task-bytes", c.maxTaskBytes, 1);
+  whole("pendingTasksInMemory", "pending tasks kept in memory", c.pendingTasksInMemory, 1);
   whole("maxRequestBytes", "--max-request-bytes", c.maxRequestBytes, 1);
   whole("scheduleIntervalMs", "the scheduling tick", c.scheduleIntervalMs, 1);
   whole("retentionMs", "--retention", c.retentionMs, 0);

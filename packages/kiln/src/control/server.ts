@@ -75,6 +75,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   // The callback runs only after both registries exist.
   const apps: ApplicationRegistry = new ApplicationRegistry(commit, (name): boolean => sessions.hasOpenSessions(name));
   const sessions: SessionRegistry = new SessionRegistry(commit, store, apps, {
+    pendingInMemory: config.pendingTasksInMemory,
     retries: config.retries,
     maxTaskBytes: config.maxTaskBytes,
     defaultResreq: config.defaultResreq,
@@ -84,7 +85,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     ? new ObjectCacheNotices(config.cacheEndpoint, config.token, config.log)
     : undefined;
   apps.onRemoved = (name) => void cacheNotices?.applicationRemoved(name);
-  const snapshot = await store.loadWorkingSet();
+  const snapshot = await store.loadWorkingSet(config.pendingTasksInMemory);
   apps.load(snapshot.applications);
   sessions.load(snapshot);
   // Before the built-in apps, whose registration would end a drain of one of them.

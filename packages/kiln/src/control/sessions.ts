@@ -22,6 +22,7 @@ import type {
   WorkingSet,
 } from "./store/store.js";
 import { SubmissionKeys } from "./submission-keys.js";
+import { TaskBacklog } from "./task-backlog.js";
 import { TaskQueue } from "./task-queue.js";
 
 const { TaskState, SessionState } = flame;
@@ -49,6 +50,8 @@ export interface SessionRecord {
    * them has landed. Older ones are read from the store (SessionRegistry.findTask, tasksInOrder).
    */
   live: Map<number, TaskRecord>;
+  /** Pending tasks past the ones kept in memory (SessionLimits.pendingInMemory): only their ids. */
+  backlog: TaskBacklog;
   /** The highest task id given out (ids are consecutive from 1). */
   taskCount: number;
   /** Sequence number of the last task change: each change gets the next (TaskRecord.seq). */
@@ -74,6 +77,8 @@ export interface SessionObserver {
 }
 
 export interface SessionLimits {
+  /** Pending tasks a session keeps in memory; the ones past them wait in the store (its backlog). */
+  pendingInMemory: number;
   retries: number;
   maxTaskBytes: number;
   defaultResreq: Resources;
@@ -122,6 +127,8 @@ export class SessionRegistry {
    * releaseRecovered() (see Orchestrator.recover).
    */
   private recovered: TaskRecord[] = [];
+  /** Backlogs are read back only once the recovered tasks are released, which go first. */
+  private recoveryReleased = false;
   observer: SessionObserver | undefined;
 
   constructor(
@@ -152,7 +159,7 @@ export class SessionRegistry {
       if (!s) continue;
       const task: TaskRecord = t;
       if (task.state === TaskState.Running) {
-        // Written by a version that stored Running; today a running task is stored as Pending.
+        // Stored Running: dispatched in the turn that created it (or written by an older version).
         task.state = TaskState.Pending;
         task.events.push({ code: TaskState.Pending, message: "control plane restarted; task requeued", time: now });
         task.seq = ++s.seq;
@@ -164,6 +171,13 @@ export class SessionRegistry {
       s.live.set(task.id, task);
       s.counts[countKey(task.state)]++;
       if (task.state === TaskState.Pending) this.recovered.push(task);
+    }
+    for (const { sessionId, from, to } of snapshot.backlog) {
+      const s = this.sessions.get(sessionId);
+      if (!s) continue;
+      s.backlog.append(from, to);
+      s.backlog.storedThrough = to;
+      s.counts.pending += to - from + 1;
     }
     for (const k of snapshot.submissions) if (this.sessions.has(k.sessionId)) this.keys.remember(k);
   }
@@ -184,6 +198,8 @@ export class SessionRegistry {
     // pushFront stacks: push the newest first so the oldest comes out first.
     for (let i = tasks.length - 1; i >= 0; i--) this.sessions.get(tasks[i]!.sessionId)!.pending.pushFront(tasks[i]!);
     for (const s of new Set(tasks.map((t) => this.sessions.get(t.sessionId)!))) this.observer?.workAdded(s);
+    this.recoveryReleased = true;
+    for (const s of this.sessions.values()) if (s.backlog.size > 0) this.refill(s);
     return tasks.length;
   }
 
@@ -250,6 +266,7 @@ export class SessionRegistry {
     s.state = SessionState.Closed;
     s.completionTime = Date.now();
     this.cancelWhere(s, (t) => t.state === TaskState.Pending, "session closed");
+    this.endBacklog(s, TaskState.Cancelled, "session closed");
     s.pending.clear();
     this.persistSession(s);
     this.observer?.sessionEnded(s);
@@ -285,11 +302,24 @@ export class SessionRegistry {
    * the retention, creates nothing and returns the first id of that batch.
    */
   createTasks(sessionId: string, inputs: readonly Uint8Array[], idempotencyKey = ""): number {
+    return this.addTasks(sessionId, inputs, idempotencyKey).first;
+  }
+
+  /** Creates one task (flame.v1 CreateTask) and returns it as created. */
+  createTask(sessionId: string, input: Uint8Array): StoredTask {
+    return this.addTasks(sessionId, [input], "").created[0]!;
+  }
+
+  private addTasks(
+    sessionId: string,
+    inputs: readonly Uint8Array[],
+    idempotencyKey: string,
+  ): { first: number; created: TaskRecord[] } {
     const s = this.require(sessionId);
     const now = Date.now();
     if (idempotencyKey !== "") {
       const earlier = this.earlierSubmission(sessionId, idempotencyKey, inputs.length, now);
-      if (earlier !== undefined) return earlier;
+      if (earlier !== undefined) return { first: earlier, created: [] };
     }
     if (s.state !== SessionState.Open)
       throw new FailedPreconditionError(`session "${sessionId}" is closed; tasks can only be created in open sessions`);
@@ -301,6 +331,9 @@ export class SessionRegistry {
         );
     });
     const first = s.taskCount + 1;
+    // Past the session's share of memory (or behind a backlog, to keep the order) tasks are only stored.
+    const room = this.limits.pendingInMemory - (s.counts.pending - s.backlog.size);
+    const kept = s.backlog.size > 0 ? 0 : Math.max(0, Math.min(inputs.length, room));
     const created: TaskRecord[] = [];
     for (let i = 0; i < inputs.length; i++) {
       const input = inputs[i]!;
@@ -315,9 +348,20 @@ export class SessionRegistry {
         seq: ++s.seq,
         events: [{ code: TaskState.Pending, message: "created", time: now }],
       };
-      s.live.set(task.id, task);
-      s.pending.push(task);
+      if (i < kept) {
+        s.live.set(task.id, task);
+        s.pending.push(task);
+      }
       created.push(task);
+    }
+    if (kept < inputs.length) {
+      const last = first + inputs.length - 1;
+      s.backlog.append(first + kept, last);
+      // Read back only once stored: a read before the commit would not find them.
+      this.commit.write(() => () => {
+        s.backlog.storedThrough = Math.max(s.backlog.storedThrough, last);
+        this.refillIfLow(s);
+      });
     }
     s.taskCount += inputs.length;
     s.counts.pending += inputs.length;
@@ -327,7 +371,7 @@ export class SessionRegistry {
     }
     if (idempotencyKey !== "") this.rememberSubmission(sessionId, idempotencyKey, first, inputs.length, now);
     this.observer?.workAdded(s);
-    return first;
+    return { first, created };
   }
 
   /** The first task id of an earlier batch with this key, after checking the resend matches it. */
@@ -422,7 +466,111 @@ export class SessionRegistry {
 
   /** The next pending task of a session, or undefined. */
   nextPending(s: SessionRecord): TaskRecord | undefined {
-    return s.pending.shift((t) => t.state === TaskState.Pending);
+    const t = takePending(s);
+    this.refillIfLow(s);
+    return t;
+  }
+
+  /** Reads the next backlog tasks back once fewer than half the session's share are left in memory. */
+  private refillIfLow(s: SessionRecord): void {
+    if (s.backlog.size > 0 && s.counts.pending - s.backlog.size < this.limits.pendingInMemory / 2) this.refill(s);
+  }
+
+  /**
+   * Reads back the first stored tasks of a session's backlog into memory, in id order, up to its share.
+   * A task that changed while it was read (cancelled) left the backlog then, and is dropped here.
+   */
+  private refill(s: SessionRecord): void {
+    const from = s.backlog.first();
+    if (s.backlog.reading || !this.recoveryReleased || from === undefined || from > s.backlog.storedThrough) return;
+    s.backlog.reading = true;
+    const room = this.limits.pendingInMemory - (s.counts.pending - s.backlog.size);
+    const read = this.store.listTasks(s.id, {
+      afterId: from - 1,
+      throughId: s.backlog.storedThrough,
+      limit: Math.max(1, room),
+      unfinishedOnly: true,
+    });
+    read.then(
+      (rows) => {
+        s.backlog.reading = false;
+        if (this.sessions.get(s.id) !== s) return;
+        let added = 0;
+        for (const row of rows) {
+          if (!s.backlog.delete(row.id)) continue;
+          const task: TaskRecord = row;
+          // Stored Running by an earlier control plane (see load); like any task stored Pending it may
+          // have been dispatched with stored attempt + 1.
+          task.state = TaskState.Pending;
+          task.attempt++;
+          s.live.set(task.id, task);
+          s.pending.push(task);
+          added++;
+        }
+        if (added > 0) this.observer?.workAdded(s);
+        if (rows.length > 0) this.refillIfLow(s);
+      },
+      () => {
+        // The store failed a read: the next dispatch tries again (a failing store stops the control plane anyway).
+        s.backlog.reading = false;
+      },
+    );
+  }
+
+  /**
+   * Ends every task of a session's backlog in the store (a close, a cancel, a bind that cannot succeed),
+   * without reading them: watchers get each one's change as for any other task.
+   */
+  private endBacklog(s: SessionRecord, state: flame.TaskState, reason: string): number {
+    const spans = s.backlog.drain();
+    if (spans.length === 0) return 0;
+    const time = Date.now();
+    const message = eventMessage(state, reason);
+    const end = { state, message, time };
+    let n = 0;
+    for (const { from, to } of spans) {
+      const firstSeq = s.seq + 1;
+      s.seq += to - from + 1;
+      this.commit.write((store) => store.endUnfinishedTasks(s.id, from, to, end, firstSeq));
+      for (let id = from; id <= to; id++) this.reportEnded(s, id, end, firstSeq + id - from);
+      n += to - from + 1;
+    }
+    s.counts.pending -= n;
+    s.counts[countKey(state)] += n;
+    this.progressed(s);
+    return n;
+  }
+
+  /** Ends one backlog task in the store and tells watchers. */
+  private endBacklogTask(s: SessionRecord, id: number, state: flame.TaskState, reason: string): void {
+    const end = { state, message: eventMessage(state, reason), time: Date.now() };
+    const seq = ++s.seq;
+    this.commit.write((store) => store.endUnfinishedTasks(s.id, id, id, end, seq));
+    this.reportEnded(s, id, end, seq);
+    s.counts.pending--;
+    s.counts[countKey(state)]++;
+    this.progressed(s);
+  }
+
+  /** What watchers hear of a backlog task that ended in the store: its id, state, message and time. */
+  private reportEnded(
+    s: SessionRecord,
+    id: number,
+    end: { state: number; message: string; time: number },
+    seq: number,
+  ) {
+    this.observer?.taskChanged(s, {
+      sessionId: s.id,
+      id,
+      state: end.state,
+      message: end.message,
+      attempt: 0,
+      retries: 0,
+      creationTime: end.time,
+      completionTime: end.time,
+      seq,
+      events: [{ code: end.state, message: end.message, time: end.time }],
+    });
   }
 
   /**
@@ -491,23 +639,31 @@ export class SessionRegistry {
     const s = this.require(sessionId);
     const wanted = taskIds.length > 0 ? new Set(taskIds.map((id) => this.requireTaskId(s, id))) : undefined;
     const wereRunning: RunningTask[] = [];
-    const cancelled = this.cancelWhere(
+    const reason = "cancelled by request";
+    let cancelled = this.cancelWhere(
       s,
       (t) => !isTerminal(t.state) && (!wanted || wanted.has(t.id)),
-      "cancelled by request",
+      reason,
       wereRunning,
     );
+    if (!wanted) cancelled += this.endBacklog(s, TaskState.Cancelled, reason);
+    else
+      for (const id of wanted)
+        if (s.backlog.delete(id)) {
+          this.endBacklogTask(s, id, TaskState.Cancelled, reason);
+          cancelled++;
+        }
     return { cancelled, wereRunning };
   }
 
   /** Fails every pending task of a session with a reason (e.g. the application cannot be bound). */
   failPending(s: SessionRecord, reason: string): number {
     let n = 0;
-    for (let t = this.nextPending(s); t; t = this.nextPending(s)) {
+    for (let t = takePending(s); t; t = takePending(s)) {
       this.end(s, t, TaskState.Failed, reason);
       n++;
     }
-    return n;
+    return n + this.endBacklog(s, TaskState.Failed, reason);
   }
 
   private cancelWhere(
@@ -601,6 +757,7 @@ export class SessionRegistry {
       creationTime,
       ...(completionTime !== undefined ? { completionTime } : {}),
       live: new Map(),
+      backlog: new TaskBacklog(),
       taskCount: 0,
       seq: 0,
       pending: new TaskQueue(),
@@ -667,6 +824,11 @@ export class SessionRegistry {
 function progressOf(s: SessionRecord): SessionProgress {
   const { succeed, failed, cancelled } = s.counts;
   return { taskCount: s.taskCount, succeed, failed, cancelled, lastSeq: s.seq };
+}
+
+/** The next task of the session's queue that is still Pending (others were cancelled or adopted meanwhile). */
+function takePending(s: SessionRecord): TaskRecord | undefined {
+  return s.pending.shift((t) => t.state === TaskState.Pending);
 }
 
 function randomSuffix(): string {

@@ -17,7 +17,7 @@ interface SessionWatcher {
 
 interface TaskWatcher {
   queue: AsyncQueue<flame.Task>;
-  latest: TaskRecord | undefined;
+  latest: StoredTask | undefined;
 }
 
 /**
@@ -32,7 +32,7 @@ export class WatchHub {
   private readonly dirty = new Set<SessionWatcher | TaskWatcher>();
   private readonly endedSessions = new Map<string, SessionRecord>();
 
-  constructor(private readonly toMessage: (t: TaskRecord) => flame.Task) {}
+  constructor(private readonly toMessage: (t: StoredTask) => flame.Task) {}
 
   /**
    * Opens a session watch. With a snapshot (the session's tasks in id order, see
@@ -88,7 +88,7 @@ export class WatchHub {
     if (set.size === 0) this.sessionWatchers.delete(sessionId);
   }
 
-  watchTask(task: TaskRecord): AsyncQueue<flame.Task> {
+  watchTask(task: StoredTask): AsyncQueue<flame.Task> {
     const w: TaskWatcher = { queue: new AsyncQueue(), latest: undefined };
     w.queue.push(this.toMessage(task));
     if (isTerminal(task.state)) {
@@ -102,7 +102,7 @@ export class WatchHub {
     return w.queue;
   }
 
-  unwatchTask(task: TaskRecord, queue: AsyncQueue<flame.Task>): void {
+  unwatchTask(task: StoredTask, queue: AsyncQueue<flame.Task>): void {
     const key = `${task.sessionId}/${task.id}`;
     const set = this.taskWatchers.get(key);
     if (!set) return;

@@ -19,6 +19,7 @@ import { addServerTlsOptions, resolveServerTls, type ServerTls, type ServerTlsFl
 import { writeUpContext } from "../up-context.js";
 import { nodeTokenFileOption, nodeTokenOf, nodeTokenOption, warnIfTokenExposed } from "../secrets.js";
 import { DEFAULT_PORT_FLAGS, serveUntilSignal } from "../signals.js";
+import { boundHeapGrowth } from "../../util/heap-growth.js";
 
 const DEFAULT_DATA_DIR = path.join(os.homedir(), ".kiln", "data");
 const DEFAULT_HOST = "127.0.0.1";
@@ -209,6 +210,7 @@ export function registerServerCommands(program: Command): void {
     const { token, cacheEndpoint } = cmd.optsWithGlobals<GlobalOptions>();
     const tls = resolveServerTls(f, path.join(f.dataDir, "tls"), f.host);
     const { startControlPlane } = await import("../../control/server.js");
+    boundHeapGrowth();
     await serveUntilSignal(
       "the control plane",
       () =>

@@ -8,6 +8,7 @@ import type { Orchestrator } from "../orchestrator.js";
 import type { SessionRegistry } from "../sessions.js";
 import type { SessionsFeed } from "../sessions-feed.js";
 import type { GroupCommit } from "../store/group-commit.js";
+import type { StoredTask } from "../store/store.js";
 import type { WatchHub } from "../watch-hub.js";
 import { toSessionMessage, toTaskMessage } from "./messages.js";
 
@@ -95,9 +96,8 @@ export function frontendService(d: FrontendDeps): ServiceImpl<typeof flame.Front
     },
     async createTask(req) {
       const sessionId = req.task?.sessionId ?? "";
-      const first = sessions.createTasks(sessionId, [req.task?.input ?? new Uint8Array()]);
       // As created (Pending), as Flame answers: by the commit it may already be running.
-      const created = toTaskMessage(sessions.liveTask(sessions.require(sessionId), String(first))!);
+      const created = toTaskMessage(sessions.createTask(sessionId, req.task?.input ?? new Uint8Array()));
       await commit.flushed();
       return created;
     },
@@ -106,14 +106,17 @@ export function frontendService(d: FrontendDeps): ServiceImpl<typeof flame.Front
     },
     async *watchTask(req, ctx) {
       const s = sessions.require(req.sessionId);
-      const task = sessions.liveTask(s, req.taskId);
+      let task: StoredTask | undefined = sessions.liveTask(s, req.taskId);
       if (!task) {
-        // Finished (and stored): its last state is all there is to watch.
-        yield toTaskMessage(await sessions.findTask(req.sessionId, req.taskId));
-        return;
+        // Finished, or pending in the session's backlog: read from the store. A backlog task that is
+        // still there has not changed since; one that left it is in memory now, or finished.
+        const stored = await sessions.findTask(req.sessionId, req.taskId);
+        task = sessions.liveTask(s, req.taskId) ?? (s.backlog.has(stored.id) ? stored : undefined);
+        if (!task) task = await sessions.findTask(req.sessionId, req.taskId);
       }
-      const queue = hub.watchTask(task);
-      yield* untilAborted(queue, ctx.signal, () => hub.unwatchTask(task, queue));
+      const watched = task;
+      const queue = hub.watchTask(watched);
+      yield* untilAborted(queue, ctx.signal, () => hub.unwatchTask(watched, queue));
     },
     async *listTask(req) {
       const s = sessions.require(req.sessionId);

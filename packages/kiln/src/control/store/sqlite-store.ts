@@ -6,6 +6,7 @@ import { IdleCheckpoints, openOwnedDatabase, SpaceReclaimer, useIncrementalVacuu
 import { MIGRATIONS } from "./sqlite-migrations.js";
 import type {
   Durability,
+  PendingEnd,
   SessionProgress,
   Store,
   StoredApplication,
@@ -99,10 +100,18 @@ export class SqliteStore implements Store, StoreWriter {
           "output = excluded.output, message = excluded.message, attempt = excluded.attempt, retries = excluded.retries, " +
           "completion_time = excluded.completion_time, seq = excluded.seq, events = excluded.events",
       ),
+      endUnfinishedTasks: db.prepare(
+        "UPDATE tasks SET state = ?, message = ?, completion_time = ?, seq = ? + id - ?, " +
+          "events = json_insert(events, '$[#]', json(?)) WHERE session_id = ? AND id BETWEEN ? AND ? AND state < 2",
+      ),
       getTask: db.prepare("SELECT * FROM tasks WHERE session_id = ? AND id = ?"),
-      listTasks: db.prepare("SELECT * FROM tasks WHERE session_id = ? AND id > ? ORDER BY id LIMIT ?"),
-      listChangedTasks: db.prepare(
-        "SELECT * FROM tasks WHERE session_id = ? AND id > ? AND seq > ? ORDER BY id LIMIT ?",
+      // One statement for every page: a bound left open is given as the widest value.
+      listTasks: db.prepare(
+        "SELECT * FROM tasks WHERE session_id = ? AND id > ? AND id <= ? AND seq > ? ORDER BY id LIMIT ?",
+      ),
+      // The condition is the partial index's (tasks_unfinished), so only unfinished tasks are read.
+      listUnfinishedTasks: db.prepare(
+        "SELECT * FROM tasks WHERE session_id = ? AND id > ? AND id <= ? AND state < 2 ORDER BY id LIMIT ?",
       ),
     };
   }
@@ -154,6 +163,11 @@ export class SqliteStore implements Store, StoreWriter {
     this.stmts.putSessionProgress.run(p.taskCount, p.succeed, p.failed, p.cancelled, p.lastSeq, id);
   }
 
+  endUnfinishedTasks(sessionId: string, from: number, to: number, end: PendingEnd, firstSeq: number): void {
+    const event = JSON.stringify({ code: end.state, message: end.message, time: end.time });
+    this.stmts.endUnfinishedTasks.run(end.state, end.message, end.time, firstSeq, from, event, sessionId, from, to);
+  }
+
   deleteSession(id: string): void {
     this.stmts.deleteSessionTasks.run(id);
     this.stmts.deleteSessionEvents.run(id);
@@ -201,7 +215,7 @@ export class SqliteStore implements Store, StoreWriter {
     );
   }
 
-  loadWorkingSet(): Promise<WorkingSet> {
+  loadWorkingSet(pendingPerSession: number): Promise<WorkingSet> {
     const applications = (
       this.db.prepare("SELECT name, spec, state, creation_time FROM applications").all() as {
         name: string;
@@ -236,10 +250,7 @@ export class SqliteStore implements Store, StoreWriter {
       },
       events: eventsBySession.get(r.id) ?? [],
     }));
-    // The condition is the partial index's, so only unfinished tasks are read.
-    const tasks = (
-      this.db.prepare("SELECT * FROM tasks WHERE state < 2 ORDER BY session_id, id").all() as TaskRow[]
-    ).map(fromRow);
+    const { tasks, backlog } = this.unfinishedTasks(pendingPerSession);
     const submissions = (
       this.db.prepare("SELECT session_id, key, first_task_id, count, time FROM submissions ORDER BY time").all() as {
         session_id: string;
@@ -250,7 +261,37 @@ export class SqliteStore implements Store, StoreWriter {
       }[]
     ).map((r) => ({ sessionId: r.session_id, key: r.key, firstTaskId: r.first_task_id, count: r.count, time: r.time }));
     const nodes = (this.db.prepare("SELECT name FROM nodes").all() as { name: string }[]).map((r) => r.name);
-    return Promise.resolve({ applications, sessions, tasks, submissions, nodes });
+    return Promise.resolve({ applications, sessions, tasks, submissions, nodes, backlog });
+  }
+
+  /** The first unfinished tasks of each session, and the ids of the rest as spans (from the partial index alone). */
+  private unfinishedTasks(perSession: number): Pick<WorkingSet, "tasks" | "backlog"> {
+    const tasks: StoredTask[] = [];
+    const backlog: WorkingSet["backlog"] = [];
+    const firstIds = new Map<string, number>();
+    let session = "";
+    let seen = 0;
+    const ids = this.db
+      .prepare("SELECT session_id, id FROM tasks WHERE state < 2 ORDER BY session_id, id")
+      .raw()
+      .iterate() as IterableIterator<[string, number]>;
+    for (const [sessionId, id] of ids) {
+      if (sessionId !== session) {
+        session = sessionId;
+        seen = 0;
+      }
+      if (seen++ < perSession) {
+        firstIds.set(sessionId, id);
+        continue;
+      }
+      const last = backlog[backlog.length - 1];
+      if (last && last.sessionId === sessionId && last.to + 1 === id) last.to = id;
+      else backlog.push({ sessionId, from: id, to: id });
+    }
+    for (const [sessionId, lastId] of firstIds)
+      for (const row of this.stmts.listUnfinishedTasks.all(sessionId, 0, lastId, perSession) as TaskRow[])
+        tasks.push(fromRow(row));
+    return { tasks, backlog };
   }
 
   getTask(sessionId: string, id: number): Promise<StoredTask | undefined> {
@@ -259,10 +300,11 @@ export class SqliteStore implements Store, StoreWriter {
   }
 
   listTasks(sessionId: string, page: TaskPage): Promise<StoredTask[]> {
+    const through = page.throughId ?? Number.MAX_SAFE_INTEGER;
     const rows = (
-      page.changedAfter === undefined
-        ? this.stmts.listTasks.all(sessionId, page.afterId, page.limit)
-        : this.stmts.listChangedTasks.all(sessionId, page.afterId, page.changedAfter, page.limit)
+      page.unfinishedOnly
+        ? this.stmts.listUnfinishedTasks.all(sessionId, page.afterId, through, page.limit)
+        : this.stmts.listTasks.all(sessionId, page.afterId, through, page.changedAfter ?? -1, page.limit)
     ) as TaskRow[];
     return Promise.resolve(rows.map(fromRow));
   }

@@ -71,12 +71,17 @@ export interface StoredSubmission {
   time: number;
 }
 
-/** What start-up reads: everything but finished tasks. */
+/** What start-up reads: everything but finished tasks, and of a session's unfinished ones the first few. */
 export interface WorkingSet {
   applications: StoredApplication[];
   sessions: { session: StoredSession; progress: SessionProgress; events: StoredEvent[] }[];
-  /** Tasks not yet finished (Pending, or Running as written by older versions), in session and id order. */
+  /**
+   * Tasks not yet finished (Pending, or Running as written by older versions), in session and id order:
+   * at most the `pendingPerSession` first of each session.
+   */
   tasks: StoredTask[];
+  /** The ids of the other unfinished tasks, as spans of consecutive ids, in session and id order. */
+  backlog: { sessionId: string; from: number; to: number }[];
   submissions: StoredSubmission[];
   /** Nodes registered and not given up on when the store was last written (see Orchestrator.recover). */
   nodes: string[];
@@ -88,6 +93,18 @@ export interface TaskPage {
   limit: number;
   /** Only tasks whose last change came after this sequence number (a watcher resuming). */
   changedAfter?: number;
+  /** Only unfinished tasks (state Pending, or Running as written by older versions). */
+  unfinishedOnly?: boolean;
+  /** Only ids up to this one. */
+  throughId?: number;
+}
+
+/** How tasks that waited in the store end without coming back to memory (a session closed, a cancel). */
+export interface PendingEnd {
+  state: number;
+  message: string;
+  /** Unix ms. */
+  time: number;
 }
 
 /**
@@ -105,6 +122,11 @@ export interface StoreWriter {
   addSessionEvent(sessionId: string, seq: number, e: StoredEvent): void;
   /** Inserts a task or updates its mutable columns (the input is written once). */
   upsertTask(t: StoredTask): void;
+  /**
+   * Ends the unfinished tasks with ids `from`..`to`: state, message and completion time set, an event
+   * appended, and `seq` numbered from `firstSeq` by id (firstSeq + id - from).
+   */
+  endUnfinishedTasks(sessionId: string, from: number, to: number, end: PendingEnd, firstSeq: number): void;
   putSubmission(s: StoredSubmission): void;
   /** Forgets submission keys first used before `time` (Unix ms). */
   deleteSubmissionsBefore(time: number): void;
@@ -121,7 +143,7 @@ export interface Store {
    * rejects) with nothing of it stored.
    */
   commit(apply: (w: StoreWriter) => void): void | Promise<void>;
-  loadWorkingSet(): Promise<WorkingSet>;
+  loadWorkingSet(pendingPerSession: number): Promise<WorkingSet>;
   getTask(sessionId: string, id: number): Promise<StoredTask | undefined>;
   listTasks(sessionId: string, page: TaskPage): Promise<StoredTask[]>;
   close(): Promise<void>;
