@@ -45,6 +45,11 @@ const retentionOption = (): Option =>
     "--retention <duration>",
     "delete closed sessions, their tasks and events, once closed this long: 7d, 12h, 30m, or 0 for at once (default 7d)",
   ).argParser(duration);
+const storeOption = (): Option =>
+  new Option(
+    "--store <url>",
+    "keep the cluster state in PostgreSQL, postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, instead of the SQLite file in --data-dir",
+  ).env("KILN_STORE");
 const executorsOption = (): Option =>
   new Option("--executors <n>", "executors on this node (default: one per CPU)").argParser(wholeNumber(1, 4096));
 
@@ -55,6 +60,7 @@ interface PackageLimitFlags {
 
 interface UpFlags extends PackageLimitFlags, ServerTlsFlags {
   dataDir: string;
+  store?: string;
   retention?: number;
   port: number;
   cachePort?: number;
@@ -64,6 +70,7 @@ interface UpFlags extends PackageLimitFlags, ServerTlsFlags {
 
 interface ServerFlags extends ServerTlsFlags {
   dataDir: string;
+  store?: string;
   port: number;
   host: string;
   heartbeatTimeout?: number;
@@ -108,6 +115,7 @@ export function registerServerCommands(program: Command): void {
     )
     .addOption(hostOption())
     .addOption(executorsOption())
+    .addOption(storeOption())
     .addOption(retentionOption())
     .addOption(maxPackageBytesOption())
     .addOption(maxPackageEntriesOption());
@@ -140,7 +148,10 @@ export function registerServerCommands(program: Command): void {
             maxPackageBytes: f.maxPackageBytes,
             maxPackageEntries: f.maxPackageEntries,
             token,
-            ...(f.retention !== undefined ? { controlPlane: { retentionMs: f.retention } } : {}),
+            controlPlane: {
+              ...(f.retention !== undefined ? { retentionMs: f.retention } : {}),
+              ...(f.store !== undefined ? { store: f.store } : {}),
+            },
             ...(tls ? { tls: { ...tls.files, ...(agentCa ? { caFile: path.resolve(agentCa) } : {}) } } : {}),
           }),
         (cluster) =>
@@ -163,6 +174,7 @@ export function registerServerCommands(program: Command): void {
     .command("server")
     .description("run the control plane only (agents join with `kiln agent --endpoint URL`)")
     .addOption(dataDirOption())
+    .addOption(storeOption())
     .addOption(hostOption())
     .addOption(portOption())
     .addOption(
@@ -214,6 +226,7 @@ export function registerServerCommands(program: Command): void {
       () =>
         startControlPlane({
           dataDir: f.dataDir,
+          store: f.store,
           host: f.host,
           port: f.port,
           token,
