@@ -4,6 +4,7 @@ import { Option, type Command } from "commander";
 import { InvalidArgumentError } from "@kiln/protocol";
 import { DEFAULT_ENDPOINT, loadConfig, type TlsFiles } from "@kiln/sdk";
 import { DEFAULT_PORT } from "../../control/config.js";
+import { redactPassword } from "../../control/store/open-store.js";
 import { resolveCacheConfig } from "../cache-client.js";
 import { UsageError } from "../exit-codes.js";
 import {
@@ -157,6 +158,7 @@ export function registerServerCommands(program: Command): void {
         (cluster) =>
           process.stdout.write(
             `Kiln is up at ${cluster.endpoint}\n  object cache: ${cluster.cacheEndpoint}\n  data: ${f.dataDir}\n` +
+              (f.store === undefined ? "" : `  store: ${redactPassword(f.store)}\n`) +
               trustLine(tls) +
               writeUpContext(globals.config, {
                 endpoint: cluster.endpoint,
@@ -243,7 +245,7 @@ export function registerServerCommands(program: Command): void {
         }),
       (cp) =>
         process.stdout.write(
-          `Kiln control plane listening at ${cp.endpoint} (data: ${f.dataDir})\n` +
+          `Kiln control plane listening at ${cp.endpoint} (data: ${f.store === undefined ? f.dataDir : redactPassword(f.store)})\n` +
             trustLine(tls) +
             (cacheEndpoint ? `  object cache (told to clients): ${cacheEndpoint}\n` : "") +
             `Agents join with \`kiln agent --endpoint ${cp.endpoint}\`; try \`${kilnCommand(cp.endpoint, "list -n")}\`.\n`,
