@@ -1,7 +1,7 @@
 /**
  * `--store`: what is refused at start, with the reason, before anything is opened or created.
  */
-import { InvalidArgumentError } from "@kiln/protocol";
+import { ErrorCode, InvalidArgumentError, KilnError } from "@kiln/protocol";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -9,7 +9,7 @@ import { after, describe, it } from "node:test";
 import pg from "pg";
 import { resolveConfig } from "../src/control/config.js";
 import { runCli } from "./cli-helpers.js";
-import { tempDir } from "./support/control-plane.js";
+import { appSpec, startTestControlPlane, tempDir } from "./support/control-plane.js";
 import { holdPorts } from "./support/processes.js";
 import { storeBackends, stopStoreBackends } from "./support/store-backends.js";
 
@@ -81,7 +81,7 @@ describe("--store", () => {
   });
 
   for (const backend of storeBackends().filter((b) => b.name === "postgres"))
-    describe("on a database", { skip: backend.skip }, () => {
+    describe("on a PostgreSQL database", { skip: backend.skip }, () => {
       after(() => stopStoreBackends());
 
       it("kiln server refuses a database whose schema is newer than this Kiln knows, and leaves it as it was", async () => {
@@ -102,6 +102,39 @@ describe("--store", () => {
           );
         } finally {
           await db.end();
+        }
+      });
+
+      it("a control plane whose connection to the database is cut stops, saying so, and refuses the write", async () => {
+        const { store } = await backend.fresh();
+        const t = await startTestControlPlane({ store });
+        const db = new pg.Client({ connectionString: store });
+        await db.connect();
+        try {
+          await t.frontend.registerApplication({ name: "before", application: appSpec({}) });
+          // The writer's connection is the one holding the owner lock.
+          const killed = await db.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+          );
+          assert.equal(killed.rowCount, 1);
+          await assert.rejects(
+            t.frontend.registerApplication({ name: "after", application: appSpec({}) }),
+            /could not write its store \(lost the connection to postgres 127\.0\.0\.1:\d+\/kiln_test_\d+/,
+          );
+          const refusal = await t.cp.failed;
+          assert.ok(refusal instanceof KilnError && refusal.code === ErrorCode.Internal);
+          assert.match(refusal.message, /lost the connection to postgres .*the control plane stops/);
+        } finally {
+          await db.end();
+          await t.close();
+        }
+        // What was acknowledged is in the database; what was refused is not.
+        const again = await startTestControlPlane({ store });
+        try {
+          const names = (await again.frontend.listApplication({})).applications.map((a) => a.metadata?.name);
+          assert.ok(names.includes("before") && !names.includes("after"), String(names));
+        } finally {
+          await again.close();
         }
       });
     });
