@@ -1,6 +1,19 @@
 import { ErrorCode, FailedPreconditionError, KilnError } from "@kiln/protocol";
 import pg from "pg";
 import { POSTGRES_MIGRATIONS } from "./postgres-migrations.js";
+import {
+  applicationFromRow,
+  sessionsFromRows,
+  submissionFromRow,
+  taskFromRow,
+  taskValues,
+  WORKING_SET_QUERIES,
+  type ApplicationRow,
+  type EventRow,
+  type SessionRow,
+  type SubmissionRow,
+  type TaskRow,
+} from "./rows.js";
 import type {
   SessionProgress,
   Store,
@@ -170,20 +183,7 @@ class CommitBatch implements StoreWriter {
     this.add("addSessionEvent", [sessionId, seq, e.code, e.message ?? null, e.time]);
   }
   upsertTask(t: StoredTask): void {
-    this.add("upsertTask", [
-      t.sessionId,
-      t.id,
-      t.state,
-      t.input ?? null,
-      t.output ?? null,
-      t.message ?? null,
-      t.attempt,
-      t.retries,
-      t.creationTime,
-      t.completionTime ?? null,
-      t.seq,
-      JSON.stringify(t.events),
-    ]);
+    this.add("upsertTask", taskValues(t));
   }
   putSubmission(s: StoredSubmission): void {
     this.add("putSubmission", [s.sessionId, s.key, s.firstTaskId, s.count, s.time]);
@@ -214,35 +214,6 @@ function statement(run: Run): pg.QueryConfig {
   }
   const columns = rows[0]!.map((_, i) => rows.map((r) => r[i]));
   return { name: run.kind, text: kind.sql, values: columns };
-}
-
-interface SessionRow {
-  id: string;
-  application: string;
-  spec: Buffer;
-  state: number;
-  creation_time: number;
-  completion_time: number | null;
-  task_count: number;
-  succeed: number;
-  failed: number;
-  cancelled: number;
-  last_seq: number;
-}
-
-interface TaskRow {
-  session_id: string;
-  id: number;
-  state: number;
-  input: Buffer | null;
-  output: Buffer | null;
-  message: string | null;
-  attempt: number;
-  retries: number;
-  creation_time: number;
-  completion_time: number | null;
-  seq: number;
-  events: string;
 }
 
 /**
@@ -350,61 +321,22 @@ export class PostgresStore implements Store {
   }
 
   async loadWorkingSet(): Promise<WorkingSet> {
+    const q = WORKING_SET_QUERIES;
+    const all = async <T extends pg.QueryResultRow>(sql: string) => (await this.readers.query<T>(sql)).rows;
     const [applications, events, sessions, tasks, submissions, nodes] = await Promise.all([
-      this.readers.query<{ name: string; spec: Buffer; state: number; creation_time: number }>(
-        "SELECT name, spec, state, creation_time FROM applications",
-      ),
-      this.readers.query<{ session_id: string; code: number; message: string | null; time: number }>(
-        "SELECT session_id, code, message, time FROM session_events ORDER BY session_id, seq",
-      ),
-      this.readers.query<SessionRow>("SELECT * FROM sessions"),
-      // The condition is the partial index's, so only unfinished tasks are read.
-      this.readers.query<TaskRow>("SELECT * FROM tasks WHERE state < 2 ORDER BY session_id, id"),
-      this.readers.query<{ session_id: string; key: string; first_task_id: number; count: number; time: number }>(
-        "SELECT session_id, key, first_task_id, count, time FROM submissions ORDER BY time",
-      ),
-      this.readers.query<{ name: string }>("SELECT name FROM nodes"),
+      all<ApplicationRow>(q.applications),
+      all<EventRow>(q.events),
+      all<SessionRow>(q.sessions),
+      all<TaskRow>(q.tasks),
+      all<SubmissionRow>(q.submissions),
+      all<{ name: string }>(q.nodes),
     ]);
-    const eventsBySession = new Map<string, StoredEvent[]>();
-    for (const r of events.rows) {
-      let list = eventsBySession.get(r.session_id);
-      if (!list) eventsBySession.set(r.session_id, (list = []));
-      list.push({ code: r.code, time: r.time, ...(r.message !== null ? { message: r.message } : {}) });
-    }
     return {
-      applications: applications.rows.map((r) => ({
-        name: r.name,
-        spec: r.spec,
-        state: r.state,
-        creationTime: r.creation_time,
-      })),
-      sessions: sessions.rows.map((r) => ({
-        session: {
-          id: r.id,
-          application: r.application,
-          spec: r.spec,
-          state: r.state,
-          creationTime: r.creation_time,
-          ...(r.completion_time !== null ? { completionTime: r.completion_time } : {}),
-        },
-        progress: {
-          taskCount: r.task_count,
-          succeed: r.succeed,
-          failed: r.failed,
-          cancelled: r.cancelled,
-          lastSeq: r.last_seq,
-        },
-        events: eventsBySession.get(r.id) ?? [],
-      })),
-      tasks: tasks.rows.map(fromRow),
-      submissions: submissions.rows.map((r) => ({
-        sessionId: r.session_id,
-        key: r.key,
-        firstTaskId: r.first_task_id,
-        count: r.count,
-        time: r.time,
-      })),
-      nodes: nodes.rows.map((r) => r.name),
+      applications: applications.map(applicationFromRow),
+      sessions: sessionsFromRows(sessions, events),
+      tasks: tasks.map(taskFromRow),
+      submissions: submissions.map(submissionFromRow),
+      nodes: nodes.map((r) => r.name),
     };
   }
 
@@ -414,7 +346,7 @@ export class PostgresStore implements Store {
       text: "SELECT * FROM tasks WHERE session_id = $1 AND id = $2",
       values: [sessionId, id],
     });
-    return rows[0] && fromRow(rows[0]);
+    return rows[0] && taskFromRow(rows[0]);
   }
 
   async listTasks(sessionId: string, page: TaskPage): Promise<StoredTask[]> {
@@ -431,30 +363,13 @@ export class PostgresStore implements Store {
             values: [sessionId, page.afterId, page.changedAfter, page.limit],
           },
     );
-    return rows.map(fromRow);
+    return rows.map(taskFromRow);
   }
 
   async close(): Promise<void> {
     // Ending the writer's connection lets go of the owner lock.
     await Promise.all([this.writer.end().catch(() => undefined), this.readers.end().catch(() => undefined)]);
   }
-}
-
-function fromRow(r: TaskRow): StoredTask {
-  return {
-    sessionId: r.session_id,
-    id: r.id,
-    state: r.state,
-    ...(r.input !== null ? { input: r.input } : {}),
-    ...(r.output !== null ? { output: r.output } : {}),
-    ...(r.message !== null ? { message: r.message } : {}),
-    attempt: r.attempt,
-    retries: r.retries,
-    creationTime: r.creation_time,
-    ...(r.completion_time !== null ? { completionTime: r.completion_time } : {}),
-    seq: r.seq,
-    events: JSON.parse(r.events) as StoredEvent[],
-  };
 }
 
 /**
