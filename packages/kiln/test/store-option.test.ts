@@ -58,6 +58,14 @@ describe("--store", () => {
     assert.equal(fs.existsSync(dataDir), false, "nothing was created");
   });
 
+  it("KILN_STORE stands for --store", async () => {
+    const r = await runCli(["server", "--data-dir", tempDir("env-store"), "--port", "0"], 30_000, {
+      KILN_STORE: "nonsense",
+    });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /store: "nonsense" \(--store\) must be a PostgreSQL URL/);
+  });
+
   it("kiln server on a database nobody listens for says it could not reach host:port, within seconds", async () => {
     const ports = await holdPorts(1);
     await ports.free(ports.first);
