@@ -6,16 +6,25 @@
  * `npm run bench -- --tls`: the same run without and with `kiln up --tls`,
  * alternately (BENCH_ROUNDS pairs, default 3), then each side's median and
  * the ratio, so the cost of TLS is measured on one build in one sitting.
+ *
+ * `npm run bench -- --store postgres`: the same run on the SQLite store and on `kiln up --store` with a
+ * PostgreSQL server started for it in a temporary directory (packages/kiln/test/support/postgres.ts),
+ * alternately, BENCH_ROUNDS pairs, then each side's median.
  */
 import { spawn, execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { PingSummary } from "../packages/kiln/src/cli/ping-workload.js";
+import { startTestPostgres, type TestPostgres } from "../packages/kiln/test/support/postgres.js";
 
 const CLI = path.resolve("packages/kiln/dist/cli/main.js");
 const tasks = Number(process.env.BENCH_TASKS ?? 30_000);
 const compareTls = process.argv.includes("--tls");
+const storeFlag = process.argv.indexOf("--store");
+const compareStore = storeFlag >= 0 ? process.argv[storeFlag + 1] : undefined;
+if (compareStore !== undefined && compareStore !== "postgres")
+  throw new Error(`--store ${compareStore}: the benchmark compares SQLite with "postgres" only`);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 
 function peakRss(pid: number): number | undefined {
@@ -68,8 +77,11 @@ function describe(pid: number): string {
   }
 }
 
-/** One fresh cluster (with TLS or without) and one ping run against it; prints the figures, returns the summary. */
-async function benchOnce(tls: boolean): Promise<PingSummary> {
+/**
+ * One fresh cluster (with TLS or without, on the SQLite store or on `store`) and one ping run against it;
+ * prints the figures, returns the summary.
+ */
+async function benchOnce(tls: boolean, store?: string): Promise<PingSummary> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-bench-"));
   const port = 17420 + Math.floor(Math.random() * 500) * 2;
   const endpoint = `${tls ? "https" : "http"}://127.0.0.1:${port}`;
@@ -84,7 +96,16 @@ async function benchOnce(tls: boolean): Promise<PingSummary> {
   ];
   const up = spawn(
     process.execPath,
-    [CLI, "up", "--data-dir", path.join(dataDir, "data"), "--port", String(port), ...(tls ? ["--tls"] : [])],
+    [
+      CLI,
+      "up",
+      "--data-dir",
+      path.join(dataDir, "data"),
+      "--port",
+      String(port),
+      ...(tls ? ["--tls"] : []),
+      ...(store ? ["--store", store] : []),
+    ],
     { stdio: ["ignore", "pipe", "pipe"], env },
   );
   let upLog = "";
@@ -140,7 +161,7 @@ async function benchOnce(tls: boolean): Promise<PingSummary> {
     if (code !== 0) throw new Error(`kiln ping exited with ${code}:\n${out}`);
     const summary = JSON.parse(out) as PingSummary;
     const mb = (b: number) => `${(b / 1024 / 1024).toFixed(0)} MB`;
-    console.log(`--- ${tls ? "TLS" : "cleartext"} ---`);
+    console.log(`--- ${tls ? "TLS" : "cleartext"}, ${store ? "PostgreSQL" : "SQLite"} store ---`);
     console.log(
       `machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, ${mb(os.totalmem())} RAM, Node ${process.version}`,
     );
@@ -164,7 +185,23 @@ async function benchOnce(tls: boolean): Promise<PingSummary> {
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-if (!compareTls) {
+const show = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(", ");
+if (compareStore) {
+  const postgres: TestPostgres = await startTestPostgres();
+  try {
+    const sqlite: number[] = [];
+    const pg: number[] = [];
+    for (let round = 1; round <= rounds; round++) {
+      sqlite.push((await benchOnce(false)).tasksPerSecond);
+      pg.push((await benchOnce(false, await postgres.createDatabase())).tasksPerSecond);
+    }
+    console.log(`=== ${rounds} alternations, ${tasks} tasks each ===`);
+    console.log(`SQLite store:      ${show(sqlite)} tasks/s (median ${median(sqlite).toFixed(0)})`);
+    console.log(`PostgreSQL store:  ${show(pg)} tasks/s (median ${median(pg).toFixed(0)})`);
+  } finally {
+    postgres.stop();
+  }
+} else if (!compareTls) {
   await benchOnce(false);
 } else {
   const plain: number[] = [];
@@ -173,7 +210,6 @@ if (!compareTls) {
     plain.push((await benchOnce(false)).tasksPerSecond);
     secure.push((await benchOnce(true)).tasksPerSecond);
   }
-  const show = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(", ");
   console.log(`=== ${rounds} alternations, ${tasks} tasks each ===`);
   console.log(`cleartext:  ${show(plain)} tasks/s (median ${median(plain).toFixed(0)})`);
   console.log(`TLS:        ${show(secure)} tasks/s (median ${median(secure).toFixed(0)})`);

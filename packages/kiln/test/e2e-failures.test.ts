@@ -8,10 +8,11 @@ import * as path from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { within } from "../../../test/support/within.js";
-import { startCli, type CliProcess } from "./cli-helpers.js";
+import { runCli, startCli, type CliProcess } from "./cli-helpers.js";
 import { tempDir } from "./support/control-plane.js";
 import { parsePing, pingInput, registerPingCopy } from "./support/ping-app.js";
 import { isAlive, processesWithEnv, waitFor } from "./support/processes.js";
+import { storeBackends, stopStoreBackends } from "./support/store-backends.js";
 import { TcpProxy } from "./support/tcp-proxy.js";
 
 const COUNTING_SERVICE = path.resolve(
@@ -26,6 +27,8 @@ interface Cluster {
   endpoint: string;
   proxy: TcpProxy;
   dataDir: string;
+  /** The server's --store (undefined: the SQLite file in dataDir). */
+  store: string | undefined;
   server: CliProcess;
   agents: CliProcess[];
   agentDirs: string[];
@@ -36,11 +39,17 @@ interface Cluster {
  * `kiln server` on a port the kernel picks, behind the cluster's proxy once its ready line says where
  * it listens; a restart gets a new port, so nothing has to rebind one that may have been taken.
  */
-async function startServer(proxy: TcpProxy, dataDir: string, drainTimeoutMs = 3000): Promise<CliProcess> {
+async function startServer(
+  proxy: TcpProxy,
+  dataDir: string,
+  drainTimeoutMs = 3000,
+  store?: string,
+): Promise<CliProcess> {
   const server = startCli([
     "server",
     "--data-dir",
     dataDir,
+    ...(store !== undefined ? ["--store", store] : []),
     "--port",
     "0",
     "--heartbeat-timeout",
@@ -48,19 +57,21 @@ async function startServer(proxy: TcpProxy, dataDir: string, drainTimeoutMs = 30
     "--drain-timeout",
     String(drainTimeoutMs),
   ]);
-  const endpoint = (await server.waitFor(/listening at (http:\/\/\S+)/))[1]!;
-  proxy.target = Number(new URL(endpoint).port);
+  const [, endpoint, data] = await server.waitFor(/listening at (http:\/\/\S+) \(data: ([^)]*)\)/);
+  assert.equal(data, store ?? dataDir, "the server keeps its state where it was told");
+  proxy.target = Number(new URL(endpoint!).port);
   return server;
 }
 
 async function startCluster(
   agentNames: string[],
-  o: { drainTimeoutMs?: number; patienceMs?: number } = {},
+  o: { drainTimeoutMs?: number; patienceMs?: number; store?: { store: string | undefined; dataDir: string } } = {},
 ): Promise<Cluster> {
   const proxy = new TcpProxy();
   const endpoint = await proxy.start();
-  const dataDir = tempDir("e2e");
-  const server = await startServer(proxy, dataDir, o.drainTimeoutMs);
+  const dataDir = o.store?.dataDir ?? tempDir("e2e");
+  const store = o.store?.store;
+  const server = await startServer(proxy, dataDir, o.drainTimeoutMs, store);
   const client = await connect({ endpoint, ...(o.patienceMs !== undefined ? { patienceMs: o.patienceMs } : {}) });
   const agentDirs = agentNames.map((name) => tempDir(`agent-${name}`));
   const agents = agentNames.map((name, i) =>
@@ -68,7 +79,7 @@ async function startCluster(
   );
   // An agent prints this once the control plane has registered its node.
   await Promise.all(agents.map((a, i) => a.waitFor(new RegExp(`Kiln agent ${agentNames[i]} joined`))));
-  return { endpoint, proxy, dataDir, server, agents, agentDirs, client };
+  return { endpoint, proxy, dataDir, store, server, agents, agentDirs, client };
 }
 
 async function stopCluster(c: Cluster | undefined): Promise<void> {
@@ -112,40 +123,66 @@ async function settled(session: Session, timeoutMs: number): Promise<flame.Task[
 
 const succeedEvents = (t: flame.Task) => t.status!.events.filter((e) => e.code === TaskState.Succeed).length;
 
+for (const backend of storeBackends()) {
+  describe(`end to end on the ${backend.name} store`, { skip: backend.skip }, () => {
+    let cluster: Cluster | undefined;
+    after(async () => {
+      await stopCluster(cluster);
+      await stopStoreBackends();
+    });
+
+    it("the ping workload runs through a control plane and an agent", async () => {
+      cluster = await startCluster(["n1"], { store: await backend.fresh() });
+      const r = await runCli(["ping", "-t", "300", "-o", "json", "--endpoint", cluster.endpoint], 60_000);
+      assert.equal(r.code, 0, r.stderr);
+      const summary = JSON.parse(r.stdout) as { tasks: number; succeeded: number; session: string };
+      assert.equal(summary.tasks, 300);
+      assert.equal(summary.succeeded, 300);
+      // Every output was stored: read back from the store after the session closed.
+      const session = cluster.client.session(summary.session);
+      let outputs = 0;
+      for await (const t of session.listTasks()) if (t.spec!.output && parsePing(t.spec!.output).pid > 0) outputs++;
+      assert.equal(outputs, 300);
+      await stopCluster(cluster);
+      cluster = undefined;
+    });
+
+    it("kill -9 of the control plane mid-session: after a restart every task ends Succeed exactly once", async () => {
+      cluster = await startCluster(["n1"], { store: await backend.fresh() });
+      const { client } = cluster;
+      await registerPingCopy(client, "slow-ping", 4);
+      const session = await client.createSession({ application: "slow-ping" });
+      const n = 600;
+      await session.createTasks(Array.from({ length: n }, () => pingInput(20)));
+      const succeeded = (states: flame.TaskState[]) => states.filter((s) => s === TaskState.Succeed).length > 50;
+      await watchUntil(session, succeeded, 30_000, "some tasks to finish");
+      cluster.proxy.target = undefined;
+      cluster.server.child.kill("SIGKILL");
+      await cluster.server.exited();
+      cluster.server = await startServer(cluster.proxy, cluster.dataDir, undefined, cluster.store);
+      const tasks = await settled(session, 90_000);
+      assert.equal(tasks.length, n, "every acknowledged task is back");
+      const adopted = tasks.filter((t) =>
+        t.status!.events.some((e) => /still running .* after restart/.test(e.message ?? "")),
+      );
+      // Dispatches are not written to the store; the restarted control plane must still recognise the
+      // attempts the agent kept running and adopt them rather than run those tasks again.
+      assert.ok(adopted.length > 0, "tasks running at the crash were adopted after the restart");
+      for (const t of tasks) {
+        assert.equal(t.status!.state, TaskState.Succeed, `task ${t.metadata!.id}`);
+        assert.equal(succeedEvents(t), 1, `task ${t.metadata!.id} succeeded exactly once`);
+        assert.ok(t.spec!.output && parsePing(t.spec!.output).pid > 0, "its result is kept");
+      }
+      await session.close();
+      await stopCluster(cluster);
+      cluster = undefined;
+    });
+  });
+}
+
 describe("failures end to end", () => {
   let cluster: Cluster | undefined;
   after(() => stopCluster(cluster));
-
-  it("kill -9 of the control plane mid-session: after a restart every task ends Succeed exactly once", async () => {
-    cluster = await startCluster(["n1"]);
-    const { client } = cluster;
-    await registerPingCopy(client, "slow-ping", 4);
-    const session = await client.createSession({ application: "slow-ping" });
-    const n = 600;
-    await session.createTasks(Array.from({ length: n }, () => pingInput(20)));
-    const succeeded = (states: flame.TaskState[]) => states.filter((s) => s === TaskState.Succeed).length > 50;
-    await watchUntil(session, succeeded, 30_000, "some tasks to finish");
-    cluster.proxy.target = undefined;
-    cluster.server.child.kill("SIGKILL");
-    await cluster.server.exited();
-    cluster.server = await startServer(cluster.proxy, cluster.dataDir);
-    const tasks = await settled(session, 90_000);
-    assert.equal(tasks.length, n, "every acknowledged task is back");
-    const adopted = tasks.filter((t) =>
-      t.status!.events.some((e) => /still running .* after restart/.test(e.message ?? "")),
-    );
-    // Dispatches are not written to the store; the restarted control plane must still recognise the
-    // attempts the agent kept running and adopt them rather than run those tasks again.
-    assert.ok(adopted.length > 0, "tasks running at the crash were adopted after the restart");
-    for (const t of tasks) {
-      assert.equal(t.status!.state, TaskState.Succeed, `task ${t.metadata!.id}`);
-      assert.equal(succeedEvents(t), 1, `task ${t.metadata!.id} succeeded exactly once`);
-      assert.ok(t.spec!.output && parsePing(t.spec!.output).pid > 0, "its result is kept");
-    }
-    await session.close();
-    await stopCluster(cluster);
-    cluster = undefined;
-  });
 
   it("kill -9 of a service process mid-session: every task ends with a recorded outcome", async () => {
     cluster = await startCluster(["n1"]);

@@ -1,11 +1,17 @@
 import { InvalidArgumentError, parseResreq, type Resources } from "@kiln/protocol";
 import { TASK_ENVELOPE_BYTES } from "./request-limits.js";
+import { parseStoreUrl } from "./store/open-store.js";
 import { normalizeEndpoint } from "@kiln/sdk";
 import type { TlsServerOptions } from "../net/tls.js";
 
 export interface ControlPlaneOptions {
-  /** Directory holding the SQLite file. */
+  /** Directory holding the SQLite file (unless `store` names a database) and the control plane's other files. */
   dataDir: string;
+  /**
+   * Where the state lives instead of the SQLite file in `dataDir`: a PostgreSQL URL,
+   * postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (`kiln server --store`).
+   */
+  store?: string;
   /** Default 127.0.0.1. Any other address requires `token`. */
   host?: string;
   /** HTTP/2 port (gRPC, Connect). Default 7420; 0 picks a free port. */
@@ -73,6 +79,7 @@ export interface ControlPlaneOptions {
 
 export interface ControlPlaneConfig {
   dataDir: string;
+  store: string | undefined;
   host: string;
   port: number;
   httpPort: number | undefined;
@@ -115,6 +122,7 @@ function withDefaults(o: ControlPlaneOptions): ControlPlaneConfig {
   const heartbeatTimeoutMs = o.heartbeatTimeoutMs ?? 15_000;
   return {
     dataDir: o.dataDir,
+    store: o.store,
     host: o.host ?? "127.0.0.1",
     port: o.port ?? DEFAULT_PORT,
     httpPort: o.httpPort,
@@ -158,6 +166,7 @@ function checkConfig(c: ControlPlaneConfig): void {
   whole("maxRequestBytes", "--max-request-bytes", c.maxRequestBytes, 1);
   whole("scheduleIntervalMs", "the scheduling tick", c.scheduleIntervalMs, 1);
   whole("retentionMs", "--retention", c.retentionMs, 0);
+  if (c.store !== undefined) parseStoreUrl(c.store);
   if (c.heartbeatTimeoutMs < 2 * c.heartbeatIntervalMs)
     throw new InvalidArgumentError(
       "heartbeatTimeoutMs",

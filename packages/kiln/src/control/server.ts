@@ -3,7 +3,6 @@ import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import type { KilnError } from "@kiln/protocol";
 import { StreamRoutes, translateErrors } from "@kiln/protocol/transport";
 import { flame, kiln } from "@kiln/protocol/proto";
-import * as path from "node:path";
 import { checkExposure, type Admit } from "../net/auth.js";
 import { connectHandler } from "../net/connect-handler.js";
 import { Credentials } from "../net/credentials.js";
@@ -27,7 +26,7 @@ import { Retention } from "./retention.js";
 import { SessionRegistry } from "./sessions.js";
 import { SessionsFeed } from "./sessions-feed.js";
 import { GroupCommit } from "./store/group-commit.js";
-import { SqliteStore } from "./store/sqlite-store.js";
+import { openStore } from "./store/open-store.js";
 import { WatchHub } from "./watch-hub.js";
 
 export type { ControlPlaneOptions } from "./config.js";
@@ -66,7 +65,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
 
   const credentials = new Credentials({ adminToken: config.token, nodeToken: config.nodeToken });
 
-  const store = SqliteStore.open(path.join(config.dataDir, "kiln.db"), config.durability);
+  const store = await openStore(config.store, config.dataDir, config.durability);
   // A commit that fails while starting fails the start; later, it stops the control plane (see GroupCommit).
   let storeFailed = (refusal: KilnError): void => {
     throw refusal;
@@ -225,7 +224,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   const httpEndpoint = (endpoints.httpEndpoint = `${scheme}://${shownHost}:${http1.port}`);
   config.log(
     `control plane listening on ${endpoint} (gRPC/HTTP2) and ${httpEndpoint} (JSON/HTTP1.1)` +
-      `${tls?.clientCa === undefined ? "" : tls.clientCertificates === "nodes" ? ", client certificates required of agents" : ", client certificates required"}; data in ${config.dataDir}`,
+      `${tls?.clientCa === undefined ? "" : tls.clientCertificates === "nodes" ? ", client certificates required of agents" : ", client certificates required"}; data in ${config.store === undefined ? config.dataDir : store.description}`,
   );
 
   return {

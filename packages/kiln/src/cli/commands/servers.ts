@@ -4,6 +4,7 @@ import { Option, type Command } from "commander";
 import { InvalidArgumentError } from "@kiln/protocol";
 import { DEFAULT_ENDPOINT, loadConfig, type TlsFiles } from "@kiln/sdk";
 import { DEFAULT_PORT } from "../../control/config.js";
+import { redactPassword } from "../../control/store/open-store.js";
 import { resolveCacheConfig } from "../cache-client.js";
 import { UsageError } from "../exit-codes.js";
 import {
@@ -46,6 +47,11 @@ const retentionOption = (): Option =>
     "--retention <duration>",
     "delete closed sessions, their tasks and events, once closed this long: 7d, 12h, 30m, or 0 for at once (default 7d)",
   ).argParser(duration);
+const storeOption = (): Option =>
+  new Option(
+    "--store <url>",
+    "keep the cluster state in PostgreSQL, postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, instead of the SQLite file in --data-dir",
+  ).env("KILN_STORE");
 const executorsOption = (): Option =>
   new Option("--executors <n>", "executors on this node (default: one per CPU)").argParser(wholeNumber(1, 4096));
 
@@ -56,6 +62,7 @@ interface PackageLimitFlags {
 
 interface UpFlags extends PackageLimitFlags, ServerTlsFlags {
   dataDir: string;
+  store?: string;
   retention?: number;
   port: number;
   cachePort?: number;
@@ -65,6 +72,7 @@ interface UpFlags extends PackageLimitFlags, ServerTlsFlags {
 
 interface ServerFlags extends ServerTlsFlags {
   dataDir: string;
+  store?: string;
   port: number;
   host: string;
   heartbeatTimeout?: number;
@@ -109,6 +117,7 @@ export function registerServerCommands(program: Command): void {
     )
     .addOption(hostOption())
     .addOption(executorsOption())
+    .addOption(storeOption())
     .addOption(retentionOption())
     .addOption(maxPackageBytesOption())
     .addOption(maxPackageEntriesOption());
@@ -141,12 +150,16 @@ export function registerServerCommands(program: Command): void {
             maxPackageBytes: f.maxPackageBytes,
             maxPackageEntries: f.maxPackageEntries,
             token,
-            ...(f.retention !== undefined ? { controlPlane: { retentionMs: f.retention } } : {}),
+            controlPlane: {
+              ...(f.retention !== undefined ? { retentionMs: f.retention } : {}),
+              ...(f.store !== undefined ? { store: f.store } : {}),
+            },
             ...(tls ? { tls: { ...tls.files, ...(agentCa ? { caFile: path.resolve(agentCa) } : {}) } } : {}),
           }),
         (cluster) =>
           process.stdout.write(
             `Kiln is up at ${cluster.endpoint}\n  object cache: ${cluster.cacheEndpoint}\n  data: ${f.dataDir}\n` +
+              (f.store === undefined ? "" : `  store: ${redactPassword(f.store)}\n`) +
               trustLine(tls) +
               writeUpContext(globals.config, {
                 endpoint: cluster.endpoint,
@@ -164,6 +177,7 @@ export function registerServerCommands(program: Command): void {
     .command("server")
     .description("run the control plane only (agents join with `kiln agent --endpoint URL`)")
     .addOption(dataDirOption())
+    .addOption(storeOption())
     .addOption(hostOption())
     .addOption(portOption())
     .addOption(
@@ -216,6 +230,7 @@ export function registerServerCommands(program: Command): void {
       () =>
         startControlPlane({
           dataDir: f.dataDir,
+          store: f.store,
           host: f.host,
           port: f.port,
           token,
@@ -232,7 +247,7 @@ export function registerServerCommands(program: Command): void {
         }),
       (cp) =>
         process.stdout.write(
-          `Kiln control plane listening at ${cp.endpoint} (data: ${f.dataDir})\n` +
+          `Kiln control plane listening at ${cp.endpoint} (data: ${f.store === undefined ? f.dataDir : redactPassword(f.store)})\n` +
             trustLine(tls) +
             (cacheEndpoint ? `  object cache (told to clients): ${cacheEndpoint}\n` : "") +
             `Agents join with \`kiln agent --endpoint ${cp.endpoint}\`; try \`${kilnCommand(cp.endpoint, "list -n")}\`.\n`,

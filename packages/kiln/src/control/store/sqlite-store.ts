@@ -3,6 +3,20 @@ import type Database from "better-sqlite3";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { IdleCheckpoints, openOwnedDatabase, SpaceReclaimer, useIncrementalVacuum } from "../../util/sqlite-file.js";
+import {
+  applicationFromRow,
+  sessionsFromRows,
+  submissionFromRow,
+  taskFromRow,
+  taskValues,
+  unfinishedSpans,
+  WORKING_SET_QUERIES,
+  type ApplicationRow,
+  type EventRow,
+  type SessionRow,
+  type SubmissionRow,
+  type TaskRow,
+} from "./rows.js";
 import { MIGRATIONS } from "./sqlite-migrations.js";
 import type {
   Durability,
@@ -18,35 +32,6 @@ import type {
   TaskPage,
   WorkingSet,
 } from "./store.js";
-
-interface SessionRow {
-  id: string;
-  application: string;
-  spec: Buffer;
-  state: number;
-  creation_time: number;
-  completion_time: number | null;
-  task_count: number;
-  succeed: number;
-  failed: number;
-  cancelled: number;
-  last_seq: number;
-}
-
-interface TaskRow {
-  session_id: string;
-  id: number;
-  state: number;
-  input: Buffer | null;
-  output: Buffer | null;
-  message: string | null;
-  attempt: number;
-  retries: number;
-  creation_time: number;
-  completion_time: number | null;
-  seq: number;
-  events: string;
-}
 
 /**
  * The control plane's SQLite file (WAL), the embedded default store. Commits are synchronous: the
@@ -199,104 +184,31 @@ export class SqliteStore implements Store, StoreWriter {
 
   /** Inserts a task or updates its mutable columns (the input is written once). */
   upsertTask(t: StoredTask): void {
-    this.stmts.upsertTask.run(
-      t.sessionId,
-      t.id,
-      t.state,
-      t.input ?? null,
-      t.output ?? null,
-      t.message ?? null,
-      t.attempt,
-      t.retries,
-      t.creationTime,
-      t.completionTime ?? null,
-      t.seq,
-      JSON.stringify(t.events),
-    );
+    this.stmts.upsertTask.run(...taskValues(t));
   }
 
   loadWorkingSet(pendingPerSession: number): Promise<WorkingSet> {
-    const applications = (
-      this.db.prepare("SELECT name, spec, state, creation_time FROM applications").all() as {
-        name: string;
-        spec: Buffer;
-        state: number;
-        creation_time: number;
-      }[]
-    ).map((r) => ({ name: r.name, spec: r.spec, state: r.state, creationTime: r.creation_time }));
-    const eventsBySession = new Map<string, StoredEvent[]>();
-    for (const r of this.db
-      .prepare("SELECT session_id, code, message, time FROM session_events ORDER BY session_id, seq")
-      .all() as { session_id: string; code: number; message: string | null; time: number }[]) {
-      let list = eventsBySession.get(r.session_id);
-      if (!list) eventsBySession.set(r.session_id, (list = []));
-      list.push({ code: r.code, time: r.time, ...(r.message !== null ? { message: r.message } : {}) });
-    }
-    const sessions = (this.db.prepare("SELECT * FROM sessions").all() as SessionRow[]).map((r) => ({
-      session: {
-        id: r.id,
-        application: r.application,
-        spec: r.spec,
-        state: r.state,
-        creationTime: r.creation_time,
-        ...(r.completion_time !== null ? { completionTime: r.completion_time } : {}),
-      },
-      progress: {
-        taskCount: r.task_count,
-        succeed: r.succeed,
-        failed: r.failed,
-        cancelled: r.cancelled,
-        lastSeq: r.last_seq,
-      },
-      events: eventsBySession.get(r.id) ?? [],
-    }));
-    const { tasks, backlog } = this.unfinishedTasks(pendingPerSession);
-    const submissions = (
-      this.db.prepare("SELECT session_id, key, first_task_id, count, time FROM submissions ORDER BY time").all() as {
-        session_id: string;
-        key: string;
-        first_task_id: number;
-        count: number;
-        time: number;
-      }[]
-    ).map((r) => ({ sessionId: r.session_id, key: r.key, firstTaskId: r.first_task_id, count: r.count, time: r.time }));
-    const nodes = (this.db.prepare("SELECT name FROM nodes").all() as { name: string }[]).map((r) => r.name);
-    return Promise.resolve({ applications, sessions, tasks, submissions, nodes, backlog });
-  }
-
-  /** The first unfinished tasks of each session, and the ids of the rest as spans (from the partial index alone). */
-  private unfinishedTasks(perSession: number): Pick<WorkingSet, "tasks" | "backlog"> {
+    const q = WORKING_SET_QUERIES;
+    const all = <T>(sql: string) => this.db.prepare(sql).all() as T[];
+    const ids = this.db.prepare(q.unfinishedIds).raw().iterate() as IterableIterator<[string, number]>;
+    const { firstThrough, backlog } = unfinishedSpans(ids, pendingPerSession);
     const tasks: StoredTask[] = [];
-    const backlog: WorkingSet["backlog"] = [];
-    const firstIds = new Map<string, number>();
-    let session = "";
-    let seen = 0;
-    const ids = this.db
-      .prepare("SELECT session_id, id FROM tasks WHERE state < 2 ORDER BY session_id, id")
-      .raw()
-      .iterate() as IterableIterator<[string, number]>;
-    for (const [sessionId, id] of ids) {
-      if (sessionId !== session) {
-        session = sessionId;
-        seen = 0;
-      }
-      if (seen++ < perSession) {
-        firstIds.set(sessionId, id);
-        continue;
-      }
-      const last = backlog[backlog.length - 1];
-      if (last && last.sessionId === sessionId && last.to + 1 === id) last.to = id;
-      else backlog.push({ sessionId, from: id, to: id });
-    }
-    for (const [sessionId, lastId] of firstIds)
-      for (const row of this.stmts.listUnfinishedTasks.all(sessionId, 0, lastId, perSession) as TaskRow[])
-        tasks.push(fromRow(row));
-    return { tasks, backlog };
+    for (const [sessionId, lastId] of firstThrough)
+      for (const row of this.stmts.listUnfinishedTasks.all(sessionId, 0, lastId, pendingPerSession) as TaskRow[])
+        tasks.push(taskFromRow(row));
+    return Promise.resolve({
+      applications: all<ApplicationRow>(q.applications).map(applicationFromRow),
+      sessions: sessionsFromRows(all<SessionRow>(q.sessions), all<EventRow>(q.events)),
+      tasks,
+      backlog,
+      submissions: all<SubmissionRow>(q.submissions).map(submissionFromRow),
+      nodes: all<{ name: string }>(q.nodes).map((r) => r.name),
+    });
   }
 
   getTask(sessionId: string, id: number): Promise<StoredTask | undefined> {
     const row = this.stmts.getTask.get(sessionId, id) as TaskRow | undefined;
-    return Promise.resolve(row && fromRow(row));
+    return Promise.resolve(row && taskFromRow(row));
   }
 
   listTasks(sessionId: string, page: TaskPage): Promise<StoredTask[]> {
@@ -306,7 +218,7 @@ export class SqliteStore implements Store, StoreWriter {
         ? this.stmts.listUnfinishedTasks.all(sessionId, page.afterId, through, page.limit)
         : this.stmts.listTasks.all(sessionId, page.afterId, through, page.changedAfter ?? -1, page.limit)
     ) as TaskRow[];
-    return Promise.resolve(rows.map(fromRow));
+    return Promise.resolve(rows.map(taskFromRow));
   }
 
   close(): Promise<void> {
@@ -315,23 +227,6 @@ export class SqliteStore implements Store, StoreWriter {
     this.db.close();
     return Promise.resolve();
   }
-}
-
-function fromRow(r: TaskRow): StoredTask {
-  return {
-    sessionId: r.session_id,
-    id: r.id,
-    state: r.state,
-    ...(r.input !== null ? { input: r.input } : {}),
-    ...(r.output !== null ? { output: r.output } : {}),
-    ...(r.message !== null ? { message: r.message } : {}),
-    attempt: r.attempt,
-    retries: r.retries,
-    creationTime: r.creation_time,
-    ...(r.completion_time !== null ? { completionTime: r.completion_time } : {}),
-    seq: r.seq,
-    events: JSON.parse(r.events) as StoredEvent[],
-  };
 }
 
 function migrate(db: Database.Database): void {
