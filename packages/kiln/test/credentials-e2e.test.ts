@@ -127,6 +127,11 @@ describe("scoped credentials across kiln server, kiln cache and kiln agent", () 
       // A nested client: a session of its own application, with tasks.
       const nested = await task.createSession({ application: "kiln-exec" });
       await nested.close();
+      const listed = await task.listSessionsPage({ application: "kiln-exec" });
+      assert.ok(
+        listed.sessions.some((s) => s.metadata?.id === nested.id),
+        "it may list its application's sessions",
+      );
       const ref = await taskCache.putObject(`kiln-exec/${session.id}/mine`, { n: 1 });
       assert.deepEqual(await taskCache.getObject(ref), { n: 1 });
       assert.ok((await taskCache.listObjects(`kiln-exec/${session.id}`)).some((o) => o.key === ref.key));
@@ -148,6 +153,8 @@ describe("scoped credentials across kiln server, kiln cache and kiln agent", () 
       );
       await assert.rejects(task.unregisterApplication("kiln-ping"), denied());
       await assert.rejects(task.listSessions(), denied(/ListSession/));
+      await assert.rejects(task.listSessionsPage(), denied(/ListSessions of every session/));
+      await assert.rejects(task.listSessionsPage({ application: "kiln-ping" }), denied(/application "kiln-ping"/));
       await assert.rejects(
         task.getSession(other.id),
         denied(new RegExp(`session "${other.id}" of application "kiln-ping"`)),
