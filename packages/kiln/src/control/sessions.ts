@@ -284,7 +284,8 @@ export class SessionRegistry {
    * follow consecutively). With an idempotency key this session saw within
    * the retention, creates nothing and returns the first id of that batch.
    */
-  createTasks(sessionId: string, inputs: readonly Uint8Array[], idempotencyKey = ""): number {
+  /** Creates tasks; `outputTo` is the watcher key their outputs go to (see WatchHub), "" for none. */
+  createTasks(sessionId: string, inputs: readonly Uint8Array[], idempotencyKey = "", outputTo = ""): number {
     const s = this.require(sessionId);
     const now = Date.now();
     if (idempotencyKey !== "") {
@@ -314,6 +315,7 @@ export class SessionRegistry {
         creationTime: now,
         seq: ++s.seq,
         events: [{ code: TaskState.Pending, message: "created", time: now }],
+        ...(outputTo !== "" ? { outputTo } : {}),
       };
       s.live.set(task.id, task);
       s.pending.push(task);

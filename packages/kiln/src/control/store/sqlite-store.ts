@@ -45,6 +45,7 @@ interface TaskRow {
   completion_time: number | null;
   seq: number;
   events: string;
+  output_to: string | null;
 }
 
 /**
@@ -94,8 +95,8 @@ export class SqliteStore implements Store, StoreWriter {
         "INSERT INTO session_events (session_id, seq, code, message, time) VALUES (?, ?, ?, ?, ?)",
       ),
       upsertTask: db.prepare(
-        "INSERT INTO tasks (session_id, id, state, input, output, message, attempt, retries, creation_time, completion_time, seq, events) " +
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, id) DO UPDATE SET state = excluded.state, " +
+        "INSERT INTO tasks (session_id, id, state, input, output, message, attempt, retries, creation_time, completion_time, seq, events, output_to) " +
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, id) DO UPDATE SET state = excluded.state, " +
           "output = excluded.output, message = excluded.message, attempt = excluded.attempt, retries = excluded.retries, " +
           "completion_time = excluded.completion_time, seq = excluded.seq, events = excluded.events",
       ),
@@ -198,6 +199,7 @@ export class SqliteStore implements Store, StoreWriter {
       t.completionTime ?? null,
       t.seq,
       JSON.stringify(t.events),
+      t.outputTo ?? null,
     );
   }
 
@@ -289,6 +291,7 @@ function fromRow(r: TaskRow): StoredTask {
     ...(r.completion_time !== null ? { completionTime: r.completion_time } : {}),
     seq: r.seq,
     events: JSON.parse(r.events) as StoredEvent[],
+    ...(r.output_to !== null ? { outputTo: r.output_to } : {}),
   };
 }
 

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
 export const file_kiln_v1_frontend: GenFile =
   /*@__PURE__*/
   fileDesc(
-    "ChZraWxuL3YxL2Zyb250ZW5kLnByb3RvEgdraWxuLnYxIlEKEkNyZWF0ZVRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmlucHV0cxgCIAMoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkiOwoTQ3JlYXRlVGFza3NSZXNwb25zZRIVCg1maXJzdF90YXNrX2lkGAEgASgEEg0KBWNvdW50GAIgASgNIm8KE1N1Ym1pdFRhc2tzUmVzcG9uc2USFQoNZmlyc3RfdGFza19pZBgBIAEoBBINCgVjb3VudBgCIAEoDRIoCgVlcnJvchgDIAEoCzIULmtpbG4udjEuU3VibWl0RXJyb3JIAIgBAUIICgZfZXJyb3IiLAoLU3VibWl0RXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIlAKE1dhdGNoU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIQCghzbmFwc2hvdBgCIAEoCBITCgtvbWl0X291dHB1dBgDIAEoCCKeAQoKVGFza1VwZGF0ZRIPCgd0YXNrX2lkGAEgASgJEiIKBXN0YXRlGAIgASgOMhMuZmxhbWUudjEuVGFza1N0YXRlEgwKBHRpbWUYAyABKAMSEwoGb3V0cHV0GAQgASgMSACIAQESFAoHbWVzc2FnZRgFIAEoCUgBiAEBEgsKA3NlcRgGIAEoBEIJCgdfb3V0cHV0QgoKCF9tZXNzYWdlImMKFFdhdGNoU2Vzc2lvblJlc3BvbnNlEg0KBXJlYWR5GAEgASgIEiQKB3VwZGF0ZXMYAiADKAsyEy5raWxuLnYxLlRhc2tVcGRhdGUSFgoOc2Vzc2lvbl9jbG9zZWQYAyABKAgiOgoSQ2FuY2VsVGFza3NSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEAoIdGFza19pZHMYAiADKAkiKAoTQ2FuY2VsVGFza3NSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKA0iVgoUV2F0Y2hTZXNzaW9uc1JlcXVlc3QSEwoLc2Vzc2lvbl9pZHMYASADKAkSDgoGZXZlbnRzGAIgASgIEhkKEW9taXRfdGFza19jaGFuZ2VzGAMgASgIImgKFVdhdGNoU2Vzc2lvbnNSZXNwb25zZRINCgVyZWFkeRgBIAEoCBIjCghzZXNzaW9ucxgCIAMoCzIRLmZsYW1lLnYxLlNlc3Npb24SGwoTZGVsZXRlZF9zZXNzaW9uX2lkcxgDIAMoCSIXChVHZXRDbHVzdGVySW5mb1JlcXVlc3QihAEKC0NsdXN0ZXJJbmZvEg8KB3ZlcnNpb24YASABKAkSFgoOY2FjaGVfZW5kcG9pbnQYAiABKAkSDQoFbm9kZXMYAyABKA0SEwoLcmVhZHlfbm9kZXMYBCABKA0SEQoJZXhlY3V0b3JzGAUgASgNEhUKDW9wZW5fc2Vzc2lvbnMYBiABKA0y1QMKCEZyb250ZW5kEkgKC0NyZWF0ZVRhc2tzEhsua2lsbi52MS5DcmVhdGVUYXNrc1JlcXVlc3QaHC5raWxuLnYxLkNyZWF0ZVRhc2tzUmVzcG9uc2USTAoLU3VibWl0VGFza3MSGy5raWxuLnYxLkNyZWF0ZVRhc2tzUmVxdWVzdBocLmtpbG4udjEuU3VibWl0VGFza3NSZXNwb25zZSgBMAESTQoMV2F0Y2hTZXNzaW9uEhwua2lsbi52MS5XYXRjaFNlc3Npb25SZXF1ZXN0Gh0ua2lsbi52MS5XYXRjaFNlc3Npb25SZXNwb25zZTABEkgKC0NhbmNlbFRhc2tzEhsua2lsbi52MS5DYW5jZWxUYXNrc1JlcXVlc3QaHC5raWxuLnYxLkNhbmNlbFRhc2tzUmVzcG9uc2USUAoNV2F0Y2hTZXNzaW9ucxIdLmtpbG4udjEuV2F0Y2hTZXNzaW9uc1JlcXVlc3QaHi5raWxuLnYxLldhdGNoU2Vzc2lvbnNSZXNwb25zZTABEkYKDkdldENsdXN0ZXJJbmZvEh4ua2lsbi52MS5HZXRDbHVzdGVySW5mb1JlcXVlc3QaFC5raWxuLnYxLkNsdXN0ZXJJbmZvYgZwcm90bzM",
+    "ChZraWxuL3YxL2Zyb250ZW5kLnByb3RvEgdraWxuLnYxImQKEkNyZWF0ZVRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmlucHV0cxgCIAMoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSEQoJb3V0cHV0X3RvGAQgASgJIjsKE0NyZWF0ZVRhc2tzUmVzcG9uc2USFQoNZmlyc3RfdGFza19pZBgBIAEoBBINCgVjb3VudBgCIAEoDSJvChNTdWJtaXRUYXNrc1Jlc3BvbnNlEhUKDWZpcnN0X3Rhc2tfaWQYASABKAQSDQoFY291bnQYAiABKA0SKAoFZXJyb3IYAyABKAsyFC5raWxuLnYxLlN1Ym1pdEVycm9ySACIAQFCCAoGX2Vycm9yIiwKC1N1Ym1pdEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSKLAQoTV2F0Y2hTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHNuYXBzaG90GAIgASgIEhMKC29taXRfb3V0cHV0GAMgASgIEhYKCWFmdGVyX3NlcRgEIAEoBEgAiAEBEhMKC291dHB1dHNfZm9yGAUgASgJQgwKCl9hZnRlcl9zZXEingEKClRhc2tVcGRhdGUSDwoHdGFza19pZBgBIAEoCRIiCgVzdGF0ZRgCIAEoDjITLmZsYW1lLnYxLlRhc2tTdGF0ZRIMCgR0aW1lGAMgASgDEhMKBm91dHB1dBgEIAEoDEgAiAEBEhQKB21lc3NhZ2UYBSABKAlIAYgBARILCgNzZXEYBiABKARCCQoHX291dHB1dEIKCghfbWVzc2FnZSJ4ChRXYXRjaFNlc3Npb25SZXNwb25zZRINCgVyZWFkeRgBIAEoCBIkCgd1cGRhdGVzGAIgAygLMhMua2lsbi52MS5UYXNrVXBkYXRlEhYKDnNlc3Npb25fY2xvc2VkGAMgASgIEhMKC3Rocm91Z2hfc2VxGAQgASgEIjoKEkNhbmNlbFRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHRhc2tfaWRzGAIgAygJIigKE0NhbmNlbFRhc2tzUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgNIlYKFFdhdGNoU2Vzc2lvbnNSZXF1ZXN0EhMKC3Nlc3Npb25faWRzGAEgAygJEg4KBmV2ZW50cxgCIAEoCBIZChFvbWl0X3Rhc2tfY2hhbmdlcxgDIAEoCCJoChVXYXRjaFNlc3Npb25zUmVzcG9uc2USDQoFcmVhZHkYASABKAgSIwoIc2Vzc2lvbnMYAiADKAsyES5mbGFtZS52MS5TZXNzaW9uEhsKE2RlbGV0ZWRfc2Vzc2lvbl9pZHMYAyADKAkiFwoVR2V0Q2x1c3RlckluZm9SZXF1ZXN0IoQBCgtDbHVzdGVySW5mbxIPCgd2ZXJzaW9uGAEgASgJEhYKDmNhY2hlX2VuZHBvaW50GAIgASgJEg0KBW5vZGVzGAMgASgNEhMKC3JlYWR5X25vZGVzGAQgASgNEhEKCWV4ZWN1dG9ycxgFIAEoDRIVCg1vcGVuX3Nlc3Npb25zGAYgASgNMtUDCghGcm9udGVuZBJICgtDcmVhdGVUYXNrcxIbLmtpbG4udjEuQ3JlYXRlVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DcmVhdGVUYXNrc1Jlc3BvbnNlEkwKC1N1Ym1pdFRhc2tzEhsua2lsbi52MS5DcmVhdGVUYXNrc1JlcXVlc3QaHC5raWxuLnYxLlN1Ym1pdFRhc2tzUmVzcG9uc2UoATABEk0KDFdhdGNoU2Vzc2lvbhIcLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVxdWVzdBodLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVzcG9uc2UwARJICgtDYW5jZWxUYXNrcxIbLmtpbG4udjEuQ2FuY2VsVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DYW5jZWxUYXNrc1Jlc3BvbnNlElAKDVdhdGNoU2Vzc2lvbnMSHS5raWxuLnYxLldhdGNoU2Vzc2lvbnNSZXF1ZXN0Gh4ua2lsbi52MS5XYXRjaFNlc3Npb25zUmVzcG9uc2UwARJGCg5HZXRDbHVzdGVySW5mbxIeLmtpbG4udjEuR2V0Q2x1c3RlckluZm9SZXF1ZXN0GhQua2lsbi52MS5DbHVzdGVySW5mb2IGcHJvdG8z",
     [file_flame_v1_types],
   );
 
@@ -47,6 +47,15 @@ export type CreateTasksRequest = Message<"kiln.v1.CreateTasksRequest"> & {
    * @generated from field: string idempotency_key = 3;
    */
   idempotencyKey: string;
+
+  /**
+   * A watcher key (see WatchSessionRequest.outputs_for): watchers that set
+   * that key get the outputs of these tasks, others only their state changes.
+   * Stored with the tasks. At most 128 characters; empty: no key.
+   *
+   * @generated from field: string output_to = 4;
+   */
+  outputTo: string;
 };
 
 /**
@@ -155,6 +164,28 @@ export type WatchSessionRequest = Message<"kiln.v1.WatchSessionRequest"> & {
    * @generated from field: bool omit_output = 3;
    */
   omitOutput: boolean;
+
+  /**
+   * Resume: first send every task whose last change came after this sequence
+   * number (TaskUpdate.seq of the last update the watcher got), latest state
+   * each, in messages of at most 1,000 updates; the message with `ready` set
+   * ends it, then live changes follow. Task numbering goes on across
+   * control-plane restarts, so the number stays good. Cannot be combined with
+   * `snapshot`; a number above the session's last change is refused.
+   *
+   * @generated from field: optional uint64 after_seq = 4;
+   */
+  afterSeq?: bigint | undefined;
+
+  /**
+   * Send outputs only of tasks created with this key as
+   * CreateTasksRequest.output_to (a key the client makes up, e.g. a random
+   * UUID); every other task's updates come without output. At most 128
+   * characters; empty: outputs of every task (unless omit_output).
+   *
+   * @generated from field: string outputs_for = 5;
+   */
+  outputsFor: string;
 };
 
 /**
@@ -230,6 +261,16 @@ export type WatchSessionResponse = Message<"kiln.v1.WatchSessionResponse"> & {
    * @generated from field: bool session_closed = 3;
    */
   sessionClosed: boolean;
+
+  /**
+   * Set when the watcher has now been sent every change of the session up to
+   * this number (live messages, and the last message of a snapshot, resume or
+   * resynchronisation): the after_seq to resume with. 0 in the middle of one,
+   * whose updates come in task id order.
+   *
+   * @generated from field: uint64 through_seq = 4;
+   */
+  throughSeq: bigint;
 };
 
 /**
@@ -446,7 +487,16 @@ export const Frontend: GenService<{
    * of the tasks that already exist comes first, in messages of at most 1,000
    * updates, read page by page from the store; the message with `ready` set
    * ends it (the first message when there is no snapshot). Nothing that
-   * happens after the watch opened is missed.
+   * happens after the watch opened is missed. A watcher that reconnects sends
+   * `after_seq` instead of asking for a snapshot and gets only what it missed.
+   *
+   * A watcher whose client does not read fast enough holds at most a bounded
+   * number of bytes in the control plane: past it, what it holds is dropped
+   * and, once the client reads again, it is resynchronised from the store
+   * (every task that changed since the last complete message it was sent,
+   * latest state each, without a `ready`; see `through_seq`); a client that
+   * stays behind for too long has the stream ended with RESOURCE_EXHAUSTED
+   * ("watcher fell behind").
    *
    * @generated from rpc kiln.v1.Frontend.WatchSession
    */
