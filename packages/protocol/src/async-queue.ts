@@ -1,8 +1,17 @@
+/** What a producer that bounds its queue needs to hear from the consumer's side. */
+export interface QueueHooks<T> {
+  /** An item was handed to the consumer. */
+  taken?: (item: T) => void;
+  /** The consumer asked for an item and none was queued. */
+  starved?: () => void;
+}
+
 /**
- * An unbounded push queue consumed as an async iterable: the bridge between
+ * A push queue consumed as an async iterable: the bridge between
  * event-driven producers (task changes, agent commands) and a streaming RPC
  * handler that yields messages. `end()` finishes the iteration; `fail(err)`
- * makes it throw.
+ * makes it throw. It has no bound of its own; a producer that needs one
+ * counts what it pushes and what `hooks.taken` reports, and `clear()`s.
  */
 export class AsyncQueue<T> implements AsyncIterable<T> {
   private items: T[] = [];
@@ -12,11 +21,13 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
   private done = false;
   private error: unknown;
 
+  constructor(private readonly hooks: QueueHooks<T> = {}) {}
+
   get closed(): boolean {
     return this.done;
   }
 
-  /** Items pushed and not yet handed out. */
+  /** Items pushed and not yet handed out (none while the consumer waits for one). */
   get size(): number {
     return this.items.length - this.head;
   }
@@ -26,10 +37,17 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
     const resolve = this.waiting;
     if (resolve) {
       this.waiting = this.rejectWaiting = undefined;
+      this.hooks.taken?.(item);
       resolve({ value: item, done: false });
     } else {
       this.items.push(item);
     }
+  }
+
+  /** Drops the items not handed out yet. */
+  clear(): void {
+    this.items = [];
+    this.head = 0;
   }
 
   end(): void {
@@ -50,6 +68,7 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
   }
 
   private next(): Promise<IteratorResult<T>> {
+    if (this.head === this.items.length && !this.done) this.hooks.starved?.();
     if (this.head < this.items.length) {
       const value = this.items[this.head]!;
       // Let go of what was handed out: a reader that never quite catches up must not keep it all.
@@ -61,6 +80,7 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
         this.items = this.items.slice(this.head);
         this.head = 0;
       }
+      this.hooks.taken?.(value);
       return Promise.resolve({ value, done: false });
     }
     if (this.error !== undefined) return Promise.reject(this.error);

@@ -33,5 +33,5 @@ export { validateObjectKey, validateObjectPrefix, validateListPrefix } from "./o
 export { sha256Hex, Sha256Counter } from "./digest.js";
 export { withTimeout } from "./with-timeout.js";
 export { processExists } from "./process-exists.js";
-export { AsyncQueue, untilAborted } from "./async-queue.js";
+export { AsyncQueue, untilAborted, type QueueHooks } from "./async-queue.js";
 export { SessionEvent, describeEventCode, eventMessage, bindFailureEvent, type SessionEventCode } from "./events.js";

@@ -74,6 +74,13 @@ export interface ControlPlaneOptions {
    * 0 keeps nothing after close.
    */
   retentionMs?: number;
+  /**
+   * Bytes each session watcher may hold unsent (updates waiting for a slow client); past it the
+   * watcher is dropped to a sequence number and resynchronised from the store. Default 4 MiB.
+   */
+  watchBufferBytes?: number;
+  /** A session watcher behind for this long has its stream ended (RESOURCE_EXHAUSTED). Default 5 minutes. */
+  watchBehindLimitMs?: number;
   log?: (line: string) => void;
 }
 
@@ -99,6 +106,8 @@ export interface ControlPlaneConfig {
   scheduleIntervalMs: number;
   durability: "normal" | "full";
   retentionMs: number;
+  watchBufferBytes: number;
+  watchBehindLimitMs: number;
   log: (line: string) => void;
 }
 
@@ -147,6 +156,8 @@ function withDefaults(o: ControlPlaneOptions): ControlPlaneConfig {
     scheduleIntervalMs: o.scheduleIntervalMs ?? 100,
     durability: o.durability ?? "normal",
     retentionMs: o.retentionMs ?? DEFAULT_RETENTION_MS,
+    watchBufferBytes: o.watchBufferBytes ?? 4 * 1024 * 1024,
+    watchBehindLimitMs: o.watchBehindLimitMs ?? 5 * 60_000,
     log: o.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)),
   };
 }
@@ -167,6 +178,8 @@ function checkConfig(c: ControlPlaneConfig): void {
   whole("scheduleIntervalMs", "the scheduling tick", c.scheduleIntervalMs, 1);
   whole("retentionMs", "--retention", c.retentionMs, 0);
   if (c.store !== undefined) parseStoreUrl(c.store);
+  whole("watchBufferBytes", "the session watchers' bound", c.watchBufferBytes, 1);
+  whole("watchBehindLimitMs", "the session watchers' time behind", c.watchBehindLimitMs, 1);
   if (c.heartbeatTimeoutMs < 2 * c.heartbeatIntervalMs)
     throw new InvalidArgumentError(
       "heartbeatTimeoutMs",

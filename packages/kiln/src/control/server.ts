@@ -27,7 +27,7 @@ import { SessionRegistry } from "./sessions.js";
 import { SessionsFeed } from "./sessions-feed.js";
 import { GroupCommit } from "./store/group-commit.js";
 import { openStore } from "./store/open-store.js";
-import { WatchHub } from "./watch-hub.js";
+import { WatchHub, type WatchStats } from "./watch-hub.js";
 
 export type { ControlPlaneOptions } from "./config.js";
 
@@ -46,6 +46,8 @@ export interface ControlPlane {
    * again on the same data dir to go on from what was stored.
    */
   failed: Promise<KilnError>;
+  /** Session watchers, those behind, and the bytes they hold unsent for slow clients (bounded, see WatchHub). */
+  watchStats(): WatchStats;
   close(): Promise<void>;
 }
 
@@ -92,7 +94,10 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   registerBuiltinApps(apps);
   await commit.settle();
 
-  const hub = new WatchHub(toTaskMessage);
+  const hub = new WatchHub(toTaskMessage, {
+    maxBytes: config.watchBufferBytes,
+    behindLimitMs: config.watchBehindLimitMs,
+  });
   const feed = new SessionsFeed();
   const orchestrator = new Orchestrator(config, sessions, apps, commit, credentials);
   const retention = new Retention(sessions, config.retentionMs);
@@ -232,6 +237,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     port: server.port,
     httpEndpoint,
     failed,
+    watchStats: () => hub.stats(),
     async close() {
       orchestrator.stop();
       retention.stop();

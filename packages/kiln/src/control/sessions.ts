@@ -301,19 +301,21 @@ export class SessionRegistry {
    * follow consecutively). With an idempotency key this session saw within
    * the retention, creates nothing and returns the first id of that batch.
    */
-  createTasks(sessionId: string, inputs: readonly Uint8Array[], idempotencyKey = ""): number {
-    return this.addTasks(sessionId, inputs, idempotencyKey).first;
+  createTasks(sessionId: string, inputs: readonly Uint8Array[], idempotencyKey = "", outputTo = ""): number {
+    return this.addTasks(sessionId, inputs, idempotencyKey, outputTo).first;
   }
 
   /** Creates one task (flame.v1 CreateTask) and returns it as created. */
   createTask(sessionId: string, input: Uint8Array): StoredTask {
-    return this.addTasks(sessionId, [input], "").created[0]!;
+    return this.addTasks(sessionId, [input], "", "").created[0]!;
   }
 
+  /** Creates tasks; `outputTo` is the watcher key their outputs go to (see WatchHub), "" for none. */
   private addTasks(
     sessionId: string,
     inputs: readonly Uint8Array[],
     idempotencyKey: string,
+    outputTo: string,
   ): { first: number; created: TaskRecord[] } {
     const s = this.require(sessionId);
     const now = Date.now();
@@ -347,6 +349,7 @@ export class SessionRegistry {
         creationTime: now,
         seq: ++s.seq,
         events: [{ code: TaskState.Pending, message: "created", time: now }],
+        ...(outputTo !== "" ? { outputTo } : {}),
       };
       if (i < kept) {
         s.live.set(task.id, task);

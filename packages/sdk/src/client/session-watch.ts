@@ -1,5 +1,6 @@
 import { ErrorCode, FailedPreconditionError, KilnError, OutcomeUnknownError, TimeoutError } from "@kiln/protocol";
 import type { kiln } from "@kiln/protocol/proto";
+import { randomUUID } from "node:crypto";
 import { isConnectionLoss, nextBackoffMs } from "./connection-loss.js";
 import type { ClientContext, Stoppable } from "./context.js";
 import { isTerminal, toTaskUpdate, type TaskUpdate } from "./task-update.js";
@@ -57,12 +58,21 @@ interface Run {
   wake?: () => void;
 }
 
+/** How a stream (re)opens: live only, with a snapshot, or resuming after a change number. */
+type Start = "live" | "snapshot" | { afterSeq: bigint };
+
 /**
  * One kiln.v1 WatchSession stream shared by every run()/invoke() of a Session
  * object. Opened on first use, closed after `lingerMs` without waiters,
- * reopened with a snapshot if it breaks while tasks are awaited.
+ * reopened if it breaks while tasks are awaited: resuming after the last
+ * change it got (only what it missed), or with a snapshot when it got none.
+ * It asks for outputs only of the tasks created with its `outputKey`.
  */
 export class SessionWatch implements Stoppable {
+  /** The watcher key the tasks of this Session object are created with (CreateTasksRequest.output_to). */
+  readonly outputKey = randomUUID();
+  /** The highest change number received: a reopened stream resumes after it. */
+  private lastSeq: bigint | undefined;
   private readonly waiters = new Map<string, TaskWaiter>();
   /** Updates for ids not known yet: they can beat the CreateTasks response that names them. */
   private readonly early = new Map<string, TaskUpdate[]>();
@@ -129,25 +139,27 @@ export class SessionWatch implements Stoppable {
     this.stopWith(reason);
   }
 
-  private start(snapshot: boolean): Run {
+  private start(catchUp: boolean): Run {
     const run: Run = { stopped: false, ready: false, gate: gate() };
     this.run = run;
     this.ctx.track(this);
-    void this.loop(run, snapshot);
+    void this.loop(run, catchUp);
     return run;
   }
 
   /**
-   * Streams, reopening with a snapshot after a connection loss for as long as
-   * the client's patience allows. A first open that fails gives up at once
-   * (no task of the caller exists yet), unless the run started for tasks
-   * already created (`snapshot`).
+   * Streams, reopening after a connection loss (or after the control plane
+   * ended it because this client fell behind) for as long as the client's
+   * patience allows, resuming after the last change received. A first open
+   * that fails gives up at once (no task of the caller exists yet), unless the
+   * run started for tasks already created (`catchUp`).
    */
-  private async loop(run: Run, snapshot: boolean): Promise<void> {
-    let brokenSince: number | undefined = snapshot ? Date.now() : undefined;
+  private async loop(run: Run, catchUp: boolean): Promise<void> {
+    let brokenSince: number | undefined = catchUp ? Date.now() : undefined;
     let backoffMs: number | undefined;
+    let start: Start = catchUp ? this.restart() : "live";
     for (;;) {
-      const error = await this.connectOnce(run, snapshot);
+      const error = await this.connectOnce(run, start);
       if (run.stopped) return;
       if (run.ready) {
         run.ready = false;
@@ -156,7 +168,14 @@ export class SessionWatch implements Stoppable {
         backoffMs = undefined;
       }
       if (this.finalError || this.ctx.closed) return this.stopWith(error);
-      if (!isConnectionLoss(error) || brokenSince === undefined) return this.stopWith(error, true);
+      if (typeof start === "object" && error.code === ErrorCode.InvalidArgument) {
+        // A control plane that no longer has the changes numbered so far (a new store) refuses the resume.
+        this.lastSeq = undefined;
+        start = "snapshot";
+        continue;
+      }
+      const resumable = isConnectionLoss(error) || error.code === ErrorCode.ResourceExhausted;
+      if (!resumable || brokenSince === undefined) return this.stopWith(error, true);
       const brokenMs = Date.now() - brokenSince;
       if (brokenMs > this.timings.reconnectTimeoutMs)
         return this.stopWith(
@@ -174,12 +193,17 @@ export class SessionWatch implements Stoppable {
       backoffMs = nextBackoffMs(backoffMs);
       await this.sleep(run, backoffMs);
       if (run.stopped) return;
-      snapshot = true;
+      start = this.restart();
     }
   }
 
+  /** Where a reopened stream starts: after the last change received, or (none yet) with a snapshot. */
+  private restart(): Start {
+    return this.lastSeq === undefined ? "snapshot" : { afterSeq: this.lastSeq };
+  }
+
   /** Streams until the stream ends; returns why it ended. */
-  private async connectOnce(run: Run, snapshot: boolean): Promise<KilnError> {
+  private async connectOnce(run: Run, start: Start): Promise<KilnError> {
     const attempt = new AbortController();
     run.attempt = attempt;
     const { readyTimeoutMs } = this.timings;
@@ -189,7 +213,13 @@ export class SessionWatch implements Stoppable {
     );
     try {
       const stream = this.ctx.kiln.watchSession(
-        { sessionId: this.sessionId, snapshot, omitOutput: false },
+        {
+          sessionId: this.sessionId,
+          snapshot: start === "snapshot",
+          ...(typeof start === "object" ? { afterSeq: start.afterSeq } : {}),
+          omitOutput: false,
+          outputsFor: this.outputKey,
+        },
         { signal: attempt.signal },
       );
       for await (const msg of stream) {
@@ -208,6 +238,8 @@ export class SessionWatch implements Stoppable {
 
   private receive(run: Run, msg: kiln.WatchSessionResponse): void {
     for (const u of msg.updates) this.dispatch(toTaskUpdate(this.sessionId, u));
+    // Unset in the middle of a snapshot or resume, whose updates come in task id order.
+    if (msg.throughSeq > 0n) this.lastSeq = msg.throughSeq;
     if (msg.ready && !run.ready) {
       run.ready = true;
       run.gate.open();

@@ -180,25 +180,37 @@ export class Session {
   /**
    * Task state changes of the whole session as they arrive, in batches
    * (kiln.v1 WatchSession). With `snapshot`, the first batch is the current
-   * state of every task, even when there is none. Ends once the session is
-   * closed and all its tasks are terminal, or quietly when `signal` aborts.
+   * state of every task, even when there is none. With `afterSeq` (the `seq`
+   * of the last update a previous watch got) the first batch is every task
+   * changed since, latest state each: a resume. `outputsFor` limits outputs to
+   * tasks created with that key (see CreateTasksRequest.output_to). Ends once
+   * the session is closed and all its tasks are terminal, or quietly when
+   * `signal` aborts.
    *
    * @example
    * for await (const updates of session.watch({ snapshot: true, omitOutput: true })) progress(updates.length);
    */
   async *watch(
-    options: { snapshot?: boolean; omitOutput?: boolean; signal?: AbortSignal } = {},
+    options: {
+      snapshot?: boolean;
+      afterSeq?: bigint;
+      omitOutput?: boolean;
+      outputsFor?: string;
+      signal?: AbortSignal;
+    } = {},
   ): AsyncIterable<TaskUpdate[]> {
     const ctx = this.ctx;
     ctx.ensureOpen();
     const request = {
       sessionId: this.id,
       snapshot: options.snapshot ?? false,
+      ...(options.afterSeq !== undefined ? { afterSeq: options.afterSeq } : {}),
       omitOutput: options.omitOutput ?? false,
+      outputsFor: options.outputsFor ?? "",
     };
     try {
       for await (const msg of ctx.kiln.watchSession(request, options.signal ? { signal: options.signal } : {})) {
-        if (msg.updates.length > 0 || (msg.ready && request.snapshot))
+        if (msg.updates.length > 0 || (msg.ready && (request.snapshot || options.afterSeq !== undefined)))
           yield msg.updates.map((u) => toTaskUpdate(this.id, u));
         if (msg.sessionClosed) return;
       }

@@ -49,7 +49,8 @@ export class TaskInvoker {
       // The stream must be live before the tasks exist, or their first updates could be missed.
       release = await this.watch.acquire();
       const inputs = batch.map((p) => p.input);
-      const created = await this.ctx.submitter.createTasks(this.sessionId, inputs);
+      // Only this Session object's watch gets these tasks' outputs; other clients' watches see their states.
+      const created = await this.ctx.submitter.createTasks(this.sessionId, inputs, this.watch.outputKey);
       if (created.count !== batch.length)
         throw new KilnError(
           ErrorCode.Internal,

@@ -129,9 +129,15 @@ export class TaskSubmitter implements Stoppable {
 
   constructor(private readonly ctx: ClientContext) {}
 
-  async createTasks(sessionId: string, inputs: Uint8Array[]): Promise<CreatedTasks> {
+  /** Creates tasks; `outputTo` is the watcher key their outputs go to ("" for every watcher). */
+  async createTasks(sessionId: string, inputs: Uint8Array[], outputTo = ""): Promise<CreatedTasks> {
     this.ctx.ensureOpen();
-    const request = create(kiln.CreateTasksRequestSchema, { sessionId, inputs, idempotencyKey: randomUUID() });
+    const request = create(kiln.CreateTasksRequestSchema, {
+      sessionId,
+      inputs,
+      idempotencyKey: randomUUID(),
+      outputTo,
+    });
     const bytes = inputs.reduce((sum, input) => sum + input.byteLength, 0);
     const giveUpAt = Date.now() + this.ctx.patienceMs;
     for (let backoffMs: number | undefined; ;) {

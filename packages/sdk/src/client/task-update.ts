@@ -13,6 +13,8 @@ export interface TaskUpdate {
   output?: Uint8Array;
   /** Why a task failed or was cancelled. */
   message?: string;
+  /** The session's change number of this change; a watch resumes after it (`afterSeq`). */
+  seq: bigint;
 }
 
 export function isTerminal(state: flame.TaskState): boolean {
@@ -25,6 +27,7 @@ export function toTaskUpdate(sessionId: string, u: kiln.TaskUpdate): TaskUpdate 
     taskId: u.taskId,
     state: u.state,
     time: Number(u.time),
+    seq: u.seq,
     ...(u.output !== undefined ? { output: u.output } : {}),
     ...(u.message !== undefined ? { message: u.message } : {}),
   };

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { AsyncQueue, InvalidArgumentError, toKilnError, untilAborted } from "@kiln/protocol";
 import { flame, kiln } from "@kiln/protocol/proto";
+import { checkWatcherKey, type SessionWatchOptions } from "../watch-hub.js";
 import type { FrontendDeps } from "./frontend-service.js";
 import { toSessionMessage, toTaskMessage } from "./messages.js";
 
@@ -25,7 +26,8 @@ export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Fr
 
   /** Creates the tasks at once (an async function runs up to its first await) and settles after their commit. */
   const createTasks = async (req: kiln.CreateTasksRequest) => {
-    const first = sessions.createTasks(req.sessionId, req.inputs, req.idempotencyKey);
+    checkWatcherKey("output_to", req.outputTo);
+    const first = sessions.createTasks(req.sessionId, req.inputs, req.idempotencyKey, req.outputTo);
     await commit.flushed();
     return { firstTaskId: BigInt(first), count: req.inputs.length };
   };
@@ -58,9 +60,12 @@ export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Fr
     },
     async *watchSession(req, ctx) {
       const s = sessions.require(req.sessionId);
+      checkWatcherKey("outputs_for", req.outputsFor);
       const queue = hub.watchSession(s, {
-        ...(req.snapshot ? { snapshot: sessions.tasksInOrder(s) } : {}),
+        begin: beginning(req, s.seq),
+        read: (changedAfter) => sessions.tasksInOrder(s, changedAfter === undefined ? {} : { changedAfter }),
         omitOutput: req.omitOutput,
+        outputsFor: req.outputsFor,
       });
       if (s.state === flame.SessionState.Closed) {
         hub.sessionEnded(s);
@@ -126,4 +131,17 @@ export function kilnFrontendService(d: FrontendDeps): ServiceImpl<typeof kiln.Fr
       });
     },
   };
+}
+
+/** Where a watch starts: a snapshot, after the sequence number a resuming watcher saw, or live. */
+function beginning(req: kiln.WatchSessionRequest, lastSeq: number): SessionWatchOptions["begin"] {
+  if (req.afterSeq === undefined) return req.snapshot ? "snapshot" : "live";
+  if (req.snapshot)
+    throw new InvalidArgumentError("after_seq", "cannot be combined with snapshot: a resume sends only what changed");
+  if (req.afterSeq > BigInt(lastSeq))
+    throw new InvalidArgumentError(
+      "after_seq",
+      `${req.afterSeq} is above the session's last change (${lastSeq}): it is not a number this session gave out`,
+    );
+  return { afterSeq: Number(req.afterSeq) };
 }

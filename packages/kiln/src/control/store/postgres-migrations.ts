@@ -64,4 +64,8 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
     name text PRIMARY KEY
   );
   `,
+  // 2: the watcher key a task's outputs go to (CreateTasksRequest.output_to), as SQLite's migration 4.
+  `
+  ALTER TABLE tasks ADD COLUMN output_to text;
+  `,
 ];

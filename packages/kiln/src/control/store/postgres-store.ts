@@ -118,9 +118,9 @@ const WRITES = {
   },
   upsertTask: {
     sql:
-      "INSERT INTO tasks (session_id, id, state, input, output, message, attempt, retries, creation_time, completion_time, seq, events) " +
+      "INSERT INTO tasks (session_id, id, state, input, output, message, attempt, retries, creation_time, completion_time, seq, events, output_to) " +
       "SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::bytea[], $5::bytea[], $6::text[], $7::int[], " +
-      "$8::int[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[]) " +
+      "$8::int[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::text[]) " +
       "ON CONFLICT (session_id, id) DO UPDATE SET state = excluded.state, output = excluded.output, " +
       "message = excluded.message, attempt = excluded.attempt, retries = excluded.retries, " +
       "completion_time = excluded.completion_time, seq = excluded.seq, events = excluded.events",

@@ -40,6 +40,7 @@ export interface TaskRow {
   seq: number;
   /** The task's events, JSON. */
   events: string;
+  output_to: string | null;
 }
 
 export interface EventRow {
@@ -63,6 +64,7 @@ export function taskFromRow(r: TaskRow): StoredTask {
     ...(r.completion_time !== null ? { completionTime: r.completion_time } : {}),
     seq: r.seq,
     events: JSON.parse(r.events) as StoredEvent[],
+    ...(r.output_to !== null ? { outputTo: r.output_to } : {}),
   };
 }
 
@@ -162,7 +164,7 @@ export const WORKING_SET_QUERIES = {
 
 /**
  * A task's column values in the order of both backends' upserts: session_id, id, state, input, output,
- * message, attempt, retries, creation_time, completion_time, seq, events.
+ * message, attempt, retries, creation_time, completion_time, seq, events, output_to.
  */
 export function taskValues(t: StoredTask): unknown[] {
   return [
@@ -178,5 +180,6 @@ export function taskValues(t: StoredTask): unknown[] {
     t.completionTime ?? null,
     t.seq,
     JSON.stringify(t.events),
+    t.outputTo ?? null,
   ];
 }

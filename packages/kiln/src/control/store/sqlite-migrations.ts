@@ -76,4 +76,9 @@ export const MIGRATIONS: readonly string[] = [
   UPDATE sessions SET last_seq = task_count;
   CREATE INDEX tasks_unfinished ON tasks (session_id, id) WHERE state < 2;
   `,
+  // 4: the watcher key a task's outputs go to (CreateTasksRequest.output_to), kept so a watcher that
+  // resumes after a restart still gets only its own tasks' outputs.
+  `
+  ALTER TABLE tasks ADD COLUMN output_to TEXT;
+  `,
 ];

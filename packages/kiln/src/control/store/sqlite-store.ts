@@ -80,8 +80,8 @@ export class SqliteStore implements Store, StoreWriter {
         "INSERT INTO session_events (session_id, seq, code, message, time) VALUES (?, ?, ?, ?, ?)",
       ),
       upsertTask: db.prepare(
-        "INSERT INTO tasks (session_id, id, state, input, output, message, attempt, retries, creation_time, completion_time, seq, events) " +
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, id) DO UPDATE SET state = excluded.state, " +
+        "INSERT INTO tasks (session_id, id, state, input, output, message, attempt, retries, creation_time, completion_time, seq, events, output_to) " +
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, id) DO UPDATE SET state = excluded.state, " +
           "output = excluded.output, message = excluded.message, attempt = excluded.attempt, retries = excluded.retries, " +
           "completion_time = excluded.completion_time, seq = excluded.seq, events = excluded.events",
       ),

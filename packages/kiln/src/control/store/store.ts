@@ -59,6 +59,8 @@ export interface StoredTask {
   /** The session's change sequence number at this task's last change (see SessionProgress.lastSeq). */
   seq: number;
   events: StoredEvent[];
+  /** The watcher key its outputs go to (CreateTasksRequest.output_to), if it was created with one. */
+  outputTo?: string;
 }
 
 /** A CreateTasks request's idempotency key and the tasks it created. */

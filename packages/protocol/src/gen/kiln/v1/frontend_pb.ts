@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
 export const file_kiln_v1_frontend: GenFile =
   /*@__PURE__*/
   fileDesc(
-    "ChZraWxuL3YxL2Zyb250ZW5kLnByb3RvEgdraWxuLnYxIl8KEExpc3RUYXNrc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIVCg1hZnRlcl90YXNrX2lkGAIgASgEEg0KBWxpbWl0GAMgASgNEhEKCW9taXRfZGF0YRgEIAEoCCJOChFMaXN0VGFza3NSZXNwb25zZRIdCgV0YXNrcxgBIAMoCzIOLmZsYW1lLnYxLlRhc2sSGgoSbmV4dF9hZnRlcl90YXNrX2lkGAIgASgEIokBChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhgKEGFmdGVyX3Nlc3Npb25faWQYASABKAkSDQoFbGltaXQYAiABKA0SEwoLYXBwbGljYXRpb24YAyABKAkSKgoFc3RhdGUYBCABKA4yFi5mbGFtZS52MS5TZXNzaW9uU3RhdGVIAIgBAUIICgZfc3RhdGUiWgoUTGlzdFNlc3Npb25zUmVzcG9uc2USIwoIc2Vzc2lvbnMYASADKAsyES5mbGFtZS52MS5TZXNzaW9uEh0KFW5leHRfYWZ0ZXJfc2Vzc2lvbl9pZBgCIAEoCSJRChJDcmVhdGVUYXNrc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZpbnB1dHMYAiADKAwSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJIjsKE0NyZWF0ZVRhc2tzUmVzcG9uc2USFQoNZmlyc3RfdGFza19pZBgBIAEoBBINCgVjb3VudBgCIAEoDSJvChNTdWJtaXRUYXNrc1Jlc3BvbnNlEhUKDWZpcnN0X3Rhc2tfaWQYASABKAQSDQoFY291bnQYAiABKA0SKAoFZXJyb3IYAyABKAsyFC5raWxuLnYxLlN1Ym1pdEVycm9ySACIAQFCCAoGX2Vycm9yIiwKC1N1Ym1pdEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSJQChNXYXRjaFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEAoIc25hcHNob3QYAiABKAgSEwoLb21pdF9vdXRwdXQYAyABKAgingEKClRhc2tVcGRhdGUSDwoHdGFza19pZBgBIAEoCRIiCgVzdGF0ZRgCIAEoDjITLmZsYW1lLnYxLlRhc2tTdGF0ZRIMCgR0aW1lGAMgASgDEhMKBm91dHB1dBgEIAEoDEgAiAEBEhQKB21lc3NhZ2UYBSABKAlIAYgBARILCgNzZXEYBiABKARCCQoHX291dHB1dEIKCghfbWVzc2FnZSJjChRXYXRjaFNlc3Npb25SZXNwb25zZRINCgVyZWFkeRgBIAEoCBIkCgd1cGRhdGVzGAIgAygLMhMua2lsbi52MS5UYXNrVXBkYXRlEhYKDnNlc3Npb25fY2xvc2VkGAMgASgIIjoKEkNhbmNlbFRhc2tzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCHRhc2tfaWRzGAIgAygJIigKE0NhbmNlbFRhc2tzUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgNIlYKFFdhdGNoU2Vzc2lvbnNSZXF1ZXN0EhMKC3Nlc3Npb25faWRzGAEgAygJEg4KBmV2ZW50cxgCIAEoCBIZChFvbWl0X3Rhc2tfY2hhbmdlcxgDIAEoCCJoChVXYXRjaFNlc3Npb25zUmVzcG9uc2USDQoFcmVhZHkYASABKAgSIwoIc2Vzc2lvbnMYAiADKAsyES5mbGFtZS52MS5TZXNzaW9uEhsKE2RlbGV0ZWRfc2Vzc2lvbl9pZHMYAyADKAkiFwoVR2V0Q2x1c3RlckluZm9SZXF1ZXN0IoQBCgtDbHVzdGVySW5mbxIPCgd2ZXJzaW9uGAEgASgJEhYKDmNhY2hlX2VuZHBvaW50GAIgASgJEg0KBW5vZGVzGAMgASgNEhMKC3JlYWR5X25vZGVzGAQgASgNEhEKCWV4ZWN1dG9ycxgFIAEoDRIVCg1vcGVuX3Nlc3Npb25zGAYgASgNMuYECghGcm9udGVuZBJICgtDcmVhdGVUYXNrcxIbLmtpbG4udjEuQ3JlYXRlVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DcmVhdGVUYXNrc1Jlc3BvbnNlEkwKC1N1Ym1pdFRhc2tzEhsua2lsbi52MS5DcmVhdGVUYXNrc1JlcXVlc3QaHC5raWxuLnYxLlN1Ym1pdFRhc2tzUmVzcG9uc2UoATABEk0KDFdhdGNoU2Vzc2lvbhIcLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVxdWVzdBodLmtpbG4udjEuV2F0Y2hTZXNzaW9uUmVzcG9uc2UwARJICgtDYW5jZWxUYXNrcxIbLmtpbG4udjEuQ2FuY2VsVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5DYW5jZWxUYXNrc1Jlc3BvbnNlElAKDVdhdGNoU2Vzc2lvbnMSHS5raWxuLnYxLldhdGNoU2Vzc2lvbnNSZXF1ZXN0Gh4ua2lsbi52MS5XYXRjaFNlc3Npb25zUmVzcG9uc2UwARJGCg5HZXRDbHVzdGVySW5mbxIeLmtpbG4udjEuR2V0Q2x1c3RlckluZm9SZXF1ZXN0GhQua2lsbi52MS5DbHVzdGVySW5mbxJCCglMaXN0VGFza3MSGS5raWxuLnYxLkxpc3RUYXNrc1JlcXVlc3QaGi5raWxuLnYxLkxpc3RUYXNrc1Jlc3BvbnNlEksKDExpc3RTZXNzaW9ucxIcLmtpbG4udjEuTGlzdFNlc3Npb25zUmVxdWVzdBodLmtpbG4udjEuTGlzdFNlc3Npb25zUmVzcG9uc2ViBnByb3RvMw",
+    "ChZraWxuL3YxL2Zyb250ZW5kLnByb3RvEgdraWxuLnYxIl8KEExpc3RUYXNrc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIVCg1hZnRlcl90YXNrX2lkGAIgASgEEg0KBWxpbWl0GAMgASgNEhEKCW9taXRfZGF0YRgEIAEoCCJOChFMaXN0VGFza3NSZXNwb25zZRIdCgV0YXNrcxgBIAMoCzIOLmZsYW1lLnYxLlRhc2sSGgoSbmV4dF9hZnRlcl90YXNrX2lkGAIgASgEIokBChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhgKEGFmdGVyX3Nlc3Npb25faWQYASABKAkSDQoFbGltaXQYAiABKA0SEwoLYXBwbGljYXRpb24YAyABKAkSKgoFc3RhdGUYBCABKA4yFi5mbGFtZS52MS5TZXNzaW9uU3RhdGVIAIgBAUIICgZfc3RhdGUiWgoUTGlzdFNlc3Npb25zUmVzcG9uc2USIwoIc2Vzc2lvbnMYASADKAsyES5mbGFtZS52MS5TZXNzaW9uEh0KFW5leHRfYWZ0ZXJfc2Vzc2lvbl9pZBgCIAEoCSJkChJDcmVhdGVUYXNrc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZpbnB1dHMYAiADKAwSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEhEKCW91dHB1dF90bxgEIAEoCSI7ChNDcmVhdGVUYXNrc1Jlc3BvbnNlEhUKDWZpcnN0X3Rhc2tfaWQYASABKAQSDQoFY291bnQYAiABKA0ibwoTU3VibWl0VGFza3NSZXNwb25zZRIVCg1maXJzdF90YXNrX2lkGAEgASgEEg0KBWNvdW50GAIgASgNEigKBWVycm9yGAMgASgLMhQua2lsbi52MS5TdWJtaXRFcnJvckgAiAEBQggKBl9lcnJvciIsCgtTdWJtaXRFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiiwEKE1dhdGNoU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIQCghzbmFwc2hvdBgCIAEoCBITCgtvbWl0X291dHB1dBgDIAEoCBIWCglhZnRlcl9zZXEYBCABKARIAIgBARITCgtvdXRwdXRzX2ZvchgFIAEoCUIMCgpfYWZ0ZXJfc2VxIp4BCgpUYXNrVXBkYXRlEg8KB3Rhc2tfaWQYASABKAkSIgoFc3RhdGUYAiABKA4yEy5mbGFtZS52MS5UYXNrU3RhdGUSDAoEdGltZRgDIAEoAxITCgZvdXRwdXQYBCABKAxIAIgBARIUCgdtZXNzYWdlGAUgASgJSAGIAQESCwoDc2VxGAYgASgEQgkKB19vdXRwdXRCCgoIX21lc3NhZ2UieAoUV2F0Y2hTZXNzaW9uUmVzcG9uc2USDQoFcmVhZHkYASABKAgSJAoHdXBkYXRlcxgCIAMoCzITLmtpbG4udjEuVGFza1VwZGF0ZRIWCg5zZXNzaW9uX2Nsb3NlZBgDIAEoCBITCgt0aHJvdWdoX3NlcRgEIAEoBCI6ChJDYW5jZWxUYXNrc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIQCgh0YXNrX2lkcxgCIAMoCSIoChNDYW5jZWxUYXNrc1Jlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoDSJWChRXYXRjaFNlc3Npb25zUmVxdWVzdBITCgtzZXNzaW9uX2lkcxgBIAMoCRIOCgZldmVudHMYAiABKAgSGQoRb21pdF90YXNrX2NoYW5nZXMYAyABKAgiaAoVV2F0Y2hTZXNzaW9uc1Jlc3BvbnNlEg0KBXJlYWR5GAEgASgIEiMKCHNlc3Npb25zGAIgAygLMhEuZmxhbWUudjEuU2Vzc2lvbhIbChNkZWxldGVkX3Nlc3Npb25faWRzGAMgAygJIhcKFUdldENsdXN0ZXJJbmZvUmVxdWVzdCKEAQoLQ2x1c3RlckluZm8SDwoHdmVyc2lvbhgBIAEoCRIWCg5jYWNoZV9lbmRwb2ludBgCIAEoCRINCgVub2RlcxgDIAEoDRITCgtyZWFkeV9ub2RlcxgEIAEoDRIRCglleGVjdXRvcnMYBSABKA0SFQoNb3Blbl9zZXNzaW9ucxgGIAEoDTLmBAoIRnJvbnRlbmQSSAoLQ3JlYXRlVGFza3MSGy5raWxuLnYxLkNyZWF0ZVRhc2tzUmVxdWVzdBocLmtpbG4udjEuQ3JlYXRlVGFza3NSZXNwb25zZRJMCgtTdWJtaXRUYXNrcxIbLmtpbG4udjEuQ3JlYXRlVGFza3NSZXF1ZXN0Ghwua2lsbi52MS5TdWJtaXRUYXNrc1Jlc3BvbnNlKAEwARJNCgxXYXRjaFNlc3Npb24SHC5raWxuLnYxLldhdGNoU2Vzc2lvblJlcXVlc3QaHS5raWxuLnYxLldhdGNoU2Vzc2lvblJlc3BvbnNlMAESSAoLQ2FuY2VsVGFza3MSGy5raWxuLnYxLkNhbmNlbFRhc2tzUmVxdWVzdBocLmtpbG4udjEuQ2FuY2VsVGFza3NSZXNwb25zZRJQCg1XYXRjaFNlc3Npb25zEh0ua2lsbi52MS5XYXRjaFNlc3Npb25zUmVxdWVzdBoeLmtpbG4udjEuV2F0Y2hTZXNzaW9uc1Jlc3BvbnNlMAESRgoOR2V0Q2x1c3RlckluZm8SHi5raWxuLnYxLkdldENsdXN0ZXJJbmZvUmVxdWVzdBoULmtpbG4udjEuQ2x1c3RlckluZm8SQgoJTGlzdFRhc2tzEhkua2lsbi52MS5MaXN0VGFza3NSZXF1ZXN0Ghoua2lsbi52MS5MaXN0VGFza3NSZXNwb25zZRJLCgxMaXN0U2Vzc2lvbnMSHC5raWxuLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaHS5raWxuLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlYgZwcm90bzM",
     [file_flame_v1_types],
   );
 
@@ -175,6 +175,15 @@ export type CreateTasksRequest = Message<"kiln.v1.CreateTasksRequest"> & {
    * @generated from field: string idempotency_key = 3;
    */
   idempotencyKey: string;
+
+  /**
+   * A watcher key (see WatchSessionRequest.outputs_for): watchers that set
+   * that key get the outputs of these tasks, others only their state changes.
+   * Stored with the tasks. At most 128 characters; empty: no key.
+   *
+   * @generated from field: string output_to = 4;
+   */
+  outputTo: string;
 };
 
 /**
@@ -283,6 +292,28 @@ export type WatchSessionRequest = Message<"kiln.v1.WatchSessionRequest"> & {
    * @generated from field: bool omit_output = 3;
    */
   omitOutput: boolean;
+
+  /**
+   * Resume: first send every task whose last change came after this sequence
+   * number (TaskUpdate.seq of the last update the watcher got), latest state
+   * each, in messages of at most 1,000 updates; the message with `ready` set
+   * ends it, then live changes follow. Task numbering goes on across
+   * control-plane restarts, so the number stays good. Cannot be combined with
+   * `snapshot`; a number above the session's last change is refused.
+   *
+   * @generated from field: optional uint64 after_seq = 4;
+   */
+  afterSeq?: bigint | undefined;
+
+  /**
+   * Send outputs only of tasks created with this key as
+   * CreateTasksRequest.output_to (a key the client makes up, e.g. a random
+   * UUID); every other task's updates come without output. At most 128
+   * characters; empty: outputs of every task (unless omit_output).
+   *
+   * @generated from field: string outputs_for = 5;
+   */
+  outputsFor: string;
 };
 
 /**
@@ -358,6 +389,16 @@ export type WatchSessionResponse = Message<"kiln.v1.WatchSessionResponse"> & {
    * @generated from field: bool session_closed = 3;
    */
   sessionClosed: boolean;
+
+  /**
+   * Set when the watcher has now been sent every change of the session up to
+   * this number (live messages, and the last message of a snapshot, resume or
+   * resynchronisation): the after_seq to resume with. 0 in the middle of one,
+   * whose updates come in task id order.
+   *
+   * @generated from field: uint64 through_seq = 4;
+   */
+  throughSeq: bigint;
 };
 
 /**
@@ -574,7 +615,16 @@ export const Frontend: GenService<{
    * of the tasks that already exist comes first, in messages of at most 1,000
    * updates, read page by page from the store; the message with `ready` set
    * ends it (the first message when there is no snapshot). Nothing that
-   * happens after the watch opened is missed.
+   * happens after the watch opened is missed. A watcher that reconnects sends
+   * `after_seq` instead of asking for a snapshot and gets only what it missed.
+   *
+   * A watcher whose client does not read fast enough holds at most a bounded
+   * number of bytes in the control plane: past it, what it holds is dropped
+   * and, once the client reads again, it is resynchronised from the store
+   * (every task that changed since the last complete message it was sent,
+   * latest state each, without a `ready`; see `through_seq`); a client that
+   * stays behind for too long has the stream ended with RESOURCE_EXHAUSTED
+   * ("watcher fell behind").
    *
    * @generated from rpc kiln.v1.Frontend.WatchSession
    */
