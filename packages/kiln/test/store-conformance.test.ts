@@ -270,11 +270,11 @@ for (const backend of storeBackends()) {
       });
     });
 
-    it("an upsert updates a task's mutable columns and keeps the input it was written with", async () => {
+    it("an upsert updates a task's mutable columns and keeps the input and output key it was written with", async () => {
       await withStore(await subject(backend), async (store) => {
         await store.commit((w) => {
           w.putSession(session());
-          w.upsertTask(task(1, { input: bytes(1, 2, 3) }));
+          w.upsertTask(task(1, { input: bytes(1, 2, 3), outputTo: "watcher-a" }));
         });
         await store.commit((w) => {
           const events = [{ code: 2, message: "done", time: 50 }];
@@ -292,6 +292,7 @@ for (const backend of storeBackends()) {
         assert.equal(one!.attempt, 2);
         assert.equal(one!.seq, 8);
         assert.deepEqual(one!.events, [{ code: 2, message: "done", time: 50 }]);
+        assert.equal(one!.outputTo, "watcher-a");
         const two = await store.getTask("s1", 2);
         assert.deepEqual([...two!.input!], [5, 5]);
         assert.deepEqual([...two!.output!], [6]);
