@@ -189,8 +189,10 @@ describe("failures end to end", () => {
     const { client } = cluster;
     await registerPingCopy(client, "slow-ping", 4);
     const session = await client.createSession({ application: "slow-ping" });
-    const n = 400;
-    const runs = Array.from({ length: n }, () => session.run(pingInput(20)).then(parsePing));
+    // Long enough (200 tasks × 200 ms over 2 × 4 slots: about 5 s) that the process is still busy when
+    // the first result has crossed a loaded machine and the kill lands.
+    const n = 200;
+    const runs = Array.from({ length: n }, () => session.run(pingInput(200)).then(parsePing));
     const first = await Promise.race(runs);
     process.kill(first.pid, "SIGKILL");
     const results = await Promise.allSettled(runs);
